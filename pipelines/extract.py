@@ -1,0 +1,118 @@
+"""Bytes → readable text (+ title), one small function per format, dispatched by file suffix."""
+
+import io
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import charset_normalizer
+
+
+class ExtractionError(ValueError):
+    """The document cannot be turned into text; the message says why."""
+
+
+@dataclass(frozen=True)
+class Extracted:
+    text: str
+    title: str | None = None
+
+
+def extract(data: bytes, suffix: str) -> Extracted:
+    """Extract text from `data` given its file suffix (".md", ".pdf", ...)."""
+    handler = EXTRACTORS.get(suffix.lower())
+    if handler is None:
+        raise ExtractionError(f"unsupported file type {suffix!r} (supported: {', '.join(sorted(EXTRACTORS))})")
+    result = handler(data)
+    text = clean_text(result.text)
+    if not text.strip():
+        raise ExtractionError("document has no extractable text")
+    return Extracted(text, (clean_text(result.title).strip() or None) if result.title else None)
+
+
+def clean_text(text: str) -> str:
+    """Remove NUL bytes (PostgreSQL rejects them) and normalise line endings."""
+    return text.replace("\x00", "").replace("\r\n", "\n").replace("\r", "\n")
+
+
+def decode_text(data: bytes) -> str:
+    """Decode bytes that should be text: UTF-8 first, then a detected encoding; refuse binary data."""
+    sample = data[:65536]
+    if sample.count(0) > len(sample) // 100 + 1:
+        raise ExtractionError("binary data, not text (contains many NUL bytes)")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        pass
+    best = charset_normalizer.from_bytes(data).best()
+    if best is None or best.chaos > 0.3:
+        raise ExtractionError("not valid UTF-8 and no text encoding could be detected (binary data?)")
+    return str(best)
+
+
+def _plain(data: bytes) -> Extracted:
+    text = decode_text(data)
+    first = next((line.strip() for line in text.splitlines() if line.strip()), None)
+    return Extracted(text, first[:200] if first else None)
+
+
+def _markdown(data: bytes) -> Extracted:
+    text = decode_text(data)
+    match = re.search(r"^#[ \t]+(.+)$", text, re.MULTILINE)
+    return Extracted(text, match.group(1).strip() if match else None)
+
+
+def _html(data: bytes) -> Extracted:
+    import trafilatura
+
+    html = decode_text(data)
+    text = trafilatura.extract(html, output_format="markdown", include_comments=False,
+                               include_tables=True, favor_recall=True)
+    if not text:
+        text = trafilatura.html2txt(html)
+    meta = trafilatura.extract_metadata(html)
+    return Extracted(text or "", meta.title if meta else None)
+
+
+def _pdf(data: bytes) -> Extracted:
+    from pypdf import PdfReader
+    from pypdf.errors import PdfReadError
+
+    try:
+        reader = PdfReader(io.BytesIO(data))
+        if reader.is_encrypted and not reader.decrypt(""):
+            raise ExtractionError("encrypted PDF (needs a password)")
+        text = "\n\n".join(page.extract_text() or "" for page in reader.pages)
+        title = reader.metadata.title if reader.metadata else None
+    except ExtractionError:
+        raise
+    except (PdfReadError, ValueError, KeyError, TypeError, OSError) as exc:
+        raise ExtractionError(f"corrupt PDF: {exc}") from exc
+    return Extracted(text, title)
+
+
+def _docx(data: bytes) -> Extracted:
+    import zipfile
+
+    import docx
+
+    try:
+        document = docx.Document(io.BytesIO(data))
+    except (zipfile.BadZipFile, KeyError, ValueError) as exc:
+        raise ExtractionError(f"corrupt DOCX: {exc}") from exc
+    lines = []
+    for para in document.paragraphs:
+        style = para.style.name if para.style is not None else ""
+        level = re.match(r"Heading (\d)", style or "")
+        lines.append(("#" * int(level.group(1)) + " " if level else "") + para.text)
+    for table in document.tables:
+        for row in table.rows:
+            lines.append(" | ".join(cell.text for cell in row.cells))
+    title = document.core_properties.title or next((line[2:] for line in lines if line.startswith("# ")), None)
+    return Extracted("\n\n".join(line for line in lines if line.strip()), title)
+
+
+EXTRACTORS: dict[str, Callable[[bytes], Extracted]] = {
+    ".txt": _plain, ".text": _plain, ".md": _markdown, ".markdown": _markdown,
+    ".html": _html, ".htm": _html, ".pdf": _pdf, ".docx": _docx,
+}

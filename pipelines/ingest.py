@@ -1,0 +1,248 @@
+"""One ingest run, shared by the CLI and the DAGs: plan → process batches → finalize.
+
+    plan:     list the source, diff fingerprints against the documents table
+              → new / changed / unchanged / deleted, and a run row in ragpipe.ingest_runs
+    batch:    read → hash (identical content: keep, just record the fingerprint) → extract → chunk
+              → embed (reusing stored embeddings of identical chunks) → replace in one transaction
+    finalize: delete what disappeared (complete listings only) → HNSW index → ANALYZE → close the run
+"""
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import psycopg
+
+from . import store
+from .chunking import Chunk, chunk_text
+from .config import CollectionSpec, ConfigError
+from .database import connect, database_url
+from .embedding import Embedder, get_embedder
+from .extract import ExtractionError, extract
+from .migrations import migrate
+from .settings import load_settings
+from .sources import DocumentRef, RawDocument, SourceError, make_source
+
+log = logging.getLogger(__name__)
+_migrated: set[str] = set()
+
+
+@dataclass
+class Plan:
+    collection: str
+    run_id: int
+    listing_complete: bool
+    listed: int
+    new: int
+    changed: int
+    unchanged: int
+    todo: list[DocumentRef]
+    deleted: list[str]
+    problems: list[str] = field(default_factory=list)
+
+    def batches(self, size: int) -> list[list[DocumentRef]]:
+        return [self.todo[i:i + size] for i in range(0, len(self.todo), size)]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Plan":
+        return cls(**dict(data, todo=[DocumentRef(**r) for r in data["todo"]]))
+
+
+@dataclass
+class BatchResult:
+    new: int = 0
+    changed: int = 0
+    unchanged: int = 0
+    failed: int = 0
+    chunks_embedded: int = 0
+    chunks_reused: int = 0
+    failures: list[tuple[str, str, str]] = field(default_factory=list)
+    """(source_id, stage, reason) of each failed document."""
+
+    def counts(self) -> dict[str, int]:
+        return {k: v for k, v in asdict(self).items() if k != "failures"}
+
+
+@dataclass
+class Prepared:
+    raw: RawDocument
+    content_hash: str
+    title: str | None
+    chunks: list[Chunk]
+
+
+def open_database() -> str:
+    """The database URL, with the schema migrated once per process."""
+    url = database_url()
+    if url not in _migrated:
+        migrate(url)
+        _migrated.add(url)
+    return url
+
+
+def open_collection(conn: psycopg.Connection, spec: CollectionSpec) -> tuple[store.Collection, Embedder]:
+    """The collection's row (created on first use) and its embedder; the model loads only when needed."""
+    embedder = get_embedder(spec.model, spec.batch_size)
+    existing = store.get_collection(conn, spec.name)
+    settings = {"index": spec.index}
+    if existing is not None and existing.model == spec.model and (
+            spec.chunk_tokens in (None, existing.chunk_tokens) and spec.chunk_overlap == existing.chunk_overlap
+            and existing.settings == settings):
+        return existing, embedder
+    chunk_tokens = spec.chunk_tokens or embedder.max_tokens
+    if chunk_tokens > embedder.max_tokens:
+        raise ConfigError(f"collection {spec.name!r}: chunk_tokens={chunk_tokens} exceeds the model's limit "
+                          f"of {embedder.max_tokens} tokens; the model would truncate the chunks")
+    collection = store.ensure_collection(conn, spec.name, spec.model, embedder.dimension, chunk_tokens,
+                                         spec.chunk_overlap, settings)
+    return collection, embedder
+
+
+def plan_run(conn: psycopg.Connection, spec: CollectionSpec, full_refresh: bool = False,
+             limit: int | None = None, trigger: str = "cli") -> Plan:
+    """List the source and diff it against the collection; opens a run row."""
+    collection, _ = open_collection(conn, spec)
+    run_id = store.start_run(conn, collection.id, trigger)
+    listing = make_source(spec.source).list()
+    known = store.document_fingerprints(conn, collection.id)
+    listed = {ref.source_id for ref in listing.refs}
+    new = [r for r in listing.refs if r.source_id not in known]
+    changed = [r for r in listing.refs if r.source_id in known and (full_refresh or known[r.source_id] != r.fingerprint)]
+    todo = new + changed
+    if limit is not None:
+        todo = todo[:limit]
+    deleted = sorted(set(known) - listed) if listing.complete else []
+    unchanged = len(listing.refs) - len(new) - len(changed)
+    store.set_plan_counts(conn, run_id, listing.complete, len(listing.refs), unchanged)
+    for problem in listing.problems:
+        log.warning("listing problem (nothing will be deleted this run): %s", problem)
+    return Plan(spec.name, run_id, listing.complete, len(listing.refs), len(new), len(changed), unchanged,
+                todo, deleted, listing.problems)
+
+
+def process_batch(conn: psycopg.Connection, spec: CollectionSpec, run_id: int, refs: list[DocumentRef],
+                  full_refresh: bool = False) -> BatchResult:
+    """Read, extract, chunk, embed and load one batch of documents; safe to retry."""
+    collection, embedder = open_collection(conn, spec)
+    result = BatchResult()
+    existing = store.document_hashes(conn, collection.id, [r.source_id for r in refs])
+    prepared: list[Prepared] = []
+    touched: dict[str, str] = {}
+    for ref, raw in make_source(spec.source).read_many(refs):
+        if isinstance(raw, Exception):
+            result.failures.append((ref.source_id, "read", str(raw)))
+            continue
+        digest = content_hash(raw)
+        if not full_refresh and existing.get(ref.source_id) == digest:
+            touched[ref.source_id] = ref.fingerprint
+            continue
+        try:
+            prepared.append(prepare(raw, digest, embedder, collection))
+        except ExtractionError as exc:
+            result.failures.append((ref.source_id, "extract", str(exc)))
+        except Exception as exc:  # a parser bug on one document must not stop the run
+            log.exception("unexpected error extracting %s", ref.source_id)
+            result.failures.append((ref.source_id, "extract", f"{type(exc).__name__}: {exc}"))
+    vectors, result.chunks_embedded, result.chunks_reused = embed_chunks(
+        conn, embedder, spec.model, [c for p in prepared for c in p.chunks], reuse=not full_refresh)
+    docs, offset = [], 0
+    for p in prepared:
+        n = len(p.chunks)
+        docs.append(store.LoadedDocument(p.raw.ref.source_id, p.raw.ref.uri, p.title, p.content_hash,
+                                         p.raw.ref.fingerprint, p.raw.metadata, p.chunks, vectors[offset:offset + n]))
+        offset += n
+        if p.raw.ref.source_id in existing:
+            result.changed += 1
+        else:
+            result.new += 1
+    result.unchanged = len(touched)
+    result.failed = len(result.failures)
+    uris = {r.source_id: r.uri for r in refs}
+    with conn.transaction():
+        store.replace_documents(conn, collection, docs)
+        store.touch_documents(conn, collection.id, touched)
+        for source_id, stage, reason in result.failures:
+            store.record_failure(conn, run_id, collection.id, source_id, uris.get(source_id), stage, reason)
+        store.add_run_counts(conn, run_id, **result.counts())
+    for source_id, stage, reason in result.failures:
+        log.warning("failed %s (%s): %s", source_id, stage, reason)
+    return result
+
+
+def finalize_run(conn: psycopg.Connection, spec: CollectionSpec, run_id: int, deleted: list[str],
+                 status: str = "succeeded", error: str | None = None) -> dict[str, Any]:
+    """Delete documents gone from a completely listed source, build the index, close the run."""
+    collection = store.get_collection(conn, spec.name)
+    assert collection is not None, f"collection {spec.name!r} vanished during the run"
+    if status == "succeeded":
+        with conn.transaction():
+            removed = store.delete_documents(conn, collection.id, deleted)
+            store.add_run_counts(conn, run_id, deleted=removed)
+        with conn.transaction():
+            if store.ensure_hnsw_index(conn, collection):
+                log.info("built HNSW index for collection %s", spec.name)
+        store.analyze(conn)
+    return store.finish_run(conn, run_id, status, error)
+
+
+def run_ingest(spec: CollectionSpec, full_refresh: bool = False, limit: int | None = None,
+               dry_run: bool = False, trigger: str = "cli",
+               progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """A whole run in this process, holding the collection's write lock throughout."""
+    url = open_database()
+    with connect(url, autocommit=True) as conn, store.collection_lock(
+            conn, spec.name, load_settings().lock_timeout_s):
+        plan = plan_run(conn, spec, full_refresh, limit, trigger)
+        if dry_run:
+            return dict(store.finish_run(conn, plan.run_id, "dry_run"), would_delete=len(plan.deleted),
+                        would_process=len(plan.todo))
+        done = 0
+        try:
+            for batch in plan.batches(spec.docs_per_batch):
+                process_batch(conn, spec, plan.run_id, batch, full_refresh)
+                done += len(batch)
+                if progress:
+                    progress(done, len(plan.todo))
+        except BaseException as exc:
+            if not conn.broken:
+                store.finish_run(conn, plan.run_id, "failed", f"{type(exc).__name__}: {exc}")
+            raise
+        return finalize_run(conn, spec, plan.run_id, plan.deleted)
+
+
+def content_hash(raw: RawDocument) -> str:
+    """Hash of everything that makes a document: bytes, title and metadata."""
+    h = hashlib.sha256(raw.content)
+    h.update(json.dumps([raw.title, raw.metadata], sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
+def prepare(raw: RawDocument, digest: str, embedder: Embedder, collection: store.Collection) -> Prepared:
+    """Extract and chunk one document; raises ExtractionError when there is nothing to index."""
+    extracted = extract(raw.content, raw.suffix)
+    chunks = chunk_text(extracted.text, embedder.tokenizer, collection.chunk_tokens, collection.chunk_overlap)
+    if not chunks:
+        raise ExtractionError("document has no extractable text")
+    return Prepared(raw, digest, raw.title or extracted.title, chunks)
+
+
+def embed_chunks(conn: psycopg.Connection, embedder: Embedder, model: str, chunks: list[Chunk],
+                 reuse: bool = True) -> tuple[np.ndarray, int, int]:
+    """Vectors for `chunks` in order; returns (vectors, embedded now, reused from the database)."""
+    if not chunks:
+        return np.zeros((0, 0), dtype=np.float32), 0, 0
+    hashes = [c.content_hash for c in chunks]
+    known = store.cached_embeddings(conn, model, hashes) if reuse else {}
+    missing = list(dict.fromkeys(h for h in hashes if h not in known))
+    texts = {c.content_hash: c.text for c in chunks}
+    fresh = embedder.encode([texts[h] for h in missing])
+    known.update(zip(missing, fresh, strict=True))
+    return np.stack([known[h] for h in hashes]), len(missing), len(hashes) - len(missing)

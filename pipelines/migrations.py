@@ -1,0 +1,66 @@
+"""Apply sql/migrations/*.sql in order, once each, and sql/api/*.sql whenever their text changes."""
+
+import hashlib
+import logging
+
+import psycopg
+
+from .database import DatabaseError, mask_url
+from .settings import SQL_DIR
+
+log = logging.getLogger(__name__)
+
+BOOTSTRAP = """
+CREATE SCHEMA IF NOT EXISTS ragpipe;
+CREATE TABLE IF NOT EXISTS ragpipe.schema_migrations (
+    name text PRIMARY KEY, checksum text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())
+"""
+MIGRATION_LOCK = 7_266_101  # advisory lock key: one migrator at a time
+
+
+def migrate(url: str) -> list[str]:
+    """Bring the database schema up to date; returns the names of the files applied now."""
+    applied_now = []
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
+        try:
+            _create_vector_extension(conn, url)
+            conn.execute(BOOTSTRAP)
+            done = dict(conn.execute("SELECT name, checksum FROM ragpipe.schema_migrations").fetchall())
+            files = sorted((SQL_DIR / "migrations").glob("*.sql")) + sorted((SQL_DIR / "api").glob("*.sql"))
+            for path in files:
+                text = path.read_text()
+                checksum = hashlib.sha256(text.encode()).hexdigest()
+                name = f"{path.parent.name}/{path.name}"
+                repeatable = path.parent.name == "api"
+                if name in done and (done[name] == checksum or not repeatable):
+                    if done[name] != checksum:
+                        log.warning("migration %s changed after it was applied; ignoring the change", name)
+                    continue
+                with conn.transaction():
+                    conn.execute(text)
+                    conn.execute(
+                        "INSERT INTO ragpipe.schema_migrations (name, checksum) VALUES (%s, %s) "
+                        "ON CONFLICT (name) DO UPDATE SET checksum = excluded.checksum, applied_at = now()",
+                        (name, checksum))
+                applied_now.append(name)
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
+    return applied_now
+
+
+def _create_vector_extension(conn: psycopg.Connection, url: str) -> None:
+    if conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'vector'").fetchone():
+        return
+    if not conn.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'vector'").fetchone():
+        raise DatabaseError(
+            f"the pgvector extension is not available on {mask_url(url)}: install pgvector on that server "
+            "(https://github.com/pgvector/pgvector#installation) or use the pgvector/pgvector Docker image"
+        )
+    try:
+        conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+    except psycopg.errors.InsufficientPrivilege:
+        raise DatabaseError(
+            f"the role connecting to {mask_url(url)} may not create the vector extension: "
+            "ask an administrator to run `CREATE EXTENSION vector;` in this database"
+        ) from None

@@ -1,0 +1,65 @@
+"""A local folder, walked recursively; the fingerprint is size + modification time."""
+
+import fnmatch
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..extract import EXTRACTORS
+from . import DocumentRef, Listing, RawDocument, SourceError
+
+DEFAULT_MAX_BYTES = 50 * 1024 * 1024
+
+
+@dataclass
+class FolderSource:
+    path: str
+    include: list[str] = field(default_factory=lambda: [f"*{s}" for s in sorted(EXTRACTORS)])
+    """Globs matched against the path relative to the folder; `*` also crosses directories."""
+    exclude: list[str] = field(default_factory=list)
+    max_bytes: int = DEFAULT_MAX_BYTES
+    kind: str = "folder"
+
+    def __post_init__(self) -> None:
+        self.root = Path(self.path).expanduser().resolve()
+        if not self.root.is_dir():
+            raise SourceError(f"source folder {self.path!r} does not exist or is not a directory")
+
+    def list(self) -> Listing:
+        refs, problems = [], []
+        for dirpath, dirnames, filenames in os.walk(self.root, onerror=lambda e: problems.append(str(e))):
+            dirnames.sort()
+            for name in sorted(filenames):
+                full = Path(dirpath, name)
+                rel = full.relative_to(self.root).as_posix()
+                if not self._wanted(rel):
+                    continue
+                try:
+                    st = full.stat()
+                except OSError as exc:  # vanished or unreadable between walk and stat
+                    problems.append(f"{rel}: {exc.strerror}")
+                    continue
+                refs.append(DocumentRef(rel, full.as_uri(), f"{st.st_size}:{st.st_mtime_ns}"))
+        return Listing(refs, complete=not problems, problems=problems)
+
+    def read_many(self, refs: Iterable[DocumentRef]) -> Iterator[tuple[DocumentRef, RawDocument | Exception]]:
+        for ref in refs:
+            try:
+                yield ref, self.read(ref)
+            except (SourceError, OSError) as exc:
+                yield ref, exc if isinstance(exc, SourceError) else SourceError(f"cannot read: {exc}")
+
+    def read(self, ref: DocumentRef) -> RawDocument:
+        full = (self.root / ref.source_id).resolve()
+        if not full.is_relative_to(self.root):
+            raise SourceError(f"{ref.source_id!r} resolves outside the source folder; refused")
+        size = full.stat().st_size
+        if size > self.max_bytes:
+            raise SourceError(f"file is {size} bytes, over the size cap of {self.max_bytes} bytes")
+        return RawDocument(ref, full.read_bytes(), full.suffix.lower(), metadata={"path": ref.source_id})
+
+    def _wanted(self, rel: str) -> bool:
+        return any(fnmatch.fnmatch(rel, g) for g in self.include) and not any(
+            fnmatch.fnmatch(rel, g) for g in self.exclude
+        )

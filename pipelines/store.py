@@ -1,0 +1,204 @@
+"""Everything that writes to PostgreSQL: collections, runs, document replacement by COPY, locks, indexes."""
+
+import json
+import logging
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import psycopg
+from psycopg import sql
+
+from .chunking import Chunk
+from .sqlfiles import query
+
+log = logging.getLogger(__name__)
+
+
+class CollectionMismatch(ValueError):
+    """The collection exists with another embedding model or dimension."""
+
+
+class CollectionBusy(RuntimeError):
+    """Another run holds the collection's write lock."""
+
+
+@dataclass(frozen=True)
+class Collection:
+    id: int
+    name: str
+    model: str
+    dimension: int
+    chunk_tokens: int
+    chunk_overlap: int
+    settings: dict[str, Any]
+
+
+@dataclass
+class LoadedDocument:
+    """A document ready to replace its previous version: row values, chunks and their vectors."""
+
+    source_id: str
+    uri: str
+    title: str | None
+    content_hash: str
+    fingerprint: str
+    metadata: dict[str, Any]
+    chunks: list[Chunk]
+    embeddings: np.ndarray
+
+
+def _q(name: str, **parts: sql.Composable) -> sql.Composable:
+    return query("store", name, **parts)
+
+
+def ensure_collection(conn: psycopg.Connection, name: str, model: str, dimension: int, chunk_tokens: int,
+                      chunk_overlap: int, settings: dict[str, Any]) -> Collection:
+    """Create the collection, or check that the existing one uses the same model and dimension."""
+    params = dict(name=name, model=model, dimension=dimension, chunk_tokens=chunk_tokens,
+                  chunk_overlap=chunk_overlap, settings=json.dumps(settings))
+    with conn.transaction():
+        conn.execute(_q("upsert_collection"), params)
+        existing = get_collection(conn, name)
+        assert existing is not None
+        if (existing.model, existing.dimension) != (model, dimension):
+            raise CollectionMismatch(
+                f"collection {name!r} was built with model {existing.model!r} ({existing.dimension} dims); "
+                f"it cannot take {model!r} ({dimension} dims). Use a new collection name for the new model"
+            )
+        if (existing.chunk_tokens, existing.chunk_overlap, existing.settings) != (
+                chunk_tokens, chunk_overlap, settings):
+            conn.execute(_q("update_collection_settings"), dict(params, id=existing.id))
+            existing = get_collection(conn, name)
+    assert existing is not None
+    return existing
+
+
+def get_collection(conn: psycopg.Connection, name: str) -> Collection | None:
+    row = conn.execute(_q("get_collection"), (name,)).fetchone()
+    return Collection(*row) if row else None
+
+
+@contextmanager
+def collection_lock(conn: psycopg.Connection, name: str, timeout_s: float, shared: bool = False) -> Iterator[None]:
+    """Hold the collection's advisory lock (exclusive for a whole run, shared for parallel batches)."""
+    suffix = "_shared" if shared else ""
+    conn.execute("SELECT set_config('lock_timeout', %s, false)", (f"{int(timeout_s * 1000)}ms",))
+    try:
+        conn.execute(_q("lock_collection" + suffix), (name,))
+    except psycopg.errors.LockNotAvailable:
+        conn.rollback()
+        raise CollectionBusy(
+            f"collection {name!r} is being written by another run (waited {timeout_s:g}s); "
+            "try again when it finishes, or raise RAGPIPE_LOCK_TIMEOUT"
+        ) from None
+    finally:
+        conn.execute("SELECT set_config('lock_timeout', '0', false)")
+    try:
+        yield
+    finally:
+        if not conn.closed and not conn.broken:
+            conn.execute(_q("unlock_collection" + suffix), (name,))
+
+
+def start_run(conn: psycopg.Connection, collection_id: int, trigger: str) -> int:
+    with conn.transaction():
+        return conn.execute(_q("start_run"), (collection_id, trigger)).fetchone()[0]
+
+
+def set_plan_counts(conn: psycopg.Connection, run_id: int, complete: bool, listed: int, unchanged: int) -> None:
+    with conn.transaction():
+        conn.execute(_q("set_plan_counts"), dict(run_id=run_id, complete=complete, listed=listed,
+                                                 unchanged=unchanged))
+
+
+def add_run_counts(conn: psycopg.Connection, run_id: int, **counts: int) -> None:
+    names = ("new", "changed", "unchanged", "failed", "deleted", "chunks_embedded", "chunks_reused")
+    conn.execute(_q("add_run_counts"), dict({n: counts.get(n, 0) for n in names}, run_id=run_id))
+
+
+def finish_run(conn: psycopg.Connection, run_id: int, status: str, error: str | None = None) -> dict[str, Any]:
+    with conn.transaction():
+        cur = conn.execute(_q("finish_run"), dict(run_id=run_id, status=status, error=error))
+        row = cur.fetchone()
+        return dict(zip([c.name for c in cur.description], row, strict=True))
+
+
+def document_fingerprints(conn: psycopg.Connection, collection_id: int) -> dict[str, str | None]:
+    return dict(conn.execute(_q("document_fingerprints"), (collection_id,)).fetchall())
+
+
+def document_hashes(conn: psycopg.Connection, collection_id: int, source_ids: list[str]) -> dict[str, str]:
+    return dict(conn.execute(_q("document_hashes"), (collection_id, source_ids)).fetchall())
+
+
+def touch_documents(conn: psycopg.Connection, collection_id: int, fingerprints: dict[str, str]) -> None:
+    """Record new fingerprints for documents whose content did not change."""
+    if fingerprints:
+        conn.execute(_q("touch_documents"), (list(fingerprints), list(fingerprints.values()), collection_id))
+
+
+def cached_embeddings(conn: psycopg.Connection, model: str, hashes: Iterable[str]) -> dict[str, np.ndarray]:
+    """Embeddings already stored for these chunk hashes by the same model (in any collection)."""
+    rows = conn.execute(_q("cached_embeddings"), (model, list(set(hashes)))).fetchall()
+    return {h: np.asarray(v, dtype=np.float32) if not hasattr(v, "to_numpy") else v.to_numpy() for h, v in rows}
+
+
+def replace_documents(conn: psycopg.Connection, collection: Collection, docs: list[LoadedDocument]) -> None:
+    """Replace each document's row and chunks (delete + upsert + COPY). Call inside a transaction."""
+    if not docs:
+        return
+    ids = [d.source_id for d in docs]
+    conn.execute(_q("delete_chunks_of"), (collection.id, ids))
+    rows = conn.execute(_q("upsert_documents"), (
+        collection.id, ids, [d.uri for d in docs], [d.title for d in docs], [d.content_hash for d in docs],
+        [d.fingerprint for d in docs], [json.dumps(d.metadata) for d in docs], [len(d.chunks) for d in docs],
+    )).fetchall()
+    doc_ids = dict(rows)
+    with conn.cursor().copy(_q("copy_chunks")) as copy:
+        copy.set_types(["int4", "int8", "int4", "text", "int4", "int4", "int4", "text[]", "text", "jsonb",
+                        "vector"])
+        for d in docs:
+            meta = json.dumps(d.metadata)
+            for chunk, vector in zip(d.chunks, d.embeddings, strict=True):
+                copy.write_row((collection.id, doc_ids[d.source_id], chunk.ordinal, chunk.text, chunk.token_count,
+                                chunk.char_start, chunk.char_end, list(chunk.heading_path), chunk.content_hash,
+                                meta, vector))
+
+
+def record_failure(conn: psycopg.Connection, run_id: int | None, collection_id: int, source_id: str,
+                   uri: str | None, stage: str, error: str) -> None:
+    conn.execute(_q("record_failure"), (run_id, collection_id, source_id, uri, stage, error[:2000]))
+
+
+def delete_documents(conn: psycopg.Connection, collection_id: int, source_ids: list[str]) -> int:
+    """Delete documents (their chunks cascade). Returns how many were deleted."""
+    if not source_ids:
+        return 0
+    return conn.execute(_q("delete_documents"), (collection_id, source_ids)).rowcount
+
+
+def hnsw_index_name(collection: Collection) -> str:
+    return f"chunks_hnsw_c{collection.id}"
+
+
+def ensure_hnsw_index(conn: psycopg.Connection, collection: Collection) -> bool:
+    """Build the collection's HNSW (cosine) index if it is missing; True when it was built now."""
+    name = hnsw_index_name(collection)
+    if conn.execute(_q("hnsw_index_exists"), (f"ragpipe.{name}",)).fetchone()[0]:
+        return False
+    index = collection.settings.get("index", {})
+    conn.execute("SELECT set_config('maintenance_work_mem', %s, false)",
+                 (index.get("maintenance_work_mem", "512MB"),))
+    conn.execute(_q(
+        "create_hnsw_index", index=sql.Identifier(name), dimension=sql.Literal(collection.dimension),
+        m=sql.Literal(int(index.get("m", 16))), ef_construction=sql.Literal(int(index.get("ef_construction", 64))),
+        collection_id=sql.Literal(collection.id),
+    ))
+    return True
+
+
+def analyze(conn: psycopg.Connection) -> None:
+    conn.execute(_q("analyze"))

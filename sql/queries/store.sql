@@ -1,0 +1,105 @@
+-- Statements used by pipelines/store.py. Parameters are bound (%s / %(name)s), never formatted in.
+
+-- name: upsert_collection
+INSERT INTO ragpipe.collections (name, model, dimension, chunk_tokens, chunk_overlap, settings)
+VALUES (%(name)s, %(model)s, %(dimension)s, %(chunk_tokens)s, %(chunk_overlap)s, %(settings)s)
+ON CONFLICT (name) DO NOTHING;
+
+-- name: get_collection
+SELECT id, name, model, dimension, chunk_tokens, chunk_overlap, settings
+FROM ragpipe.collections WHERE name = %s;
+
+-- name: update_collection_settings
+UPDATE ragpipe.collections
+SET chunk_tokens = %(chunk_tokens)s, chunk_overlap = %(chunk_overlap)s, settings = %(settings)s, updated_at = now()
+WHERE id = %(id)s;
+
+-- name: lock_collection
+SELECT pg_advisory_lock(hashtextextended('ragpipe:' || %s, 0));
+
+-- name: lock_collection_shared
+SELECT pg_advisory_lock_shared(hashtextextended('ragpipe:' || %s, 0));
+
+-- name: unlock_collection
+SELECT pg_advisory_unlock(hashtextextended('ragpipe:' || %s, 0));
+
+-- name: unlock_collection_shared
+SELECT pg_advisory_unlock_shared(hashtextextended('ragpipe:' || %s, 0));
+
+-- name: start_run
+INSERT INTO ragpipe.ingest_runs (collection_id, trigger) VALUES (%s, %s) RETURNING id;
+
+-- name: set_plan_counts
+UPDATE ragpipe.ingest_runs
+SET listing_complete = %(complete)s, listed = %(listed)s, unchanged = %(unchanged)s
+WHERE id = %(run_id)s;
+
+-- name: add_run_counts
+UPDATE ragpipe.ingest_runs
+SET new = new + %(new)s, changed = changed + %(changed)s, unchanged = unchanged + %(unchanged)s,
+    failed = failed + %(failed)s, deleted = deleted + %(deleted)s,
+    chunks_embedded = chunks_embedded + %(chunks_embedded)s, chunks_reused = chunks_reused + %(chunks_reused)s
+WHERE id = %(run_id)s;
+
+-- name: finish_run
+UPDATE ragpipe.ingest_runs
+SET status = %(status)s, error = %(error)s, seconds = extract(epoch FROM clock_timestamp() - started_at),
+    finished_at = clock_timestamp()
+WHERE id = %(run_id)s
+RETURNING id, status, listing_complete, listed, new, changed, unchanged, deleted, failed,
+          chunks_embedded, chunks_reused, seconds;
+
+-- name: document_fingerprints
+SELECT source_id, fingerprint FROM ragpipe.documents WHERE collection_id = %s;
+
+-- name: document_hashes
+SELECT source_id, content_hash FROM ragpipe.documents
+WHERE collection_id = %s AND source_id = ANY(%s);
+
+-- name: touch_documents
+UPDATE ragpipe.documents d SET fingerprint = t.fingerprint, updated_at = now()
+FROM unnest(%s::text[], %s::text[]) AS t(source_id, fingerprint)
+WHERE d.collection_id = %s AND d.source_id = t.source_id;
+
+-- name: cached_embeddings
+SELECT DISTINCT ON (c.content_hash) c.content_hash, c.embedding
+FROM ragpipe.chunks c JOIN ragpipe.collections k ON k.id = c.collection_id
+WHERE k.model = %s AND c.content_hash = ANY(%s);
+
+-- name: delete_chunks_of
+DELETE FROM ragpipe.chunks c USING ragpipe.documents d
+WHERE c.document_id = d.id AND d.collection_id = %s AND d.source_id = ANY(%s);
+
+-- name: upsert_documents
+INSERT INTO ragpipe.documents AS d
+    (collection_id, source_id, uri, title, content_hash, fingerprint, metadata, chunk_count)
+SELECT %s, * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::jsonb[], %s::int[])
+ON CONFLICT (collection_id, source_id) DO UPDATE
+SET uri = excluded.uri, title = excluded.title, content_hash = excluded.content_hash,
+    fingerprint = excluded.fingerprint, metadata = excluded.metadata, chunk_count = excluded.chunk_count,
+    updated_at = now()
+RETURNING d.source_id, d.id;
+
+-- name: copy_chunks
+COPY ragpipe.chunks (collection_id, document_id, ordinal, text, token_count, char_start, char_end,
+                     heading_path, content_hash, metadata, embedding)
+FROM STDIN (FORMAT BINARY);
+
+-- name: record_failure
+INSERT INTO ragpipe.ingest_failures (run_id, collection_id, source_id, uri, stage, error)
+VALUES (%s, %s, %s, %s, %s, %s);
+
+-- name: delete_documents
+DELETE FROM ragpipe.documents WHERE collection_id = %s AND source_id = ANY(%s);
+
+-- name: hnsw_index_exists
+SELECT to_regclass(%s) IS NOT NULL;
+
+-- name: create_hnsw_index
+CREATE INDEX IF NOT EXISTS {index} ON ragpipe.chunks
+USING hnsw ((embedding::vector({dimension})) vector_cosine_ops)
+WITH (m = {m}, ef_construction = {ef_construction})
+WHERE collection_id = {collection_id};
+
+-- name: analyze
+ANALYZE ragpipe.documents, ragpipe.chunks;
