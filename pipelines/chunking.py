@@ -15,6 +15,7 @@ from typing import Any
 HEADING = re.compile(r"^(#{1,6})[ \t]+(.+?)[ \t#]*$", re.MULTILINE)
 SENTENCE_END = ".!?;:"
 MAX_SPAN_CHARS = 100
+HEADING_SCORE = 5
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,7 @@ def chunk_text(text: str, tokenizer: Any, chunk_tokens: int, overlap: int) -> li
     chunks: list[Chunk] = []
     start, n = 0, len(spans)
     while start < n:
-        end = n if start + budget >= n else _best_break(scores, start + max(1, budget // 2), start + budget)
+        end = n if start + budget >= n else _best_break(scores, start, budget)
         end, count = _fit(text, spans, tokenizer, start, end, chunk_tokens)
         s, e = spans[start][0], spans[end - 1][1]
         chunks.append(Chunk(len(chunks), text[s:e], s, e, count, _heading_path(headings, s)))
@@ -75,13 +76,13 @@ def _token_spans(text: str, tokenizer: Any) -> list[tuple[int, int]]:
 
 def _boundary_scores(text: str, spans: list[tuple[int, int]]) -> list[int]:
     """scores[i] rates breaking the text just before token i (index 0 is never used)."""
-    heading_starts = {m.start() for m in HEADING.finditer(text)}
+    heading_starts = {m.start() for m in HEADING.finditer(text) if not _follows_heading(text, m.start())}
     scores = [0] * (len(spans) + 1)
     for i in range(1, len(spans)):
         prev_end, start = spans[i - 1][1], spans[i][0]
         gap = text[prev_end:start]
         if start in heading_starts:
-            scores[i] = 5
+            scores[i] = HEADING_SCORE
         elif "\n\n" in gap or "\n\r\n" in gap:
             scores[i] = 4
         elif "\n" in gap:
@@ -90,13 +91,24 @@ def _boundary_scores(text: str, spans: list[tuple[int, int]]) -> list[int]:
             scores[i] = 2
         elif gap:
             scores[i] = 1
-    scores[len(spans)] = 5
+    scores[len(spans)] = HEADING_SCORE
     return scores
 
 
-def _best_break(scores: list[int], lo: int, hi: int) -> int:
-    """The best-scoring break in [lo, hi]; the latest one among equals."""
-    return max(range(lo, hi + 1), key=lambda i: (scores[i], i))
+def _follows_heading(text: str, pos: int) -> bool:
+    """True when the line before `pos` (blank lines skipped) is itself a heading: keep them together."""
+    before = text[:pos].rstrip()
+    return bool(before) and HEADING.fullmatch(before[before.rfind("\n") + 1:]) is not None
+
+
+def _best_break(scores: list[int], start: int, budget: int) -> int:
+    """Where to end a chunk: the last heading past the first eighth of the budget, else the
+    best-scoring break in the second half (the latest one among equals)."""
+    hi = start + budget
+    for i in range(hi, start + max(1, budget // 8) - 1, -1):
+        if scores[i] >= HEADING_SCORE:
+            return i
+    return max(range(start + max(1, budget // 2), hi + 1), key=lambda i: (scores[i], i))
 
 
 def _fit(text: str, spans: list[tuple[int, int]], tokenizer: Any, start: int, end: int,

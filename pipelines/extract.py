@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import charset_normalizer
 
+WESTERN = ("cp1252", "latin_1", "iso8859_15")
+
 
 class ExtractionError(ValueError):
     """The document cannot be turned into text; the message says why."""
@@ -44,10 +46,12 @@ def decode_text(data: bytes) -> str:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError:
         pass
-    best = charset_normalizer.from_bytes(data).best()
-    if best is None or best.chaos > 0.3:
+    matches = list(charset_normalizer.from_bytes(data))
+    if not matches or matches[0].chaos > 0.3:
         raise ExtractionError("not valid UTF-8 and no text encoding could be detected (binary data?)")
-    return str(best)
+    # Ties are common on short texts (cp1250 vs cp1252 read é the same); prefer the common Western one.
+    tied = [m for m in matches if (m.chaos, m.coherence) == (matches[0].chaos, matches[0].coherence)]
+    return str(next((m for m in tied if m.encoding in WESTERN), matches[0]))
 
 
 def _plain(data: bytes) -> Extracted:

@@ -10,7 +10,6 @@
 import hashlib
 import json
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -26,7 +25,7 @@ from .embedding import Embedder, get_embedder
 from .extract import ExtractionError, extract
 from .migrations import migrate
 from .settings import load_settings
-from .sources import DocumentRef, RawDocument, SourceError, make_source
+from .sources import DocumentRef, RawDocument, make_source
 
 log = logging.getLogger(__name__)
 _migrated: set[str] = set()

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import psycopg
 from psycopg import sql
+from psycopg.types.json import Jsonb
 
 from .chunking import Chunk
 from .sqlfiles import query
@@ -161,7 +162,7 @@ def replace_documents(conn: psycopg.Connection, collection: Collection, docs: li
         copy.set_types(["int4", "int8", "int4", "text", "int4", "int4", "int4", "text[]", "text", "jsonb",
                         "vector"])
         for d in docs:
-            meta = json.dumps(d.metadata)
+            meta = Jsonb(d.metadata)
             for chunk, vector in zip(d.chunks, d.embeddings, strict=True):
                 copy.write_row((collection.id, doc_ids[d.source_id], chunk.ordinal, chunk.text, chunk.token_count,
                                 chunk.char_start, chunk.char_end, list(chunk.heading_path), chunk.content_hash,

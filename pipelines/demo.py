@@ -1,0 +1,27 @@
+"""What `make run` prints: a semantic search over the sample collection and the SQL behind it."""
+
+import sys
+
+from .embedding import get_embedder
+from .search import search
+from .settings import DEFAULT_MODEL
+
+SQL = """SELECT document_id, round(score::numeric, 3) AS score, left(text, 80) AS text
+FROM ragpipe.semantic_search('{collection}', '{vector}', k => 3);"""
+
+
+def main(question: str, collection: str = "sample") -> None:
+    print(f"\nQuestion: {question}\n")
+    for i, hit in enumerate(search(question, collection=collection, k=3), 1):
+        print(f"{i}. [{hit.score:.3f}] {hit.title or hit.document_id}\n   {hit.document_id}")
+    vector = get_embedder(DEFAULT_MODEL).encode([question])[0]
+    short = "[" + ",".join(f"{x:.4f}" for x in vector[:3]) + ", ...384 numbers...]"
+    print("\nThe same search in SQL (ragpipe db psql; the vector comes from `ragpipe embed \"...\"`):\n")
+    print(SQL.format(collection=collection, vector=short))
+    print("\nOr in one line from a shell:\n")
+    print(f"  .venv/bin/ragpipe db psql -c \"SELECT document_id, score FROM ragpipe.semantic_search("
+          f"'{collection}', '$(.venv/bin/ragpipe embed '{question}')', 3)\"\n")
+
+
+if __name__ == "__main__":
+    main(" ".join(sys.argv[1:]) or "Does coffee affect blood vessel function?")

@@ -1,0 +1,70 @@
+"""Real parts only: an embedded PostgreSQL in a temp dir, the real model, the real sample corpus."""
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CORPUS = ROOT / "examples" / "corpus"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def ragpipe_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Every test session gets its own state dir and embedded database (stopped at the end)."""
+    home = tmp_path_factory.mktemp("ragpipe-home")
+    os.environ["RAGPIPE_HOME"] = str(home)
+    os.environ.pop("RAGPIPE_DATABASE_URL", None)
+    os.environ["RAGPIPE_COLLECTIONS"] = str(home / "collections.yml")
+    os.environ["RAGPIPE_LOCK_TIMEOUT"] = "20"
+    yield home
+    from pipelines.database import embedded_server
+
+    if (home / "pgdata" / "PG_VERSION").exists():
+        embedded_server(home / "pgdata").stop()
+
+
+@pytest.fixture(scope="session")
+def db_url(ragpipe_home: Path) -> str:
+    from pipelines.ingest import open_database
+
+    return open_database()
+
+
+@pytest.fixture
+def conn(db_url: str):
+    from pipelines.database import connect
+
+    with connect(db_url, autocommit=True) as c:
+        yield c
+
+
+@pytest.fixture
+def name(request: pytest.FixtureRequest) -> str:
+    """A collection name unique to the test."""
+    return re.sub(r"[^a-z0-9]+", "_", request.node.name.lower())[:60]
+
+
+@pytest.fixture(scope="session")
+def embedder():
+    from pipelines.embedding import get_embedder
+    from pipelines.settings import DEFAULT_MODEL
+
+    return get_embedder(DEFAULT_MODEL)
+
+
+@pytest.fixture
+def corpus(tmp_path: Path) -> Path:
+    """A private copy of the sample corpus (documents only) that a test may edit."""
+    target = tmp_path / "corpus"
+    shutil.copytree(CORPUS, target, ignore=shutil.ignore_patterns("records.jsonl"))
+    return target
+
+
+def folder_spec(name: str, path: Path, **kw):
+    from pipelines.config import parse_collection
+
+    return parse_collection(dict({"name": name, "source": {"kind": "folder", "path": str(path)}}, **kw),
+                            where=name, base=path)

@@ -1,0 +1,89 @@
+import random
+
+import pytest
+
+from pipelines.chunking import chunk_text, count_tokens
+from tests.conftest import CORPUS
+
+MARKDOWN = """# Guide
+
+""" + "Intro paragraph about the guide. It has two sentences. " * 8 + """
+
+## Install
+
+Run the installer. Then check the version with the command shown below. """ + "Words keep going here. " * 80 + """
+
+## Usage
+
+### Searching
+
+Search with SQL. """ + "More usage text follows in this paragraph. " * 60
+
+
+def texts() -> list[str]:
+    rng = random.Random(7)
+    words = (CORPUS / "coffee" / "acute-effects-of-coffee-on-endothelial-function-in-healthy-s.md").read_text().split()
+    long_word = "x" * 5000
+    return [
+        MARKDOWN,
+        " ".join(rng.choice(words) for _ in range(3000)),
+        "Tiny.",
+        "a" * 20000,                          # one long line without whitespace
+        "word " * 100 + long_word + " end",
+        "\n\n".join("Sentence number %d is here. " % i * 5 for i in range(60)),
+        "日本語のテキストです。" * 300,
+    ]
+
+
+@pytest.mark.parametrize("size,overlap", [(256, 32), (128, 0), (64, 16)])
+def test_chunks_fit_the_model_and_map_back_to_the_text(embedder, size, overlap):
+    tok = embedder.tokenizer
+    for text in texts():
+        chunks = chunk_text(text, tok, size, overlap)
+        assert chunks, "non-empty text gives chunks"
+        for c in chunks:
+            assert c.text == text[c.char_start:c.char_end]
+            assert count_tokens(c.text, tok) == c.token_count <= size <= embedder.max_tokens
+        assert chunks[0].char_start <= len(text) - len(text.lstrip()) + 1
+        assert chunks[-1].char_end >= len(text.rstrip())
+        for a, b in zip(chunks, chunks[1:]):
+            assert not text[a.char_end:b.char_start].strip(), "only whitespace lies between chunks"
+            assert b.char_start > a.char_start
+            if overlap == 0:
+                assert b.char_start >= a.char_end - 1
+
+
+def test_overlap_is_close_to_the_configured_token_count(embedder):
+    tok = embedder.tokenizer
+    text = texts()[1]
+    chunks = chunk_text(text, tok, 128, 24)
+    assert len(chunks) > 5
+    for a, b in zip(chunks[:-1], chunks[1:-1]):
+        shared = text[b.char_start:a.char_end]
+        n = count_tokens(shared, tok) - 2
+        assert 12 <= n <= 24, (n, shared)
+
+
+def test_breaks_at_headings_and_keeps_heading_paths(embedder):
+    chunks = chunk_text(MARKDOWN, embedder.tokenizer, 128, 0)
+    starts = [c.text.splitlines()[0] for c in chunks]
+    assert "## Install" in starts and "## Usage" in starts
+    usage = next(c for c in chunks if c.text.startswith("## Usage"))
+    assert usage.heading_path == ("Guide", "Usage")
+    assert chunks[-1].heading_path == ("Guide", "Usage", "Searching")
+
+
+def test_prefers_sentence_ends_over_word_gaps(embedder):
+    text = " ".join(f"This is sentence {i} with a handful of ordinary words in it." for i in range(200))
+    chunks = chunk_text(text, embedder.tokenizer, 100, 0)
+    assert all(c.text.rstrip().endswith(".") for c in chunks)
+
+
+def test_empty_and_whitespace_give_no_chunks(embedder):
+    assert chunk_text("", embedder.tokenizer, 256, 32) == []
+    assert chunk_text(" \n\t ", embedder.tokenizer, 256, 32) == []
+
+
+def test_rejects_overlap_too_large(embedder):
+    with pytest.raises(ValueError, match="overlap"):
+        chunk_text("some text", embedder.tokenizer, 64, 60)

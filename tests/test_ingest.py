@@ -1,0 +1,221 @@
+"""End to end against the embedded PostgreSQL and the real model: ingest, search, re-runs, bad input."""
+
+import os
+import time
+
+import pytest
+
+from pipelines import store
+from pipelines.config import parse_collection
+from pipelines.ingest import run_ingest
+from pipelines.search import search
+from tests.conftest import CORPUS, folder_spec
+
+QUESTIONS = {
+    "Does drinking coffee affect the function of blood vessels?": "coffee/",
+    "Can walnuts improve sperm quality?": "nuts/walnuts",
+    "allergic reaction hours after eating beef": "red-meat/",
+    "tart cherry juice and melatonin": "sleep/effect-of-tart-cherry",
+    "curcumin and Alzheimer's dementia": "turmeric/effects-of-turmeric",
+}
+
+
+def chunk_rows(conn, collection: str) -> list[tuple]:
+    return conn.execute(
+        "SELECT d.source_id, c.ordinal, c.text, c.embedding::text FROM ragpipe.chunks c "
+        "JOIN ragpipe.documents d ON d.id = c.document_id JOIN ragpipe.collections k ON k.id = c.collection_id "
+        "WHERE k.name = %s ORDER BY 1, 2", (collection,)).fetchall()
+
+
+def test_ingest_then_search_finds_the_right_documents(corpus, name, conn):
+    summary = run_ingest(folder_spec(name, corpus))
+    assert summary["status"] == "succeeded"
+    assert summary["listed"] == summary["new"] == 30 and summary["failed"] == 0
+    assert summary["chunks_embedded"] > 30
+    for question, expected in QUESTIONS.items():
+        hits = search(question, collection=name, k=3)
+        assert hits[0].document_id.startswith(expected), (question, [h.document_id for h in hits])
+        assert hits[0].score > hits[-1].score - 1e-9
+    docs = conn.execute("SELECT count(*), count(*) FILTER (WHERE chunk_count > 0) FROM ragpipe.documents d "
+                        "JOIN ragpipe.collections k ON k.id = d.collection_id WHERE k.name = %s",
+                        (name,)).fetchone()
+    assert docs == (30, 30)
+
+
+def test_chunks_keep_offsets_headings_and_token_counts(corpus, name, conn, embedder):
+    run_ingest(folder_spec(name, corpus, chunk_tokens=128, chunk_overlap=16))
+    rows = conn.execute(
+        "SELECT d.source_id, c.text, c.char_start, c.char_end, c.token_count, c.heading_path "
+        "FROM ragpipe.chunks c JOIN ragpipe.documents d ON d.id = c.document_id "
+        "JOIN ragpipe.collections k ON k.id = c.collection_id WHERE k.name = %s", (name,)).fetchall()
+    assert rows and max(r[4] for r in rows) <= 128
+    md = [r for r in rows if r[0].endswith(".md")]
+    assert any("Findings" in r[5] for r in md), "markdown chunks carry their heading path"
+    from pipelines.extract import extract
+
+    source_id, text, start, end, *_ = md[0]
+    full = extract((corpus / source_id).read_bytes(), ".md").text
+    assert full[start:end] == text
+
+
+def test_rerun_without_changes_embeds_nothing(corpus, name, conn):
+    spec = folder_spec(name, corpus)
+    run_ingest(spec)
+    before = chunk_rows(conn, name)
+    again = run_ingest(spec)
+    assert (again["new"], again["changed"], again["deleted"], again["chunks_embedded"]) == (0, 0, 0, 0)
+    assert again["unchanged"] == 30
+    assert chunk_rows(conn, name) == before
+
+
+def test_edit_touch_delete_and_full_refresh(corpus, name, conn):
+    spec = folder_spec(name, corpus)
+    run_ingest(spec)
+    edited = next(corpus.glob("coffee/*.md"))
+    edited.write_text(edited.read_text() + "\n\n## Addendum\n\nA brand new paragraph about decaffeinated espresso.\n")
+    touched = next(corpus.glob("soy/*.docx"))
+    os.utime(touched, (time.time() + 5, time.time() + 5))
+    deleted = next(corpus.glob("garlic/*.txt"))
+    deleted.unlink()
+
+    summary = run_ingest(spec)
+    assert summary["changed"] == 1, "the edited file; the touched one has identical content"
+    assert summary["unchanged"] == 28 and summary["deleted"] == 1
+    assert 0 < summary["chunks_embedded"] <= 2, "only the edited document's new chunks are embedded"
+    assert summary["chunks_reused"] >= 1
+    ids = {r[0] for r in chunk_rows(conn, name)}
+    assert deleted.relative_to(corpus).as_posix() not in ids
+    hits = search("decaffeinated espresso", collection=name, k=1)
+    assert hits[0].document_id == edited.relative_to(corpus).as_posix()
+
+    refreshed = run_ingest(spec, full_refresh=True)
+    assert refreshed["changed"] == 29 and refreshed["chunks_embedded"] == len(chunk_rows(conn, name))
+
+
+def test_model_mismatch_is_a_clear_error(corpus, name, tmp_path):
+    run_ingest(folder_spec(name, corpus))
+    other = tmp_path / "other-model"
+    from pipelines.embedding import get_embedder
+
+    get_embedder("all-MiniLM-L6-v2").model.save(str(other))
+    with pytest.raises(store.CollectionMismatch, match="cannot take"):
+        run_ingest(folder_spec(name, corpus, model=str(other)))
+
+
+BAD_FILES = {
+    "broken.pdf": b"%PDF-1.7\n1 0 obj << /Type /Catalog >> endobj trailer <<>>\n%%EOF",
+    "binary.txt": bytes(range(256)) * 40,
+    "empty.md": b"",
+    "blank.txt": b"   \n\n  ",
+    "fake.docx": b"this is not a zip archive",
+}
+
+
+def test_bad_files_are_recorded_and_the_rest_is_loaded(corpus, name, conn):
+    spec = folder_spec(name, corpus)
+    run_ingest(spec)
+    victim = next(corpus.glob("vitamin-d/*.pdf"))
+    victim_id = victim.relative_to(corpus).as_posix()
+    before = [r for r in chunk_rows(conn, name) if r[0] == victim_id]
+    for file_name, data in BAD_FILES.items():
+        (corpus / file_name).write_bytes(data)
+    (corpus / "nul.txt").write_bytes(b"Lentils are\x00 legumes rich in protein and fibre.")
+    victim.write_bytes(victim.read_bytes()[:300])  # now truncated: must keep its old version
+
+    summary = run_ingest(spec)
+    assert summary["status"] == "succeeded"
+    assert summary["failed"] == len(BAD_FILES) + 1 and summary["new"] == 1
+    failures = dict(conn.execute(
+        "SELECT f.source_id, f.stage || ': ' || f.error FROM ragpipe.ingest_failures f WHERE run_id = %s",
+        (summary["id"],)).fetchall())
+    assert set(failures) == set(BAD_FILES) | {victim_id}
+    assert "binary" in failures["binary.txt"] and "no extractable text" in failures["empty.md"]
+    assert [r for r in chunk_rows(conn, name) if r[0] == victim_id] == before, "old version still searchable"
+    assert search("legumes rich in protein", collection=name, k=1)[0].document_id == "nul.txt"
+
+
+def test_tabular_rows_become_documents_with_metadata(name, conn, tmp_path):
+    spec = parse_collection({"name": name, "source": {"kind": "tabular", "path": str(CORPUS / "records.jsonl"),
+                                                      "title_column": "title"}}, where=name, base=tmp_path)
+    summary = run_ingest(spec)
+    assert summary["new"] == 20
+    hits = search("Is milk consumption linked to acne?", collection=name, k=10, filter={"topic": "milk"})
+    assert hits and all(h.metadata["topic"] == "milk" for h in hits)
+    assert hits[0].title and "url" in hits[0].metadata
+    # a CSV and a Parquet version of the same rows load the same documents
+    import pandas as pd
+
+    frame = pd.read_json(CORPUS / "records.jsonl", lines=True)
+    for suffix, writer in ((".csv", frame.to_csv), (".parquet", frame.to_parquet)):
+        path = tmp_path / f"records{suffix}"
+        writer(path, index=False) if suffix == ".csv" else writer(path)
+        other = parse_collection({"name": f"{name}{suffix[1:]}", "source": {
+            "kind": "tabular", "path": str(path), "title_column": "title"}}, where=name, base=tmp_path)
+        assert run_ingest(other)["new"] == 20
+    row = conn.execute("SELECT metadata FROM ragpipe.documents d JOIN ragpipe.collections k ON "
+                       "k.id = d.collection_id WHERE k.name = %s AND source_id = 'MED-118'", (f"{name}csv",)).fetchone()
+    assert row[0]["topic"] == "milk"
+
+
+def load_random_collection(conn, name: str, documents: int, chunks_per_doc: int, dim: int = 384):
+    """A collection of random unit vectors, loaded through the real loader (fast, no model)."""
+    import numpy as np
+
+    from pipelines.chunking import Chunk
+
+    rng = np.random.default_rng(0)
+    coll = store.ensure_collection(conn, name, "sentence-transformers/all-MiniLM-L6-v2", dim, 256, 32, {"index": {}})
+    docs = []
+    for i in range(documents):
+        vectors = rng.normal(size=(chunks_per_doc, dim)).astype(np.float32)
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        chunks = [Chunk(j, f"doc {i} chunk {j}", 0, 1, 3) for j in range(chunks_per_doc)]
+        docs.append(store.LoadedDocument(f"doc-{i}", f"mem://{i}", None, str(i), "", {"group": i % 50},
+                                         chunks, vectors))
+    with conn.transaction():
+        store.replace_documents(conn, coll, docs)
+    with conn.transaction():
+        store.ensure_hnsw_index(conn, coll)
+    store.analyze(conn)
+    return coll
+
+
+def test_search_is_served_by_the_hnsw_index(name, conn):
+    coll = load_random_collection(conn, name, documents=1000, chunks_per_doc=5)
+    index = store.hnsw_index_name(coll)
+
+    def scans() -> int:
+        conn.execute("SELECT pg_stat_force_next_flush()")
+        return conn.execute("SELECT idx_scan FROM pg_stat_user_indexes WHERE indexrelname = %s",
+                            (index,)).fetchone()[0]
+
+    before = scans()
+    hits = search("coffee and mortality", collection=name, k=5)
+    assert len(hits) == 5
+    time.sleep(0.2)
+    assert scans() > before, "semantic_search must use the collection's HNSW index"
+    # a selective filter (2% of the documents) still returns k rows: iterative index scans
+    hits = search("anything", collection=name, k=10, filter={"group": 7})
+    assert len(hits) == 10 and all(h.metadata == {"group": 7} for h in hits)
+
+
+def test_filter_and_unknown_collection(corpus, name):
+    run_ingest(folder_spec(name, corpus))
+    hits = search("food", collection=name, k=50, filter={"path": "soy/" + next(corpus.glob("soy/*.pdf")).name})
+    assert hits and {h.document_id for h in hits} == {"soy/" + next(corpus.glob("soy/*.pdf")).name}
+    from pipelines.search import UnknownCollection
+
+    with pytest.raises(UnknownCollection):
+        search("x", collection="no-such-collection")
+
+
+def test_dry_run_and_limit(corpus, name):
+    spec = folder_spec(name, corpus)
+    dry = run_ingest(spec, dry_run=True)
+    assert dry["status"] == "dry_run" and dry["would_process"] == 30 and dry["chunks_embedded"] == 0
+    part = run_ingest(spec, limit=5)
+    assert part["new"] == 5
+    rest = run_ingest(spec)
+    assert rest["new"] == 25 and rest["unchanged"] == 5
+
+
