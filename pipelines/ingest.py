@@ -114,7 +114,8 @@ def plan_run(conn: psycopg.Connection, spec: CollectionSpec, full_refresh: bool 
     known = store.document_fingerprints(conn, collection.id)
     listed = {ref.source_id for ref in listing.refs}
     new = [r for r in listing.refs if r.source_id not in known]
-    changed = [r for r in listing.refs if r.source_id in known and (full_refresh or known[r.source_id] != r.fingerprint)]
+    changed = [r for r in listing.refs
+               if r.source_id in known and (full_refresh or known[r.source_id] != r.fingerprint)]
     todo = new + changed
     if limit is not None:
         todo = todo[:limit]

@@ -30,7 +30,7 @@ def texts() -> list[str]:
         "Tiny.",
         "a" * 20000,                          # one long line without whitespace
         "word " * 100 + long_word + " end",
-        "\n\n".join("Sentence number %d is here. " % i * 5 for i in range(60)),
+        "\n\n".join(f"Sentence number {i} is here. " * 5 for i in range(60)),
         "日本語のテキストです。" * 300,
     ]
 
@@ -46,7 +46,7 @@ def test_chunks_fit_the_model_and_map_back_to_the_text(embedder, size, overlap):
             assert count_tokens(c.text, tok) == c.token_count <= size <= embedder.max_tokens
         assert chunks[0].char_start <= len(text) - len(text.lstrip()) + 1
         assert chunks[-1].char_end >= len(text.rstrip())
-        for a, b in zip(chunks, chunks[1:]):
+        for a, b in zip(chunks, chunks[1:], strict=False):
             assert not text[a.char_end:b.char_start].strip(), "only whitespace lies between chunks"
             assert b.char_start > a.char_start
             if overlap == 0:
@@ -58,7 +58,7 @@ def test_overlap_is_close_to_the_configured_token_count(embedder):
     text = texts()[1]
     chunks = chunk_text(text, tok, 128, 24)
     assert len(chunks) > 5
-    for a, b in zip(chunks[:-1], chunks[1:-1]):
+    for a, b in zip(chunks[:-1], chunks[1:-1], strict=False):
         shared = text[b.char_start:a.char_end]
         n = count_tokens(shared, tok) - 2
         assert 12 <= n <= 24, (n, shared)

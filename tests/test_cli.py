@@ -10,7 +10,7 @@ RAGPIPE = [str(Path(sys.executable).parent / "ragpipe")]
 
 
 def ragpipe(*args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
-    result = subprocess.run(RAGPIPE + list(args), capture_output=True, text=True, timeout=300,
+    result = subprocess.run(RAGPIPE + list(args), capture_output=True, text=True, timeout=300, check=False,
                             env=dict(os.environ, **(env or {})))
     if check:
         assert result.returncode == 0, result.stderr
