@@ -23,12 +23,15 @@ from .config import CollectionSpec, ConfigError
 from .database import connect, database_url
 from .embedding import Embedder, get_embedder
 from .extract import ExtractionError, extract
+from .faults import failpoint
 from .migrations import migrate
 from .settings import load_settings
-from .sources import DocumentRef, RawDocument, make_source
+from .sources import DocumentRef, RawDocument, Source, make_source
 
 log = logging.getLogger(__name__)
 _migrated: set[str] = set()
+COMMIT_EVERY = 16
+"""Documents per load transaction inside a batch."""
 
 
 @dataclass
@@ -63,11 +66,16 @@ class BatchResult:
     failed: int = 0
     chunks_embedded: int = 0
     chunks_reused: int = 0
+    processed: int = 0
     failures: list[tuple[str, str, str]] = field(default_factory=list)
     """(source_id, stage, reason) of each failed document."""
 
     def counts(self) -> dict[str, int]:
-        return {k: v for k, v in asdict(self).items() if k != "failures"}
+        return {k: v for k, v in asdict(self).items() if k not in ("failures", "processed")}
+
+    def add(self, other: "BatchResult") -> None:
+        for key, value in asdict(other).items():
+            setattr(self, key, getattr(self, key) + value)
 
 
 @dataclass
@@ -130,13 +138,25 @@ def plan_run(conn: psycopg.Connection, spec: CollectionSpec, full_refresh: bool 
 
 def process_batch(conn: psycopg.Connection, spec: CollectionSpec, run_id: int, refs: list[DocumentRef],
                   full_refresh: bool = False) -> BatchResult:
-    """Read, extract, chunk, embed and load one batch of documents; safe to retry."""
+    """Read, extract, chunk, embed and load a batch of documents, committing every COMMIT_EVERY
+    documents; safe to retry: documents already committed are recognised by their content hash."""
     collection, embedder = open_collection(conn, spec)
+    source = make_source(spec.source)
+    total = BatchResult()
+    for i in range(0, len(refs), COMMIT_EVERY):
+        group = refs[i:i + COMMIT_EVERY]
+        total.add(_process_group(conn, collection, embedder, source, run_id, group, full_refresh))
+        failpoint("batch_after_commit")
+    return total
+
+
+def _process_group(conn: psycopg.Connection, collection: store.Collection, embedder: Embedder, source: Source,
+                   run_id: int, refs: list[DocumentRef], full_refresh: bool) -> BatchResult:
     result = BatchResult()
     existing = store.document_hashes(conn, collection.id, [r.source_id for r in refs])
     prepared: list[Prepared] = []
     touched: dict[str, str] = {}
-    for ref, raw in make_source(spec.source).read_many(refs):
+    for ref, raw in source.read_many(refs):
         if isinstance(raw, Exception):
             result.failures.append((ref.source_id, "read", str(raw)))
             continue
@@ -152,7 +172,7 @@ def process_batch(conn: psycopg.Connection, spec: CollectionSpec, run_id: int, r
             log.exception("unexpected error extracting %s", ref.source_id)
             result.failures.append((ref.source_id, "extract", f"{type(exc).__name__}: {exc}"))
     vectors, result.chunks_embedded, result.chunks_reused = embed_chunks(
-        conn, embedder, spec.model, [c for p in prepared for c in p.chunks], reuse=not full_refresh)
+        conn, embedder, collection.model, [c for p in prepared for c in p.chunks], reuse=not full_refresh)
     docs, offset = [], 0
     for p in prepared:
         n = len(p.chunks)
@@ -165,9 +185,11 @@ def process_batch(conn: psycopg.Connection, spec: CollectionSpec, run_id: int, r
             result.new += 1
     result.unchanged = len(touched)
     result.failed = len(result.failures)
+    result.processed = len(refs)
     uris = {r.source_id: r.uri for r in refs}
     with conn.transaction():
         store.replace_documents(conn, collection, docs)
+        failpoint("load_before_commit")
         store.touch_documents(conn, collection.id, touched)
         for source_id, stage, reason in result.failures:
             store.record_failure(conn, run_id, collection.id, source_id, uris.get(source_id), stage, reason)
