@@ -33,6 +33,8 @@ class CollectionSpec:
     """Documents per load transaction (and per mapped Airflow task)."""
     index: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_INDEX))
     description: str = ""
+    smoke_queries: list[str] = field(default_factory=list)
+    """Known queries that must return results after each refresh (the Airflow smoke-check DAG)."""
 
 
 SPEC_KEYS = {f.name for f in dataclasses.fields(CollectionSpec)}

@@ -86,9 +86,9 @@ class Prepared:
     chunks: list[Chunk]
 
 
-def open_database() -> str:
-    """The database URL, with the schema migrated once per process."""
-    url = database_url()
+def open_database(url: str | None = None) -> str:
+    """The database URL (default: RAGPIPE_DATABASE_URL or the embedded server), migrated once per process."""
+    url = url or database_url()
     if url not in _migrated:
         migrate(url)
         _migrated.add(url)
@@ -161,7 +161,10 @@ def _process_group(conn: psycopg.Connection, collection: store.Collection, embed
             result.failures.append((ref.source_id, "read", str(raw)))
             continue
         digest = content_hash(raw)
-        if not full_refresh and existing.get(ref.source_id) == digest:
+        stored_hash, written_by = existing.get(ref.source_id, (None, None))
+        if written_by == run_id and stored_hash == digest:
+            continue  # this run already committed it (a retried batch): nothing to do or count
+        if not full_refresh and stored_hash == digest:
             touched[ref.source_id] = ref.fingerprint
             continue
         try:
@@ -188,9 +191,9 @@ def _process_group(conn: psycopg.Connection, collection: store.Collection, embed
     result.processed = len(refs)
     uris = {r.source_id: r.uri for r in refs}
     with conn.transaction():
-        store.replace_documents(conn, collection, docs)
+        store.replace_documents(conn, collection, run_id, docs)
         failpoint("load_before_commit")
-        store.touch_documents(conn, collection.id, touched)
+        store.touch_documents(conn, collection.id, run_id, touched)
         for source_id, stage, reason in result.failures:
             store.record_failure(conn, run_id, collection.id, source_id, uris.get(source_id), stage, reason)
         store.add_run_counts(conn, run_id, **result.counts())
@@ -217,9 +220,9 @@ def finalize_run(conn: psycopg.Connection, spec: CollectionSpec, run_id: int, de
 
 def run_ingest(spec: CollectionSpec, full_refresh: bool = False, limit: int | None = None,
                dry_run: bool = False, trigger: str = "cli",
-               progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+               progress: Callable[[int, int], None] | None = None, url: str | None = None) -> dict[str, Any]:
     """A whole run in this process, holding the collection's write lock throughout."""
-    url = open_database()
+    url = open_database(url)
     with connect(url, autocommit=True) as conn, store.collection_lock(
             conn, spec.name, load_settings().lock_timeout_s):
         plan = plan_run(conn, spec, full_refresh, limit, trigger)
@@ -268,3 +271,34 @@ def embed_chunks(conn: psycopg.Connection, embedder: Embedder, model: str, chunk
     fresh = embedder.encode([texts[h] for h in missing])
     known.update(zip(missing, fresh, strict=True))
     return np.stack([known[h] for h in hashes]), len(missing), len(hashes) - len(missing)
+
+
+# Steps for orchestrators whose tasks run in separate processes (the Airflow DAGs). Each opens its
+# own connection; plan and finalize take the collection's lock exclusively, batches share it, so a
+# CLI run never writes the same collection at the same time as a DAG run.
+
+def plan_step(spec: CollectionSpec, url: str | None = None, full_refresh: bool = False,
+              limit: int | None = None, dry_run: bool = False, trigger: str = "airflow") -> Plan:
+    with connect(open_database(url), autocommit=True) as conn, store.collection_lock(
+            conn, spec.name, load_settings().lock_timeout_s):
+        plan = plan_run(conn, spec, full_refresh, limit, trigger)
+        if dry_run:
+            store.finish_run(conn, plan.run_id, "dry_run")
+        return plan
+
+
+def batch_step(spec: CollectionSpec, run_id: int, refs: list[DocumentRef], url: str | None = None,
+               full_refresh: bool = False) -> BatchResult:
+    with connect(open_database(url), autocommit=True) as conn, store.collection_lock(
+            conn, spec.name, load_settings().lock_timeout_s, shared=True):
+        return process_batch(conn, spec, run_id, refs, full_refresh)
+
+
+def finalize_step(spec: CollectionSpec, run_id: int, deleted: list[str], url: str | None = None,
+                  failed_batches: int = 0) -> dict[str, Any]:
+    """Close the run; a run with failed batches deletes nothing and is recorded as failed."""
+    with connect(open_database(url), autocommit=True) as conn, store.collection_lock(
+            conn, spec.name, load_settings().lock_timeout_s):
+        if failed_batches:
+            return finalize_run(conn, spec, run_id, [], "failed", f"{failed_batches} batch(es) failed")
+        return finalize_run(conn, spec, run_id, deleted)

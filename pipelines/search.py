@@ -38,19 +38,20 @@ class UnknownCollection(LookupError):
     pass
 
 
-def embed_query(collection: str, text: str) -> np.ndarray:
+def embed_query(collection: str, text: str, url: str | None = None) -> np.ndarray:
     """Embed `text` with the model the collection was built with."""
-    with connect(open_database()) as conn:
+    with connect(open_database(url)) as conn:
         found = store.get_collection(conn, collection)
     if found is None:
         raise UnknownCollection(f"no collection named {collection!r}; `ragpipe status` lists them")
     return get_embedder(found.model).encode([text])[0]
 
 
-def search(text: str, collection: str, k: int = 10, filter: dict[str, Any] | None = None) -> list[SearchResult]:
+def search(text: str, collection: str, k: int = 10, filter: dict[str, Any] | None = None,
+           url: str | None = None) -> list[SearchResult]:
     """Semantic search: the k chunks closest to `text`, best first."""
-    embedding = embed_query(collection, text)
-    with connect(open_database()) as conn:
+    embedding = embed_query(collection, text, url)
+    with connect(open_database(url)) as conn:
         cur = conn.cursor(row_factory=class_row(SearchResult))
         params = dict(collection=collection, embedding=embedding, k=k,
                       filter=Jsonb(filter) if filter is not None else None)

@@ -131,14 +131,17 @@ def document_fingerprints(conn: psycopg.Connection, collection_id: int) -> dict[
     return dict(conn.execute(_q("document_fingerprints"), (collection_id,)).fetchall())
 
 
-def document_hashes(conn: psycopg.Connection, collection_id: int, source_ids: list[str]) -> dict[str, str]:
-    return dict(conn.execute(_q("document_hashes"), (collection_id, source_ids)).fetchall())
+def document_hashes(conn: psycopg.Connection, collection_id: int,
+                    source_ids: list[str]) -> dict[str, tuple[str, int | None]]:
+    """source_id → (content hash, id of the run that last wrote the document)."""
+    rows = conn.execute(_q("document_hashes"), (collection_id, source_ids)).fetchall()
+    return {source_id: (digest, run_id) for source_id, digest, run_id in rows}
 
 
-def touch_documents(conn: psycopg.Connection, collection_id: int, fingerprints: dict[str, str]) -> None:
+def touch_documents(conn: psycopg.Connection, collection_id: int, run_id: int, fingerprints: dict[str, str]) -> None:
     """Record new fingerprints for documents whose content did not change."""
     if fingerprints:
-        conn.execute(_q("touch_documents"), (list(fingerprints), list(fingerprints.values()), collection_id))
+        conn.execute(_q("touch_documents"), (run_id, list(fingerprints), list(fingerprints.values()), collection_id))
 
 
 def cached_embeddings(conn: psycopg.Connection, model: str, hashes: Iterable[str]) -> dict[str, np.ndarray]:
@@ -147,14 +150,15 @@ def cached_embeddings(conn: psycopg.Connection, model: str, hashes: Iterable[str
     return {h: np.asarray(v, dtype=np.float32) if not hasattr(v, "to_numpy") else v.to_numpy() for h, v in rows}
 
 
-def replace_documents(conn: psycopg.Connection, collection: Collection, docs: list[LoadedDocument]) -> None:
+def replace_documents(conn: psycopg.Connection, collection: Collection, run_id: int,
+                      docs: list[LoadedDocument]) -> None:
     """Replace each document's row and chunks (delete + upsert + COPY). Call inside a transaction."""
     if not docs:
         return
     ids = [d.source_id for d in docs]
     conn.execute(_q("delete_chunks_of"), (collection.id, ids))
     rows = conn.execute(_q("upsert_documents"), (
-        collection.id, ids, [d.uri for d in docs], [d.title for d in docs], [d.content_hash for d in docs],
+        collection.id, run_id, ids, [d.uri for d in docs], [d.title for d in docs], [d.content_hash for d in docs],
         [d.fingerprint for d in docs], [json.dumps(d.metadata) for d in docs], [len(d.chunks) for d in docs],
     )).fetchall()
     doc_ids = dict(rows)

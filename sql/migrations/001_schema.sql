@@ -24,6 +24,7 @@ CREATE TABLE ragpipe.documents (
     fingerprint   text,
     metadata      jsonb NOT NULL DEFAULT '{}',
     chunk_count   int  NOT NULL DEFAULT 0,
+    run_id        bigint,  -- the ingest run that last wrote this row (lets a retried batch skip its own work)
     created_at    timestamptz NOT NULL DEFAULT now(),
     updated_at    timestamptz NOT NULL DEFAULT now(),
     UNIQUE (collection_id, source_id)

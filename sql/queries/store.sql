@@ -53,11 +53,11 @@ RETURNING id, status, listing_complete, listed, new, changed, unchanged, deleted
 SELECT source_id, fingerprint FROM ragpipe.documents WHERE collection_id = %s;
 
 -- name: document_hashes
-SELECT source_id, content_hash FROM ragpipe.documents
+SELECT source_id, content_hash, run_id FROM ragpipe.documents
 WHERE collection_id = %s AND source_id = ANY(%s);
 
 -- name: touch_documents
-UPDATE ragpipe.documents d SET fingerprint = t.fingerprint, updated_at = now()
+UPDATE ragpipe.documents d SET fingerprint = t.fingerprint, run_id = %s
 FROM unnest(%s::text[], %s::text[]) AS t(source_id, fingerprint)
 WHERE d.collection_id = %s AND d.source_id = t.source_id;
 
@@ -72,12 +72,12 @@ WHERE c.document_id = d.id AND d.collection_id = %s AND d.source_id = ANY(%s);
 
 -- name: upsert_documents
 INSERT INTO ragpipe.documents AS d
-    (collection_id, source_id, uri, title, content_hash, fingerprint, metadata, chunk_count)
-SELECT %s, * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::jsonb[], %s::int[])
+    (collection_id, run_id, source_id, uri, title, content_hash, fingerprint, metadata, chunk_count)
+SELECT %s, %s, * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::jsonb[], %s::int[])
 ON CONFLICT (collection_id, source_id) DO UPDATE
 SET uri = excluded.uri, title = excluded.title, content_hash = excluded.content_hash,
     fingerprint = excluded.fingerprint, metadata = excluded.metadata, chunk_count = excluded.chunk_count,
-    updated_at = now()
+    run_id = excluded.run_id, updated_at = now()
 RETURNING d.source_id, d.id;
 
 -- name: copy_chunks

@@ -1,0 +1,151 @@
+"""Ingestion DAGs generated from collections.yml: one per collection, plus a retrieval smoke
+check for each collection that declares `smoke_queries`, scheduled on the collection's Asset.
+
+Only the config is read at parse time (no model, no database connection).
+"""
+
+import os
+from datetime import datetime, timedelta
+from typing import Any
+
+from airflow.sdk import Asset, Param, dag, task
+
+from pipelines.config import CollectionSpec, load_collections
+from pipelines.settings import load_settings
+
+DEFAULT_ARGS = {
+    "owner": "ragpipe",
+    "retries": int(os.environ.get("RAGPIPE_RETRIES", "3")),
+    "retry_delay": timedelta(seconds=float(os.environ.get("RAGPIPE_RETRY_DELAY", "30"))),
+    "retry_exponential_backoff": True,
+    "max_retry_delay": timedelta(minutes=10),
+}
+EMBED_QUEUE = os.environ.get("RAGPIPE_EMBED_QUEUE", "default")
+PARAMS = {
+    "full_refresh": Param(False, type="boolean", description="Re-read and re-embed every document."),
+    "limit": Param(None, type=["null", "integer"], minimum=1,
+                   description="Process at most this many new/changed documents (empty: all)."),
+    "dry_run": Param(False, type="boolean", description="Plan only: report what would change, write nothing."),
+}
+
+
+def collection_asset(name: str) -> Asset:
+    return Asset(name=f"ragpipe_{name}", uri=f"ragpipe://collections/{name}", group="ragpipe")
+
+
+def ingest_dag(spec: CollectionSpec) -> Any:
+    @dag(
+        dag_id=f"ragpipe_ingest_{spec.name}",
+        schedule=spec.schedule,
+        start_date=datetime(2026, 1, 1),
+        catchup=False,
+        max_active_runs=1,
+        default_args=DEFAULT_ARGS,
+        params=PARAMS,
+        tags=["ragpipe", "ingest", spec.source["kind"]],
+        doc_md=f"""### Ingest collection `{spec.name}`
+{spec.description}
+
+plan (list `{spec.source['kind']}` source, diff fingerprints) → `process_batch` mapped over batches of
+{spec.docs_per_batch} document references → finalize (deletions, HNSW index, ANALYZE, run record)
+→ Asset `ragpipe_{spec.name}`. Trigger with `full_refresh`, `limit` or `dry_run` from the UI.
+""",
+    )
+    def ingest() -> None:
+        @task
+        def plan(params: dict[str, Any] | None = None, ti: Any = None) -> list[dict[str, Any]]:
+            """List the source and decide what to process; returns one entry per batch to map over."""
+            from pipelines.airflow_support import vector_db_url
+            from pipelines.ingest import plan_step
+
+            params = params or {}
+            dry_run, full_refresh = bool(params.get("dry_run")), bool(params.get("full_refresh"))
+            p = plan_step(spec, vector_db_url(), full_refresh, params.get("limit"), dry_run)
+            batches = [] if dry_run else p.batches(spec.docs_per_batch)
+            print(f"listed {p.listed} (complete: {p.listing_complete}): new {p.new}, changed {p.changed}, "
+                  f"unchanged {p.unchanged}, to delete {len(p.deleted)}; processing "
+                  f"{sum(map(len, batches))} documents in {len(batches)} batches")
+            for problem in p.problems:
+                print(f"listing problem (no deletions this run): {problem}")
+            ti.xcom_push(key="plan", value={"ingest_run_id": p.run_id, "dry_run": dry_run, "deleted": p.deleted,
+                                            "documents": sum(map(len, batches)), "would_process": len(p.todo)})
+            return [{"refs": [vars(r) for r in b], "ingest_run_id": p.run_id, "full_refresh": full_refresh}
+                    for b in batches]
+
+        @task(queue=EMBED_QUEUE)
+        def process_batch(refs: list[dict[str, str]], ingest_run_id: int, full_refresh: bool) -> dict[str, int]:
+            """Read, extract, chunk, embed and load one batch (document references only in XCom)."""
+            from pipelines.airflow_support import vector_db_url
+            from pipelines.ingest import batch_step
+            from pipelines.sources import DocumentRef
+
+            result = batch_step(spec, ingest_run_id, [DocumentRef(**r) for r in refs], vector_db_url(), full_refresh)
+            print("batch: " + ", ".join(f"{k} {v}" for k, v in result.counts().items()))
+            for source_id, stage, reason in result.failures:
+                print(f"FAILED {source_id} ({stage}): {reason}")
+            return dict(result.counts(), processed=result.processed)
+
+        @task(trigger_rule="all_done", outlets=[collection_asset(spec.name)])
+        def finalize(planned: dict[str, Any], results: Any) -> dict[str, Any]:
+            """Delete what disappeared, build the index, record the run; fail if a batch failed."""
+            from airflow.sdk.exceptions import AirflowSkipException
+
+            from pipelines.airflow_support import vector_db_url
+            from pipelines.ingest import finalize_step
+
+            if planned["dry_run"]:
+                raise AirflowSkipException(f"dry run: would process {planned['would_process']} documents "
+                                           f"and delete {len(planned['deleted'])}")
+            done = [r for r in (results or []) if r]
+            missing = planned["documents"] - sum(r["processed"] for r in done)
+            summary = finalize_step(spec, planned["ingest_run_id"], planned["deleted"], vector_db_url(),
+                                    failed_batches=int(missing > 0))
+            print("run {id} {status}: listed {listed}, new {new}, changed {changed}, unchanged {unchanged}, "
+                  "deleted {deleted}, failed {failed}, chunks embedded {chunks_embedded} "
+                  "(reused {chunks_reused}) in {seconds:.1f}s".format(**summary))
+            if missing:
+                raise RuntimeError(f"{missing} documents were not processed because a batch failed; "
+                                   "nothing was deleted. Clear the failed batch to retry it.")
+            return summary
+
+        batches = plan()
+        results = process_batch.expand_kwargs(batches)
+        finalize(batches["plan"], results)
+
+    return ingest()
+
+
+def smoke_check_dag(spec: CollectionSpec) -> Any:
+    @dag(
+        dag_id=f"ragpipe_smoke_check_{spec.name}",
+        schedule=[collection_asset(spec.name)],
+        start_date=datetime(2026, 1, 1),
+        catchup=False,
+        default_args=dict(DEFAULT_ARGS, retries=0),
+        tags=["ragpipe", "smoke-check"],
+        doc_md=f"Runs the known queries of `{spec.name}` whenever it is refreshed; fails on empty results.",
+    )
+    def smoke_check() -> None:
+        @task
+        def run_queries() -> dict[str, str]:
+            from pipelines.airflow_support import vector_db_url
+            from pipelines.search import search
+
+            top = {}
+            for query in spec.smoke_queries:
+                hits = search(query, collection=spec.name, k=3, url=vector_db_url())
+                if not hits:
+                    raise RuntimeError(f"smoke check: no results for {query!r} in {spec.name!r}")
+                print(f"{query!r} → {hits[0].document_id} ({hits[0].score:.3f})")
+                top[query] = hits[0].document_id
+            return top
+
+        run_queries()
+
+    return smoke_check()
+
+
+for _spec in load_collections(load_settings().collections_file).values():
+    globals()[f"ragpipe_ingest_{_spec.name}"] = ingest_dag(_spec)
+    if _spec.smoke_queries:
+        globals()[f"ragpipe_smoke_check_{_spec.name}"] = smoke_check_dag(_spec)

@@ -1,0 +1,21 @@
+"""The few things the DAGs need from Airflow itself; imported only by code running under Airflow."""
+
+from psycopg.conninfo import make_conninfo
+
+CONNECTION_ID = "ragpipe_db"
+
+
+def vector_db_url() -> str | None:
+    """The Airflow connection `ragpipe_db` as a libpq conninfo, or None when it is not defined
+    (then RAGPIPE_DATABASE_URL or the embedded server is used, like the CLI)."""
+    from airflow.sdk import Connection
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    try:
+        conn = Connection.get(CONNECTION_ID)
+    except AirflowNotFoundException:
+        return None
+    extra = {k: str(v) for k, v in (conn.extra_dejson or {}).items() if k in ("sslmode", "options", "sslrootcert")}
+    params = dict(host=conn.host, port=conn.port, user=conn.login, password=conn.password,
+                  dbname=conn.schema, **extra)
+    return make_conninfo(**{k: v for k, v in params.items() if v not in (None, "")})

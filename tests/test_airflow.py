@@ -1,0 +1,216 @@
+"""The DAGs under real Airflow (`dag.test()`), on the embedded PostgreSQL, with the real model."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipelines import store
+from pipelines.config import parse_collection
+from pipelines.database import connect
+from pipelines.ingest import run_ingest
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def airflow(ragpipe_home: Path, db_url: str, tmp_path_factory):
+    from pipelines.airflow_env import airflow_environment
+
+    env = airflow_environment(tmp_path_factory.mktemp("airflow"))
+    env.update(RAGPIPE_RETRY_DELAY="1", RAGPIPE_RETRIES="2")
+    os.environ.update(env)
+    subprocess.run([str(Path(sys.executable).parent / "airflow"), "db", "migrate"], check=True,
+                   capture_output=True, env=os.environ)
+    yield env
+    from airflow import settings
+
+    settings.dispose_orm()  # before the session's database stops
+
+
+def write_collections(corpus: Path, name: str, **extra) -> None:
+    entry = {"name": name, "source": {"kind": "folder", "path": str(corpus)}, "schedule": None,
+             "docs_per_batch": 8, **extra}
+    Path(os.environ["RAGPIPE_COLLECTIONS"]).write_text(yaml.safe_dump({"collections": [entry]}))
+
+
+def get_dag(dag_id: str):
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(ROOT / "dags"))
+    assert not bag.import_errors, bag.import_errors
+    return bag.dags[dag_id]
+
+
+def run_dag(name: str, **conf):
+    dag = get_dag(f"ragpipe_ingest_{name}")
+    return dag.test(run_conf=conf or None)
+
+
+def last_run(conn, name: str) -> dict:
+    from psycopg.rows import dict_row
+
+    return conn.cursor(row_factory=dict_row).execute(
+        "SELECT r.* FROM ragpipe.ingest_runs r JOIN ragpipe.collections k ON k.id = r.collection_id "
+        "WHERE k.name = %s ORDER BY r.id DESC LIMIT 1", (name,)).fetchone()
+
+
+def chunk_state(conn, name: str) -> list[tuple]:
+    return conn.execute(
+        "SELECT d.source_id, c.ordinal, c.text, c.content_hash, c.embedding::text FROM ragpipe.chunks c "
+        "JOIN ragpipe.documents d ON d.id = c.document_id JOIN ragpipe.collections k ON k.id = c.collection_id "
+        "WHERE k.name = %s ORDER BY 1, 2", (name,)).fetchall()
+
+
+def assert_same_chunks(got: list[tuple], want: list[tuple]) -> None:
+    """Same documents, ordinals, texts and hashes; embeddings equal up to float noise (batch padding)."""
+    import numpy as np
+
+    assert [r[:4] for r in got] == [r[:4] for r in want]
+    for a, b in zip(got, want, strict=True):
+        assert np.allclose(np.array(json.loads(a[4])), np.array(json.loads(b[4])), atol=1e-5)
+
+
+def mapped_count(dag_run) -> int:
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        return session.query(TaskInstance).filter_by(dag_id=dag_run.dag_id, run_id=dag_run.run_id,
+                                                     task_id="process_batch", state="success").count()
+
+
+def test_dags_import_cleanly_without_heavy_imports(airflow, corpus, name):
+    write_collections(corpus, name, smoke_queries=["coffee"])
+    code = ("import sys; from airflow.dag_processing.dagbag import DagBag; "
+            f"b = DagBag(dag_folder={str(ROOT / 'dags')!r}); assert not b.import_errors, b.import_errors; "
+            "heavy = [m for m in ('torch', 'sentence_transformers', 'transformers') if m in sys.modules]; "
+            "assert not heavy, heavy; print(sorted(b.dags))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=os.environ, check=False)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert f"ragpipe_ingest_{name}" in out.stdout and f"ragpipe_smoke_check_{name}" in out.stdout
+    from airflow.dag_processing.dagbag import DagBag
+
+    for dag in DagBag(dag_folder=str(ROOT / "dags")).dags.values():
+        assert dag.tags and dag.max_active_runs in (1, 16) and dag.catchup is False
+        for t in dag.tasks:
+            assert t.owner == "ragpipe"
+            assert t.retries >= 1 or dag.dag_id.startswith("ragpipe_smoke_check")
+
+
+def test_config_errors_name_the_collection_and_key(airflow, corpus):
+    Path(os.environ["RAGPIPE_COLLECTIONS"]).write_text(yaml.safe_dump({"collections": [
+        {"name": "broken", "source": {"kind": "folder", "path": str(corpus)}, "schedule": "every tuesday"}]}))
+    from airflow.dag_processing.dagbag import DagBag
+
+    errors = DagBag(dag_folder=str(ROOT / "dags")).import_errors
+    assert any("collection 'broken'" in e and "schedule" in e for e in errors.values()), errors
+    out = subprocess.run([str(Path(sys.executable).parent / "ragpipe"), "config", "check"], capture_output=True,
+                         text=True, env=os.environ, check=False)
+    assert out.returncode == 1 and "collection 'broken'" in out.stderr and "schedule" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_dag_runs_are_incremental(airflow, corpus, name, conn):
+    write_collections(corpus, name)
+    first = run_dag(name)
+    assert first.state == "success"
+    run = last_run(conn, name)
+    assert (run["status"], run["new"], run["failed"]) == ("succeeded", 30, 0)
+    assert mapped_count(first) == math.ceil(30 / 8)
+    coll = store.get_collection(conn, name)
+    assert conn.execute("SELECT to_regclass(%s)", (f"ragpipe.{store.hnsw_index_name(coll)}",)).fetchone()[0]
+
+    second = run_dag(name)
+    assert second.state == "success" and mapped_count(second) == 0
+    run = last_run(conn, name)
+    assert (run["new"], run["changed"], run["chunks_embedded"], run["unchanged"]) == (0, 0, 0, 30)
+
+    edited = next(corpus.glob("salt/*.md"))
+    edited.write_text(edited.read_text() + "\n\nSodium reduction in processed chicken is discussed.\n")
+    gone = next(corpus.glob("sleep/*.txt"))
+    gone.unlink()
+    third = run_dag(name)
+    run = last_run(conn, name)
+    assert third.state == "success" and mapped_count(third) == 1
+    assert (run["changed"], run["deleted"], run["new"]) == (1, 1, 0) and 0 < run["chunks_embedded"] <= 2
+    ids = {r[0] for r in chunk_state(conn, name)}
+    assert gone.relative_to(corpus).as_posix() not in ids and len(ids) == 29
+
+
+def test_params_dry_run_limit_full_refresh(airflow, corpus, name, conn):
+    write_collections(corpus, name)
+    dry = run_dag(name, dry_run=True)
+    assert dry.state == "success"
+    assert last_run(conn, name)["status"] == "dry_run" and chunk_state(conn, name) == []
+    limited = run_dag(name, limit=5)
+    assert limited.state == "success" and last_run(conn, name)["new"] == 5
+    assert len({r[0] for r in chunk_state(conn, name)}) == 5
+    run_dag(name)
+    before = chunk_state(conn, name)
+    full = run_dag(name, full_refresh=True)
+    run = last_run(conn, name)
+    assert full.state == "success" and run["changed"] == 30 and run["chunks_embedded"] == len(before)
+    assert_same_chunks(chunk_state(conn, name), before)
+
+
+@pytest.mark.parametrize("fault", ["batch_after_commit", "load_before_commit"])
+def test_batch_that_dies_halfway_is_retried_to_a_clean_result(airflow, corpus, name, conn, tmp_path, fault):
+    reference = parse_collection({"name": f"{name}_ref", "source": {"kind": "folder", "path": str(corpus)}},
+                                 where=name, base=corpus)
+    run_ingest(reference)
+    write_collections(corpus, name, docs_per_batch=30)  # one batch of 30: two commits of 16 + 14
+    os.environ.update(RAGPIPE_FAILPOINTS=fault, RAGPIPE_FAILPOINT_DIR=str(tmp_path / "faults"))
+    try:
+        dag_run = run_dag(name)
+    finally:
+        os.environ.pop("RAGPIPE_FAILPOINTS")
+    assert (tmp_path / "faults" / f"{fault}.fired").exists(), "the fault was injected"
+    assert dag_run.state == "success"
+    # exactly the chunks of a clean run: no duplicates, nothing missing
+    assert_same_chunks(chunk_state(conn, name), chunk_state(conn, f"{name}_ref"))
+    run = last_run(conn, name)
+    assert (run["status"], run["new"], run["unchanged"]) == ("succeeded", 30, 0), "counted once, not per attempt"
+
+
+def test_a_writer_holding_the_collection_makes_others_wait_or_fail_clearly(airflow, corpus, name, db_url):
+    write_collections(corpus, name)
+    os.environ["RAGPIPE_LOCK_TIMEOUT"] = "1"
+    try:
+        with connect(db_url, autocommit=True) as holder, store.collection_lock(holder, name, 5):
+            cli = subprocess.run([str(Path(sys.executable).parent / "ragpipe"), "ingest", "-c", name],
+                                 capture_output=True, text=True, env=os.environ, check=False)
+            assert cli.returncode == 1 and "being written by another run" in cli.stderr
+            blocked = run_dag(name)
+            assert blocked.state == "failed"
+        assert run_dag(name).state == "success"
+    finally:
+        os.environ["RAGPIPE_LOCK_TIMEOUT"] = "20"
+
+
+def test_two_concurrent_ingests_never_interleave(airflow, corpus, name, conn):
+    write_collections(corpus, name)
+    cmd = [str(Path(sys.executable).parent / "ragpipe"), "ingest", "-c", name, "--full-refresh", "--json"]
+    results = []
+
+    def ingest() -> None:
+        results.append(subprocess.run(cmd, capture_output=True, text=True, env=os.environ, check=False))
+
+    threads = [threading.Thread(target=ingest) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(r.returncode == 0 for r in results), [r.stderr[-500:] for r in results]
+    runs = conn.execute(
+        "SELECT r.started_at, r.finished_at FROM ragpipe.ingest_runs r JOIN ragpipe.collections k "
+        "ON k.id = r.collection_id WHERE k.name = %s ORDER BY r.started_at", (name,)).fetchall()
+    assert len(runs) == 2 and runs[0][1] <= runs[1][0], "the second run started after the first finished"
+    assert len(chunk_state(conn, name)) == len({(r[0], r[1]) for r in chunk_state(conn, name)})
