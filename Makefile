@@ -23,7 +23,9 @@ demo: install
 	$(BIN)/ragpipe ingest --collection sample_records
 	@$(BIN)/python -m pipelines.demo "Does coffee affect blood vessel function?"
 
-run: demo
+## run: the demo through Airflow: standalone Airflow 3 (UI on :8080), the sample DAGs triggered once
+run: install
+	$(BIN)/python -m pipelines.serve
 
 test: install
 	$(BIN)/pytest -q

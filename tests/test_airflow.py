@@ -214,3 +214,25 @@ def test_two_concurrent_ingests_never_interleave(airflow, corpus, name, conn):
         "ON k.id = r.collection_id WHERE k.name = %s ORDER BY r.started_at", (name,)).fetchall()
     assert len(runs) == 2 and runs[0][1] <= runs[1][0], "the second run started after the first finished"
     assert len(chunk_state(conn, name)) == len({(r[0], r[1]) for r in chunk_state(conn, name)})
+
+
+def test_vector_database_comes_from_the_airflow_connection(airflow, corpus, name, db_url):
+    import psycopg
+
+    params = psycopg.conninfo.conninfo_to_dict(db_url)
+    with psycopg.connect(db_url, autocommit=True) as admin:
+        admin.execute("DROP DATABASE IF EXISTS vectors_via_connection")
+        admin.execute("CREATE DATABASE vectors_via_connection")
+    write_collections(corpus, name)
+    os.environ["AIRFLOW_CONN_RAGPIPE_DB"] = json.dumps({
+        "conn_type": "postgres", "host": params["host"], "login": params.get("user", "postgres"),
+        "schema": "vectors_via_connection"})
+    try:
+        assert run_dag(name).state == "success"
+    finally:
+        del os.environ["AIRFLOW_CONN_RAGPIPE_DB"]
+    other = psycopg.conninfo.make_conninfo(db_url, dbname="vectors_via_connection")
+    with connect(other) as conn:
+        assert last_run(conn, name)["new"] == 30
+    with connect(db_url) as conn:
+        assert store.get_collection(conn, name) is None, "nothing went to the default database"
