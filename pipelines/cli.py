@@ -121,29 +121,116 @@ def ingest(source: str | None, collection: str, full_refresh: bool, limit: int |
         click.echo(f"failures: ragpipe status --failures --collection {collection}")
 
 
-@main.command()
-@click.argument("query")
-@click.option("-c", "--collection", required=True, help="Collection to search.")
-@click.option("-k", "--k", "k", default=5, show_default=True, help="Number of results.")
-@click.option("--filter", "filter_", help='Document metadata that must match (JSON), e.g. \'{"topic": "soy"}\'.')
-@click.option("--json", "as_json", is_flag=True, help="Print results as a JSON list.")
-def search(query: str, collection: str, k: int, filter_: str | None, as_json: bool) -> None:
-    """Semantic search: the K chunks closest in meaning to QUERY."""
-    from .search import search as run_search
-
+def _parse_filter(filter_: str | None) -> dict[str, Any] | None:
     try:
         filt = json.loads(filter_) if filter_ else None
     except json.JSONDecodeError as exc:
         _fail(f"--filter is not valid JSON: {exc}")
     if filt is not None and not isinstance(filt, dict):
         _fail('--filter must be a JSON object, e.g. {"topic": "soy"}')
-    results = run_search(query, collection=collection, k=k, filter=filt)
+    return filt
+
+
+def _print_hits(results: list, as_json: bool) -> None:
     if as_json:
         _emit([r.to_dict() for r in results])
         return
     for i, r in enumerate(results, 1):
         click.echo(f"{i}. [{r.score:.3f}] {r.title or r.document_id}  ({r.document_id})")
         click.echo("   " + " ".join(r.text.split())[:240])
+
+
+@main.command()
+@click.argument("query")
+@click.option("-c", "--collection", required=True, help="Collection to search.")
+@click.option("-k", "--k", "k", default=5, show_default=True, help="Number of results.")
+@click.option("--mode", type=click.Choice(["hybrid", "semantic", "keyword"]), default="hybrid", show_default=True,
+              help="hybrid fuses semantic and keyword rankings (reciprocal rank fusion); best on NFCorpus.")
+@click.option("--filter", "filter_", help='Document metadata that must match (JSON), e.g. \'{"topic": "soy"}\'.')
+@click.option("--json", "as_json", is_flag=True, help="Print results as a JSON list.")
+def search(query: str, collection: str, k: int, mode: str, filter_: str | None, as_json: bool) -> None:
+    """Search a collection: the K chunks that best match QUERY."""
+    from .search import search as run_search
+
+    _print_hits(run_search(query, collection=collection, k=k, filter=_parse_filter(filter_), mode=mode), as_json)
+
+
+@main.command()
+@click.argument("document_id")
+@click.option("-c", "--collection", required=True, help="Collection of the document.")
+@click.option("-k", "--k", "k", default=5, show_default=True, help="Number of documents.")
+@click.option("--json", "as_json", is_flag=True, help="Print results as a JSON list.")
+def similar(document_id: str, collection: str, k: int, as_json: bool) -> None:
+    """Documents most like DOCUMENT_ID (its source id), no query needed."""
+    from .search import similar_documents
+
+    _print_hits(similar_documents(collection, document_id, k), as_json)
+
+
+@main.command()
+@click.argument("question")
+@click.option("-c", "--collection", required=True, help="Collection to answer from.")
+@click.option("-k", "--k", "k", default=8, show_default=True, help="Chunks to retrieve.")
+@click.option("--max-tokens", default=1500, show_default=True, help="Token budget of the context.")
+@click.option("--filter", "filter_", help="Document metadata that must match (JSON).")
+def ask(question: str, collection: str, k: int, max_tokens: int, filter_: str | None) -> None:
+    """Answer QUESTION from the collection with an LLM, citing the sources.
+
+    Set RAGPIPE_LLM_URL to an OpenAI-compatible API (e.g. http://localhost:11434/v1 for Ollama,
+    https://api.openai.com/v1), and RAGPIPE_LLM_MODEL / RAGPIPE_LLM_API_KEY as needed. Without it,
+    the assembled prompt is printed instead.
+    """
+    from .ask import build_messages, format_citations, llm_settings, stream_answer
+    from .search import rag_context
+
+    ctx = rag_context(question, collection, k=k, max_tokens=max_tokens, filter=_parse_filter(filter_))
+    messages = build_messages(question, ctx)
+    settings = llm_settings()
+    if settings is None:
+        for m in messages:
+            click.echo(f"--- {m['role']} ---\n{m['content']}\n")
+        click.echo("No LLM configured: set RAGPIPE_LLM_URL (an OpenAI-compatible /v1 endpoint), and "
+                   "RAGPIPE_LLM_MODEL / RAGPIPE_LLM_API_KEY if needed, to get an answer.", err=True)
+        return
+    try:
+        for piece in stream_answer(settings, messages):
+            click.echo(piece, nl=False)
+    except (RuntimeError, OSError, ValueError) as exc:
+        _fail(f"the LLM request failed: {exc}")
+    click.echo("\n\nSources:\n" + format_citations(ctx))
+
+
+@main.command("eval")
+@click.argument("dataset_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--modes", default="semantic,keyword,hybrid,exact", show_default=True,
+              help="Comma-separated: semantic, keyword, hybrid, exact (brute-force semantic).")
+@click.option("--split", default="test", show_default=True, help="qrels/<split>.tsv to score against.")
+@click.option("--collection", help="Collection name [default: beir_<dataset>].")
+@click.option("--max-queries", type=int, help="Score only the first N queries.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def eval_(dataset_dir: Path, modes: str, split: str, collection: str | None, max_queries: int | None,
+          as_json: bool) -> None:
+    """Retrieval quality on a BEIR data set (corpus.jsonl, queries.jsonl, qrels/test.tsv).
+
+    Ingests the corpus through the normal pipeline (incrementally: re-runs are cheap), runs every
+    test query through the SQL functions and reports nDCG@10, Recall@100, MRR@10 and latency.
+    A document's score is its best chunk's score.
+    """
+    from tabulate import tabulate
+
+    from .evaluate import evaluate
+
+    wanted = [m.strip() for m in modes.split(",") if m.strip()]
+    unknown = set(wanted) - {"semantic", "keyword", "hybrid", "exact"}
+    if unknown:
+        _fail(f"unknown mode(s) {sorted(unknown)}")
+    report = evaluate(dataset_dir, wanted, collection=collection, split=split, max_queries=max_queries)
+    if as_json:
+        _emit(report)
+        return
+    click.echo(f"{report['dataset']}: {report['documents']} documents, {report['queries']} queries ({split})")
+    rows = [[mode, *m.values()] for mode, m in report["modes"].items()]
+    click.echo(tabulate(rows, headers=["mode", *next(iter(report["modes"].values())).keys()]))
 
 
 @main.command()
@@ -240,6 +327,19 @@ def db_migrate() -> None:
 
     applied = migrate(database_url())
     click.echo("applied: " + ", ".join(applied) if applied else "schema up to date")
+
+
+@db.command("grant-reader")
+@click.argument("role")
+def db_grant_reader(role: str) -> None:
+    """Let ROLE execute the search functions and read ragpipe.collection_stats, nothing else.
+
+    ROLE is created (NOLOGIN) if missing; grant it to login roles, or create it with LOGIN first.
+    """
+    from .search import grant_reader
+
+    grant_reader(role)
+    click.echo(f"{role} may now search (and nothing more)")
 
 
 @db.command("psql", context_settings={"ignore_unknown_options": True})

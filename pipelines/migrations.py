@@ -2,6 +2,7 @@
 
 import hashlib
 import logging
+from pathlib import Path
 
 import psycopg
 
@@ -27,18 +28,21 @@ def migrate(url: str) -> list[str]:
             _create_vector_extension(conn, url)
             conn.execute(BOOTSTRAP)
             done = dict(conn.execute("SELECT name, checksum FROM ragpipe.schema_migrations").fetchall())
-            files = sorted((SQL_DIR / "migrations").glob("*.sql")) + sorted((SQL_DIR / "api").glob("*.sql"))
-            for path in files:
-                text = path.read_text()
-                checksum = hashlib.sha256(text.encode()).hexdigest()
-                name = f"{path.parent.name}/{path.name}"
-                repeatable = path.parent.name == "api"
-                if name in done and (done[name] == checksum or not repeatable):
+            migrations = sorted((SQL_DIR / "migrations").glob("*.sql"))
+            api = sorted((SQL_DIR / "api").glob("*.sql"))
+            # API files are CREATE OR REPLACE scripts that build on each other (grants last):
+            # when any of them changed, all are re-applied in order.
+            api_changed = any(done.get(_name(p)) != _checksum(p) for p in api)
+            for path in migrations + api:
+                name, checksum = _name(path), _checksum(path)
+                if path in migrations and name in done:
                     if done[name] != checksum:
                         log.warning("migration %s changed after it was applied; ignoring the change", name)
                     continue
+                if path in api and not api_changed:
+                    continue
                 with conn.transaction():
-                    conn.execute(text)
+                    conn.execute(path.read_text())
                     conn.execute(
                         "INSERT INTO ragpipe.schema_migrations (name, checksum) VALUES (%s, %s) "
                         "ON CONFLICT (name) DO UPDATE SET checksum = excluded.checksum, applied_at = now()",
@@ -47,6 +51,14 @@ def migrate(url: str) -> list[str]:
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
     return applied_now
+
+
+def _name(path: Path) -> str:
+    return f"{path.parent.name}/{path.name}"
+
+
+def _checksum(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _create_vector_extension(conn: psycopg.Connection, url: str) -> None:

@@ -1,12 +1,17 @@
 """Python side of the SQL search API: embed the query with the collection's model, call the SQL function.
 
-    from pipelines.search import search
+    from pipelines.search import search, rag_context
     for hit in search("does coffee raise blood pressure?", collection="sample", k=5):
         print(hit.score, hit.title, hit.uri)
+    ctx = rag_context("does coffee raise blood pressure?", collection="sample")
+    print(ctx.context, ctx.citations)
+
+Modes: "hybrid" (default: reciprocal rank fusion of the two below; best on NFCorpus, see README),
+"semantic" (cosine similarity on the HNSW index), "keyword" (PostgreSQL full-text search).
 """
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from psycopg.rows import class_row
@@ -17,6 +22,10 @@ from .database import connect
 from .embedding import get_embedder
 from .ingest import open_database
 from .sqlfiles import query
+
+Mode = Literal["semantic", "keyword", "hybrid"]
+MODES: tuple[Mode, ...] = ("hybrid", "semantic", "keyword")
+DEFAULT_MODE: Mode = "hybrid"
 
 
 @dataclass(frozen=True)
@@ -34,25 +43,83 @@ class SearchResult:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class RagContext:
+    context: str
+    """Passages, each headed `[n] title`, ready to paste into a prompt."""
+    citations: list[dict[str, Any]]
+    """[{n, document_id, uri, title}] in citation order."""
+
+
 class UnknownCollection(LookupError):
     pass
 
 
-def embed_query(collection: str, text: str, url: str | None = None) -> np.ndarray:
-    """Embed `text` with the model the collection was built with."""
+def collection_model(collection: str, url: str | None = None) -> str:
     with connect(open_database(url)) as conn:
         found = store.get_collection(conn, collection)
     if found is None:
         raise UnknownCollection(f"no collection named {collection!r}; `ragpipe status` lists them")
-    return get_embedder(found.model).encode([text])[0]
+    return found.model
+
+
+def embed_query(collection: str, text: str, url: str | None = None) -> np.ndarray:
+    """Embed `text` with the model the collection was built with."""
+    return get_embedder(collection_model(collection, url)).encode([text])[0]
 
 
 def search(text: str, collection: str, k: int = 10, filter: dict[str, Any] | None = None,
-           url: str | None = None) -> list[SearchResult]:
-    """Semantic search: the k chunks closest to `text`, best first."""
-    embedding = embed_query(collection, text, url)
+           mode: Mode = DEFAULT_MODE, url: str | None = None, semantic_weight: float = 1.0,
+           keyword_weight: float = 1.0) -> list[SearchResult]:
+    """The k chunks that best match `text`, best first."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    embedding = embed_query(collection, text, url) if mode != "keyword" else None
+    if mode == "keyword":
+        collection_model(collection, url)  # a clear error for unknown collections
+    params = dict(collection=collection, embedding=embedding, text=text, k=k, filter=_jsonb(filter),
+                  semantic_weight=semantic_weight, keyword_weight=keyword_weight)
+    return _results(mode, params, url)
+
+
+def similar_chunks(chunk_id: int, k: int = 10, filter: dict[str, Any] | None = None,
+                   url: str | None = None) -> list[SearchResult]:
+    """Chunks most like chunk `chunk_id` (itself excluded)."""
+    return _results("similar_chunks", dict(chunk_id=chunk_id, k=k, filter=_jsonb(filter)), url)
+
+
+def similar_documents(collection: str, document_id: str, k: int = 10, filter: dict[str, Any] | None = None,
+                      url: str | None = None) -> list[SearchResult]:
+    """Documents most like document `document_id`, one row each (its best chunk)."""
+    return _results("similar_documents", dict(collection=collection, document_id=document_id, k=k,
+                                              filter=_jsonb(filter)), url)
+
+
+def rag_context(question: str, collection: str, k: int = 8, max_tokens: int = 1500,
+                filter: dict[str, Any] | None = None, url: str | None = None) -> RagContext:
+    """The best passages for `question` as one numbered context, with citations."""
+    embedding = embed_query(collection, question, url)
+    with connect(open_database(url)) as conn:
+        row = conn.execute(query("search", "rag_context"), dict(
+            collection=collection, text=question, embedding=embedding, k=k, max_tokens=max_tokens,
+            filter=_jsonb(filter))).fetchone()
+    return RagContext(row[0] or "", row[1] or [])
+
+
+def grant_reader(role: str, url: str | None = None) -> None:
+    """Let `role` execute the search functions and read ragpipe.collection_stats, nothing more."""
+    with connect(open_database(url)) as conn:
+        conn.execute(query("search", "grant_reader"), (role,))
+        conn.commit()
+
+
+def _jsonb(filter: dict[str, Any] | None) -> Jsonb | None:
+    if filter is not None and not isinstance(filter, dict):
+        raise ValueError('filter must be a JSON object, e.g. {"topic": "soy"}')
+    return Jsonb(filter) if filter is not None else None
+
+
+def _results(name: str, params: dict[str, Any], url: str | None) -> list[SearchResult]:
     with connect(open_database(url)) as conn:
         cur = conn.cursor(row_factory=class_row(SearchResult))
-        params = dict(collection=collection, embedding=embedding, k=k,
-                      filter=Jsonb(filter) if filter is not None else None)
-        return cur.execute(query("search", "semantic_search"), params).fetchall()
+        return cur.execute(query("search", name), params).fetchall()

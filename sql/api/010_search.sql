@@ -1,6 +1,13 @@
--- The SQL search API. Re-applied by `ragpipe db migrate` whenever this file changes.
+-- The SQL search API (schema ragpipe). Re-applied by `ragpipe db migrate` whenever this file changes.
+-- Every function takes a collection name and returns chunk rows best first:
+--   (chunk_id, document_id = the document's stable source id, uri, title, text, metadata, score).
+-- `filter` matches document metadata by containment (jsonb @>) in every function.
+-- Functions are SECURITY DEFINER with a pinned search_path, so a role that may only EXECUTE them
+-- (see ragpipe.grant_reader) can search without reading the tables. Values are bound, never
+-- spliced; the only formatted parts of dynamic SQL are integers from ragpipe.collections.
 
--- Public view of collections for consumers.
+-- When a signature changes, DROP the old function here first (CREATE OR REPLACE cannot change it).
+
 CREATE OR REPLACE VIEW ragpipe.collection_stats AS
 SELECT k.name AS collection, k.model, k.dimension,
        (SELECT count(*) FROM ragpipe.documents d WHERE d.collection_id = k.id) AS documents,
@@ -8,31 +15,42 @@ SELECT k.name AS collection, k.model, k.dimension,
        k.updated_at
 FROM ragpipe.collections k;
 
--- semantic_search: chunks nearest to a query embedding (cosine), best first, served by the
--- collection's HNSW index. `filter` matches document metadata by containment (jsonb @>);
--- iterative index scans keep returning k rows even when the filter is selective.
-CREATE OR REPLACE FUNCTION ragpipe.semantic_search(
-    collection text, query_embedding vector, k int DEFAULT 10, filter jsonb DEFAULT NULL)
-RETURNS TABLE (chunk_id bigint, document_id text, uri text, title text, text text, metadata jsonb,
-               score double precision)
-LANGUAGE plpgsql STABLE
-SET hnsw.iterative_scan = 'relaxed_order'
-SET hnsw.ef_search = 40
+CREATE OR REPLACE FUNCTION ragpipe.get_collection(collection text)
+RETURNS ragpipe.collections
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = ragpipe, public, pg_temp
 AS $fn$
 DECLARE
     coll ragpipe.collections;
 BEGIN
-    SELECT * INTO coll FROM ragpipe.collections c WHERE c.name = semantic_search.collection;
+    SELECT * INTO coll FROM ragpipe.collections c WHERE c.name = get_collection.collection;
     IF NOT FOUND THEN
-        RAISE EXCEPTION 'ragpipe: unknown collection "%"', semantic_search.collection
+        RAISE EXCEPTION 'ragpipe: unknown collection "%"', collection
             USING ERRCODE = 'undefined_object', HINT = 'SELECT collection FROM ragpipe.collection_stats';
     END IF;
+    RETURN coll;
+END
+$fn$;
+
+-- semantic_search: nearest chunks by cosine similarity, served by the collection's HNSW index.
+-- Iterative index scans keep returning k rows when the filter is selective.
+CREATE OR REPLACE FUNCTION ragpipe.semantic_search(
+    collection text, query_embedding vector, k int DEFAULT 10, filter jsonb DEFAULT NULL)
+RETURNS TABLE (chunk_id bigint, document_id text, uri text, title text, text text, metadata jsonb,
+               score double precision)
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = ragpipe, public, pg_temp
+SET hnsw.iterative_scan = 'relaxed_order'
+SET hnsw.ef_search = 40
+AS $fn$
+DECLARE
+    coll ragpipe.collections := ragpipe.get_collection(collection);
+BEGIN
     IF vector_dims(query_embedding) <> coll.dimension THEN
         RAISE EXCEPTION 'ragpipe: query embedding has % dimensions, collection "%" has %',
             vector_dims(query_embedding), coll.name, coll.dimension USING ERRCODE = 'data_exception';
     END IF;
     PERFORM set_config('hnsw.ef_search',
-        greatest(k, coalesce((coll.settings -> 'index' ->> 'ef_search')::int, 40))::text, true);
+        least(greatest(k, coalesce((coll.settings -> 'index' ->> 'ef_search')::int, 40)), 1000)::text, true);
     RETURN QUERY EXECUTE format($q$
         SELECT r.id, d.source_id, d.uri, d.title, r.text, d.metadata, r.score
         FROM (SELECT ch.id, ch.document_id, ch.text,
@@ -44,5 +62,192 @@ BEGIN
         JOIN ragpipe.documents d ON d.id = r.document_id
         ORDER BY r.score DESC, r.id $q$, coll.dimension, coll.id)
     USING query_embedding, filter, k;
+END
+$fn$;
+
+-- keyword_search: PostgreSQL full-text search over the chunks' tsvector (GIN index). Any query
+-- word may match (OR); ts_rank_cd ranks by how many and how close, normalised by chunk length.
+CREATE OR REPLACE FUNCTION ragpipe.keyword_search(
+    collection text, query_text text, k int DEFAULT 10, filter jsonb DEFAULT NULL)
+RETURNS TABLE (chunk_id bigint, document_id text, uri text, title text, text text, metadata jsonb,
+               score double precision)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = ragpipe, public, pg_temp
+AS $fn$
+#variable_conflict use_column
+DECLARE
+    coll ragpipe.collections := ragpipe.get_collection(collection);
+    q tsquery := ragpipe.any_word_query(query_text);
+BEGIN
+    RETURN QUERY
+    SELECT ch.id, d.source_id, d.uri, d.title, ch.text, d.metadata, ts_rank_cd(ch.tsv, q, 1)::float8
+    FROM ragpipe.chunks ch JOIN ragpipe.documents d ON d.id = ch.document_id
+    WHERE ch.collection_id = coll.id AND ch.tsv @@ q
+      AND (filter IS NULL OR ch.metadata @> filter)
+    ORDER BY 7 DESC, 1
+    LIMIT k;
+END
+$fn$;
+
+-- The words of a free-text query OR-ed together (plainto_tsquery would AND them).
+CREATE OR REPLACE FUNCTION ragpipe.any_word_query(query_text text)
+RETURNS tsquery LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $fn$
+    SELECT coalesce(nullif(replace(plainto_tsquery('english', coalesce(query_text, ''))::text, ' & ', ' | '), ''),
+                    '')::tsquery
+$fn$;
+
+-- hybrid_search: reciprocal rank fusion of semantic and keyword rankings:
+--   score = semantic_weight / (rrf_k + semantic rank) + keyword_weight / (rrf_k + keyword rank)
+-- over the top `candidates` of each (default max(4k, 50)).
+CREATE OR REPLACE FUNCTION ragpipe.hybrid_search(
+    collection text, query_text text, query_embedding vector, k int DEFAULT 10, filter jsonb DEFAULT NULL,
+    semantic_weight double precision DEFAULT 1.0, keyword_weight double precision DEFAULT 1.0,
+    rrf_k int DEFAULT 60, candidates int DEFAULT NULL)
+RETURNS TABLE (chunk_id bigint, document_id text, uri text, title text, text text, metadata jsonb,
+               score double precision)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = ragpipe, public, pg_temp
+AS $fn$
+    WITH n AS (SELECT coalesce(candidates, greatest(4 * k, 50)) AS n),
+    sem AS (
+        SELECT s.chunk_id, row_number() OVER (ORDER BY s.score DESC, s.chunk_id) AS r
+        FROM n, ragpipe.semantic_search(collection, query_embedding, n.n, filter) s
+        WHERE query_embedding IS NOT NULL),
+    kw AS (
+        SELECT s.chunk_id, row_number() OVER (ORDER BY s.score DESC, s.chunk_id) AS r
+        FROM n, ragpipe.keyword_search(collection, query_text, n.n, filter) s
+        WHERE query_text IS NOT NULL),
+    fused AS (
+        SELECT coalesce(sem.chunk_id, kw.chunk_id) AS id,
+               coalesce(semantic_weight / (rrf_k + sem.r), 0) + coalesce(keyword_weight / (rrf_k + kw.r), 0) AS score
+        FROM sem FULL JOIN kw ON kw.chunk_id = sem.chunk_id)
+    SELECT ch.id, d.source_id, d.uri, d.title, ch.text, d.metadata, f.score
+    FROM fused f JOIN ragpipe.chunks ch ON ch.id = f.id JOIN ragpipe.documents d ON d.id = ch.document_id
+    ORDER BY f.score DESC, ch.id
+    LIMIT k
+$fn$;
+
+-- similar_chunks: "more like this" for a chunk (the chunk itself excluded).
+CREATE OR REPLACE FUNCTION ragpipe.similar_chunks(chunk_id bigint, k int DEFAULT 10, filter jsonb DEFAULT NULL)
+RETURNS TABLE (chunk_id bigint, document_id text, uri text, title text, text text, metadata jsonb,
+               score double precision)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = ragpipe, public, pg_temp
+AS $fn$
+    SELECT s.*
+    FROM ragpipe.chunks src
+    JOIN ragpipe.collections k ON k.id = src.collection_id
+    CROSS JOIN LATERAL ragpipe.semantic_search(k.name, src.embedding, similar_chunks.k + 1, filter) s
+    WHERE src.id = similar_chunks.chunk_id AND s.chunk_id <> src.id
+    ORDER BY s.score DESC, s.chunk_id
+    LIMIT similar_chunks.k
+$fn$;
+
+-- similar_documents: documents closest to a document (mean of its chunk embeddings); one row per
+-- document with its best chunk; a document's score is its best chunk's score.
+CREATE OR REPLACE FUNCTION ragpipe.similar_documents(
+    collection text, source_id text, k int DEFAULT 10, filter jsonb DEFAULT NULL)
+RETURNS TABLE (chunk_id bigint, document_id text, uri text, title text, text text, metadata jsonb,
+               score double precision)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = ragpipe, public, pg_temp
+AS $fn$
+#variable_conflict use_column
+DECLARE
+    coll ragpipe.collections := ragpipe.get_collection(collection);
+    centroid vector;
+BEGIN
+    EXECUTE format('SELECT l2_normalize(avg(c.embedding::vector(%s))) FROM ragpipe.chunks c '
+                   'JOIN ragpipe.documents d ON d.id = c.document_id '
+                   'WHERE d.collection_id = $1 AND d.source_id = $2', coll.dimension)
+        INTO centroid USING coll.id, source_id;
+    IF centroid IS NULL THEN
+        RAISE EXCEPTION 'ragpipe: no document "%" in collection "%"', source_id, coll.name
+            USING ERRCODE = 'no_data_found';
+    END IF;
+    RETURN QUERY
+    SELECT DISTINCT ON (s.score, s.document_id) s.*
+    FROM (SELECT DISTINCT ON (h.document_id) h.*
+          FROM ragpipe.semantic_search(coll.name, centroid, greatest(10 * k, 100), filter) h
+          WHERE h.document_id <> similar_documents.source_id
+          ORDER BY h.document_id, h.score DESC) s
+    ORDER BY s.score DESC, s.document_id
+    LIMIT k;
+END
+$fn$;
+
+-- rag_context: the context for a RAG prompt. Takes the best k chunks (hybrid when both query text
+-- and embedding are given), merges chunks of one document that overlap or touch into one passage,
+-- keeps passages in rank order while they fit in max_tokens, and numbers one citation per
+-- document. Returns the context text and the citations [{n, document_id, uri, title}].
+CREATE OR REPLACE FUNCTION ragpipe.rag_context(
+    collection text, query_text text, query_embedding vector, k int DEFAULT 8, max_tokens int DEFAULT 1500,
+    filter jsonb DEFAULT NULL)
+RETURNS TABLE (context text, citations jsonb)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = ragpipe, public, pg_temp
+AS $fn$
+DECLARE
+    hit record;
+    passages jsonb := '[]';   -- [{doc, start, end, text, tokens, rank}]
+    p jsonb;
+    merged boolean;
+    i int;
+    used int := 0;
+    out_text text := '';
+    cites jsonb := '[]';
+    cite_no int;
+BEGIN
+    FOR hit IN
+        SELECT h.*, ch.document_id AS doc_pk, ch.char_start, ch.char_end, ch.token_count, h.ord
+        FROM (SELECT s.*, row_number() OVER () AS ord
+              FROM ragpipe.hybrid_search(collection, query_text, query_embedding, k, filter) s) h
+        JOIN ragpipe.chunks ch ON ch.id = h.chunk_id
+        ORDER BY h.ord
+    LOOP
+        merged := false;
+        FOR i IN 0 .. jsonb_array_length(passages) - 1 LOOP
+            p := passages -> i;
+            IF (p ->> 'doc')::bigint = hit.doc_pk
+               AND hit.char_start <= (p ->> 'end')::int + 1 AND hit.char_end >= (p ->> 'start')::int - 1 THEN
+                -- overlapping or adjacent: extend the passage on whichever side the chunk reaches past
+                IF hit.char_start < (p ->> 'start')::int THEN
+                    p := jsonb_set(p, '{text}', to_jsonb(
+                        left(hit.text, (p ->> 'start')::int - hit.char_start) || (p ->> 'text')));
+                    p := jsonb_set(p, '{start}', to_jsonb(hit.char_start));
+                END IF;
+                IF hit.char_end > (p ->> 'end')::int THEN
+                    p := jsonb_set(p, '{text}', to_jsonb(
+                        (p ->> 'text') || right(hit.text, hit.char_end - (p ->> 'end')::int)));
+                    p := jsonb_set(p, '{end}', to_jsonb(hit.char_end));
+                END IF;
+                p := jsonb_set(p, '{tokens}', to_jsonb((p ->> 'tokens')::int + hit.token_count));
+                passages := jsonb_set(passages, ARRAY[i::text], p);
+                merged := true;
+                EXIT;
+            END IF;
+        END LOOP;
+        IF NOT merged THEN
+            passages := passages || jsonb_build_array(jsonb_build_object(
+                'doc', hit.doc_pk, 'start', hit.char_start, 'end', hit.char_end, 'text', hit.text,
+                'tokens', hit.token_count, 'document_id', hit.document_id, 'uri', hit.uri, 'title', hit.title));
+        END IF;
+    END LOOP;
+
+    FOR i IN 0 .. jsonb_array_length(passages) - 1 LOOP
+        p := passages -> i;
+        IF used > 0 AND used + (p ->> 'tokens')::int > max_tokens THEN
+            CONTINUE;
+        END IF;
+        used := used + (p ->> 'tokens')::int;
+        SELECT (c ->> 'n')::int INTO cite_no FROM jsonb_array_elements(cites) c
+        WHERE c ->> 'document_id' = p ->> 'document_id';
+        IF cite_no IS NULL THEN
+            cite_no := jsonb_array_length(cites) + 1;
+            cites := cites || jsonb_build_array(jsonb_build_object(
+                'n', cite_no, 'document_id', p ->> 'document_id', 'uri', p ->> 'uri', 'title', p ->> 'title'));
+        END IF;
+        out_text := out_text || CASE WHEN out_text = '' THEN '' ELSE E'\n\n' END
+                    || '[' || cite_no || '] ' || coalesce(p ->> 'title', p ->> 'document_id') || E'\n'
+                    || (p ->> 'text');
+        cite_no := NULL;
+    END LOOP;
+    RETURN QUERY SELECT out_text, cites;
 END
 $fn$;

@@ -1,0 +1,25 @@
+-- The read-only role: may execute the search functions and read the public view, nothing else.
+-- `ragpipe db grant-reader ROLE` grants the same to another role (ragpipe.grant_reader).
+
+CREATE OR REPLACE FUNCTION ragpipe.grant_reader(role_name text) RETURNS void
+LANGUAGE plpgsql AS $fn$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = role_name) THEN
+        EXECUTE format('CREATE ROLE %I NOLOGIN', role_name);
+    END IF;
+    EXECUTE format('GRANT USAGE ON SCHEMA ragpipe TO %I', role_name);
+    EXECUTE format('GRANT SELECT ON ragpipe.collection_stats TO %I', role_name);
+    EXECUTE format('GRANT EXECUTE ON FUNCTION
+        ragpipe.semantic_search(text, vector, int, jsonb),
+        ragpipe.keyword_search(text, text, int, jsonb),
+        ragpipe.hybrid_search(text, text, vector, int, jsonb, double precision, double precision, int, int),
+        ragpipe.similar_chunks(bigint, int, jsonb),
+        ragpipe.similar_documents(text, text, int, jsonb),
+        ragpipe.rag_context(text, text, vector, int, int, jsonb),
+        ragpipe.get_collection(text),
+        ragpipe.any_word_query(text) TO %I', role_name);
+END
+$fn$;
+REVOKE ALL ON FUNCTION ragpipe.grant_reader(text) FROM PUBLIC;
+
+SELECT ragpipe.grant_reader('ragpipe_reader');
