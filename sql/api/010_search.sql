@@ -174,9 +174,10 @@ END
 $fn$;
 
 -- rag_context: the context for a RAG prompt. Takes the best k chunks (hybrid when both query text
--- and embedding are given), merges chunks of one document that overlap or touch into one passage,
--- keeps passages in rank order while they fit in max_tokens, and numbers one citation per
--- document. Returns the context text and the citations [{n, document_id, uri, title}].
+-- and embedding are given), merges chunks of one document that overlap (or nearly touch) into one
+-- passage in document order, keeps passages in rank order (a passage ranks as its best chunk)
+-- while they fit in max_tokens, and numbers one citation per document. Returns the context text
+-- and the citations [{n, document_id, uri, title}].
 CREATE OR REPLACE FUNCTION ragpipe.rag_context(
     collection text, query_text text, query_embedding vector, k int DEFAULT 8, max_tokens int DEFAULT 1500,
     filter jsonb DEFAULT NULL)
@@ -184,68 +185,50 @@ RETURNS TABLE (context text, citations jsonb)
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = ragpipe, public, pg_temp
 AS $fn$
 DECLARE
-    hit record;
-    passages jsonb := '[]';   -- [{doc, start, end, text, tokens, rank}]
-    p jsonb;
-    merged boolean;
-    i int;
+    p record;
     used int := 0;
     out_text text := '';
     cites jsonb := '[]';
     cite_no int;
 BEGIN
-    FOR hit IN
-        SELECT h.*, ch.document_id AS doc_pk, ch.char_start, ch.char_end, ch.token_count, h.ord
-        FROM (SELECT s.*, row_number() OVER () AS ord
-              FROM ragpipe.hybrid_search(collection, query_text, query_embedding, k, filter) s) h
-        JOIN ragpipe.chunks ch ON ch.id = h.chunk_id
-        ORDER BY h.ord
+    FOR p IN
+        WITH hits AS (
+            SELECT h.document_id, h.uri, h.title, ch.document_id AS doc, ch.char_start, ch.char_end,
+                   ch.token_count, ch.text, row_number() OVER () AS rank
+            FROM ragpipe.hybrid_search(collection, query_text, query_embedding, k, filter) h
+            JOIN ragpipe.chunks ch ON ch.id = h.chunk_id),
+        ordered AS (
+            SELECT *, max(char_end) OVER (PARTITION BY doc ORDER BY char_start, char_end
+                                          ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS prev_end
+            FROM hits),
+        islands AS (
+            SELECT *, sum(CASE WHEN prev_end IS NULL OR char_start > prev_end + 2 THEN 1 ELSE 0 END)
+                          OVER (PARTITION BY doc ORDER BY char_start, char_end) AS island
+            FROM ordered)
+        SELECT min(document_id) AS document_id, min(uri) AS uri, min(title) AS title, min(rank) AS rank,
+               sum(token_count) AS tokens,
+               string_agg(CASE
+                   WHEN prev_end IS NULL OR char_start > prev_end THEN
+                       CASE WHEN prev_end IS NULL OR char_start > prev_end + 2 THEN '' ELSE ' ' END || text
+                   WHEN char_end > prev_end THEN substr(text, prev_end - char_start + 1)
+                   ELSE '' END, '' ORDER BY char_start, char_end) AS passage
+        FROM islands
+        GROUP BY doc, island
+        ORDER BY min(rank)
     LOOP
-        merged := false;
-        FOR i IN 0 .. jsonb_array_length(passages) - 1 LOOP
-            p := passages -> i;
-            IF (p ->> 'doc')::bigint = hit.doc_pk
-               AND hit.char_start <= (p ->> 'end')::int + 1 AND hit.char_end >= (p ->> 'start')::int - 1 THEN
-                -- overlapping or adjacent: extend the passage on whichever side the chunk reaches past
-                IF hit.char_start < (p ->> 'start')::int THEN
-                    p := jsonb_set(p, '{text}', to_jsonb(
-                        left(hit.text, (p ->> 'start')::int - hit.char_start) || (p ->> 'text')));
-                    p := jsonb_set(p, '{start}', to_jsonb(hit.char_start));
-                END IF;
-                IF hit.char_end > (p ->> 'end')::int THEN
-                    p := jsonb_set(p, '{text}', to_jsonb(
-                        (p ->> 'text') || right(hit.text, hit.char_end - (p ->> 'end')::int)));
-                    p := jsonb_set(p, '{end}', to_jsonb(hit.char_end));
-                END IF;
-                p := jsonb_set(p, '{tokens}', to_jsonb((p ->> 'tokens')::int + hit.token_count));
-                passages := jsonb_set(passages, ARRAY[i::text], p);
-                merged := true;
-                EXIT;
-            END IF;
-        END LOOP;
-        IF NOT merged THEN
-            passages := passages || jsonb_build_array(jsonb_build_object(
-                'doc', hit.doc_pk, 'start', hit.char_start, 'end', hit.char_end, 'text', hit.text,
-                'tokens', hit.token_count, 'document_id', hit.document_id, 'uri', hit.uri, 'title', hit.title));
-        END IF;
-    END LOOP;
-
-    FOR i IN 0 .. jsonb_array_length(passages) - 1 LOOP
-        p := passages -> i;
-        IF used > 0 AND used + (p ->> 'tokens')::int > max_tokens THEN
+        IF used > 0 AND used + p.tokens > max_tokens THEN
             CONTINUE;
         END IF;
-        used := used + (p ->> 'tokens')::int;
+        used := used + p.tokens;
         SELECT (c ->> 'n')::int INTO cite_no FROM jsonb_array_elements(cites) c
-        WHERE c ->> 'document_id' = p ->> 'document_id';
+        WHERE c ->> 'document_id' = p.document_id;
         IF cite_no IS NULL THEN
             cite_no := jsonb_array_length(cites) + 1;
             cites := cites || jsonb_build_array(jsonb_build_object(
-                'n', cite_no, 'document_id', p ->> 'document_id', 'uri', p ->> 'uri', 'title', p ->> 'title'));
+                'n', cite_no, 'document_id', p.document_id, 'uri', p.uri, 'title', p.title));
         END IF;
         out_text := out_text || CASE WHEN out_text = '' THEN '' ELSE E'\n\n' END
-                    || '[' || cite_no || '] ' || coalesce(p ->> 'title', p ->> 'document_id') || E'\n'
-                    || (p ->> 'text');
+                    || '[' || cite_no || '] ' || coalesce(p.title, p.document_id) || E'\n' || p.passage;
         cite_no := NULL;
     END LOOP;
     RETURN QUERY SELECT out_text, cites;

@@ -1,0 +1,211 @@
+"""The SQL search API through SQL and Python: modes, filters, similarity, RAG context, roles, hostile input."""
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import psycopg
+import pytest
+
+from pipelines import search as api
+from pipelines.ingest import run_ingest
+from tests.conftest import folder_spec
+from tests.test_cli import ragpipe
+from tests.test_ingest import load_random_collection
+
+
+@pytest.fixture(scope="module")
+def sample(ragpipe_home, db_url, tmp_path_factory):
+    """The sample corpus, ingested once for this module."""
+    import shutil
+
+    from tests.conftest import CORPUS
+
+    corpus = tmp_path_factory.mktemp("search") / "corpus"
+    shutil.copytree(CORPUS, corpus, ignore=shutil.ignore_patterns("records.jsonl"))
+    run_ingest(folder_spec("search_sample", corpus))
+    return "search_sample"
+
+
+@pytest.mark.parametrize("mode", ["semantic", "keyword", "hybrid"])
+def test_every_mode_finds_the_obvious_document(sample, mode):
+    hits = api.search("walnuts semen quality sperm", collection=sample, k=5, mode=mode)
+    assert hits and hits[0].document_id.startswith("nuts/walnuts")
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+
+
+def test_hybrid_fuses_both_rankings(sample):
+    text = "Does coffee affect blood vessel function?"
+    sem = [h.chunk_id for h in api.search(text, collection=sample, k=50, mode="semantic")]
+    kw = [h.chunk_id for h in api.search(text, collection=sample, k=50, mode="keyword")]
+    hybrid = api.search(text, collection=sample, k=10, mode="hybrid")
+    for h in hybrid:
+        expected = sum(1 / (60 + ranking.index(h.chunk_id) + 1) for ranking in (sem, kw) if h.chunk_id in ranking)
+        assert h.score == pytest.approx(expected, rel=1e-6)
+    only_keyword = api.search(text, collection=sample, k=10, mode="hybrid", semantic_weight=0.0)
+    assert [h.chunk_id for h in only_keyword] == kw[:10]
+
+
+def test_similar_chunks_and_documents(sample):
+    anchor = api.search("tart cherry juice melatonin", collection=sample, k=1, mode="semantic")[0]
+    similar = api.similar_chunks(anchor.chunk_id, k=5)
+    assert len(similar) == 5 and anchor.chunk_id not in {h.chunk_id for h in similar}
+    docs = api.similar_documents(sample, "coffee/coffee-tea-and-mortality.html", k=5)
+    ids = [d.document_id for d in docs]
+    assert len(ids) == len(set(ids)) == 5 and "coffee/coffee-tea-and-mortality.html" not in ids
+    assert any(i.startswith(("coffee/", "green-tea/")) for i in ids[:2])
+
+
+def test_rag_context_merges_neighbours_and_cites_documents(sample):
+    ctx = api.rag_context("Does coffee affect blood vessel function?", collection=sample, k=6, max_tokens=2000)
+    assert ctx.context.startswith("[1] ")
+    numbers = [c["n"] for c in ctx.citations]
+    assert numbers == list(range(1, len(numbers) + 1))
+    assert len({c["document_id"] for c in ctx.citations}) == len(ctx.citations), "one citation per document"
+    for c in ctx.citations:
+        assert f"[{c['n']}] " in ctx.context and c["uri"].startswith("file://")
+    # overlapping chunks of one document appear once, merged: no 32-token overlap text twice in a row
+    paragraphs = ctx.context.split("\n\n[")
+    assert len(paragraphs) <= 6
+    small = api.rag_context("Does coffee affect blood vessel function?", collection=sample, k=6, max_tokens=300)
+    assert len(small.context) < len(ctx.context)
+
+
+def test_rag_context_merges_overlapping_chunks_exactly(ragpipe_home, db_url, tmp_path):
+    """One long document in small overlapping chunks: neighbouring hits become one exact passage."""
+    text = " ".join(f"Sentence {i} is about the blue heron nesting season in the marsh." for i in range(60))
+    (tmp_path / "heron.txt").write_text(text)
+    run_ingest(folder_spec("heron", tmp_path, chunk_tokens=64, chunk_overlap=16))
+    ctx = api.rag_context("blue heron nesting season", collection="heron", k=30, max_tokens=10_000)
+    assert len(ctx.citations) == 1
+    body = ctx.context.split("\n", 1)[1]
+    assert body in text and len(body) > len(text) * 0.9, "all chunks merged back into the document text"
+
+
+def test_selective_filters_still_return_k_rows_in_every_mode(conn, name):
+    load_random_collection(conn, name, documents=1000, chunks_per_doc=5)
+    for mode in ("semantic", "hybrid"):
+        hits = api.search("doc chunk", collection=name, k=10, filter={"group": 7}, mode=mode)
+        assert len(hits) == 10 and {h.metadata["group"] for h in hits} == {7}
+    hits = api.search("doc", collection=name, k=10, filter={"group": 7}, mode="keyword")
+    assert len(hits) == 10 and {h.metadata["group"] for h in hits} == {7}
+
+
+def test_reader_role_can_search_and_nothing_else(sample, db_url):
+    admin = psycopg.connect(db_url, autocommit=True)
+    admin.execute("DROP ROLE IF EXISTS app_reader")
+    admin.execute("CREATE ROLE app_reader LOGIN PASSWORD 'reader-pass'")
+    ragpipe("db", "grant-reader", "app_reader")
+    reader_url = psycopg.conninfo.make_conninfo(db_url, user="app_reader", password="reader-pass")
+    literal = ragpipe("embed", "coffee").stdout.strip()
+    with psycopg.connect(reader_url, autocommit=True) as reader:
+        assert reader.execute("SELECT count(*) FROM ragpipe.semantic_search(%s, %s::vector, 3)",
+                              (sample, literal)).fetchone()[0] == 3
+        assert reader.execute("SELECT count(*) FROM ragpipe.hybrid_search(%s, 'coffee', %s::vector, 3)",
+                              (sample, literal)).fetchone()[0] == 3
+        assert reader.execute("SELECT context FROM ragpipe.rag_context(%s, 'coffee', %s::vector)",
+                              (sample, literal)).fetchone()[0]
+        assert reader.execute("SELECT count(*) FROM ragpipe.collection_stats").fetchone()[0] >= 1
+        refused = [
+            "SELECT * FROM ragpipe.chunks LIMIT 1",
+            "SELECT * FROM ragpipe.documents LIMIT 1",
+            "SELECT * FROM ragpipe.ingest_failures LIMIT 1",
+            "SELECT * FROM ragpipe.ingest_runs LIMIT 1",
+            "DELETE FROM ragpipe.chunks",
+            "UPDATE ragpipe.documents SET title = 'x'",
+            "INSERT INTO ragpipe.collections (name, model, dimension, chunk_tokens, chunk_overlap) "
+            "VALUES ('x', 'm', 3, 1, 0)",
+            "SELECT ragpipe.grant_reader('app_reader')",
+            "CREATE TABLE ragpipe.evil (x int)",
+        ]
+        for statement in refused:
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                reader.execute(statement)
+    admin.close()
+
+
+HOSTILE_COLLECTIONS = ["x'; DROP TABLE ragpipe.chunks; --", 'a"b', "", "名前", "%s", "{}"]
+HOSTILE_FILTERS = [{"a'); DROP TABLE ragpipe.chunks; --": "y"}, {"path": {"$ne": None}}, {"": ""},
+                   {"x": "' OR 1=1 --"}, {"nested": {"deep": ["list", 1, None]}}]
+HOSTILE_TEXT = ["!:*&|()'", "' OR 1=1; --", "\\", "a & b | !c", "<script>", "日本語", ""]
+
+
+def test_hostile_input_breaks_nothing(sample, conn):
+    before = conn.execute("SELECT count(*) FROM ragpipe.chunks").fetchone()[0]
+    for collection in HOSTILE_COLLECTIONS:
+        with pytest.raises(api.UnknownCollection):
+            api.search("x", collection=collection)
+        with pytest.raises(psycopg.errors.UndefinedObject):
+            conn.execute("SELECT * FROM ragpipe.keyword_search(%s, 'x')", (collection,))
+    for filt in HOSTILE_FILTERS:
+        for mode in ("semantic", "keyword", "hybrid"):
+            assert api.search("coffee", collection=sample, filter=filt, mode=mode) == []
+    for text in HOSTILE_TEXT:
+        for mode in ("semantic", "keyword", "hybrid"):
+            api.search(text, collection=sample, mode=mode)
+    assert conn.execute("SELECT count(*) FROM ragpipe.chunks").fetchone()[0] == before
+
+
+class FakeLLM(BaseHTTPRequestHandler):
+    """A loopback server speaking the OpenAI chat completions streaming API."""
+
+    requests: list[dict] = []
+
+    def do_POST(self) -> None:  # noqa: N802
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        FakeLLM.requests.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.end_headers()
+        for piece in ["Coffee ", "improves ", "FMD [1]."]:
+            chunk = {"choices": [{"delta": {"content": piece}, "index": 0}]}
+            self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+            self.wfile.flush()
+        self.wfile.write(b"data: [DONE]\n\n")
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_ask_streams_an_answer_with_citations(sample):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeLLM)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/v1"
+        out = ragpipe("ask", "Does coffee affect blood vessel function?", "-c", sample,
+                      env={"RAGPIPE_LLM_URL": url, "RAGPIPE_LLM_API_KEY": "sk-test", "RAGPIPE_LLM_MODEL": "m1"})
+    finally:
+        server.shutdown()
+    assert "Coffee improves FMD [1]." in out.stdout
+    assert "Sources:" in out.stdout and "[1] " in out.stdout.split("Sources:")[1]
+    request = FakeLLM.requests[-1]
+    assert request["path"] == "/v1/chat/completions" and request["auth"] == "Bearer sk-test"
+    assert request["body"]["model"] == "m1" and request["body"]["stream"] is True
+    assert "[1] " in request["body"]["messages"][-1]["content"]
+
+
+def test_ask_without_an_endpoint_prints_the_prompt(sample):
+    out = ragpipe("ask", "coffee and mortality", "-c", sample, env={"RAGPIPE_LLM_URL": ""})
+    assert "Question: coffee and mortality" in out.stdout and "RAGPIPE_LLM_URL" in out.stderr
+
+
+def test_eval_on_a_small_beir_dataset(tmp_path, ragpipe_home):
+    """A BEIR-layout data set built from the sample records: metrics per mode, as JSON."""
+    from tests.conftest import CORPUS
+
+    records = [json.loads(line) for line in (CORPUS / "records.jsonl").read_text().splitlines()]
+    (tmp_path / "qrels").mkdir()
+    (tmp_path / "corpus.jsonl").write_text("".join(
+        json.dumps({"_id": r["id"], "title": r["title"], "text": r["text"]}) + "\n" for r in records))
+    picked = records[::4]
+    (tmp_path / "queries.jsonl").write_text("".join(
+        json.dumps({"_id": f"q{i}", "text": r["title"]}) + "\n" for i, r in enumerate(picked)))
+    (tmp_path / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\r\n" + "".join(
+        f"q{i}\t{r['id']}\t2\r\n" for i, r in enumerate(picked)))
+    report = json.loads(ragpipe("eval", str(tmp_path), "--json", "--collection", "tiny_beir").stdout)
+    assert report["queries"] == len(picked) and report["documents"] == 20
+    assert set(report["modes"]) == {"semantic", "keyword", "hybrid", "exact"}
+    for mode, m in report["modes"].items():
+        assert set(m) == {"ndcg@10", "recall@100", "mrr@10", "p50_ms", "p95_ms"}
+        assert m["mrr@10"] >= 0.8, (mode, m)  # the query is the document's own title
+        assert m["recall@100"] == 1.0
