@@ -1,4 +1,9 @@
-"""Chunks → normalized vectors with sentence-transformers, batched; models are loaded once per process."""
+"""Chunks → normalized vectors with sentence-transformers, batched; models are loaded once per process.
+
+Backends: "torch" (default) and "onnx-int8" (pipelines/onnx_backend.py): the same model exported
+locally to ONNX and quantized to int8 (no download), cached under $RAGPIPE_HOME/models. A
+collection's model id names its backend ("<model>#onnx-int8"), so the two never mix in one collection.
+"""
 
 import os
 from functools import cache, cached_property
@@ -8,6 +13,16 @@ from typing import Any
 import numpy as np
 
 PACKAGED_MODELS = {"sentence-transformers/all-MiniLM-L6-v2", "all-MiniLM-L6-v2"}
+BACKENDS = ("torch", "onnx-int8")
+
+
+def split_model_id(model_id: str) -> tuple[str, str]:
+    """"name#backend" → (name, backend); a plain name means the torch backend."""
+    name, _, backend = model_id.partition("#")
+    backend = backend or "torch"
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown embedding backend {backend!r} in {model_id!r} (use one of {BACKENDS})")
+    return name, backend
 
 
 def model_location(name: str) -> str:
@@ -22,22 +37,28 @@ def model_location(name: str) -> str:
 
 class Embedder:
     def __init__(self, model: str, batch_size: int = 32) -> None:
-        self.model_name = model
+        self.model_id = model
+        self.name, self.backend = split_model_id(model)
         self.batch_size = batch_size
 
     @cached_property
     def model(self) -> Any:
-        from sentence_transformers import SentenceTransformer
         from transformers.utils import logging as hf_logging
 
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
-
         try:
-            return SentenceTransformer(model_location(self.model_name), device="cpu")
+            if self.backend == "onnx-int8":
+                from .onnx_backend import OnnxInt8Encoder
+                from .settings import load_settings
+
+                return OnnxInt8Encoder(model_location(self.name), load_settings().home / "models")
+            from sentence_transformers import SentenceTransformer
+
+            return SentenceTransformer(model_location(self.name), device="cpu")
         except OSError as exc:
             raise RuntimeError(
-                f"cannot load embedding model {self.model_name!r}: {exc}. Use a local path, the default "
+                f"cannot load embedding model {self.name!r}: {exc}. Use a local path, the default "
                 "model, or a hub name on a machine that can reach the hub"
             ) from None
 
