@@ -31,7 +31,7 @@ test: install
 	$(BIN)/pytest -q
 
 bench: install
-	$(BIN)/python -m benchmarks.run
+	$(BIN)/python -m pipelines.benchmarks
 
 lint: install
 	$(BIN)/ruff check .

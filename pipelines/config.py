@@ -71,7 +71,7 @@ def parse_collection(raw: Any, where: str, base: Path) -> CollectionSpec:
     source = dict(raw["source"])
     check_source(source, where, base)
     index = dict(DEFAULT_INDEX, **(raw.get("index") or {}))
-    unknown_index = set(index) - set(DEFAULT_INDEX) - {"maintenance_work_mem"}
+    unknown_index = set(index) - set(DEFAULT_INDEX) - {"maintenance_work_mem_cap_mb"}
     if unknown_index:
         raise ConfigError(f"{where}: unknown key(s) {sorted(unknown_index)} under `index`")
     spec = CollectionSpec(**dict(raw, source=source, index=index))

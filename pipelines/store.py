@@ -195,14 +195,30 @@ def ensure_hnsw_index(conn: psycopg.Connection, collection: Collection) -> bool:
     if conn.execute(_q("hnsw_index_exists"), (f"ragpipe.{name}",)).fetchone()[0]:
         return False
     index = collection.settings.get("index", {})
-    conn.execute("SELECT set_config('maintenance_work_mem', %s, false)",
-                 (index.get("maintenance_work_mem", "512MB"),))
+    m = int(index.get("m", 16))
+    rows = conn.execute(_q("count_chunks"), (collection.id,)).fetchone()[0]
+    memory = size_maintenance_work_mem(rows, collection.dimension, m, index.get("maintenance_work_mem_cap_mb", 2048))
+    conn.execute("SELECT set_config('maintenance_work_mem', %s, false)", (f"{memory}MB",))
     conn.execute(_q(
         "create_hnsw_index", index=sql.Identifier(name), dimension=sql.Literal(collection.dimension),
-        m=sql.Literal(int(index.get("m", 16))), ef_construction=sql.Literal(int(index.get("ef_construction", 64))),
+        m=sql.Literal(m), ef_construction=sql.Literal(int(index.get("ef_construction", 64))),
         collection_id=sql.Literal(collection.id),
     ))
     return True
+
+
+def size_maintenance_work_mem(rows: int, dimension: int, m: int, cap_mb: int) -> int:
+    """MB of maintenance_work_mem for an HNSW graph of `rows` vectors to fit in memory (capped).
+
+    Estimate per element: the vector (4 bytes a dimension), 2*m layer-0 neighbours plus upper
+    layers (~10 bytes each), and bookkeeping. Warns when the graph will not fit under the cap:
+    pgvector then builds on disk, much more slowly.
+    """
+    need_mb = int(rows * (4 * dimension + 8 + 2 * m * 10 + 64) * 1.25 / 2**20) + 16
+    if need_mb > cap_mb:
+        log.warning("HNSW graph needs ~%d MB but maintenance_work_mem is capped at %d MB: the build will "
+                    "spill to disk and be slow; raise index.maintenance_work_mem_cap_mb", need_mb, cap_mb)
+    return max(64, min(need_mb, cap_mb))
 
 
 def analyze(conn: psycopg.Connection) -> None:

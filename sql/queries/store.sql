@@ -92,6 +92,9 @@ VALUES (%s, %s, %s, %s, %s, %s);
 -- name: delete_documents
 DELETE FROM ragpipe.documents WHERE collection_id = %s AND source_id = ANY(%s);
 
+-- name: count_chunks
+SELECT count(*) FROM ragpipe.chunks WHERE collection_id = %s;
+
 -- name: hnsw_index_exists
 SELECT to_regclass(%s) IS NOT NULL;
 
