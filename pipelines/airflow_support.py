@@ -8,14 +8,32 @@ CONNECTION_ID = "ragpipe_db"
 def vector_db_url() -> str | None:
     """The Airflow connection `ragpipe_db` as a libpq conninfo, or None when it is not defined
     (then RAGPIPE_DATABASE_URL or the embedded server is used, like the CLI)."""
-    from airflow.sdk import Connection
     from airflow.sdk.exceptions import AirflowNotFoundException
 
     try:
-        conn = Connection.get(CONNECTION_ID)
+        return connection_url(CONNECTION_ID)
     except AirflowNotFoundException:
         return None
+
+
+def connection_url(conn_id: str) -> str:
+    """A PostgreSQL Airflow connection as a libpq conninfo string."""
+    from airflow.sdk import Connection
+
+    conn = Connection.get(conn_id)
     extra = {k: str(v) for k, v in (conn.extra_dejson or {}).items() if k in ("sslmode", "options", "sslrootcert")}
     params = dict(host=conn.host, port=conn.port, user=conn.login, password=conn.password,
                   dbname=conn.schema, **extra)
     return make_conninfo(**{k: v for k, v in params.items() if v not in (None, "")})
+
+
+def aws_credentials(conn_id: str) -> dict[str, str]:
+    """s3fs options from an Airflow AWS connection (login = key id, password = secret)."""
+    from airflow.sdk import Connection
+
+    conn = Connection.get(conn_id)
+    options = {"key": conn.login, "secret": conn.password}
+    token = (conn.extra_dejson or {}).get("aws_session_token")
+    if token:
+        options["token"] = token
+    return {k: v for k, v in options.items() if v}

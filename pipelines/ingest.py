@@ -26,7 +26,7 @@ from .extract import ExtractionError, extract
 from .faults import failpoint
 from .migrations import migrate
 from .settings import load_settings
-from .sources import DocumentRef, RawDocument, Source, make_source
+from .sources import DocumentRef, Gone, NotModified, RawDocument, Source, make_source, same_fingerprint
 
 log = logging.getLogger(__name__)
 _migrated: set[str] = set()
@@ -66,6 +66,7 @@ class BatchResult:
     failed: int = 0
     chunks_embedded: int = 0
     chunks_reused: int = 0
+    deleted: int = 0
     processed: int = 0
     failures: list[tuple[str, str, str]] = field(default_factory=list)
     """(source_id, stage, reason) of each failed document."""
@@ -123,7 +124,7 @@ def plan_run(conn: psycopg.Connection, spec: CollectionSpec, full_refresh: bool 
     listed = {ref.source_id for ref in listing.refs}
     new = [r for r in listing.refs if r.source_id not in known]
     changed = [r for r in listing.refs
-               if r.source_id in known and (full_refresh or known[r.source_id] != r.fingerprint)]
+               if r.source_id in known and (full_refresh or not same_fingerprint(r.fingerprint, known[r.source_id]))]
     todo = new + changed
     if limit is not None:
         todo = todo[:limit]
@@ -156,12 +157,20 @@ def _process_group(conn: psycopg.Connection, collection: store.Collection, embed
     existing = store.document_hashes(conn, collection.id, [r.source_id for r in refs])
     prepared: list[Prepared] = []
     touched: dict[str, str] = {}
-    for ref, raw in source.read_many(refs):
+    gone: list[str] = []
+    previous = {} if full_refresh else {sid: state[2] for sid, state in existing.items()}
+    for ref, raw in source.read_many(refs, previous):
         if isinstance(raw, Exception):
             result.failures.append((ref.source_id, "read", str(raw)))
             continue
+        if isinstance(raw, NotModified):
+            touched[ref.source_id] = raw.ref.fingerprint
+            continue
+        if isinstance(raw, Gone):
+            gone.append(ref.source_id)
+            continue
         digest = content_hash(raw)
-        stored_hash, written_by = existing.get(ref.source_id, (None, None))
+        stored_hash, written_by, _ = existing.get(ref.source_id, (None, None, None))
         if written_by == run_id and stored_hash == digest:
             continue  # this run already committed it (a retried batch): nothing to do or count
         if not full_refresh and stored_hash == digest:
@@ -194,6 +203,7 @@ def _process_group(conn: psycopg.Connection, collection: store.Collection, embed
         store.replace_documents(conn, collection, run_id, docs)
         failpoint("load_before_commit")
         store.touch_documents(conn, collection.id, run_id, touched)
+        result.deleted = store.delete_documents(conn, collection.id, gone)
         for source_id, stage, reason in result.failures:
             store.record_failure(conn, run_id, collection.id, source_id, uris.get(source_id), stage, reason)
         store.add_run_counts(conn, run_id, **result.counts())

@@ -132,10 +132,10 @@ def document_fingerprints(conn: psycopg.Connection, collection_id: int) -> dict[
 
 
 def document_hashes(conn: psycopg.Connection, collection_id: int,
-                    source_ids: list[str]) -> dict[str, tuple[str, int | None]]:
-    """source_id → (content hash, id of the run that last wrote the document)."""
+                    source_ids: list[str]) -> dict[str, tuple[str, int | None, str | None]]:
+    """source_id → (content hash, id of the run that last wrote the document, fingerprint)."""
     rows = conn.execute(_q("document_hashes"), (collection_id, source_ids)).fetchall()
-    return {source_id: (digest, run_id) for source_id, digest, run_id in rows}
+    return {source_id: (digest, run_id, fingerprint) for source_id, digest, run_id, fingerprint in rows}
 
 
 def touch_documents(conn: psycopg.Connection, collection_id: int, run_id: int, fingerprints: dict[str, str]) -> None:

@@ -30,6 +30,35 @@ class RawDocument:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class NotModified:
+    """The source confirms the document did not change (e.g. HTTP 304); `ref` has the new fingerprint."""
+
+    ref: DocumentRef
+
+
+@dataclass(frozen=True)
+class Gone:
+    """The source says the document no longer exists (e.g. HTTP 404/410): delete it."""
+
+    ref: DocumentRef
+    reason: str
+
+
+ReadResult = RawDocument | NotModified | Gone | Exception
+
+
+def same_fingerprint(listed: str, stored: str | None) -> bool:
+    """Listed and stored fingerprints agree. A stored fingerprint may carry validators after the
+    listed part ("lastmod\x1fetag..."): then the listed part alone decides."""
+    if stored is None:
+        return False
+    return listed == stored or (bool(listed) and stored.split(FIELD_SEP)[0] == listed)
+
+
+FIELD_SEP = "\x1f"
+
+
 @dataclass
 class Listing:
     refs: list[DocumentRef]
@@ -43,22 +72,32 @@ class Source(Protocol):
 
     def list(self) -> Listing: ...
 
-    def read_many(self, refs: Iterable[DocumentRef]) -> Iterator[tuple[DocumentRef, RawDocument | Exception]]:
-        """Read each document; a failure is yielded as the exception, never raised."""
+    def read_many(self, refs: Iterable[DocumentRef], previous: dict[str, str | None] | None = None
+                  ) -> Iterator[tuple[DocumentRef, ReadResult]]:
+        """Read each document; a failure is yielded as the exception, never raised. `previous` maps
+        source ids to stored fingerprints, for sources that can ask "changed since?"."""
         ...
 
 
 SOURCE_OPTIONS: dict[str, dict[str, set[str]]] = {
     "folder": {"required": {"path"}, "allowed": {"path", "include", "exclude", "max_bytes"}},
     "tabular": {"required": {"path"}, "allowed": {"path", "id_column", "text_column", "title_column"}},
+    "s3": {"required": {"path"}, "allowed": {"path", "include", "exclude", "max_bytes", "endpoint_url",
+                                              "region", "aws_conn_id"}},
+    "web": {"required": set(), "allowed": {"urls", "sitemap", "url_prefix", "allow_private_networks",
+                                          "timeout_s", "max_bytes", "max_redirects", "concurrency",
+                                          "user_agent", "max_pages"}},
+    "sql": {"required": {"query"}, "allowed": {"query", "url", "conn_id", "id_column", "text_column",
+                                               "title_column", "updated_at_column"}},
 }
 
 
 def make_source(options: dict[str, Any]) -> Source:
     """Build a source from its options as written in collections.yml (`kind` plus that kind's options)."""
-    from . import folder, tabular
+    from . import folder, s3, sql_table, tabular, web
 
-    kinds: dict[str, Any] = {"folder": folder.FolderSource, "tabular": tabular.TabularSource}
+    kinds: dict[str, Any] = {"folder": folder.FolderSource, "tabular": tabular.TabularSource,
+                             "s3": s3.S3Source, "web": web.WebSource, "sql": sql_table.SqlSource}
     options = dict(options)
     kind = options.pop("kind", None)
     if kind not in kinds:

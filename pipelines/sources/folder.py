@@ -43,7 +43,8 @@ class FolderSource:
                 refs.append(DocumentRef(rel, full.as_uri(), f"{st.st_size}:{st.st_mtime_ns}"))
         return Listing(refs, complete=not problems, problems=problems)
 
-    def read_many(self, refs: Iterable[DocumentRef]) -> Iterator[tuple[DocumentRef, RawDocument | Exception]]:
+    def read_many(self, refs: Iterable[DocumentRef], previous: dict[str, str | None] | None = None
+                  ) -> Iterator[tuple[DocumentRef, RawDocument | Exception]]:
         for ref in refs:
             try:
                 yield ref, self.read(ref)

@@ -55,7 +55,8 @@ class TabularSource:
         refs = [DocumentRef(key, f"{self.file.as_uri()}#{key}", _row_hash(row)) for key, row in self.rows.items()]
         return Listing(refs, complete=True)
 
-    def read_many(self, refs: Iterable[DocumentRef]) -> Iterator[tuple[DocumentRef, RawDocument | Exception]]:
+    def read_many(self, refs: Iterable[DocumentRef], previous: dict[str, str | None] | None = None
+                  ) -> Iterator[tuple[DocumentRef, RawDocument | Exception]]:
         for ref in refs:
             row = self.rows.get(ref.source_id)
             if row is None:

@@ -53,7 +53,7 @@ RETURNING id, status, listing_complete, listed, new, changed, unchanged, deleted
 SELECT source_id, fingerprint FROM ragpipe.documents WHERE collection_id = %s;
 
 -- name: document_hashes
-SELECT source_id, content_hash, run_id FROM ragpipe.documents
+SELECT source_id, content_hash, run_id, fingerprint FROM ragpipe.documents
 WHERE collection_id = %s AND source_id = ANY(%s);
 
 -- name: touch_documents

@@ -1,0 +1,240 @@
+"""Sources beyond a folder, each against a real server on loopback: S3 (moto's server), web pages
+(http.server), and a table in the embedded PostgreSQL."""
+
+import hashlib
+import os
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import psycopg
+import pytest
+
+from pipelines.config import parse_collection
+from pipelines.ingest import run_ingest
+from pipelines.search import search
+from pipelines.sources import make_source
+from pipelines.sources.web import BlockedAddress, WebSource
+from tests.conftest import CORPUS
+
+
+def spec(name: str, source: dict, tmp_path):
+    return parse_collection({"name": name, "source": source}, where=name, base=tmp_path)
+
+
+def documents(conn, name: str) -> dict[str, str]:
+    return dict(conn.execute(
+        "SELECT d.source_id, d.content_hash FROM ragpipe.documents d JOIN ragpipe.collections k "
+        "ON k.id = d.collection_id WHERE k.name = %s", (name,)).fetchall())
+
+
+# --- S3 -------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def s3():
+    from moto.server import ThreadedMotoServer
+
+    os.environ.update(AWS_ACCESS_KEY_ID="testing-key", AWS_SECRET_ACCESS_KEY="testing-secret",
+                      AWS_DEFAULT_REGION="us-east-1")
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    import boto3
+
+    endpoint = f"http://{host}:{port}"
+    client = boto3.client("s3", endpoint_url=endpoint)
+    client.create_bucket(Bucket="docs")
+    yield endpoint, client
+    server.stop()
+
+
+def test_s3_ingest_change_delete_and_reingest(s3, name, conn, tmp_path):
+    endpoint, client = s3
+    files = sorted(p for p in CORPUS.rglob("*") if p.suffix in (".md", ".pdf", ".html"))[:6]
+    for path in files:
+        client.put_object(Bucket="docs", Key=f"kb/{path.relative_to(CORPUS).as_posix()}", Body=path.read_bytes())
+    client.put_object(Bucket="docs", Key="other/outside.md", Body=b"# Not under the prefix\n\nIgnored text here.")
+    s = spec(name, {"kind": "s3", "path": "s3://docs/kb", "endpoint_url": endpoint}, tmp_path)
+    first = run_ingest(s)
+    assert (first["new"], first["failed"]) == (6, 0)
+    assert all(not k.startswith("other/") for k in documents(conn, name))
+    again = run_ingest(s)
+    assert (again["unchanged"], again["changed"], again["chunks_embedded"]) == (6, 0, 0)
+
+    key = f"kb/{files[0].relative_to(CORPUS).as_posix()}"
+    client.put_object(Bucket="docs", Key=key, Body=files[0].read_bytes() + b"\n\nOstrich eggs are large.\n")
+    client.delete_object(Bucket="docs", Key=f"kb/{files[1].relative_to(CORPUS).as_posix()}")
+    third = run_ingest(s)
+    assert (third["changed"], third["deleted"], third["unchanged"]) == (1, 1, 4)
+    assert search("ostrich eggs", collection=name, k=1, mode="keyword")[0].uri == f"s3://docs/{key}"
+
+
+def test_failed_bucket_listing_deletes_nothing(s3, name, conn, tmp_path):
+    endpoint, client = s3
+    client.put_object(Bucket="docs", Key="keep/a.md", Body=b"# A\n\nAlpha document about lentils.")
+    run_ingest(spec(name, {"kind": "s3", "path": "s3://docs/keep", "endpoint_url": endpoint}, tmp_path))
+    broken = spec(name, {"kind": "s3", "path": "s3://no-such-bucket/keep", "endpoint_url": endpoint}, tmp_path)
+    summary = run_ingest(broken)
+    assert summary["listing_complete"] is False and summary["deleted"] == 0
+    assert set(documents(conn, name)) == {"a.md"}
+
+
+# --- web ------------------------------------------------------------------------------------------
+
+class Site(BaseHTTPRequestHandler):
+    pages: dict[str, tuple[int, str]] = {}
+    hits: list[tuple[str, int]] = []
+
+    def do_GET(self) -> None:  # noqa: N802
+        status, body = Site.pages.get(self.path, (404, "not found"))
+        if status in (301, 302):
+            self.send_response(status)
+            self.send_header("Location", body)
+            self.end_headers()
+            return
+        etag = '"' + hashlib.sha256(body.encode()).hexdigest()[:16] + '"'
+        if status == 200 and self.headers.get("If-None-Match") == etag:
+            Site.hits.append((self.path, 304))
+            self.send_response(304)
+            self.end_headers()
+            return
+        Site.hits.append((self.path, status))
+        data = body.encode()
+        self.send_response(status)
+        ctype = "application/xml" if self.path.endswith(".xml") else "text/html; charset=utf-8"
+        self.send_header("Content-Type", ctype)
+        self.send_header("ETag", etag)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def page(title: str, text: str) -> str:
+    return (f"<html><head><title>{title}</title></head><body><nav>Home | About | Contact</nav>"
+            f"<article><h1>{title}</h1><p>{text}</p><p>{text}</p></article><footer>(c) site</footer></body></html>")
+
+
+@pytest.fixture
+def site():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Site)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_port}"
+    Site.hits = []
+    Site.pages = {
+        "/docs/a": (200, page("Herons", "Grey herons nest in colonies called heronries near wetlands.")),
+        "/docs/b": (200, page("Kestrels", "Kestrels hover over fields while hunting small mammals.")),
+        "/docs/c": (200, page("Puffins", "Puffins dig burrows on cliff tops and eat sand eels.")),
+        "/blog/x": (200, page("Off topic", "This page is outside the url prefix.")),
+        "/sitemap.xml": (200, '<?xml version="1.0"?><urlset xmlns="http://www.sitemaps.org/schemas/sitemap/0.9">'
+                              + "".join(f"<url><loc>{base}{p}</loc></url>" for p in ("/docs/a", "/docs/b", "/docs/c",
+                                                                                      "/blog/x"))
+                              + "</urlset>"),
+    }
+    yield base
+    server.shutdown()
+
+
+def test_web_crawl_is_incremental_with_conditional_requests(site, name, conn, tmp_path):
+    source = {"kind": "web", "sitemap": f"{site}/sitemap.xml", "url_prefix": f"{site}/docs/",
+              "allow_private_networks": True, "concurrency": 2}
+    s = spec(name, source, tmp_path)
+    first = run_ingest(s)
+    assert (first["new"], first["failed"]) == (3, 0)
+    hit = search("where do herons nest", collection=name, k=1)[0]
+    assert hit.document_id == f"{site}/docs/a" and "Home | About" not in hit.text
+
+    Site.hits = []
+    again = run_ingest(s)
+    assert (again["unchanged"], again["chunks_embedded"]) == (3, 0)
+    assert sorted(h for h in Site.hits if h[0] != "/sitemap.xml") == [("/docs/a", 304), ("/docs/b", 304),
+                                                                      ("/docs/c", 304)]
+
+    Site.pages["/docs/b"] = (200, page("Kestrels", "Kestrels can see ultraviolet light from vole urine trails."))
+    Site.pages["/docs/c"] = (503, "try later")
+    Site.pages["/docs/a"] = (410, "gone")
+    third = run_ingest(s)
+    assert (third["changed"], third["failed"], third["deleted"]) == (1, 1, 1)
+    docs = documents(conn, name)
+    assert set(docs) == {f"{site}/docs/b", f"{site}/docs/c"}, "503 keeps the old version, 410 deletes"
+    assert "ultraviolet" in search("kestrel vision", collection=name, k=1)[0].text
+
+
+def test_ssrf_guard_refuses_private_addresses(site):
+    for url in (f"{site}/docs/a", "http://169.254.169.254/latest/meta-data/", "http://10.0.0.1/",
+                "http://[::1]/"):
+        source = WebSource(urls=[url], timeout_s=2)
+        (_, result), = list(source.read_many(source.list().refs))
+        assert isinstance(result, BlockedAddress) and "non-public address" in str(result), url
+    assert not [h for h in Site.hits if h[0] == "/docs/a"], "no request reached the server"
+
+
+def test_redirects_are_limited_and_guarded(site):
+    Site.pages["/r1"] = (302, "/r2")
+    Site.pages["/r2"] = (302, "/r1")
+    Site.pages["/to-metadata"] = (302, "http://169.254.169.254/latest/")
+    source = make_source({"kind": "web", "urls": [f"{site}/r1", f"{site}/to-metadata"],
+                          "allow_private_networks": True, "max_redirects": 3})
+    results = {ref.source_id: r for ref, r in source.read_many(source.list().refs)}
+    assert "more than 3 redirects" in str(results[f"{site}/r1"])
+    guarded = WebSource(urls=[f"{site}/to-metadata"], allow_private_networks=False)
+    (_, result), = list(guarded.read_many(guarded.list().refs))
+    assert isinstance(result, BlockedAddress)
+
+
+def test_incomplete_crawl_deletes_nothing(site, name, conn, tmp_path):
+    s = spec(name, {"kind": "web", "sitemap": f"{site}/sitemap.xml", "url_prefix": f"{site}/docs/",
+                    "allow_private_networks": True}, tmp_path)
+    run_ingest(s)
+    Site.pages["/sitemap.xml"] = (500, "broken")
+    summary = run_ingest(s)
+    assert summary["listing_complete"] is False and summary["deleted"] == 0
+    assert len(documents(conn, name)) == 3
+
+
+# --- SQL table ------------------------------------------------------------------------------------
+
+@pytest.fixture
+def app_table(db_url):
+    with psycopg.connect(db_url, autocommit=True) as c:
+        c.execute("CREATE SCHEMA IF NOT EXISTS app; DROP TABLE IF EXISTS app.articles")
+        c.execute("CREATE TABLE app.articles (id int PRIMARY KEY, headline text, body text, category text, "
+                  "updated_at timestamptz DEFAULT now())")
+        c.execute("INSERT INTO app.articles (id, headline, body, category) VALUES "
+                  "(1, 'Tea', 'Green tea contains catechins that act as antioxidants.', 'drinks'),"
+                  "(2, 'Beans', 'Beans are a cheap source of protein and fibre.', 'food'),"
+                  "(3, 'Oats', 'Oats contain beta-glucan, a soluble fibre.', 'food')")
+        yield c
+
+
+@pytest.mark.parametrize("updated_at", [True, False])
+def test_sql_table_source_is_incremental(app_table, db_url, name, conn, tmp_path, updated_at):
+    source = {"kind": "sql", "url": db_url, "id_column": "id", "text_column": "body", "title_column": "headline",
+              "query": "SELECT id, headline, body, category, updated_at FROM app.articles"}
+    if updated_at:
+        source["updated_at_column"] = "updated_at"
+    s = spec(name, source, tmp_path)
+    assert run_ingest(s)["new"] == 3
+    hits = search("soluble fibre", collection=name, k=3, filter={"category": "food"})
+    assert hits and {h.metadata["category"] for h in hits} == {"food"} and hits[0].title == "Oats"
+    assert run_ingest(s)["chunks_embedded"] == 0
+    app_table.execute("UPDATE app.articles SET body = 'Black beans and lentils are rich in protein.', "
+                      "updated_at = now() + interval '1 minute' WHERE id = 2")
+    app_table.execute("DELETE FROM app.articles WHERE id = 3")
+    summary = run_ingest(s)
+    assert (summary["changed"], summary["deleted"], summary["unchanged"]) == (1, 1, 1)
+    assert set(documents(conn, name)) == {"1", "2"}
+
+
+def test_sql_url_from_environment_and_failed_query_deletes_nothing(app_table, db_url, name, conn, tmp_path,
+                                                                   monkeypatch):
+    monkeypatch.setenv("APP_DB_URL", db_url)
+    good = spec(name, {"kind": "sql", "url": "${APP_DB_URL}", "text_column": "body",
+                       "query": "SELECT id, body FROM app.articles"}, tmp_path)
+    assert run_ingest(good)["new"] == 3
+    bad = spec(name, {"kind": "sql", "url": "${APP_DB_URL}", "text_column": "body",
+                      "query": "SELECT id, body FROM app.no_such_table"}, tmp_path)
+    summary = run_ingest(bad)
+    assert summary["listing_complete"] is False and summary["deleted"] == 0
+    assert len(documents(conn, name)) == 3
