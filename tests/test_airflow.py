@@ -236,3 +236,29 @@ def test_vector_database_comes_from_the_airflow_connection(airflow, corpus, name
         assert last_run(conn, name)["new"] == 30
     with connect(db_url) as conn:
         assert store.get_collection(conn, name) is None, "nothing went to the default database"
+
+
+from tests.test_sources import app_table, s3, site  # noqa: E402,F401  (fixtures: real servers on loopback)
+
+
+@pytest.mark.parametrize("kind", ["s3", "web", "sql"])
+def test_dags_for_every_source_kind(airflow, kind, request, name, conn, db_url):
+    if kind == "s3":
+        endpoint, client = request.getfixturevalue("s3")
+        for i in range(3):
+            client.put_object(Bucket="docs", Key=f"dag/{i}.md", Body=f"# Note {i}\n\nAbout owls, number {i}.".encode())
+        source = {"kind": "s3", "path": "s3://docs/dag", "endpoint_url": endpoint}
+    elif kind == "web":
+        base = request.getfixturevalue("site")
+        source = {"kind": "web", "sitemap": f"{base}/sitemap.xml", "url_prefix": f"{base}/docs/",
+                  "allow_private_networks": True}
+    else:
+        request.getfixturevalue("app_table")
+        source = {"kind": "sql", "url": db_url, "text_column": "body", "title_column": "headline",
+                  "updated_at_column": "updated_at", "query": "SELECT * FROM app.articles"}
+    Path(os.environ["RAGPIPE_COLLECTIONS"]).write_text(yaml.safe_dump({"collections": [
+        {"name": name, "source": source, "schedule": "@hourly", "docs_per_batch": 2}]}))
+    assert run_dag(name).state == "success"
+    assert (last_run(conn, name)["new"], last_run(conn, name)["failed"]) == (3, 0)
+    again = run_dag(name)
+    assert again.state == "success" and last_run(conn, name)["chunks_embedded"] == 0
