@@ -376,7 +376,9 @@ def config_check() -> None:
 
 def run() -> None:
     """Entry point with one-line errors instead of tracebacks for expected failures."""
-    from .database import DatabaseError
+    import psycopg
+
+    from .database import DatabaseError, mask_url
     from .sources import SourceError
     from .store import CollectionBusy, CollectionMismatch
 
@@ -388,5 +390,10 @@ def run() -> None:
         exc.show()
         sys.exit(exc.exit_code)
     except (ConfigError, DatabaseError, SourceError, CollectionMismatch, CollectionBusy, LookupError) as exc:
-        click.echo(f"Error: {exc}", err=True)
+        click.echo(f"Error: {mask_url(str(exc))}", err=True)
+        sys.exit(1)
+    except psycopg.OperationalError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        click.echo(f"Error: lost the database connection ({mask_url(first)}). Nothing half-written was "
+                   "kept: each document is replaced in one transaction. Run the command again.", err=True)
         sys.exit(1)

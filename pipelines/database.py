@@ -42,13 +42,15 @@ def database_url(settings: Settings | None = None) -> str:
     return embedded_server(settings.pgdata).get_uri()
 
 
-def connect(url: str | None = None, autocommit: bool = False) -> psycopg.Connection:
-    """A connection with pgvector types registered."""
+def connect(url: str | None = None, autocommit: bool = False, vector_types: bool = True) -> psycopg.Connection:
+    """A connection with pgvector types registered (unless vector_types=False, before migrations)."""
     url = url or database_url()
     try:
         conn = psycopg.connect(url, autocommit=autocommit, connect_timeout=10)
     except psycopg.OperationalError as exc:
         raise DatabaseError(f"cannot connect to {mask_url(url)}: {_first_line(exc)}") from None
+    if not vector_types:
+        return conn
     try:
         register_vector(conn)
     except psycopg.ProgrammingError:

@@ -101,6 +101,7 @@ def _docx(data: bytes) -> Extracted:
     import docx
 
     try:
+        _check_zip(zipfile.ZipFile(io.BytesIO(data)))
         document = docx.Document(io.BytesIO(data))
     except (zipfile.BadZipFile, KeyError, ValueError) as exc:
         raise ExtractionError(f"corrupt DOCX: {exc}") from exc
@@ -114,6 +115,19 @@ def _docx(data: bytes) -> Extracted:
             lines.append(" | ".join(cell.text for cell in row.cells))
     title = document.core_properties.title or next((line[2:] for line in lines if line.startswith("# ")), None)
     return Extracted("\n\n".join(line for line in lines if line.strip()), title)
+
+
+MAX_UNZIPPED_BYTES = 200 * 1024 * 1024
+MAX_ZIP_RATIO = 200
+
+
+def _check_zip(archive: "zipfile.ZipFile") -> None:  # noqa: F821
+    """Refuse archives that would inflate beyond a bound (zip bombs) before anything is unpacked."""
+    total = sum(info.file_size for info in archive.infolist())
+    packed = sum(info.compress_size for info in archive.infolist()) or 1
+    if total > MAX_UNZIPPED_BYTES or total / packed > MAX_ZIP_RATIO:
+        raise ExtractionError(f"archive would unpack to {total} bytes ({total // packed}x its size): "
+                              "refused as a possible zip bomb")
 
 
 EXTRACTORS: dict[str, Callable[[bytes], Extracted]] = {

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import psycopg
 
-from .database import DatabaseError, mask_url
+from .database import DatabaseError, connect, mask_url
 from .settings import SQL_DIR
 
 log = logging.getLogger(__name__)
@@ -22,11 +22,12 @@ MIGRATION_LOCK = 7_266_101  # advisory lock key: one migrator at a time
 def migrate(url: str) -> list[str]:
     """Bring the database schema up to date; returns the names of the files applied now."""
     applied_now = []
-    with psycopg.connect(url, autocommit=True) as conn:
+    with connect(url, autocommit=True, vector_types=False) as conn:
         conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
         try:
             _create_vector_extension(conn, url)
-            conn.execute(BOOTSTRAP)
+            if not conn.execute("SELECT to_regclass('ragpipe.schema_migrations')").fetchone()[0]:
+                conn.execute(BOOTSTRAP)
             done = dict(conn.execute("SELECT name, checksum FROM ragpipe.schema_migrations").fetchall())
             migrations = sorted((SQL_DIR / "migrations").glob("*.sql"))
             api = sorted((SQL_DIR / "api").glob("*.sql"))

@@ -105,7 +105,10 @@ def collection_lock(conn: psycopg.Connection, name: str, timeout_s: float, share
 
 
 def start_run(conn: psycopg.Connection, collection_id: int, trigger: str) -> int:
+    """Open a run record; earlier runs that can no longer be alive are closed as abandoned."""
     with conn.transaction():
+        dead = ["cli", trigger]
+        conn.execute(_q("abandon_runs"), (collection_id, dead))
         return conn.execute(_q("start_run"), (collection_id, trigger)).fetchone()[0]
 
 
@@ -191,20 +194,11 @@ def hnsw_index_name(collection: Collection) -> str:
 
 def ensure_hnsw_index(conn: psycopg.Connection, collection: Collection) -> bool:
     """Build the collection's HNSW (cosine) index if it is missing; True when it was built now."""
-    name = hnsw_index_name(collection)
-    if conn.execute(_q("hnsw_index_exists"), (f"ragpipe.{name}",)).fetchone()[0]:
-        return False
     index = collection.settings.get("index", {})
-    m = int(index.get("m", 16))
     rows = conn.execute(_q("count_chunks"), (collection.id,)).fetchone()[0]
-    memory = size_maintenance_work_mem(rows, collection.dimension, m, index.get("maintenance_work_mem_cap_mb", 2048))
-    conn.execute("SELECT set_config('maintenance_work_mem', %s, false)", (f"{memory}MB",))
-    conn.execute(_q(
-        "create_hnsw_index", index=sql.Identifier(name), dimension=sql.Literal(collection.dimension),
-        m=sql.Literal(m), ef_construction=sql.Literal(int(index.get("ef_construction", 64))),
-        collection_id=sql.Literal(collection.id),
-    ))
-    return True
+    memory = size_maintenance_work_mem(rows, collection.dimension, int(index.get("m", 16)),
+                                       int(index.get("maintenance_work_mem_cap_mb", 2048)))
+    return bool(conn.execute(_q("build_hnsw_index"), (collection.id, memory)).fetchone()[0])
 
 
 def size_maintenance_work_mem(rows: int, dimension: int, m: int, cap_mb: int) -> int:

@@ -22,4 +22,21 @@ END
 $fn$;
 REVOKE ALL ON FUNCTION ragpipe.grant_reader(text) FROM PUBLIC;
 
+-- The loader role: what the CLI and the DAGs need to write collections, and no DDL. Index builds
+-- go through ragpipe.build_hnsw_index (SECURITY DEFINER), ANALYZE through the MAINTAIN privilege.
+CREATE OR REPLACE FUNCTION ragpipe.grant_loader(role_name text) RETURNS void
+LANGUAGE plpgsql AS $fn$
+BEGIN
+    PERFORM ragpipe.grant_reader(role_name);
+    EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON ragpipe.collections, ragpipe.documents, '
+                   'ragpipe.chunks, ragpipe.ingest_runs, ragpipe.ingest_failures TO %I', role_name);
+    EXECUTE format('GRANT MAINTAIN ON ragpipe.documents, ragpipe.chunks TO %I', role_name);
+    EXECUTE format('GRANT SELECT ON ragpipe.schema_migrations TO %I', role_name);
+    EXECUTE format('GRANT USAGE ON ALL SEQUENCES IN SCHEMA ragpipe TO %I', role_name);
+    EXECUTE format('GRANT EXECUTE ON FUNCTION ragpipe.build_hnsw_index(int, int) TO %I', role_name);
+END
+$fn$;
+REVOKE ALL ON FUNCTION ragpipe.grant_loader(text) FROM PUBLIC;
+
 SELECT ragpipe.grant_reader('ragpipe_reader');
+SELECT ragpipe.grant_loader('ragpipe_loader');

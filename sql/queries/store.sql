@@ -26,6 +26,15 @@ SELECT pg_advisory_unlock(hashtextextended('ragpipe:' || %s, 0));
 -- name: unlock_collection_shared
 SELECT pg_advisory_unlock_shared(hashtextextended('ragpipe:' || %s, 0));
 
+-- name: abandon_runs
+-- Runs left 'running' by a process that died. Called while holding the collection's exclusive
+-- lock: no CLI run of it is alive then (CLI runs hold the lock throughout), and Airflow allows one
+-- active DAG run per collection, so an older Airflow run still marked running is dead too.
+UPDATE ragpipe.ingest_runs
+SET status = 'failed', error = 'abandoned: the process running it stopped before finishing',
+    finished_at = clock_timestamp()
+WHERE collection_id = %s AND status = 'running' AND trigger = ANY(%s);
+
 -- name: start_run
 INSERT INTO ragpipe.ingest_runs (collection_id, trigger) VALUES (%s, %s) RETURNING id;
 
@@ -95,14 +104,8 @@ DELETE FROM ragpipe.documents WHERE collection_id = %s AND source_id = ANY(%s);
 -- name: count_chunks
 SELECT count(*) FROM ragpipe.chunks WHERE collection_id = %s;
 
--- name: hnsw_index_exists
-SELECT to_regclass(%s) IS NOT NULL;
-
--- name: create_hnsw_index
-CREATE INDEX IF NOT EXISTS {index} ON ragpipe.chunks
-USING hnsw ((embedding::vector({dimension})) vector_cosine_ops)
-WITH (m = {m}, ef_construction = {ef_construction})
-WHERE collection_id = {collection_id};
+-- name: build_hnsw_index
+SELECT ragpipe.build_hnsw_index(%s, %s);
 
 -- name: analyze
 ANALYZE ragpipe.documents, ragpipe.chunks;

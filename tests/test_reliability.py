@@ -1,0 +1,206 @@
+"""Faults, hostile input and least privilege, proven against the real database, model and CLI."""
+
+import io
+import json
+import random
+import signal
+import subprocess
+import time
+import zipfile
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from pipelines.extract import ExtractionError, extract
+from pipelines.ingest import run_ingest
+from pipelines.synthetic import write_folder
+from tests.conftest import folder_spec
+from tests.test_cli import RAGPIPE, ragpipe
+
+pytestmark = pytest.mark.slow
+
+
+def state(conn, name: str) -> list[tuple]:
+    return conn.execute(
+        "SELECT d.source_id, d.content_hash, c.ordinal, c.text, c.embedding::text FROM ragpipe.chunks c "
+        "JOIN ragpipe.documents d ON d.id = c.document_id JOIN ragpipe.collections k ON k.id = c.collection_id "
+        "WHERE k.name = %s ORDER BY 1, 3", (name,)).fetchall()
+
+
+def assert_same_state(got: list[tuple], want: list[tuple]) -> None:
+    import numpy as np
+
+    assert [r[:4] for r in got] == [r[:4] for r in want], "same documents, chunk texts and order"
+    for a, b in zip(got, want, strict=True):
+        assert np.allclose(json.loads(a[4]), json.loads(b[4]), atol=1e-5)
+
+
+def start_ingest(folder: Path, name: str) -> subprocess.Popen:
+    return subprocess.Popen([*RAGPIPE, "ingest", str(folder), "-c", name, "--json"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_progress(conn, name: str, proc: subprocess.Popen, documents: int) -> None:
+    """Until the run has committed at least `documents` documents (or ended)."""
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline:
+        row = conn.execute("SELECT count(*) FROM ragpipe.documents d JOIN ragpipe.collections k "
+                           "ON k.id = d.collection_id WHERE k.name = %s", (name,)).fetchone()
+        if row[0] >= documents:
+            return
+        time.sleep(0.2)
+
+
+def test_kill_9_at_random_points_then_resume_equals_a_clean_run(tmp_path, name, conn):
+    folder = write_folder(tmp_path / "docs", 300, seed=7)
+    rng = random.Random(3)
+    for attempt in range(3):
+        proc = start_ingest(folder, name)
+        wait_for_progress(conn, name, proc, documents=rng.randint(1, 250) if attempt else 0)
+        time.sleep(rng.uniform(0, 1.5))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    final = json.loads(ragpipe("ingest", str(folder), "-c", name, "--json").stdout)
+    assert final["status"] == "succeeded" and final["failed"] == 0
+    run_ingest(folder_spec(f"{name}_ref", folder))
+    assert_same_state(state(conn, name), state(conn, f"{name}_ref"))
+    dupes = conn.execute("SELECT count(*) - count(DISTINCT (document_id, ordinal)) FROM ragpipe.chunks").fetchone()
+    assert dupes[0] == 0
+    stuck = conn.execute("SELECT count(*) FROM ragpipe.ingest_runs r JOIN ragpipe.collections k "
+                         "ON k.id = r.collection_id WHERE k.name = %s AND status = 'running'", (name,)).fetchone()
+    assert stuck[0] == 0, "killed runs are closed as abandoned by the next run"
+
+
+def test_database_restart_mid_run_fails_clearly_then_recovers(tmp_path, name, db_url, ragpipe_home):
+    from pipelines.database import embedded_server
+
+    folder = write_folder(tmp_path / "docs", 300, seed=8)
+    with psycopg.connect(db_url, autocommit=True) as watch:
+        proc = start_ingest(folder, name)
+        wait_for_progress(watch, name, proc, documents=20)
+    server = embedded_server(ragpipe_home / "pgdata")
+    server.stop()
+    out, err = proc.communicate(timeout=120)
+    embedded_server(ragpipe_home / "pgdata")  # start again
+    assert proc.returncode == 1, out
+    assert "lost the database connection" in err or "cannot connect" in err, err
+    assert "Traceback" not in err
+    final = json.loads(ragpipe("ingest", str(folder), "-c", name, "--json").stdout)
+    assert final["status"] == "succeeded"
+    with psycopg.connect(db_url) as conn:
+        run_ingest(folder_spec(f"{name}_ref", folder))
+        assert_same_state(state(conn, name), state(conn, f"{name}_ref"))
+
+
+def test_file_vanishing_between_listing_and_reading_is_recorded(tmp_path, name, conn):
+    from pipelines.ingest import plan_run, process_batch
+    from pipelines.sources import make_source
+
+    folder = write_folder(tmp_path / "docs", 10, seed=9)
+    spec = folder_spec(name, folder)
+    plan = plan_run(conn, spec)
+    victim = folder / plan.todo[3].source_id
+    victim.unlink()
+    result = process_batch(conn, spec, plan.run_id, plan.todo)
+    assert result.failed == 1 and result.new == 9 and "cannot read" in result.failures[0][2]
+    assert len(make_source(spec.source).list().refs) == 9
+    assert run_ingest(spec)["deleted"] == 0  # it was never loaded; nothing else is touched
+
+
+def zip_bomb() -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("[Content_Types].xml", "<Types/>")
+        z.writestr("word/document.xml", b"\0" * (300 * 1024 * 1024))
+    return buf.getvalue()
+
+
+def test_hostile_files_are_recorded_and_nothing_loaded_is_lost(tmp_path, name, conn, monkeypatch):
+    folder = write_folder(tmp_path / "docs", 5, seed=10)
+    spec = folder_spec(name, folder, source={"kind": "folder", "path": str(folder), "max_bytes": 2_000_000})
+    run_ingest(spec)
+    before = state(conn, name)
+    (folder / "bomb.docx").write_bytes(zip_bomb())
+    (folder / "huge.txt").write_bytes(b"word " * 500_000)              # 2.5 MB > cap of 2 MB
+    (folder / "mixed.txt").write_bytes("Caf\u00e9 ".encode() * 50 + b"\xff\xfe\x00\x00binary" * 50)
+    (folder / "oneline.md").write_bytes(b"x" * 1_500_000)               # one long line, no whitespace
+    outside = tmp_path / "secret.txt"
+    outside.write_text("top secret text outside the source root")
+    (folder / "escape.txt").symlink_to(outside)
+    summary = run_ingest(spec)
+    assert summary["status"] == "succeeded"
+    failures = dict(conn.execute("SELECT source_id, error FROM ragpipe.ingest_failures WHERE run_id = %s",
+                                 (summary["id"],)).fetchall())
+    assert "zip bomb" in failures["bomb.docx"]
+    assert "size cap" in failures["huge.txt"]
+    assert "outside the source folder" in failures["escape.txt"]
+    assert "binary" in failures["mixed.txt"] or "mixed.txt" not in failures
+    assert "oneline.md" not in failures, "a long line is chunked, not refused"
+    chunks = conn.execute("SELECT max(token_count), max(length(text)) FROM ragpipe.chunks c JOIN ragpipe.documents d "
+                          "ON d.id = c.document_id WHERE d.source_id = 'oneline.md'").fetchone()
+    assert chunks[0] <= 256 and chunks[1] <= 30_000
+    assert [r for r in state(conn, name) if r[0] in {b[0] for b in before}] == before
+    assert not conn.execute("SELECT 1 FROM ragpipe.chunks WHERE text LIKE '%top secret%'").fetchone()
+
+
+def test_zip_bomb_is_refused_before_unpacking():
+    with pytest.raises(ExtractionError, match="zip bomb"):
+        extract(zip_bomb(), ".docx")
+
+
+def test_paths_with_dotdot_are_refused(tmp_path):
+    from pipelines.sources import DocumentRef
+    from pipelines.sources.folder import FolderSource
+
+    (tmp_path / "root").mkdir()
+    (tmp_path / "outside.txt").write_text("secret")
+    source = FolderSource(str(tmp_path / "root"))
+    (_, result), = list(source.read_many([DocumentRef("../outside.txt", "file:///x", "1:1")]))
+    assert isinstance(result, Exception) and "outside the source folder" in str(result)
+
+
+PASSWORD = "Sup3r-Secret-Pa55word"
+
+
+def test_no_password_in_output_of_failing_and_succeeding_runs(tmp_path, name, db_url, corpus):
+    bad = ragpipe("status", check=False,
+                  env={"RAGPIPE_DATABASE_URL": f"postgresql://loader:{PASSWORD}@127.0.0.1:1/nowhere"})
+    assert bad.returncode == 1 and "***" in bad.stderr
+    params = psycopg.conninfo.conninfo_to_dict(db_url)
+    good_url = f"postgresql://{params.get('user', 'postgres')}:{PASSWORD}@/{params['dbname']}?host={params['host']}"
+    env = {"RAGPIPE_DATABASE_URL": good_url}
+    outputs = [bad.stdout + bad.stderr]
+    for args in (["-v", "ingest", str(corpus), "-c", name], ["search", "coffee", "-c", name],
+                 ["db", "url"], ["db", "status"], ["status", "--json"]):
+        out = ragpipe(*args, env=env)
+        outputs.append(out.stdout + out.stderr)
+    assert "***" in outputs[-2] or "***" in outputs[-3]
+    for text in outputs:
+        assert PASSWORD not in text
+
+
+def test_loader_role_can_ingest_but_not_change_the_schema(tmp_path, name, db_url, corpus):
+    with psycopg.connect(db_url, autocommit=True) as admin:
+        admin.execute("DROP ROLE IF EXISTS app_loader")
+        admin.execute("CREATE ROLE app_loader LOGIN PASSWORD 'loader-pass'")
+        admin.execute("GRANT CONNECT ON DATABASE postgres TO app_loader")
+        admin.execute("GRANT ragpipe_loader TO app_loader")
+    loader_url = psycopg.conninfo.make_conninfo(db_url, user="app_loader", password="loader-pass")
+    run = json.loads(ragpipe("ingest", str(corpus), "-c", name, "--json",
+                             env={"RAGPIPE_DATABASE_URL": loader_url}).stdout)
+    assert run["status"] == "succeeded" and run["new"] == 30
+    with psycopg.connect(loader_url, autocommit=True) as loader:
+        assert loader.execute("SELECT to_regclass(%s)", (f"ragpipe.chunks_hnsw_c{run_collection_id(loader, name)}",
+                                                         )).fetchone()[0], "index built through the definer function"
+        for statement in ("DROP TABLE ragpipe.chunks", "CREATE TABLE ragpipe.x (i int)",
+                          "ALTER TABLE ragpipe.documents ADD COLUMN x int", "TRUNCATE ragpipe.chunks",
+                          "SELECT ragpipe.grant_reader('app_loader')"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                loader.execute(statement)
+
+
+def run_collection_id(conn, name: str) -> int:
+    return conn.execute("SELECT id FROM ragpipe.collections WHERE name = %s", (name,)).fetchone()[0]
+
+
