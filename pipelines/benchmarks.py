@@ -153,6 +153,36 @@ def bench_loading(conn, rows: int) -> None:
     record("loading", "COPY / executemany (target >= 10)", f"{many_s / copy_s:.1f}x")
     record("loading", "COPY / row-by-row INSERT", f"{single_s / copy_s:.1f}x")
     drop_collection(conn, "bench_load")
+    bench_bare_loading(conn, docs)
+
+
+def bench_bare_loading(conn, docs: list[store.LoadedDocument]) -> None:
+    """The same rows into a bare (text, vector) table: the wire protocol without index maintenance."""
+    conn.execute("CREATE TEMP TABLE bench_bare (text text, embedding vector(384))")
+    rows = [(d.chunks[0].text, d.embeddings[0]) for d in docs]
+    start = time.perf_counter()
+    with conn.transaction(), conn.cursor().copy("COPY bench_bare FROM STDIN (FORMAT BINARY)") as copy:
+        copy.set_types(["text", "vector"])
+        for row in rows:
+            copy.write_row(row)
+    copy_s = time.perf_counter() - start
+    conn.execute("TRUNCATE bench_bare")
+    start = time.perf_counter()
+    with conn.transaction(), conn.cursor() as cur:
+        cur.executemany("INSERT INTO bench_bare VALUES (%s, %s)", rows)
+    many_s = time.perf_counter() - start
+    conn.execute("TRUNCATE bench_bare")
+    subset = rows[: max(1000, len(rows) // 10)]
+    start = time.perf_counter()
+    with conn.transaction():
+        for row in subset:
+            conn.execute("INSERT INTO bench_bare VALUES (%s, %s)", row)
+    single_s = (time.perf_counter() - start) * len(rows) / len(subset)
+    conn.execute("DROP TABLE bench_bare")
+    record("loading", "bare table (text, vector): COPY BINARY", f"{len(rows) / copy_s:,.0f} rows/s")
+    record("loading", "bare table: COPY / executemany / row-by-row INSERT",
+           f"1 : {copy_s / many_s:.2f} : {copy_s / single_s:.2f} (COPY {many_s / copy_s:.1f}x and "
+           f"{single_s / copy_s:.1f}x faster)")
 
 
 def peak_rss(cmd: list[str]) -> tuple[float, dict]:
@@ -245,7 +275,7 @@ def bench_search(conn, chunks: int, queries: int) -> None:
     truth = [run("semantic", v, q, exact=True) for q, v in zip(qs, qvec, strict=True)]
     exact_ms = [t for _, t in truth]
     record("search", f"exact (brute force) semantic, {chunks} chunks: p50", f"{statistics.median(exact_ms):.1f} ms")
-    for ef in (20, 40, 80, 160):
+    for ef in (40, 80, 160, 320):
         conn.execute("UPDATE ragpipe.collections SET settings = jsonb_set(settings, '{index,ef_search}', %s) "
                      "WHERE name = %s", (json.dumps(ef), name))
         got = [run("semantic", v, q) for q, v in zip(qs, qvec, strict=True)]

@@ -66,6 +66,14 @@ class Embedder:
     def tokenizer(self) -> Any:
         return self.model.tokenizer
 
+    @cached_property
+    def chunk_tokenizer(self) -> Any:
+        """A copy of the tokenizer for chunking, which may run in another thread than encode()
+        (a fast tokenizer must not be used by two threads at once)."""
+        import copy
+
+        return copy.deepcopy(self.model.tokenizer)
+
     @property
     def max_tokens(self) -> int:
         """The longest input (special tokens included) the model embeds without truncating."""

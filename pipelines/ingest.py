@@ -10,7 +10,8 @@
 import hashlib
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -142,74 +143,141 @@ def process_batch(conn: psycopg.Connection, spec: CollectionSpec, run_id: int, r
     """Read, extract, chunk, embed and load a batch of documents, committing every COMMIT_EVERY
     documents; safe to retry: documents already committed are recognised by their content hash."""
     collection, embedder = open_collection(conn, spec)
-    source = make_source(spec.source)
+    work = read_batch(conn, collection, embedder, make_source(spec.source), refs, run_id, full_refresh)
+    embed_batch(work, embedder)
+    return write_batch(conn, collection, run_id, work)
+
+
+@dataclass(frozen=True)
+class Failure:
+    stage: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Touched:
+    """Content unchanged: only the fingerprint is recorded."""
+
+    fingerprint: str
+
+
+GONE, SKIP = "gone", "skip"
+"""SKIP: a retried batch finds the document already committed by this run."""
+
+
+@dataclass
+class BatchWork:
+    """A batch read, extracted and chunked; its vectors are filled in by embed_batch."""
+
+    refs: list[DocumentRef]
+    existing: dict[str, tuple[str, int | None, str | None]]
+    outcome: dict[str, Prepared | Touched | Failure | str]
+    vectors: dict[str, np.ndarray]
+    fresh: set[str] = field(default_factory=set)
+    """Chunk hashes embedded in this batch (the rest came from the database)."""
+
+    def prepared(self) -> list[Prepared]:
+        return [o for o in self.outcome.values() if isinstance(o, Prepared)]
+
+
+def read_batch(conn: psycopg.Connection, collection: store.Collection, embedder: Embedder, source: Source,
+               refs: list[DocumentRef], run_id: int, full_refresh: bool) -> BatchWork:
+    """Everything before embedding: read, compare content hashes, extract, chunk, find stored vectors."""
+    existing = store.document_hashes(conn, collection.id, [r.source_id for r in refs])
+    previous = {} if full_refresh else {sid: state[2] for sid, state in existing.items()}
+    outcome: dict[str, Prepared | Touched | Failure | str] = {}
+    for ref, raw in source.read_many(refs, previous):
+        sid = ref.source_id
+        if isinstance(raw, Exception):
+            outcome[sid] = Failure("read", str(raw))
+        elif isinstance(raw, NotModified):
+            outcome[sid] = Touched(raw.ref.fingerprint)
+        elif isinstance(raw, Gone):
+            outcome[sid] = GONE
+        else:
+            digest = content_hash(raw)
+            stored_hash, written_by, _ = existing.get(sid, (None, None, None))
+            if written_by == run_id and stored_hash == digest:
+                outcome[sid] = SKIP
+            elif not full_refresh and stored_hash == digest:
+                outcome[sid] = Touched(ref.fingerprint)
+            else:
+                outcome[sid] = _prepare_or_fail(raw, digest, embedder, collection)
+    work = BatchWork(refs, existing, outcome, {})
+    hashes = [c.content_hash for p in work.prepared() for c in p.chunks]
+    if hashes and not full_refresh:
+        work.vectors = store.cached_embeddings(conn, collection.model, hashes)
+    return work
+
+
+def _prepare_or_fail(raw: RawDocument, digest: str, embedder: Embedder,
+                     collection: store.Collection) -> Prepared | Failure:
+    try:
+        return prepare(raw, digest, embedder, collection)
+    except ExtractionError as exc:
+        return Failure("extract", str(exc))
+    except Exception as exc:  # a parser bug on one document must not stop the run
+        log.exception("unexpected error extracting %s", raw.ref.source_id)
+        return Failure("extract", f"{type(exc).__name__}: {exc}")
+
+
+def embed_batch(work: BatchWork, embedder: Embedder) -> None:
+    """Embed the batch's new chunk texts in one call (the model sorts them by length)."""
+    texts: dict[str, str] = {}
+    for p in work.prepared():
+        for c in p.chunks:
+            if c.content_hash not in work.vectors:
+                texts.setdefault(c.content_hash, c.text)
+    work.vectors.update(zip(texts, embedder.encode(list(texts.values())), strict=True))
+    work.fresh = set(texts)
+
+
+def write_batch(conn: psycopg.Connection, collection: store.Collection, run_id: int, work: BatchWork) -> BatchResult:
+    """Load the batch in transactions of COMMIT_EVERY documents, each with its own run counts."""
     total = BatchResult()
-    for i in range(0, len(refs), COMMIT_EVERY):
-        group = refs[i:i + COMMIT_EVERY]
-        total.add(_process_group(conn, collection, embedder, source, run_id, group, full_refresh))
+    counted: set[str] = set()
+    for i in range(0, len(work.refs), COMMIT_EVERY):
+        group = work.refs[i:i + COMMIT_EVERY]
+        result = BatchResult(processed=len(group))
+        docs, touched, gone = [], {}, []
+        for ref in group:
+            outcome = work.outcome.get(ref.source_id)
+            if isinstance(outcome, Prepared):
+                vectors = np.stack([work.vectors[c.content_hash] for c in outcome.chunks])
+                docs.append(store.LoadedDocument(ref.source_id, outcome.raw.ref.uri, outcome.title,
+                                                 outcome.content_hash, outcome.raw.ref.fingerprint,
+                                                 outcome.raw.metadata, outcome.chunks, vectors))
+                if ref.source_id in work.existing:
+                    result.changed += 1
+                else:
+                    result.new += 1
+                for c in outcome.chunks:
+                    fresh = c.content_hash in work.fresh and c.content_hash not in counted
+                    counted.add(c.content_hash)
+                    result.chunks_embedded += fresh
+                    result.chunks_reused += not fresh
+            elif isinstance(outcome, Touched):
+                touched[ref.source_id] = outcome.fingerprint
+            elif isinstance(outcome, Failure):
+                result.failures.append((ref.source_id, outcome.stage, outcome.reason))
+            elif outcome == GONE:
+                gone.append(ref.source_id)
+        result.unchanged = len(touched)
+        result.failed = len(result.failures)
+        uris = {r.source_id: r.uri for r in group}
+        with conn.transaction():
+            store.replace_documents(conn, collection, run_id, docs)
+            failpoint("load_before_commit")
+            store.touch_documents(conn, collection.id, run_id, touched)
+            result.deleted = store.delete_documents(conn, collection.id, gone)
+            for source_id, stage, reason in result.failures:
+                store.record_failure(conn, run_id, collection.id, source_id, uris.get(source_id), stage, reason)
+            store.add_run_counts(conn, run_id, **result.counts())
+        for source_id, stage, reason in result.failures:
+            log.warning("failed %s (%s): %s", source_id, stage, reason)
+        total.add(result)
         failpoint("batch_after_commit")
     return total
-
-
-def _process_group(conn: psycopg.Connection, collection: store.Collection, embedder: Embedder, source: Source,
-                   run_id: int, refs: list[DocumentRef], full_refresh: bool) -> BatchResult:
-    result = BatchResult()
-    existing = store.document_hashes(conn, collection.id, [r.source_id for r in refs])
-    prepared: list[Prepared] = []
-    touched: dict[str, str] = {}
-    gone: list[str] = []
-    previous = {} if full_refresh else {sid: state[2] for sid, state in existing.items()}
-    for ref, raw in source.read_many(refs, previous):
-        if isinstance(raw, Exception):
-            result.failures.append((ref.source_id, "read", str(raw)))
-            continue
-        if isinstance(raw, NotModified):
-            touched[ref.source_id] = raw.ref.fingerprint
-            continue
-        if isinstance(raw, Gone):
-            gone.append(ref.source_id)
-            continue
-        digest = content_hash(raw)
-        stored_hash, written_by, _ = existing.get(ref.source_id, (None, None, None))
-        if written_by == run_id and stored_hash == digest:
-            continue  # this run already committed it (a retried batch): nothing to do or count
-        if not full_refresh and stored_hash == digest:
-            touched[ref.source_id] = ref.fingerprint
-            continue
-        try:
-            prepared.append(prepare(raw, digest, embedder, collection))
-        except ExtractionError as exc:
-            result.failures.append((ref.source_id, "extract", str(exc)))
-        except Exception as exc:  # a parser bug on one document must not stop the run
-            log.exception("unexpected error extracting %s", ref.source_id)
-            result.failures.append((ref.source_id, "extract", f"{type(exc).__name__}: {exc}"))
-    vectors, result.chunks_embedded, result.chunks_reused = embed_chunks(
-        conn, embedder, collection.model, [c for p in prepared for c in p.chunks], reuse=not full_refresh)
-    docs, offset = [], 0
-    for p in prepared:
-        n = len(p.chunks)
-        docs.append(store.LoadedDocument(p.raw.ref.source_id, p.raw.ref.uri, p.title, p.content_hash,
-                                         p.raw.ref.fingerprint, p.raw.metadata, p.chunks, vectors[offset:offset + n]))
-        offset += n
-        if p.raw.ref.source_id in existing:
-            result.changed += 1
-        else:
-            result.new += 1
-    result.unchanged = len(touched)
-    result.failed = len(result.failures)
-    result.processed = len(refs)
-    uris = {r.source_id: r.uri for r in refs}
-    with conn.transaction():
-        store.replace_documents(conn, collection, run_id, docs)
-        failpoint("load_before_commit")
-        store.touch_documents(conn, collection.id, run_id, touched)
-        result.deleted = store.delete_documents(conn, collection.id, gone)
-        for source_id, stage, reason in result.failures:
-            store.record_failure(conn, run_id, collection.id, source_id, uris.get(source_id), stage, reason)
-        store.add_run_counts(conn, run_id, **result.counts())
-    for source_id, stage, reason in result.failures:
-        log.warning("failed %s (%s): %s", source_id, stage, reason)
-    return result
 
 
 def finalize_run(conn: psycopg.Connection, spec: CollectionSpec, run_id: int, deleted: list[str],
@@ -241,9 +309,11 @@ def run_ingest(spec: CollectionSpec, full_refresh: bool = False, limit: int | No
                         would_process=len(plan.todo))
         done = 0
         try:
-            for batch in plan.batches(spec.docs_per_batch):
-                process_batch(conn, spec, plan.run_id, batch, full_refresh)
-                done += len(batch)
+            collection, embedder = open_collection(conn, spec)
+            for work in _read_ahead(url, conn, spec, plan, full_refresh):
+                embed_batch(work, embedder)
+                write_batch(conn, collection, plan.run_id, work)
+                done += len(work.refs)
                 if progress:
                     progress(done, len(plan.todo))
         except BaseException as exc:
@@ -251,6 +321,27 @@ def run_ingest(spec: CollectionSpec, full_refresh: bool = False, limit: int | No
                 store.finish_run(conn, plan.run_id, "failed", f"{type(exc).__name__}: {exc}")
             raise
         return finalize_run(conn, spec, plan.run_id, plan.deleted)
+
+
+def _read_ahead(url: str, conn: psycopg.Connection, spec: CollectionSpec, plan: Plan,
+                full_refresh: bool) -> Iterator[BatchWork]:
+    """Yield the plan's batches read and chunked, reading batch i+1 in a thread (on its own
+    connection) while the caller embeds and loads batch i: extraction overlaps embedding."""
+    batches = plan.batches(spec.docs_per_batch)
+    if not batches:
+        return
+    collection, embedder = open_collection(conn, spec)
+    source = make_source(spec.source)
+    with connect(url, autocommit=True) as reader, ThreadPoolExecutor(max_workers=1) as pool:
+        def read(refs: list[DocumentRef]) -> BatchWork:
+            return read_batch(reader, collection, embedder, source, refs, plan.run_id, full_refresh)
+
+        pending = pool.submit(read, batches[0])
+        for following in [*batches[1:], None]:
+            work = pending.result()
+            if following is not None:
+                pending = pool.submit(read, following)
+            yield work
 
 
 def content_hash(raw: RawDocument) -> str:
@@ -263,52 +354,7 @@ def content_hash(raw: RawDocument) -> str:
 def prepare(raw: RawDocument, digest: str, embedder: Embedder, collection: store.Collection) -> Prepared:
     """Extract and chunk one document; raises ExtractionError when there is nothing to index."""
     extracted = extract(raw.content, raw.suffix)
-    chunks = chunk_text(extracted.text, embedder.tokenizer, collection.chunk_tokens, collection.chunk_overlap)
+    chunks = chunk_text(extracted.text, embedder.chunk_tokenizer, collection.chunk_tokens, collection.chunk_overlap)
     if not chunks:
         raise ExtractionError("document has no extractable text")
     return Prepared(raw, digest, raw.title or extracted.title, chunks)
-
-
-def embed_chunks(conn: psycopg.Connection, embedder: Embedder, model: str, chunks: list[Chunk],
-                 reuse: bool = True) -> tuple[np.ndarray, int, int]:
-    """Vectors for `chunks` in order; returns (vectors, embedded now, reused from the database)."""
-    if not chunks:
-        return np.zeros((0, 0), dtype=np.float32), 0, 0
-    hashes = [c.content_hash for c in chunks]
-    known = store.cached_embeddings(conn, model, hashes) if reuse else {}
-    missing = list(dict.fromkeys(h for h in hashes if h not in known))
-    texts = {c.content_hash: c.text for c in chunks}
-    fresh = embedder.encode([texts[h] for h in missing])
-    known.update(zip(missing, fresh, strict=True))
-    return np.stack([known[h] for h in hashes]), len(missing), len(hashes) - len(missing)
-
-
-# Steps for orchestrators whose tasks run in separate processes (the Airflow DAGs). Each opens its
-# own connection; plan and finalize take the collection's lock exclusively, batches share it, so a
-# CLI run never writes the same collection at the same time as a DAG run.
-
-def plan_step(spec: CollectionSpec, url: str | None = None, full_refresh: bool = False,
-              limit: int | None = None, dry_run: bool = False, trigger: str = "airflow") -> Plan:
-    with connect(open_database(url), autocommit=True) as conn, store.collection_lock(
-            conn, spec.name, load_settings().lock_timeout_s):
-        plan = plan_run(conn, spec, full_refresh, limit, trigger)
-        if dry_run:
-            store.finish_run(conn, plan.run_id, "dry_run")
-        return plan
-
-
-def batch_step(spec: CollectionSpec, run_id: int, refs: list[DocumentRef], url: str | None = None,
-               full_refresh: bool = False) -> BatchResult:
-    with connect(open_database(url), autocommit=True) as conn, store.collection_lock(
-            conn, spec.name, load_settings().lock_timeout_s, shared=True):
-        return process_batch(conn, spec, run_id, refs, full_refresh)
-
-
-def finalize_step(spec: CollectionSpec, run_id: int, deleted: list[str], url: str | None = None,
-                  failed_batches: int = 0) -> dict[str, Any]:
-    """Close the run; a run with failed batches deletes nothing and is recorded as failed."""
-    with connect(open_database(url), autocommit=True) as conn, store.collection_lock(
-            conn, spec.name, load_settings().lock_timeout_s):
-        if failed_batches:
-            return finalize_run(conn, spec, run_id, [], "failed", f"{failed_batches} batch(es) failed")
-        return finalize_run(conn, spec, run_id, deleted)

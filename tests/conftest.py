@@ -68,3 +68,15 @@ def folder_spec(name: str, path: Path, **kw):
 
     return parse_collection(dict({"name": name, "source": {"kind": "folder", "path": str(path)}}, **kw),
                             where=name, base=path)
+
+
+def assert_same_chunks(got: list[tuple], want: list[tuple]) -> None:
+    """Rows of (..., embedding::text) equal in every column but the last; embeddings equal up to
+    float noise (the same text embedded in a differently padded batch differs in the 7th digit)."""
+    import json
+
+    import numpy as np
+
+    assert [r[:-1] for r in got] == [r[:-1] for r in want]
+    for a, b in zip(got, want, strict=True):
+        assert np.allclose(json.loads(a[-1]), json.loads(b[-1]), atol=1e-5)

@@ -15,7 +15,7 @@ from pipelines import store
 from pipelines.config import parse_collection
 from pipelines.database import connect
 from pipelines.ingest import run_ingest
-from tests.conftest import ROOT
+from tests.conftest import ROOT, assert_same_chunks
 
 pytestmark = pytest.mark.slow
 
@@ -67,15 +67,6 @@ def chunk_state(conn, name: str) -> list[tuple]:
         "SELECT d.source_id, c.ordinal, c.text, c.content_hash, c.embedding::text FROM ragpipe.chunks c "
         "JOIN ragpipe.documents d ON d.id = c.document_id JOIN ragpipe.collections k ON k.id = c.collection_id "
         "WHERE k.name = %s ORDER BY 1, 2", (name,)).fetchall()
-
-
-def assert_same_chunks(got: list[tuple], want: list[tuple]) -> None:
-    """Same documents, ordinals, texts and hashes; embeddings equal up to float noise (batch padding)."""
-    import numpy as np
-
-    assert [r[:4] for r in got] == [r[:4] for r in want]
-    for a, b in zip(got, want, strict=True):
-        assert np.allclose(np.array(json.loads(a[4])), np.array(json.loads(b[4])), atol=1e-5)
 
 
 def mapped_count(dag_run) -> int:

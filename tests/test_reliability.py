@@ -15,7 +15,7 @@ import pytest
 from pipelines.extract import ExtractionError, extract
 from pipelines.ingest import run_ingest
 from pipelines.synthetic import write_folder
-from tests.conftest import folder_spec
+from tests.conftest import assert_same_chunks, folder_spec
 from tests.test_cli import RAGPIPE, ragpipe
 
 pytestmark = pytest.mark.slow
@@ -26,14 +26,6 @@ def state(conn, name: str) -> list[tuple]:
         "SELECT d.source_id, d.content_hash, c.ordinal, c.text, c.embedding::text FROM ragpipe.chunks c "
         "JOIN ragpipe.documents d ON d.id = c.document_id JOIN ragpipe.collections k ON k.id = c.collection_id "
         "WHERE k.name = %s ORDER BY 1, 3", (name,)).fetchall()
-
-
-def assert_same_state(got: list[tuple], want: list[tuple]) -> None:
-    import numpy as np
-
-    assert [r[:4] for r in got] == [r[:4] for r in want], "same documents, chunk texts and order"
-    for a, b in zip(got, want, strict=True):
-        assert np.allclose(json.loads(a[4]), json.loads(b[4]), atol=1e-5)
 
 
 def start_ingest(folder: Path, name: str) -> subprocess.Popen:
@@ -64,7 +56,7 @@ def test_kill_9_at_random_points_then_resume_equals_a_clean_run(tmp_path, name, 
     final = json.loads(ragpipe("ingest", str(folder), "-c", name, "--json").stdout)
     assert final["status"] == "succeeded" and final["failed"] == 0
     run_ingest(folder_spec(f"{name}_ref", folder))
-    assert_same_state(state(conn, name), state(conn, f"{name}_ref"))
+    assert_same_chunks(state(conn, name), state(conn, f"{name}_ref"))
     dupes = conn.execute("SELECT count(*) - count(DISTINCT (document_id, ordinal)) FROM ragpipe.chunks").fetchone()
     assert dupes[0] == 0
     stuck = conn.execute("SELECT count(*) FROM ragpipe.ingest_runs r JOIN ragpipe.collections k "
@@ -90,7 +82,7 @@ def test_database_restart_mid_run_fails_clearly_then_recovers(tmp_path, name, db
     assert final["status"] == "succeeded"
     with psycopg.connect(db_url) as conn:
         run_ingest(folder_spec(f"{name}_ref", folder))
-        assert_same_state(state(conn, name), state(conn, f"{name}_ref"))
+        assert_same_chunks(state(conn, name), state(conn, f"{name}_ref"))
 
 
 def test_file_vanishing_between_listing_and_reading_is_recorded(tmp_path, name, conn):

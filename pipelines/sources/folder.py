@@ -1,13 +1,12 @@
 """A local folder, walked recursively; the fingerprint is size + modification time."""
 
-import fnmatch
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..extract import EXTRACTORS
-from . import DocumentRef, Listing, RawDocument, SourceError
+from . import DocumentRef, Listing, RawDocument, SourceError, matches_globs
 
 DEFAULT_MAX_BYTES = 50 * 1024 * 1024
 
@@ -33,7 +32,7 @@ class FolderSource:
             for name in sorted(filenames):
                 full = Path(dirpath, name)
                 rel = full.relative_to(self.root).as_posix()
-                if not self._wanted(rel):
+                if not matches_globs(rel, self.include, self.exclude):
                     continue
                 try:
                     st = full.stat()
@@ -60,7 +59,3 @@ class FolderSource:
             raise SourceError(f"file is {size} bytes, over the size cap of {self.max_bytes} bytes")
         return RawDocument(ref, full.read_bytes(), full.suffix.lower(), metadata={"path": ref.source_id})
 
-    def _wanted(self, rel: str) -> bool:
-        return any(fnmatch.fnmatch(rel, g) for g in self.include) and not any(
-            fnmatch.fnmatch(rel, g) for g in self.exclude
-        )

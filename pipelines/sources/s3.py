@@ -2,7 +2,6 @@
 objects are never downloaded. Credentials: the usual AWS settings (environment, ~/.aws, instance
 role) or, under Airflow, the connection named by `aws_conn_id`. They are never logged."""
 
-import fnmatch
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -10,7 +9,7 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from ..extract import EXTRACTORS
-from . import DocumentRef, Listing, RawDocument, SourceError
+from . import DocumentRef, Listing, RawDocument, SourceError, matches_globs
 from .folder import DEFAULT_MAX_BYTES
 
 
@@ -51,7 +50,7 @@ class S3Source:
         refs = []
         for key, info in sorted(objects.items()):
             rel = key[len(self.prefix):].lstrip("/")
-            if info.get("type") == "directory" or not self._wanted(rel):
+            if info.get("type") == "directory" or not matches_globs(rel, self.include, self.exclude):
                 continue
             etag = str(info.get("ETag", "")).strip('"')
             refs.append(DocumentRef(rel, f"s3://{key}", f"{etag}:{info.get('size')}"))
@@ -77,6 +76,3 @@ class S3Source:
                 continue
             yield ref, RawDocument(ref, data, PurePosixPath(key).suffix.lower(), metadata={"key": ref.source_id})
 
-    def _wanted(self, rel: str) -> bool:
-        return any(fnmatch.fnmatch(rel, g) for g in self.include) and not any(
-            fnmatch.fnmatch(rel, g) for g in self.exclude)
