@@ -358,3 +358,34 @@ def prepare(raw: RawDocument, digest: str, embedder: Embedder, collection: store
     if not chunks:
         raise ExtractionError("document has no extractable text")
     return Prepared(raw, digest, raw.title or extracted.title, chunks)
+
+
+# Steps for orchestrators whose tasks run in separate processes (the Airflow DAGs). Each opens its
+# own connection; plan and finalize take the collection's lock exclusively, batches share it, so a
+# CLI run never writes the same collection at the same time as a DAG run.
+
+def plan_step(spec: CollectionSpec, url: str | None = None, full_refresh: bool = False,
+              limit: int | None = None, dry_run: bool = False, trigger: str = "airflow") -> Plan:
+    with connect(open_database(url), autocommit=True) as conn, store.collection_lock(
+            conn, spec.name, load_settings().lock_timeout_s):
+        plan = plan_run(conn, spec, full_refresh, limit, trigger)
+        if dry_run:
+            store.finish_run(conn, plan.run_id, "dry_run")
+        return plan
+
+
+def batch_step(spec: CollectionSpec, run_id: int, refs: list[DocumentRef], url: str | None = None,
+               full_refresh: bool = False) -> BatchResult:
+    with connect(open_database(url), autocommit=True) as conn, store.collection_lock(
+            conn, spec.name, load_settings().lock_timeout_s, shared=True):
+        return process_batch(conn, spec, run_id, refs, full_refresh)
+
+
+def finalize_step(spec: CollectionSpec, run_id: int, deleted: list[str], url: str | None = None,
+                  failed_batches: int = 0) -> dict[str, Any]:
+    """Close the run; a run with failed batches deletes nothing and is recorded as failed."""
+    with connect(open_database(url), autocommit=True) as conn, store.collection_lock(
+            conn, spec.name, load_settings().lock_timeout_s):
+        if failed_batches:
+            return finalize_run(conn, spec, run_id, [], "failed", f"{failed_batches} batch(es) failed")
+        return finalize_run(conn, spec, run_id, deleted)
