@@ -17,7 +17,8 @@ from .database import database_url
 from .ingest import open_database
 from .settings import load_settings
 
-SAMPLE_DAGS = ["ragpipe_ingest_sample", "ragpipe_ingest_sample_records"]
+SAMPLE_DAGS = [f"ragpipe_ingest_{name}" for name in
+               ("sample", "sample_records", "sample_s3", "sample_web", "sample_sql")]
 
 
 def airflow_bin(name: str = "airflow") -> str:
@@ -58,7 +59,9 @@ def main() -> None:
     settings = load_settings()
     db_was_running = bool(settings.database_url) or (settings.pgdata / "postmaster.pid").exists()
     open_database()
-    env = dict(os.environ, **airflow_environment())
+    from .samples import start_all
+
+    env = dict(os.environ, **airflow_environment(), **start_all(database_url()))
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # standalone runs `airflow`
     port = int(env.get("AIRFLOW__API__PORT", "8080"))
     home = Path(env["AIRFLOW_HOME"])
