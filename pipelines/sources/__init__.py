@@ -59,13 +59,6 @@ def same_fingerprint(listed: str, stored: str | None) -> bool:
 FIELD_SEP = "\x1f"
 
 
-def matches_globs(path: str, include: list[str], exclude: list[str]) -> bool:
-    """`path` matches an include glob and no exclude glob (`*` also crosses directories)."""
-    import fnmatch
-
-    return any(fnmatch.fnmatch(path, g) for g in include) and not any(fnmatch.fnmatch(path, g) for g in exclude)
-
-
 @dataclass
 class Listing:
     refs: list[DocumentRef]

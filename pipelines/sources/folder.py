@@ -1,23 +1,34 @@
 """A local folder, walked recursively; the fingerprint is size + modification time."""
 
+import fnmatch
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..extract import EXTRACTORS
-from . import DocumentRef, Listing, RawDocument, SourceError, matches_globs
+from . import DocumentRef, Listing, RawDocument, SourceError
 
 DEFAULT_MAX_BYTES = 50 * 1024 * 1024
 
 
-@dataclass
-class FolderSource:
-    path: str
+@dataclass(kw_only=True)
+class FileFilters:
+    """Which files of a tree to take, shared by the folder and object-storage sources."""
+
     include: list[str] = field(default_factory=lambda: [f"*{s}" for s in sorted(EXTRACTORS)])
-    """Globs matched against the path relative to the folder; `*` also crosses directories."""
+    """Globs matched against the path relative to the root; `*` also crosses directories."""
     exclude: list[str] = field(default_factory=list)
     max_bytes: int = DEFAULT_MAX_BYTES
+
+    def wanted(self, rel: str) -> bool:
+        return any(fnmatch.fnmatch(rel, g) for g in self.include) and not any(
+            fnmatch.fnmatch(rel, g) for g in self.exclude)
+
+
+@dataclass
+class FolderSource(FileFilters):
+    path: str
     kind: str = "folder"
 
     def __post_init__(self) -> None:
@@ -32,7 +43,7 @@ class FolderSource:
             for name in sorted(filenames):
                 full = Path(dirpath, name)
                 rel = full.relative_to(self.root).as_posix()
-                if not matches_globs(rel, self.include, self.exclude):
+                if not self.wanted(rel):
                     continue
                 try:
                     st = full.stat()

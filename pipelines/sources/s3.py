@@ -3,23 +3,19 @@ objects are never downloaded. Credentials: the usual AWS settings (environment, 
 role) or, under Airflow, the connection named by `aws_conn_id`. They are never logged."""
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import PurePosixPath
 from typing import Any
 
-from ..extract import EXTRACTORS
-from . import DocumentRef, Listing, RawDocument, SourceError, matches_globs
-from .folder import DEFAULT_MAX_BYTES
+from . import DocumentRef, Listing, RawDocument, SourceError
+from .folder import FileFilters
 
 
 @dataclass
-class S3Source:
+class S3Source(FileFilters):
     path: str
     """s3://bucket/prefix"""
-    include: list[str] = field(default_factory=lambda: [f"*{s}" for s in sorted(EXTRACTORS)])
-    exclude: list[str] = field(default_factory=list)
-    max_bytes: int = DEFAULT_MAX_BYTES
     endpoint_url: str | None = None
     region: str | None = None
     aws_conn_id: str | None = None
@@ -50,7 +46,7 @@ class S3Source:
         refs = []
         for key, info in sorted(objects.items()):
             rel = key[len(self.prefix):].lstrip("/")
-            if info.get("type") == "directory" or not matches_globs(rel, self.include, self.exclude):
+            if info.get("type") == "directory" or not self.wanted(rel):
                 continue
             etag = str(info.get("ETag", "")).strip('"')
             refs.append(DocumentRef(rel, f"s3://{key}", f"{etag}:{info.get('size')}"))
