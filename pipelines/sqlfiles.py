@@ -15,7 +15,6 @@ def _statements(group: str) -> dict[str, str]:
     return {name: body.strip().rstrip(";") for name, body in zip(parts[1::2], parts[2::2], strict=True)}
 
 
-def query(group: str, name: str, **identifiers: sql.Composable) -> sql.Composed | sql.SQL:
-    """Statement `name` from sql/queries/`group`.sql, with {placeholders} filled by psycopg.sql parts."""
-    template = sql.SQL(_statements(group)[name])  # type: ignore[arg-type]
-    return template.format(**identifiers) if identifiers else template
+def query(group: str, name: str) -> sql.SQL:
+    """Statement `name` from sql/queries/`group`.sql; its values are bound as %s / %(name)s parameters."""
+    return sql.SQL(_statements(group)[name])  # type: ignore[arg-type]

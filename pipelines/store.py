@@ -51,8 +51,8 @@ class LoadedDocument:
     embeddings: np.ndarray
 
 
-def _q(name: str, **parts: sql.Composable) -> sql.Composable:
-    return query("store", name, **parts)
+def _q(name: str) -> sql.SQL:
+    return query("store", name)
 
 
 def ensure_collection(conn: psycopg.Connection, name: str, model: str, dimension: int, chunk_tokens: int,
