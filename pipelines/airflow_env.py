@@ -1,6 +1,5 @@
 """Environment for running Airflow on the embedded PostgreSQL (used by `make run` and the tests)."""
 
-import os
 from pathlib import Path
 
 import psycopg
@@ -45,6 +44,3 @@ def _sqlalchemy_url(params: dict, driver: str) -> str:
         return f"{driver}://{auth}@/airflow?host={host}"
     return f"{driver}://{auth}@{host}:{params.get('port') or 5432}/airflow"
 
-
-def apply(env: dict[str, str]) -> None:
-    os.environ.update(env)

@@ -51,13 +51,6 @@ class Plan:
     def batches(self, size: int) -> list[list[DocumentRef]]:
         return [self.todo[i:i + size] for i in range(0, len(self.todo), size)]
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Plan":
-        return cls(**dict(data, todo=[DocumentRef(**r) for r in data["todo"]]))
-
 
 @dataclass
 class BatchResult:
