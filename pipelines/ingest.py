@@ -303,7 +303,7 @@ def run_ingest(spec: CollectionSpec, full_refresh: bool = False, limit: int | No
         done = 0
         try:
             collection, embedder = open_collection(conn, spec)
-            for work in _read_ahead(url, conn, spec, plan, full_refresh):
+            for work in _read_ahead(url, collection, embedder, spec, plan, full_refresh):
                 embed_batch(work, embedder)
                 write_batch(conn, collection, plan.run_id, work)
                 done += len(work.refs)
@@ -316,14 +316,13 @@ def run_ingest(spec: CollectionSpec, full_refresh: bool = False, limit: int | No
         return finalize_run(conn, spec, plan.run_id, plan.deleted)
 
 
-def _read_ahead(url: str, conn: psycopg.Connection, spec: CollectionSpec, plan: Plan,
+def _read_ahead(url: str, collection: store.Collection, embedder: Embedder, spec: CollectionSpec, plan: Plan,
                 full_refresh: bool) -> Iterator[BatchWork]:
     """Yield the plan's batches read and chunked, reading batch i+1 in a thread (on its own
     connection) while the caller embeds and loads batch i: extraction overlaps embedding."""
     batches = plan.batches(spec.docs_per_batch)
     if not batches:
         return
-    collection, embedder = open_collection(conn, spec)
     source = make_source(spec.source)
     with connect(url, autocommit=True) as reader, ThreadPoolExecutor(max_workers=1) as pool:
         def read(refs: list[DocumentRef]) -> BatchWork:
