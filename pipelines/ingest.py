@@ -10,6 +10,8 @@
 import hashlib
 import json
 import logging
+import os
+import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -324,7 +326,8 @@ def _read_ahead(url: str, collection: store.Collection, embedder: Embedder, spec
     if not batches:
         return
     source = make_source(spec.source)
-    with connect(url, autocommit=True) as reader, ThreadPoolExecutor(max_workers=1) as pool:
+    with connect(url, autocommit=True) as reader, ThreadPoolExecutor(
+            max_workers=1, initializer=_yield_to_embedding) as pool:
         def read(refs: list[DocumentRef]) -> BatchWork:
             return read_batch(reader, collection, embedder, source, refs, plan.run_id, full_refresh)
 
@@ -334,6 +337,13 @@ def _read_ahead(url: str, collection: store.Collection, embedder: Embedder, spec
             if following is not None:
                 pending = pool.submit(read, following)
             yield work
+
+
+def _yield_to_embedding() -> None:
+    """Lower the read-ahead thread's priority: on a small machine the model's threads keep the CPU,
+    and reading fills the gaps instead of stalling every parallel region of the encoder."""
+    if hasattr(os, "setpriority"):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
 
 
 def content_hash(raw: RawDocument) -> str:

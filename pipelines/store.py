@@ -164,14 +164,19 @@ def replace_documents(conn: psycopg.Connection, collection: Collection, run_id: 
         collection.id, run_id, ids, [d.uri for d in docs], [d.title for d in docs], [d.content_hash for d in docs],
         [d.fingerprint for d in docs], [json.dumps(d.metadata) for d in docs], [len(d.chunks) for d in docs],
     )).fetchall()
-    doc_ids = dict(rows)
+    copy_chunks(conn, collection.id, dict(rows), docs)
+
+
+def copy_chunks(conn: psycopg.Connection, collection_id: int, doc_ids: dict[str, int],
+                docs: list[LoadedDocument]) -> None:
+    """Stream the documents' chunks and vectors into ragpipe.chunks with COPY ... (FORMAT BINARY)."""
     with conn.cursor().copy(_q("copy_chunks")) as copy:
         copy.set_types(["int4", "int8", "int4", "text", "int4", "int4", "int4", "text[]", "text", "jsonb",
                         "vector"])
         for d in docs:
             meta = Jsonb(d.metadata)
             for chunk, vector in zip(d.chunks, d.embeddings, strict=True):
-                copy.write_row((collection.id, doc_ids[d.source_id], chunk.ordinal, chunk.text, chunk.token_count,
+                copy.write_row((collection_id, doc_ids[d.source_id], chunk.ordinal, chunk.text, chunk.token_count,
                                 chunk.char_start, chunk.char_end, list(chunk.heading_path), chunk.content_hash,
                                 meta, vector))
 
