@@ -1,6 +1,8 @@
 """`make bench`: the figures behind ragpipe's performance claims, measured side by side in one run.
 
-BENCH_SCALE=small (default, a few minutes) or large. Results go to stdout and docs/benchmarks.md.
+BENCH_SCALE=small (default, a few minutes) or large; BENCH_QUALITY=1 adds the NFCorpus nDCG@10 of the
+torch and onnx-int8 backends to a small run (always part of large; ~15 min the first time, cached after).
+Results go to stdout and docs/benchmarks.md.
 Everything runs through the real pipeline, model and embedded PostgreSQL; synthetic corpora are
 resampled sentences of NFCorpus (pipelines/synthetic.py).
 """
@@ -112,6 +114,21 @@ def bench_embedding(conn, tmp: Path, docs: int) -> None:
     record("backend", "onnx-int8 encode throughput (best of 2)", f"{len(chunks) / onnx_s:.1f} chunks/s")
     record("backend", "onnx-int8 / torch encode throughput (target >= 2)", f"{raw_s / onnx_s:.2f}x")
     record("backend", "mean cosine(onnx-int8, torch) on 500 chunks", f"{cosine:.4f}")
+
+
+def bench_backend_quality() -> None:
+    """nDCG@10 on the whole NFCorpus test set, torch vs onnx-int8, through `ragpipe eval`'s code path."""
+    from .evaluate import evaluate
+
+    scores = {}
+    for backend, suffix in (("torch", ""), ("onnx-int8", "#onnx-int8")):
+        name = "beir_nfcorpus" + suffix.replace("#", "_").replace("-", "_")
+        scores[backend] = evaluate(NFCORPUS, ["semantic"], collection=name, model=DEFAULT_MODEL + suffix)
+        m = scores[backend]["modes"]["semantic"]
+        record("backend", f"{backend}: NFCorpus nDCG@10 / Recall@100, semantic, "
+               f"{scores[backend]['queries']} test queries", f"{m['ndcg@10']:.4f} / {m['recall@100']:.4f}")
+    ratio = scores["onnx-int8"]["modes"]["semantic"]["ndcg@10"] / scores["torch"]["modes"]["semantic"]["ndcg@10"]
+    record("backend", "onnx-int8 / torch nDCG@10 (target >= 0.99)", f"{ratio:.3f}")
 
 
 def chunk_rows(n: int, dim: int, rng: np.random.Generator) -> list[store.LoadedDocument]:
@@ -332,10 +349,11 @@ def machine() -> str:
 
 
 def write_report(scale: str, seconds: float) -> None:
+    quality = " BENCH_QUALITY=1" if os.environ.get("BENCH_QUALITY") == "1" else ""
     lines = [
         "# Benchmarks", "",
         f"- machine: {machine()} (shared and noisy: compare ratios from the same run, not absolute figures)",
-        f"- command: `BENCH_SCALE={scale} make bench` (pipelines/benchmarks.py), {seconds / 60:.1f} min",
+        f"- command: `BENCH_SCALE={scale}{quality} make bench` (pipelines/benchmarks.py), {seconds / 60:.1f} min",
         f"- date: {date.today().isoformat()}; model all-MiniLM-L6-v2 (torch CPU), PostgreSQL 18 + pgvector 0.8.5"
         " (embedded)", "",
         "| section | metric | result |", "|---|---|---|",
@@ -355,6 +373,8 @@ def main() -> None:
         tmp_path = Path(tmp)
         threading.excepthook = lambda args: print(args, file=sys.stderr)
         bench_embedding(conn, tmp_path, cfg["embed_docs"])
+        if scale == "large" or os.environ.get("BENCH_QUALITY") == "1":
+            bench_backend_quality()
         bench_loading(conn, cfg["load_rows"])
         bench_reruns_and_memory(conn, tmp_path, cfg["rerun_docs"], cfg["memory_docs"])
         bench_search(conn, cfg["search_chunks"], cfg["queries"])
