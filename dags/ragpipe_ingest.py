@@ -101,7 +101,7 @@ plan (list `{spec.source['kind']}` source, diff fingerprints) → `process_batch
             summary = finalize_step(spec, planned["ingest_run_id"], planned["deleted"], vector_db_url(),
                                     failed_batches=int(missing > 0))
             print("run {id} {status}: listed {listed}, new {new}, changed {changed}, unchanged {unchanged}, "
-                  "deleted {deleted}, failed {failed}, chunks embedded {chunks_embedded} "
+                  "deleted {deleted}, failed {failed}, duplicates {duplicates}, chunks embedded {chunks_embedded} "
                   "(reused {chunks_reused}) in {seconds:.1f}s".format(**summary))
             if missing:
                 raise RuntimeError(f"{missing} documents were not processed because a batch failed; "

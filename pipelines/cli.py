@@ -115,8 +115,8 @@ def ingest(source: str | None, collection: str, full_refresh: bool, limit: int |
         return
     click.echo(
         "run {run_id} {status}: listed {listed}, new {new}, changed {changed}, unchanged {unchanged}, "
-        "deleted {deleted}, failed {failed}, chunks embedded {chunks_embedded} (reused {chunks_reused}) "
-        "in {seconds:.1f}s".format(**summary))
+        "deleted {deleted}, failed {failed}, duplicates {duplicates}, chunks embedded {chunks_embedded} "
+        "(reused {chunks_reused}) in {seconds:.1f}s".format(**summary))
     if summary.get("failed"):
         click.echo(f"failures: ragpipe status --failures --collection {collection}")
 

@@ -32,6 +32,9 @@ class CollectionSpec:
     docs_per_batch: int = 64
     """Documents per load transaction (and per mapped Airflow task)."""
     index: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_INDEX))
+    duplicates: str = "skip"
+    """skip: a document with the same content as another one (another name) is recorded, not indexed
+    twice; keep: index both (data sets whose records are judged separately, like BEIR corpora)."""
     description: str = ""
     smoke_queries: list[str] = field(default_factory=list)
     """Known queries that must return results after each refresh (the Airflow smoke-check DAG)."""
@@ -81,6 +84,8 @@ def parse_collection(raw: Any, where: str, base: Path) -> CollectionSpec:
             raise ConfigError(f"{where}: `{key}` must be a positive integer")
     if spec.chunk_tokens is not None and (not isinstance(spec.chunk_tokens, int) or spec.chunk_tokens < 16):
         raise ConfigError(f"{where}: `chunk_tokens` must be an integer of at least 16")
+    if spec.duplicates not in ("skip", "keep"):
+        raise ConfigError(f"{where}: `duplicates` must be skip or keep, got {spec.duplicates!r}")
     if not isinstance(spec.chunk_overlap, int) or spec.chunk_overlap < 0:
         raise ConfigError(f"{where}: `chunk_overlap` must be a non-negative integer")
     return spec

@@ -63,7 +63,7 @@ def evaluate(dataset: Path, modes: list[str], collection: str | None = None, spl
     dataset = dataset.resolve()
     name = collection or f"beir_{dataset.name}".replace("-", "_")
     table = prepare_corpus(dataset, load_settings().home / "eval" / f"{name}.jsonl")
-    spec = parse_collection({"name": name, "model": model, "docs_per_batch": 256,
+    spec = parse_collection({"name": name, "model": model, "docs_per_batch": 256, "duplicates": "keep",
                              "source": {"kind": "tabular", "path": str(table), "title_column": "title"}},
                             where=name, base=table.parent)
     ingest = run_ingest(spec)

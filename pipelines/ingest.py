@@ -7,6 +7,7 @@
     finalize: delete what disappeared (complete listings only) → HNSW index → ANALYZE → close the run
 """
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -25,7 +26,8 @@ from .chunking import Chunk, chunk_text
 from .config import CollectionSpec, ConfigError
 from .database import connect, database_url
 from .embedding import Embedder, get_embedder
-from .extract import ExtractionError, extract
+from .extract import ExtractionError
+from .extract_worker import extract_isolated
 from .faults import failpoint
 from .migrations import migrate
 from .settings import load_settings
@@ -63,6 +65,7 @@ class BatchResult:
     chunks_embedded: int = 0
     chunks_reused: int = 0
     deleted: int = 0
+    duplicates: int = 0
     processed: int = 0
     failures: list[tuple[str, str, str]] = field(default_factory=list)
     """(source_id, stage, reason) of each failed document."""
@@ -81,6 +84,7 @@ class Prepared:
     content_hash: str
     title: str | None
     chunks: list[Chunk]
+    body_hash: str | None = None
 
 
 def open_database(url: str | None = None) -> str:
@@ -126,7 +130,7 @@ def plan_run(conn: psycopg.Connection, spec: CollectionSpec, full_refresh: bool 
         todo = todo[:limit]
     deleted = sorted(set(known) - listed) if listing.complete else []
     unchanged = len(listing.refs) - len(new) - len(changed)
-    store.set_plan_counts(conn, run_id, listing.complete, len(listing.refs), unchanged)
+    store.set_plan_counts(conn, run_id, listing.complete, len(listing.refs), unchanged, deleted)
     for problem in listing.problems:
         log.warning("listing problem (nothing will be deleted this run): %s", problem)
     return Plan(spec.name, run_id, listing.complete, len(listing.refs), len(new), len(changed), unchanged,
@@ -138,7 +142,8 @@ def process_batch(conn: psycopg.Connection, spec: CollectionSpec, run_id: int, r
     """Read, extract, chunk, embed and load a batch of documents, committing every COMMIT_EVERY
     documents; safe to retry: documents already committed are recognised by their content hash."""
     collection, embedder = open_collection(conn, spec)
-    work = read_batch(conn, collection, embedder, make_source(spec.source), refs, run_id, full_refresh)
+    work = read_batch(conn, collection, embedder, make_source(spec.source), refs, run_id, full_refresh,
+                      spec.duplicates == "skip")
     embed_batch(work, embedder)
     return write_batch(conn, collection, run_id, work)
 
@@ -147,6 +152,13 @@ def process_batch(conn: psycopg.Connection, spec: CollectionSpec, run_id: int, r
 class Failure:
     stage: str
     reason: str
+
+
+@dataclass(frozen=True)
+class Duplicate:
+    """The same content as another document of the collection: recorded, not indexed twice."""
+
+    of: str
 
 
 @dataclass(frozen=True)
@@ -166,7 +178,7 @@ class BatchWork:
 
     refs: list[DocumentRef]
     existing: dict[str, tuple[str, int | None, str | None]]
-    outcome: dict[str, Prepared | Touched | Failure | str]
+    outcome: dict[str, Prepared | Touched | Failure | Duplicate | str]
     vectors: dict[str, np.ndarray]
     fresh: set[str] = field(default_factory=set)
     """Chunk hashes embedded in this batch (the rest came from the database)."""
@@ -176,11 +188,12 @@ class BatchWork:
 
 
 def read_batch(conn: psycopg.Connection, collection: store.Collection, embedder: Embedder, source: Source,
-               refs: list[DocumentRef], run_id: int, full_refresh: bool) -> BatchWork:
+               refs: list[DocumentRef], run_id: int, full_refresh: bool, skip_duplicates: bool = True) -> BatchWork:
     """Everything before embedding: read, compare content hashes, extract, chunk, find stored vectors."""
     existing = store.document_hashes(conn, collection.id, [r.source_id for r in refs])
     previous = {} if full_refresh else {sid: state[2] for sid, state in existing.items()}
-    outcome: dict[str, Prepared | Touched | Failure | str] = {}
+    outcome: dict[str, Prepared | Touched | Failure | Duplicate | str] = {}
+    bodies: dict[str, str] = {}  # body hash → the first document of this batch with that content
     for ref, raw in source.read_many(refs, previous):
         sid = ref.source_id
         if isinstance(raw, Exception):
@@ -197,7 +210,14 @@ def read_batch(conn: psycopg.Connection, collection: store.Collection, embedder:
             elif not full_refresh and stored_hash == digest:
                 outcome[sid] = Touched(ref.fingerprint)
             else:
-                outcome[sid] = _prepare_or_fail(raw, digest, embedder, collection)
+                body = body_hash(raw)
+                original = skip_duplicates and (
+                    bodies.get(body) or store.duplicate_of(conn, collection.id, run_id, body, sid))
+                if original:
+                    outcome[sid] = Duplicate(original)
+                else:
+                    bodies.setdefault(body, sid)
+                    outcome[sid] = _prepare_or_fail(raw, digest, embedder, collection, body)
     work = BatchWork(refs, existing, outcome, {})
     hashes = [c.content_hash for p in work.prepared() for c in p.chunks]
     if hashes and not full_refresh:
@@ -205,10 +225,10 @@ def read_batch(conn: psycopg.Connection, collection: store.Collection, embedder:
     return work
 
 
-def _prepare_or_fail(raw: RawDocument, digest: str, embedder: Embedder,
-                     collection: store.Collection) -> Prepared | Failure:
+def _prepare_or_fail(raw: RawDocument, digest: str, embedder: Embedder, collection: store.Collection,
+                     body: str) -> Prepared | Failure:
     try:
-        return prepare(raw, digest, embedder, collection)
+        return dataclasses.replace(prepare(raw, digest, embedder, collection), body_hash=body)
     except ExtractionError as exc:
         return Failure("extract", str(exc))
     except Exception as exc:  # a parser bug on one document must not stop the run
@@ -234,14 +254,14 @@ def write_batch(conn: psycopg.Connection, collection: store.Collection, run_id: 
     for i in range(0, len(work.refs), COMMIT_EVERY):
         group = work.refs[i:i + COMMIT_EVERY]
         result = BatchResult(processed=len(group))
-        docs, touched, gone = [], {}, []
+        docs, touched, gone, duplicates = [], {}, [], []
         for ref in group:
             outcome = work.outcome.get(ref.source_id)
             if isinstance(outcome, Prepared):
                 vectors = np.stack([work.vectors[c.content_hash] for c in outcome.chunks])
                 docs.append(store.LoadedDocument(ref.source_id, outcome.raw.ref.uri, outcome.title,
                                                  outcome.content_hash, outcome.raw.ref.fingerprint,
-                                                 outcome.raw.metadata, outcome.chunks, vectors))
+                                                 outcome.raw.metadata, outcome.chunks, vectors, outcome.body_hash))
                 if ref.source_id in work.existing:
                     result.changed += 1
                 else:
@@ -255,21 +275,30 @@ def write_batch(conn: psycopg.Connection, collection: store.Collection, run_id: 
                 touched[ref.source_id] = outcome.fingerprint
             elif isinstance(outcome, Failure):
                 result.failures.append((ref.source_id, outcome.stage, outcome.reason))
+            elif isinstance(outcome, Duplicate):
+                duplicates.append((ref.source_id, outcome.of))
+                if ref.source_id in work.existing:  # it changed into a copy of another document
+                    gone.append(ref.source_id)
             elif outcome == GONE:
                 gone.append(ref.source_id)
         result.unchanged = len(touched)
-        result.failed = len(result.failures)
         uris = {r.source_id: r.uri for r in group}
         with conn.transaction():
             store.replace_documents(conn, collection, run_id, docs)
             failpoint("load_before_commit")
             store.touch_documents(conn, collection.id, run_id, touched)
             result.deleted = store.delete_documents(conn, collection.id, gone)
-            for source_id, stage, reason in result.failures:
-                store.record_failure(conn, run_id, collection.id, source_id, uris.get(source_id), stage, reason)
+            for source_id, stage, reason in result.failures:  # counted once even when a batch is retried
+                result.failed += store.record_failure(conn, run_id, collection.id, source_id, uris.get(source_id),
+                                                      stage, reason)
+            for source_id, original in duplicates:
+                result.duplicates += store.record_failure(conn, run_id, collection.id, source_id, uris.get(source_id),
+                                                          "duplicate", f"same content as {original}; indexed once")
             store.add_run_counts(conn, run_id, **result.counts())
         for source_id, stage, reason in result.failures:
             log.warning("failed %s (%s): %s", source_id, stage, reason)
+        for source_id, original in duplicates:
+            log.info("duplicate %s: same content as %s, not indexed twice", source_id, original)
         total.add(result)
         failpoint("batch_after_commit")
     return total
@@ -329,7 +358,8 @@ def _read_ahead(url: str, collection: store.Collection, embedder: Embedder, spec
     with connect(url, autocommit=True) as reader, ThreadPoolExecutor(
             max_workers=1, initializer=_yield_to_embedding) as pool:
         def read(refs: list[DocumentRef]) -> BatchWork:
-            return read_batch(reader, collection, embedder, source, refs, plan.run_id, full_refresh)
+            return read_batch(reader, collection, embedder, source, refs, plan.run_id, full_refresh,
+                              spec.duplicates == "skip")
 
         pending = pool.submit(read, batches[0])
         for following in [*batches[1:], None]:
@@ -346,6 +376,13 @@ def _yield_to_embedding() -> None:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
 
 
+def body_hash(raw: RawDocument) -> str:
+    """Hash of the content and title only: equal for the same file under another name."""
+    h = hashlib.sha256(raw.content)
+    h.update(json.dumps(raw.title).encode())
+    return h.hexdigest()
+
+
 def content_hash(raw: RawDocument) -> str:
     """Hash of everything that makes a document: bytes, title and metadata."""
     h = hashlib.sha256(raw.content)
@@ -355,7 +392,7 @@ def content_hash(raw: RawDocument) -> str:
 
 def prepare(raw: RawDocument, digest: str, embedder: Embedder, collection: store.Collection) -> Prepared:
     """Extract and chunk one document; raises ExtractionError when there is nothing to index."""
-    extracted = extract(raw.content, raw.suffix)
+    extracted = extract_isolated(raw.content, raw.suffix)
     chunks = chunk_text(extracted.text, embedder.chunk_tokenizer, collection.chunk_tokens, collection.chunk_overlap)
     if not chunks:
         raise ExtractionError("document has no extractable text")

@@ -19,6 +19,9 @@ class Settings:
     collections_file: Path
     model: str
     lock_timeout_s: float
+    extract_timeout_s: float
+    """Per-document extraction time limit (0: extract in-process, no limit)."""
+    extract_memory_mb: int
 
 
 def load_settings() -> Settings:
@@ -30,4 +33,6 @@ def load_settings() -> Settings:
         collections_file=Path(os.environ.get("RAGPIPE_COLLECTIONS", PROJECT_ROOT / "collections.yml")),
         model=os.environ.get("RAGPIPE_MODEL", DEFAULT_MODEL),
         lock_timeout_s=float(os.environ.get("RAGPIPE_LOCK_TIMEOUT", "60")),
+        extract_timeout_s=float(os.environ.get("RAGPIPE_EXTRACT_TIMEOUT", "120")),
+        extract_memory_mb=int(os.environ.get("RAGPIPE_EXTRACT_MEMORY_MB", "4096")),
     )

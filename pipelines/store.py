@@ -49,6 +49,8 @@ class LoadedDocument:
     metadata: dict[str, Any]
     chunks: list[Chunk]
     embeddings: np.ndarray
+    body_hash: str | None = None
+    """Hash of the content alone (not its name or metadata): finds duplicates under other names."""
 
 
 def _q(name: str) -> sql.SQL:
@@ -112,14 +114,15 @@ def start_run(conn: psycopg.Connection, collection_id: int, trigger: str) -> int
         return conn.execute(_q("start_run"), (collection_id, trigger)).fetchone()[0]
 
 
-def set_plan_counts(conn: psycopg.Connection, run_id: int, complete: bool, listed: int, unchanged: int) -> None:
+def set_plan_counts(conn: psycopg.Connection, run_id: int, complete: bool, listed: int, unchanged: int,
+                    leaving: list[str]) -> None:
     with conn.transaction():
         conn.execute(_q("set_plan_counts"), dict(run_id=run_id, complete=complete, listed=listed,
-                                                 unchanged=unchanged))
+                                                 unchanged=unchanged, leaving=leaving))
 
 
 def add_run_counts(conn: psycopg.Connection, run_id: int, **counts: int) -> None:
-    names = ("new", "changed", "unchanged", "failed", "deleted", "chunks_embedded", "chunks_reused")
+    names = ("new", "changed", "unchanged", "failed", "deleted", "duplicates", "chunks_embedded", "chunks_reused")
     conn.execute(_q("add_run_counts"), dict({n: counts.get(n, 0) for n in names}, run_id=run_id))
 
 
@@ -163,6 +166,7 @@ def replace_documents(conn: psycopg.Connection, collection: Collection, run_id: 
     rows = conn.execute(_q("upsert_documents"), (
         collection.id, run_id, ids, [d.uri for d in docs], [d.title for d in docs], [d.content_hash for d in docs],
         [d.fingerprint for d in docs], [json.dumps(d.metadata) for d in docs], [len(d.chunks) for d in docs],
+        [d.body_hash for d in docs],
     )).fetchall()
     copy_chunks(conn, collection.id, dict(rows), docs)
 
@@ -182,8 +186,18 @@ def copy_chunks(conn: psycopg.Connection, collection_id: int, doc_ids: dict[str,
 
 
 def record_failure(conn: psycopg.Connection, run_id: int | None, collection_id: int, source_id: str,
-                   uri: str | None, stage: str, error: str) -> None:
-    conn.execute(_q("record_failure"), (run_id, collection_id, source_id, uri, stage, error[:2000]))
+                   uri: str | None, stage: str, error: str) -> bool:
+    """Record why a document was not loaded; False if this run had already recorded it (a retry)."""
+    return conn.execute(_q("record_failure"), (run_id, collection_id, source_id, uri, stage, error[:2000])
+                        ).fetchone() is not None
+
+
+def duplicate_of(conn: psycopg.Connection, collection_id: int, run_id: int, body_hash: str,
+                 source_id: str) -> str | None:
+    """Another document of the collection with exactly this content that this run keeps, if any."""
+    row = conn.execute(_q("duplicate_of"), dict(collection_id=collection_id, run_id=run_id, body_hash=body_hash,
+                                                source_id=source_id)).fetchone()
+    return row[0] if row else None
 
 
 def delete_documents(conn: psycopg.Connection, collection_id: int, source_ids: list[str]) -> int:

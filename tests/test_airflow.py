@@ -253,3 +253,35 @@ def test_dags_for_every_source_kind(airflow, kind, request, name, conn, db_url):
     assert (last_run(conn, name)["new"], last_run(conn, name)["failed"]) == (3, 0)
     again = run_dag(name)
     assert again.state == "success" and last_run(conn, name)["chunks_embedded"] == 0
+
+
+def test_airflow_task_killed_with_sigkill_then_rerun_equals_a_clean_run(airflow, name, conn, tmp_path):
+    """kill -9 the process running the DAG's tasks mid-batch, twice; the next DAG run repairs everything."""
+    import random
+    import signal
+    import time
+
+    from pipelines.synthetic import write_folder
+
+    folder = write_folder(tmp_path / "docs", 120, seed=21)
+    write_collections(folder, name, docs_per_batch=10)
+    run_ingest(parse_collection({"name": f"{name}_ref", "source": {"kind": "folder", "path": str(folder)}},
+                                where=name, base=folder))
+    code = f"from tests.test_airflow import run_dag; run_dag({name!r})"
+    rng = random.Random(5)
+    for target in (rng.randint(1, 50), rng.randint(50, 110)):
+        proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=os.environ,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 300
+        while proc.poll() is None and time.monotonic() < deadline and len(
+                {r[0] for r in chunk_state(conn, name)}) < target:
+            time.sleep(0.1)
+        assert proc.poll() is None, "the DAG run ended before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert 0 < len({r[0] for r in chunk_state(conn, name)}) < 120, "killed partway"
+    assert run_dag(name).state == "success"
+    assert_same_chunks(chunk_state(conn, name), chunk_state(conn, f"{name}_ref"))
+    stuck = conn.execute("SELECT count(*) FROM ragpipe.ingest_runs r JOIN ragpipe.collections k "
+                         "ON k.id = r.collection_id WHERE k.name = %s AND status = 'running'", (name,)).fetchone()
+    assert stuck[0] == 0, "the killed runs are closed as abandoned"

@@ -2,7 +2,9 @@
 
 import io
 import json
+import os
 import random
+import re
 import signal
 import subprocess
 import time
@@ -14,7 +16,7 @@ import pytest
 
 from pipelines.extract import ExtractionError, extract
 from pipelines.ingest import run_ingest
-from pipelines.synthetic import write_folder
+from pipelines.synthetic import sentences, write_folder
 from tests.conftest import assert_same_chunks, folder_spec
 from tests.test_cli import RAGPIPE, ragpipe
 
@@ -136,6 +138,37 @@ def test_hostile_files_are_recorded_and_nothing_loaded_is_lost(tmp_path, name, c
     assert not conn.execute("SELECT 1 FROM ragpipe.chunks WHERE text LIKE '%top secret%'").fetchone()
 
 
+def slow_pdf(operators: int) -> bytes:
+    """A few kB of compressed PDF whose page holds `operators` text operators: minutes of parsing."""
+    from pypdf import PdfWriter
+    from pypdf.generic import DecodedStreamObject, DictionaryObject, NameObject
+
+    writer = PdfWriter()
+    page = writer.add_blank_page(612, 792)
+    stream = DecodedStreamObject()
+    stream.set_data(b"BT /F1 12 Tf " + b"(a) Tj 1 0 Td " * operators + b"ET")
+    page[NameObject("/Contents")] = writer._add_object(stream.flate_encode())
+    font = DictionaryObject({NameObject("/Type"): NameObject("/Font"), NameObject("/Subtype"): NameObject("/Type1"),
+                             NameObject("/BaseFont"): NameObject("/Helvetica")})
+    fonts = DictionaryObject({NameObject("/F1"): font})
+    page[NameObject("/Resources")] = DictionaryObject({NameObject("/Font"): fonts})
+    buf = io.BytesIO()
+    writer.write(buf)
+    return buf.getvalue()
+
+
+def test_a_parser_that_runs_too_long_is_stopped_and_recorded(tmp_path, name, conn, monkeypatch):
+    folder = write_folder(tmp_path / "docs", 5, seed=11)
+    (folder / "slow.pdf").write_bytes(slow_pdf(2_000_000))  # ~60 kB, minutes of pypdf time
+    monkeypatch.setenv("RAGPIPE_EXTRACT_TIMEOUT", "3")
+    summary = run_ingest(folder_spec(name, folder))
+    assert summary["status"] == "succeeded" and summary["new"] == 5 and summary["failed"] == 1
+    error, = conn.execute("SELECT error FROM ragpipe.ingest_failures WHERE run_id = %s AND source_id = 'slow.pdf'",
+                          (summary["id"],)).fetchone()
+    assert "longer than 3 s" in error
+    assert run_ingest(folder_spec(name, folder))["new"] == 0, "the worker is replaced and the next run works"
+
+
 def test_zip_bomb_is_refused_before_unpacking():
     with pytest.raises(ExtractionError, match="zip bomb"):
         extract(zip_bomb(), ".docx")
@@ -196,3 +229,82 @@ def run_collection_id(conn, name: str) -> int:
     return conn.execute("SELECT id FROM ragpipe.collections WHERE name = %s", (name,)).fetchone()[0]
 
 
+
+
+def test_ingests_of_different_collections_run_in_parallel(tmp_path, name, conn):
+    a, b = write_folder(tmp_path / "a", 200, seed=12), write_folder(tmp_path / "b", 200, seed=13)
+    procs = [start_ingest(a, f"{name}_a"), start_ingest(b, f"{name}_b")]
+    runs = [json.loads(p.communicate(timeout=600)[0]) for p in procs]
+    assert [(r["status"], r["new"]) for r in runs] == [("succeeded", 200)] * 2
+    spans = "SELECT started_at, finished_at FROM ragpipe.ingest_runs WHERE id = %s"
+    (start_a, end_a), (start_b, end_b) = [conn.execute(spans, (r["run_id"],)).fetchone() for r in runs]
+    assert start_a < end_b and start_b < end_a, "each run holds only its own collection's lock"
+
+
+def versioned_folder(folder: Path, version: int, count: int) -> Path:
+    """Documents whose every word-run carries the version tag `verNx`; chunk counts differ by version."""
+    rng = random.Random(version)
+    folder.mkdir(exist_ok=True)
+    words = " ".join(sentences(limit=2000)).split()
+    for i in range(count):
+        paragraphs = [" ".join(f"ver{version}x {' '.join(rng.sample(words, 8))}" for _ in range(6))
+                      for _ in range(1 + (i + version) % 4)]
+        (folder / f"doc{i:03d}.md").write_text("\n\n".join(paragraphs) + "\n")
+    return folder
+
+
+def visible_versions(conn, name: str) -> dict[str, tuple[set[int], int]]:
+    """Per document, through the SQL search API: the versions its chunks carry and how many chunks."""
+    rows = conn.execute("SELECT document_id, text FROM ragpipe.keyword_search(%s, 'ver1x ver2x', 100000)",
+                        (name,)).fetchall()
+    seen: dict[str, tuple[set[int], int]] = {}
+    for doc, text in rows:
+        versions, count = seen.get(doc, (set(), 0))
+        seen[doc] = (versions | {int(v) for v in re.findall(r"ver(\d)x", text)}, count + 1)
+    return seen
+
+
+def test_searches_during_an_ingest_never_see_a_half_replaced_document(tmp_path, name, conn):
+    folder = versioned_folder(tmp_path / "docs", 1, 120)
+    spec = folder_spec(name, folder, chunk_tokens=48, chunk_overlap=0)
+    (tmp_path / "collections.yml").write_text(json.dumps({"collections": [{
+        "name": name, "chunk_tokens": 48, "chunk_overlap": 0, "source": {"kind": "folder", "path": str(folder)}}]}))
+    run_ingest(spec)
+    before = visible_versions(conn, name)
+    versioned_folder(folder, 2, 120)
+    proc = subprocess.Popen([*RAGPIPE, "ingest", "-c", name, "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "RAGPIPE_COLLECTIONS": str(tmp_path / "collections.yml")})
+    observed = []
+    while proc.poll() is None:
+        observed.append(visible_versions(conn, name))
+    assert json.loads(proc.communicate()[0])["changed"] == 120
+    after = visible_versions(conn, name)
+    assert all(v == ({1}, before[d][1]) for d, v in before.items()) and all(v[0] == {2} for v in after.values())
+    mixed = 0
+    for snapshot in observed:
+        assert set(snapshot) == set(before), "no document disappears while it is replaced"
+        for doc, state in snapshot.items():
+            assert state in (before[doc], after[doc]), f"{doc} half-replaced: {state}"
+        mixed += len({versions.pop() for versions, _ in snapshot.values()}) == 2
+    assert mixed, "the searches ran while documents were being replaced"
+
+
+def test_duplicate_documents_under_other_names_are_recorded_and_indexed_once(tmp_path, name, conn):
+    folder = write_folder(tmp_path / "docs", 5, seed=14)
+    original = folder / "part0000" / "doc000001.md"
+    (folder / "copy-of-doc1.md").write_bytes(original.read_bytes())
+    (folder / "part0000" / "again.md").write_bytes(original.read_bytes())
+    spec = folder_spec(name, folder)
+    summary = run_ingest(spec)
+    assert (summary["new"], summary["duplicates"], summary["failed"]) == (5, 2, 0)
+    names = {"copy-of-doc1.md", "part0000/again.md", "part0000/doc000001.md"}
+    loaded = names & {r[0] for r in state(conn, name)}
+    assert len(loaded) == 1, loaded
+    kept = loaded.pop()
+    recorded = dict(conn.execute("SELECT source_id, error FROM ragpipe.ingest_failures WHERE run_id = %s "
+                                 "AND stage = 'duplicate'", (summary["id"],)).fetchall())
+    assert recorded == {n: f"same content as {kept}; indexed once" for n in names - {kept}}
+    (folder / kept).unlink()  # the indexed copy goes away: one of the others takes its place next run
+    summary = run_ingest(spec)
+    assert (summary["deleted"], summary["duplicates"]) == (1, 1)
+    assert len(names & {r[0] for r in state(conn, name)}) == 1

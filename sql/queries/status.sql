@@ -9,7 +9,7 @@ WHERE %(name)s::text IS NULL OR k.name = %(name)s
 ORDER BY k.name;
 
 -- name: last_run
-SELECT id, status, trigger, listed, new, changed, unchanged, deleted, failed, chunks_embedded,
+SELECT id, status, trigger, listed, new, changed, unchanged, deleted, failed, duplicates, chunks_embedded,
        chunks_reused, seconds, started_at, finished_at, error
 FROM ragpipe.ingest_runs WHERE collection_id = %s AND status <> 'dry_run'
 ORDER BY id DESC LIMIT 1;

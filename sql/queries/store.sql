@@ -40,13 +40,13 @@ INSERT INTO ragpipe.ingest_runs (collection_id, trigger) VALUES (%s, %s) RETURNI
 
 -- name: set_plan_counts
 UPDATE ragpipe.ingest_runs
-SET listing_complete = %(complete)s, listed = %(listed)s, unchanged = %(unchanged)s
+SET listing_complete = %(complete)s, listed = %(listed)s, unchanged = %(unchanged)s, leaving = %(leaving)s
 WHERE id = %(run_id)s;
 
 -- name: add_run_counts
 UPDATE ragpipe.ingest_runs
 SET new = new + %(new)s, changed = changed + %(changed)s, unchanged = unchanged + %(unchanged)s,
-    failed = failed + %(failed)s, deleted = deleted + %(deleted)s,
+    failed = failed + %(failed)s, deleted = deleted + %(deleted)s, duplicates = duplicates + %(duplicates)s,
     chunks_embedded = chunks_embedded + %(chunks_embedded)s, chunks_reused = chunks_reused + %(chunks_reused)s
 WHERE id = %(run_id)s;
 
@@ -55,7 +55,7 @@ UPDATE ragpipe.ingest_runs
 SET status = %(status)s, error = %(error)s, seconds = extract(epoch FROM clock_timestamp() - started_at),
     finished_at = clock_timestamp()
 WHERE id = %(run_id)s
-RETURNING id, status, listing_complete, listed, new, changed, unchanged, deleted, failed,
+RETURNING id, status, listing_complete, listed, new, changed, unchanged, deleted, failed, duplicates,
           chunks_embedded, chunks_reused, seconds;
 
 -- name: document_fingerprints
@@ -81,10 +81,11 @@ WHERE c.document_id = d.id AND d.collection_id = %s AND d.source_id = ANY(%s);
 
 -- name: upsert_documents
 INSERT INTO ragpipe.documents AS d
-    (collection_id, run_id, source_id, uri, title, content_hash, fingerprint, metadata, chunk_count)
-SELECT %s, %s, * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::jsonb[], %s::int[])
+    (collection_id, run_id, source_id, uri, title, content_hash, fingerprint, metadata, chunk_count, body_hash)
+SELECT %s, %s, * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::jsonb[], %s::int[],
+                             %s::text[])
 ON CONFLICT (collection_id, source_id) DO UPDATE
-SET uri = excluded.uri, title = excluded.title, content_hash = excluded.content_hash,
+SET uri = excluded.uri, title = excluded.title, content_hash = excluded.content_hash, body_hash = excluded.body_hash,
     fingerprint = excluded.fingerprint, metadata = excluded.metadata, chunk_count = excluded.chunk_count,
     run_id = excluded.run_id, updated_at = now()
 RETURNING d.source_id, d.id;
@@ -96,7 +97,15 @@ FROM STDIN (FORMAT BINARY);
 
 -- name: record_failure
 INSERT INTO ragpipe.ingest_failures (run_id, collection_id, source_id, uri, stage, error)
-VALUES (%s, %s, %s, %s, %s, %s);
+VALUES (%s, %s, %s, %s, %s, %s)
+ON CONFLICT (run_id, source_id) DO NOTHING
+RETURNING id;
+
+-- name: duplicate_of
+SELECT d.source_id FROM ragpipe.documents d
+WHERE d.collection_id = %(collection_id)s AND d.body_hash = %(body_hash)s AND d.source_id <> %(source_id)s
+  AND NOT EXISTS (SELECT FROM ragpipe.ingest_runs r WHERE r.id = %(run_id)s AND d.source_id = ANY (r.leaving))
+ORDER BY d.source_id LIMIT 1;
 
 -- name: delete_documents
 DELETE FROM ragpipe.documents WHERE collection_id = %s AND source_id = ANY(%s);
