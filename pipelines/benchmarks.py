@@ -2,7 +2,8 @@
 
 BENCH_SCALE=small (default, a few minutes) or large; BENCH_QUALITY=1 adds the NFCorpus nDCG@10 of the
 torch and onnx-int8 backends to a small run (always part of large; ~15 min the first time, cached after).
-Results go to stdout and docs/benchmarks.md.
+BENCH_SECTIONS=embedding,loading,reruns,search (the default: all) runs some of them. Results go to
+stdout and docs/benchmarks.md (docs/benchmarks-large.md for the large scale).
 Everything runs through the real pipeline, model and embedded PostgreSQL; synthetic corpora are
 resampled sentences of NFCorpus (pipelines/synthetic.py).
 """
@@ -237,7 +238,7 @@ def bench_reruns_and_memory(conn, tmp: Path, docs: int, small_docs: int) -> None
     mem_big, full = peak_rss([RAGPIPE, "ingest", str(folder), "-c", "bench_rerun", "--json", "--full-refresh"])
     record("memory", f"peak RSS, ingest of {small_docs} docs (1x)", f"{mem_small:.0f} MB")
     record("memory", f"peak RSS, ingest of {docs} docs ({docs // small_docs}x)", f"{mem_big:.0f} MB")
-    record("memory", "peak RSS ratio 10x / 1x (flat = streaming)", f"{mem_big / mem_small:.2f}")
+    record("memory", f"peak RSS ratio {docs // small_docs}x / 1x (flat = streaming)", f"{mem_big / mem_small:.2f}")
     start = time.perf_counter()
     again = json.loads(subprocess.run([RAGPIPE, "ingest", str(folder), "-c", "bench_rerun", "--json"],
                                       capture_output=True, text=True, check=True).stdout)
@@ -348,8 +349,10 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB RAM, {platform.system()}"
 
 
-def write_report(scale: str, seconds: float) -> None:
+def write_report(scale: str, seconds: float) -> Path:
     quality = " BENCH_QUALITY=1" if os.environ.get("BENCH_QUALITY") == "1" else ""
+    if os.environ.get("BENCH_SECTIONS"):
+        quality += f" BENCH_SECTIONS={os.environ['BENCH_SECTIONS']}"
     lines = [
         "# Benchmarks", "",
         f"- machine: {machine()} (shared and noisy: compare ratios from the same run, not absolute figures)",
@@ -362,7 +365,9 @@ def write_report(scale: str, seconds: float) -> None:
         "loading, re-runs and memory; for search, synthetic chunks whose vectors are real sentence embeddings",
         "plus Gaussian noise (sigma 0.04 per dimension, renormalised), queries are NFCorpus queries.", "",
     ]
-    (PROJECT_ROOT / "docs" / "benchmarks.md").write_text("\n".join(lines))
+    report = PROJECT_ROOT / "docs" / ("benchmarks.md" if scale == "small" else f"benchmarks-{scale}.md")
+    report.write_text("\n".join(lines))
+    return report
 
 
 def main() -> None:
@@ -372,15 +377,20 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, connect(open_database(), autocommit=True) as conn:
         tmp_path = Path(tmp)
         threading.excepthook = lambda args: print(args, file=sys.stderr)
-        bench_embedding(conn, tmp_path, cfg["embed_docs"])
-        if scale == "large" or os.environ.get("BENCH_QUALITY") == "1":
-            bench_backend_quality()
-        bench_loading(conn, cfg["load_rows"])
-        bench_reruns_and_memory(conn, tmp_path, cfg["rerun_docs"], cfg["memory_docs"])
-        bench_search(conn, cfg["search_chunks"], cfg["queries"])
+        sections = os.environ.get("BENCH_SECTIONS", "embedding,loading,reruns,search").split(",")
+        if "embedding" in sections:
+            bench_embedding(conn, tmp_path, cfg["embed_docs"])
+            if scale == "large" or os.environ.get("BENCH_QUALITY") == "1":
+                bench_backend_quality()
+        if "loading" in sections:
+            bench_loading(conn, cfg["load_rows"])
+        if "reruns" in sections:
+            bench_reruns_and_memory(conn, tmp_path, cfg["rerun_docs"], cfg["memory_docs"])
+        if "search" in sections:
+            bench_search(conn, cfg["search_chunks"], cfg["queries"])
         shutil.rmtree(tmp_path / "rerun", ignore_errors=True)
-    write_report(scale, time.perf_counter() - started)
-    print(f"\nwrote docs/benchmarks.md ({(time.perf_counter() - started) / 60:.1f} min)")
+    report = write_report(scale, time.perf_counter() - started)
+    print(f"\nwrote {report.relative_to(PROJECT_ROOT)} ({(time.perf_counter() - started) / 60:.1f} min)")
 
 
 if __name__ == "__main__":

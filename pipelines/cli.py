@@ -342,6 +342,21 @@ def db_grant_reader(role: str) -> None:
     click.echo(f"{role} may now search (and nothing more)")
 
 
+@db.command("grant-tenant")
+@click.argument("role")
+@click.argument("tenant")
+def db_grant_tenant(role: str, tenant: str) -> None:
+    """Let ROLE read only TENANT's rows (row-level security) and search them with ragpipe.tenant_search.
+
+    A document's tenant is its metadata key "tenant" (e.g. a `tenant` column of a table source).
+    ROLE is created (NOLOGIN) if missing; it must not be a superuser or have BYPASSRLS.
+    """
+    from .search import grant_tenant
+
+    grant_tenant(role, tenant)
+    click.echo(f"{role} may now read tenant {tenant!r} (and no other tenant)")
+
+
 @db.command("psql", context_settings={"ignore_unknown_options": True})
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def db_psql(args: tuple[str, ...]) -> None:

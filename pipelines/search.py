@@ -113,6 +113,13 @@ def grant_reader(role: str, url: str | None = None) -> None:
         conn.commit()
 
 
+def grant_tenant(role: str, tenant: str, url: str | None = None) -> None:
+    """Let `role` read the chunks and documents whose metadata tenant is `tenant`, and only those."""
+    with connect(open_database(url)) as conn:
+        conn.execute(query("search", "grant_tenant"), (role, tenant))
+        conn.commit()
+
+
 def _jsonb(filter: dict[str, Any] | None) -> Jsonb | None:
     if filter is not None and not isinstance(filter, dict):
         raise ValueError('filter must be a JSON object, e.g. {"topic": "soy"}')

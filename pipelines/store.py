@@ -173,8 +173,15 @@ def replace_documents(conn: psycopg.Connection, collection: Collection, run_id: 
 
 def copy_chunks(conn: psycopg.Connection, collection_id: int, doc_ids: dict[str, int],
                 docs: list[LoadedDocument]) -> None:
-    """Stream the documents' chunks and vectors into ragpipe.chunks with COPY ... (FORMAT BINARY)."""
-    with conn.cursor().copy(_q("copy_chunks")) as copy:
+    """Stream the documents' chunks and vectors into ragpipe.chunks with COPY ... (FORMAT BINARY).
+
+    PostgreSQL refuses COPY FROM into a table whose row-level security applies to the caller (a
+    loader role that is not the table owner, once tenants exist): then the rows are copied into a
+    temporary table and moved over with one INSERT ... SELECT, which the policies check."""
+    staged = conn.execute(_q("row_security_active")).fetchone()[0]
+    if staged:
+        conn.execute(_q("create_chunk_stage"))
+    with conn.cursor().copy(_q("copy_chunk_stage" if staged else "copy_chunks")) as copy:
         copy.set_types(["int4", "int8", "int4", "text", "int4", "int4", "int4", "text[]", "text", "jsonb",
                         "vector"])
         for d in docs:
@@ -183,6 +190,8 @@ def copy_chunks(conn: psycopg.Connection, collection_id: int, doc_ids: dict[str,
                 copy.write_row((collection_id, doc_ids[d.source_id], chunk.ordinal, chunk.text, chunk.token_count,
                                 chunk.char_start, chunk.char_end, list(chunk.heading_path), chunk.content_hash,
                                 meta, vector))
+    if staged:
+        conn.execute(_q("insert_chunk_stage"))
 
 
 def record_failure(conn: psycopg.Connection, run_id: int | None, collection_id: int, source_id: str,

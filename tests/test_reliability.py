@@ -308,3 +308,42 @@ def test_duplicate_documents_under_other_names_are_recorded_and_indexed_once(tmp
     summary = run_ingest(spec)
     assert (summary["deleted"], summary["duplicates"]) == (1, 1)
     assert len(names & {r[0] for r in state(conn, name)}) == 1
+
+
+def test_row_level_security_gives_a_tenant_role_its_own_rows_only(tmp_path, name, db_url, conn, embedder):
+    from pipelines.config import parse_collection
+    from tests.conftest import CORPUS
+
+    rows = [json.loads(line) for line in (CORPUS / "records.jsonl").read_text().splitlines()]
+    for row in rows:  # milk and eggs studies belong to tenant acme, the rest to globex
+        row["tenant"] = "acme" if row["topic"] in ("milk", "eggs") else "globex"
+    table = tmp_path / "records.jsonl"
+    table.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run_ingest(parse_collection({"name": name, "source": {"kind": "tabular", "path": str(table),
+                                                          "title_column": "title"}}, where=name, base=tmp_path))
+    acme_docs = {r["id"] for r in rows if r["tenant"] == "acme"}
+    conn.execute("DROP ROLE IF EXISTS acme_app")
+    conn.execute("CREATE ROLE acme_app LOGIN PASSWORD 'acme-pass' NOSUPERUSER NOBYPASSRLS")
+    conn.execute("GRANT CONNECT ON DATABASE postgres TO acme_app")
+    ragpipe("db", "grant-tenant", "acme_app", "acme")
+    acme_url = psycopg.conninfo.make_conninfo(db_url, user="acme_app", password="acme-pass")
+    query = embedder.encode(["Does flaxseed lower cholesterol?"])[0]  # a globex topic
+    with psycopg.connect(acme_url, autocommit=True) as acme:
+        from pgvector.psycopg import register_vector
+
+        register_vector(acme)
+        assert acme.execute("SELECT rolsuper OR rolbypassrls FROM pg_roles WHERE rolname = current_user"
+                            ).fetchone() == (False,)
+        hits = acme.execute("SELECT document_id FROM ragpipe.tenant_search(%s, %s, 100)", (name, query)).fetchall()
+        assert hits and {h[0] for h in hits} == acme_docs
+        assert {r[0] for r in acme.execute("SELECT DISTINCT tenant FROM ragpipe.chunks")} == {"acme"}
+        assert acme.execute("SELECT count(*) FROM ragpipe.documents WHERE tenant = 'globex'").fetchone() == (0,)
+        assert acme.execute("SELECT count(*) FROM ragpipe.tenant_roles").fetchone() == (1,)
+        for statement in ("DELETE FROM ragpipe.chunks", "UPDATE ragpipe.documents SET title = 'x'",
+                          "SELECT * FROM ragpipe.semantic_search('x', '[1]'::vector)",
+                          "SELECT * FROM ragpipe.ingest_failures", "SELECT ragpipe.grant_tenant('acme_app', 'globex')"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                acme.execute(statement)
+    everyone = conn.execute("SELECT count(DISTINCT tenant) FROM ragpipe.chunks c JOIN ragpipe.collections k "
+                            "ON k.id = c.collection_id WHERE k.name = %s", (name,)).fetchone()
+    assert everyone == (2,), "roles that are not tenant readers see every row"

@@ -30,3 +30,6 @@ SELECT set_config('enable_indexscan', 'off', true);
 
 -- name: grant_reader
 SELECT ragpipe.grant_reader(%s);
+
+-- name: grant_tenant
+SELECT ragpipe.grant_tenant(%s, %s);

@@ -95,6 +95,23 @@ COPY ragpipe.chunks (collection_id, document_id, ordinal, text, token_count, cha
                      heading_path, content_hash, metadata, embedding)
 FROM STDIN (FORMAT BINARY);
 
+-- name: row_security_active
+SELECT row_security_active('ragpipe.chunks');
+
+-- name: create_chunk_stage
+CREATE TEMP TABLE IF NOT EXISTS ragpipe_chunk_stage (
+    collection_id int, document_id bigint, ordinal int, text text, token_count int, char_start int,
+    char_end int, heading_path text[], content_hash text, metadata jsonb, embedding vector
+) ON COMMIT DELETE ROWS;
+
+-- name: copy_chunk_stage
+COPY ragpipe_chunk_stage FROM STDIN (FORMAT BINARY);
+
+-- name: insert_chunk_stage
+INSERT INTO ragpipe.chunks (collection_id, document_id, ordinal, text, token_count, char_start, char_end,
+                           heading_path, content_hash, metadata, embedding)
+SELECT * FROM ragpipe_chunk_stage;
+
 -- name: record_failure
 INSERT INTO ragpipe.ingest_failures (run_id, collection_id, source_id, uri, stage, error)
 VALUES (%s, %s, %s, %s, %s, %s)

@@ -1,0 +1,32 @@
+-- Search for tenant roles: SECURITY INVOKER, so the row-level security policies of 003_tenants.sql
+-- decide which chunks the caller sees. Exact (brute-force) cosine ranking over the caller's rows:
+-- a tenant's share of a collection is small enough, and a shared HNSW graph filtered down to one
+-- tenant would return fewer than k rows.
+CREATE OR REPLACE FUNCTION ragpipe.tenant_search(
+    collection text, query_embedding vector, k int DEFAULT 10, filter jsonb DEFAULT NULL)
+RETURNS TABLE (chunk_id bigint, document_id text, uri text, title text, text text, metadata jsonb,
+               score double precision)
+LANGUAGE sql STABLE SECURITY INVOKER SET search_path = ragpipe, public, pg_temp
+AS $fn$
+    SELECT c.id, d.source_id, d.uri, d.title, c.text, c.metadata, 1 - (c.embedding <=> query_embedding)
+    FROM ragpipe.chunks c
+    JOIN ragpipe.documents d ON d.id = c.document_id
+    JOIN ragpipe.collections coll ON coll.id = c.collection_id
+    WHERE coll.name = collection AND c.tenant IS NOT NULL AND (filter IS NULL OR c.metadata @> filter)
+    ORDER BY c.embedding <=> query_embedding
+    LIMIT k;
+$fn$;
+GRANT EXECUTE ON FUNCTION ragpipe.tenant_search(text, vector, int, jsonb) TO ragpipe_tenant_reader;
+
+-- `ragpipe db grant-tenant ROLE TENANT`: ROLE (created NOLOGIN if missing) reads TENANT's rows only.
+CREATE OR REPLACE FUNCTION ragpipe.grant_tenant(role_name text, tenant text) RETURNS void
+LANGUAGE plpgsql AS $fn$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = role_name) THEN
+        EXECUTE format('CREATE ROLE %I NOLOGIN', role_name);
+    END IF;
+    EXECUTE format('GRANT ragpipe_tenant_reader TO %I', role_name);
+    INSERT INTO ragpipe.tenant_roles VALUES (role_name, tenant) ON CONFLICT DO NOTHING;
+END
+$fn$;
+REVOKE ALL ON FUNCTION ragpipe.grant_tenant(text, text) FROM PUBLIC;
