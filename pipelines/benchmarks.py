@@ -303,7 +303,7 @@ def bench_search(conn, chunks: int, queries: int) -> None:
     truth = [run("semantic", v, q, exact=True) for q, v in zip(qs, qvec, strict=True)]
     exact_ms = [t for _, t in truth]
     record("search", f"exact (brute force) semantic, {chunks} chunks: p50", f"{statistics.median(exact_ms):.1f} ms")
-    for ef in (40, 80, 160, 320):
+    for ef in (40, 80, 160, 240, 320):
         conn.execute("UPDATE ragpipe.collections SET settings = jsonb_set(settings, '{index,ef_search}', %s) "
                      "WHERE name = %s", (json.dumps(ef), name))
         got = [run("semantic", v, q) for q, v in zip(qs, qvec, strict=True)]

@@ -316,7 +316,8 @@ def finalize_run(conn: psycopg.Connection, spec: CollectionSpec, run_id: int, de
         with conn.transaction():
             if store.ensure_hnsw_index(conn, collection):
                 log.info("built HNSW index for collection %s", spec.name)
-        store.analyze(conn)
+        if store.run_wrote(conn, run_id):
+            store.analyze(conn)
     return store.finish_run(conn, run_id, status, error)
 
 

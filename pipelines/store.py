@@ -245,3 +245,8 @@ def size_maintenance_work_mem(rows: int, dimension: int, m: int, cap_mb: int) ->
 
 def analyze(conn: psycopg.Connection) -> None:
     conn.execute(_q("analyze"))
+
+
+def run_wrote(conn: psycopg.Connection, run_id: int) -> bool:
+    """Did the run add, change or delete any document? (If not, statistics need no refresh.)"""
+    return conn.execute(_q("run_wrote"), (run_id,)).fetchone()[0]

@@ -1,12 +1,20 @@
 -- The read-only role: may execute the search functions and read the public view, nothing else.
 -- `ragpipe db grant-reader ROLE` grants the same to another role (ragpipe.grant_reader).
 
-CREATE OR REPLACE FUNCTION ragpipe.grant_reader(role_name text) RETURNS void
+CREATE OR REPLACE FUNCTION ragpipe.ensure_role(role_name text) RETURNS void
 LANGUAGE plpgsql AS $fn$
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = role_name) THEN
         EXECUTE format('CREATE ROLE %I NOLOGIN', role_name);
     END IF;
+END
+$fn$;
+REVOKE ALL ON FUNCTION ragpipe.ensure_role(text) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION ragpipe.grant_reader(role_name text) RETURNS void
+LANGUAGE plpgsql AS $fn$
+BEGIN
+    PERFORM ragpipe.ensure_role(role_name);
     EXECUTE format('GRANT USAGE ON SCHEMA ragpipe TO %I', role_name);
     EXECUTE format('GRANT SELECT ON ragpipe.collection_stats TO %I', role_name);
     EXECUTE format('GRANT EXECUTE ON FUNCTION

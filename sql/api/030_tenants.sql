@@ -22,9 +22,7 @@ GRANT EXECUTE ON FUNCTION ragpipe.tenant_search(text, vector, int, jsonb) TO rag
 CREATE OR REPLACE FUNCTION ragpipe.grant_tenant(role_name text, tenant text) RETURNS void
 LANGUAGE plpgsql AS $fn$
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = role_name) THEN
-        EXECUTE format('CREATE ROLE %I NOLOGIN', role_name);
-    END IF;
+    PERFORM ragpipe.ensure_role(role_name);
     EXECUTE format('GRANT ragpipe_tenant_reader TO %I', role_name);
     INSERT INTO ragpipe.tenant_roles VALUES (role_name, tenant) ON CONFLICT DO NOTHING;
 END

@@ -95,6 +95,9 @@ COPY ragpipe.chunks (collection_id, document_id, ordinal, text, token_count, cha
                      heading_path, content_hash, metadata, embedding)
 FROM STDIN (FORMAT BINARY);
 
+-- name: run_wrote
+SELECT new + changed + deleted > 0 FROM ragpipe.ingest_runs WHERE id = %s;
+
 -- name: row_security_active
 SELECT row_security_active('ragpipe.chunks');
 
