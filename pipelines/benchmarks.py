@@ -3,7 +3,7 @@
 BENCH_SCALE=small (default, a few minutes) or large; BENCH_QUALITY=1 adds the NFCorpus nDCG@10 of the
 torch and onnx-int8 backends to a small run (always part of large; ~15 min the first time, cached after).
 BENCH_SECTIONS=embedding,loading,reruns,search (the default: all) runs some of them. Results go to
-stdout and docs/benchmarks.md (docs/benchmarks-large.md for the large scale).
+stdout and docs/benchmarks[-large][-SECTIONS].md.
 Everything runs through the real pipeline, model and embedded PostgreSQL; synthetic corpora are
 resampled sentences of NFCorpus (pipelines/synthetic.py).
 """
@@ -367,7 +367,8 @@ def write_report(scale: str, seconds: float) -> Path:
         "loading, re-runs and memory; for search, synthetic chunks whose vectors are real sentence embeddings",
         "plus Gaussian noise (sigma 0.04 per dimension, renormalised), queries are NFCorpus queries.", "",
     ]
-    report = PROJECT_ROOT / "docs" / ("benchmarks.md" if scale == "small" else f"benchmarks-{scale}.md")
+    parts = ([] if scale == "small" else [scale]) + os.environ.get("BENCH_SECTIONS", "").replace(",", "-").split()
+    report = PROJECT_ROOT / "docs" / f"{'-'.join(['benchmarks', *parts])}.md"
     report.write_text("\n".join(lines))
     return report
 
