@@ -216,8 +216,9 @@ def read_batch(conn: psycopg.Connection, collection: store.Collection, embedder:
                 if original:
                     outcome[sid] = Duplicate(original)
                 else:
-                    bodies.setdefault(body, sid)
                     outcome[sid] = _prepare_or_fail(raw, digest, embedder, collection, body)
+                    if isinstance(outcome[sid], Prepared):  # copies of a failed file fail on their own
+                        bodies.setdefault(body, sid)
     work = BatchWork(refs, existing, outcome, {})
     hashes = [c.content_hash for p in work.prepared() for c in p.chunks]
     if hashes and not full_refresh:
