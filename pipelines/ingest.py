@@ -318,6 +318,8 @@ def finalize_run(conn: psycopg.Connection, spec: CollectionSpec, run_id: int, de
             if store.ensure_hnsw_index(conn, collection):
                 log.info("built HNSW index for collection %s", spec.name)
         if store.run_wrote(conn, run_id):
+            if store.refresh_text_stats(conn, collection.id, run_id):
+                log.info("refreshed keyword statistics for collection %s", spec.name)
             store.analyze(conn)
     return store.finish_run(conn, run_id, status, error)
 

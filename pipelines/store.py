@@ -247,6 +247,13 @@ def analyze(conn: psycopg.Connection) -> None:
     conn.execute(_q("analyze"))
 
 
+def refresh_text_stats(conn: psycopg.Connection, collection_id: int, run_id: int | None = None,
+                       min_change: float = 0.1) -> bool:
+    """Refresh the collection's keyword (BM25) statistics if missing or `min_change` of it changed since."""
+    params = dict(collection=collection_id, run=run_id, min_change=min_change)
+    return bool(conn.execute(_q("refresh_text_stats"), params).fetchone()[0])
+
+
 def run_wrote(conn: psycopg.Connection, run_id: int) -> bool:
     """Did the run add, change or delete any document? (If not, statistics need no refresh.)"""
     return conn.execute(_q("run_wrote"), (run_id,)).fetchone()[0]

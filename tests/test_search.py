@@ -46,6 +46,56 @@ def test_hybrid_fuses_both_rankings(sample):
     assert [h.chunk_id for h in only_keyword] == kw[:10]
 
 
+def bm25_reference(conn, collection: str, query_text: str) -> dict[int, float]:
+    """BM25 (k1 1.2, b 0.75) of every chunk computed here from the chunks' tsvectors, not the stats tables."""
+    import math
+    from collections import Counter, defaultdict
+
+    rows = conn.execute("SELECT c.id, u.lexeme, cardinality(u.positions) FROM ragpipe.chunks c "
+                        "JOIN ragpipe.collections k ON k.id = c.collection_id, unnest(c.tsv) u "
+                        "WHERE k.name = %s", (collection,)).fetchall()
+    tf: dict[int, dict[str, int]] = defaultdict(dict)
+    for chunk_id, lexeme, count in rows:
+        tf[chunk_id][lexeme] = count
+    df = Counter(lexeme for _, lexeme, _ in rows)
+    n, avg_len = len(tf), len(rows) / len(tf)
+    words = [r[0] for r in conn.execute("SELECT lexeme FROM unnest(to_tsvector('english', %s))", (query_text,))]
+    scores = {}
+    for chunk_id, terms in tf.items():
+        norm = 1.2 * (0.25 + 0.75 * len(terms) / avg_len)
+        score = sum(math.log(1 + (n - df[w] + 0.5) / (df[w] + 0.5)) * terms[w] * 2.2 / (terms[w] + norm)
+                    for w in words if w in terms)
+        if score:
+            scores[chunk_id] = score
+    return scores
+
+
+def test_keyword_search_is_bm25_and_its_candidate_budget_keeps_the_rarest_words(sample, conn):
+    text = "Does coffee affect blood vessel function?"
+    reference = bm25_reference(conn, sample, text)
+    expected = sorted(reference.items(), key=lambda kv: (-kv[1], kv[0]))[:10]
+    hits = api.search(text, collection=sample, k=10, mode="keyword")
+    assert [h.chunk_id for h in hits] == [c for c, _ in expected]
+    assert [h.score for h in hits] == pytest.approx([s for _, s in expected], rel=1e-9)
+
+    rarest = conn.execute(
+        "SELECT w.lexeme FROM unnest(to_tsvector('english', %s)) w JOIN ragpipe.term_stats t ON t.lexeme = w.lexeme "
+        "JOIN ragpipe.collections k ON k.id = t.collection_id AND k.name = %s ORDER BY t.chunks, w.lexeme LIMIT 1",
+        (text, sample)).fetchone()[0]
+    having = {r[0] for r in conn.execute("SELECT c.id FROM ragpipe.chunks c JOIN ragpipe.collections k "
+                                         "ON k.id = c.collection_id WHERE k.name = %s AND c.tsv @@ %s::tsquery",
+                                         (sample, f"'{rarest}'"))}
+    assert 0 < len(having) < len(reference)
+    conn.execute("UPDATE ragpipe.collections SET settings = settings || '{\"keyword\": {\"candidates\": 1}}' "
+                 "WHERE name = %s", (sample,))
+    try:
+        budgeted = api.search(text, collection=sample, k=10, mode="keyword")
+    finally:
+        conn.execute("UPDATE ragpipe.collections SET settings = settings - 'keyword' WHERE name = %s", (sample,))
+    expected = sorted(((c, s) for c, s in reference.items() if c in having), key=lambda kv: (-kv[1], kv[0]))[:10]
+    assert [h.chunk_id for h in budgeted] == [c for c, _ in expected]
+
+
 def test_similar_chunks_and_documents(sample):
     anchor = api.search("tart cherry juice melatonin", collection=sample, k=1, mode="semantic")[0]
     similar = api.similar_chunks(anchor.chunk_id, k=5)

@@ -88,8 +88,17 @@ BEGIN
 END
 $fn$;
 
--- keyword_search: PostgreSQL full-text search over the chunks' tsvector (GIN index). Any query
--- word may match (OR); ts_rank_cd ranks by how many and how close, normalised by chunk length.
+DROP FUNCTION IF EXISTS ragpipe.any_word_query(text);  -- replaced by words_query
+
+-- keyword_search: BM25 (k1 = 1.2, b = 0.75) over the chunks' tsvector; any query word may match.
+-- Word frequencies come from ragpipe.term_stats, term frequencies from the tsvector (ts_rank_cd of a
+-- one-word query with unit weights counts its occurrences), a chunk's length is its number of
+-- distinct words. Candidates come from the GIN index for the rarest query words whose chunk counts
+-- add up to at most `candidates` (collection setting keyword.candidates, default 10000; always at
+-- least the rarest word some chunk has), and every query word is scored on them. When all the
+-- query's words fit in that budget the ranking is exact BM25; beyond it a chunk that has only the
+-- commonest words is not considered, which keeps a query over millions of chunks from scoring
+-- every match.
 CREATE OR REPLACE FUNCTION ragpipe.keyword_search(
     collection text, query_text text, k int DEFAULT 10, filter jsonb DEFAULT NULL)
 RETURNS TABLE (chunk_id bigint, document_id text, uri text, title text, text text, metadata jsonb,
@@ -99,24 +108,58 @@ AS $fn$
 #variable_conflict use_column
 DECLARE
     coll ragpipe.collections := ragpipe.get_collection(collection);
-    q tsquery := ragpipe.any_word_query(query_text);
+    budget bigint := coalesce((coll.settings #>> '{keyword,candidates}')::bigint, 10000);
+    n double precision;
+    avg_len double precision;
+    words text[];
+    counts bigint[];
+    used int := 1;
+    essential tsquery;
 BEGIN
+    SELECT s.chunks, s.avg_length INTO n, avg_len FROM ragpipe.text_stats s WHERE s.collection_id = coll.id;
+    SELECT array_agg(w.lexeme ORDER BY coalesce(t.chunks, 0), w.lexeme),
+           array_agg(coalesce(t.chunks, 0)::bigint ORDER BY coalesce(t.chunks, 0), w.lexeme)
+    INTO words, counts
+    FROM unnest(to_tsvector('english', coalesce(query_text, ''))) w
+    LEFT JOIN ragpipe.term_stats t ON t.collection_id = coll.id AND t.lexeme = w.lexeme;
+    IF words IS NULL THEN
+        RETURN;
+    END IF;
+    WHILE used < cardinality(words)  -- words no chunk had at the last refresh count as 0
+          AND (counts[used] = 0 OR (SELECT sum(c) FROM unnest(counts[1:used + 1]) c) <= budget) LOOP
+        used := used + 1;
+    END LOOP;
+    essential := ragpipe.words_query(words[1:used]);
     RETURN QUERY
-    SELECT ch.id, d.source_id, d.uri, d.title, ch.text, d.metadata, ts_rank_cd(ch.tsv, q, 1)::float8
-    FROM ragpipe.chunks ch JOIN ragpipe.documents d ON d.id = ch.document_id
-    WHERE ch.collection_id = coll.id AND ch.tsv @@ q
-      AND (filter IS NULL OR ch.metadata @> filter)
-    ORDER BY 7 DESC, 1
-    LIMIT k;
+    WITH q AS MATERIALIZED (
+        SELECT ragpipe.words_query(ARRAY[w]) AS word,
+               ln(1 + (greatest(coalesce(n, 0), c) - c + 0.5) / (c + 0.5)) AS idf
+        FROM unnest(words, counts) AS x(w, c)),
+    candidate AS MATERIALIZED (
+        SELECT ch.id, ch.tsv FROM ragpipe.chunks ch
+        WHERE ch.collection_id = coll.id AND ch.tsv @@ essential
+          AND (filter IS NULL OR ch.metadata @> filter)),
+    scored AS (
+        SELECT c.id, sum(q.idf * f.tf * 2.2
+                         / (f.tf + 1.2 * (0.25 + 0.75 * length(c.tsv) / coalesce(nullif(avg_len, 0), 1)))) AS score
+        FROM candidate c CROSS JOIN q
+        CROSS JOIN LATERAL (SELECT ts_rank_cd('{1,1,1,1}', c.tsv, q.word, 0)::float8 AS tf) f
+        WHERE f.tf > 0
+        GROUP BY c.id
+        ORDER BY 2 DESC, 1
+        LIMIT k)
+    SELECT ch.id, d.source_id, d.uri, d.title, ch.text, d.metadata, s.score
+    FROM scored s JOIN ragpipe.chunks ch ON ch.id = s.id JOIN ragpipe.documents d ON d.id = ch.document_id
+    ORDER BY s.score DESC, s.id;
 END
 $fn$;
 
--- The words of a free-text query OR-ed together (plainto_tsquery would AND them).
-CREATE OR REPLACE FUNCTION ragpipe.any_word_query(query_text text)
+-- A tsquery matching any of the given lexemes (quoted, so each is taken literally).
+CREATE OR REPLACE FUNCTION ragpipe.words_query(words text[])
 RETURNS tsquery LANGUAGE sql IMMUTABLE PARALLEL SAFE
 AS $fn$
-    SELECT coalesce(nullif(replace(plainto_tsquery('english', coalesce(query_text, ''))::text, ' & ', ' | '), ''),
-                    '')::tsquery
+    SELECT string_agg('''' || replace(replace(w, '\', '\\'), '''', '''''') || '''', ' | ')::tsquery
+    FROM unnest(words) w
 $fn$;
 
 -- hybrid_search: reciprocal rank fusion of semantic and keyword rankings:

@@ -24,8 +24,7 @@ BEGIN
         ragpipe.similar_chunks(bigint, int, jsonb),
         ragpipe.similar_documents(text, text, int, jsonb),
         ragpipe.rag_context(text, text, vector, int, int, jsonb),
-        ragpipe.get_collection(text),
-        ragpipe.any_word_query(text) TO %I', role_name);
+        ragpipe.get_collection(text) TO %I', role_name);
 END
 $fn$;
 REVOKE ALL ON FUNCTION ragpipe.grant_reader(text) FROM PUBLIC;
@@ -42,6 +41,8 @@ BEGIN
     EXECUTE format('GRANT SELECT ON ragpipe.schema_migrations TO %I', role_name);
     EXECUTE format('GRANT USAGE ON ALL SEQUENCES IN SCHEMA ragpipe TO %I', role_name);
     EXECUTE format('GRANT EXECUTE ON FUNCTION ragpipe.build_hnsw_index(int, int) TO %I', role_name);
+    EXECUTE format('GRANT EXECUTE ON FUNCTION ragpipe.refresh_text_stats(int, bigint, double precision) TO %I',
+                   role_name);
 END
 $fn$;
 REVOKE ALL ON FUNCTION ragpipe.grant_loader(text) FROM PUBLIC;

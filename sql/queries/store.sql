@@ -138,3 +138,6 @@ SELECT ragpipe.build_hnsw_index(%s, %s);
 
 -- name: analyze
 ANALYZE ragpipe.documents, ragpipe.chunks;
+
+-- name: refresh_text_stats
+SELECT ragpipe.refresh_text_stats(%(collection)s, %(run)s, %(min_change)s);
