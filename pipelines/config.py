@@ -10,7 +10,7 @@ import yaml
 from .settings import DEFAULT_MODEL
 
 SCHEDULE_PRESETS = {"@once", "@hourly", "@daily", "@weekly", "@monthly", "@yearly", "@continuous"}
-DEFAULT_INDEX = {"m": 16, "ef_construction": 64, "ef_search": 40}
+DEFAULT_INDEX = {"m": 16, "ef_construction": 64, "ef_search": 40, "keyword_candidates": 10_000}
 
 
 class ConfigError(ValueError):

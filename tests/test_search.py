@@ -86,12 +86,13 @@ def test_keyword_search_is_bm25_and_its_candidate_budget_keeps_the_rarest_words(
                                          "ON k.id = c.collection_id WHERE k.name = %s AND c.tsv @@ %s::tsquery",
                                          (sample, f"'{rarest}'"))}
     assert 0 < len(having) < len(reference)
-    conn.execute("UPDATE ragpipe.collections SET settings = settings || '{\"keyword\": {\"candidates\": 1}}' "
+    conn.execute("UPDATE ragpipe.collections SET settings = jsonb_set(settings, '{index,keyword_candidates}', '1') "
                  "WHERE name = %s", (sample,))
     try:
         budgeted = api.search(text, collection=sample, k=10, mode="keyword")
     finally:
-        conn.execute("UPDATE ragpipe.collections SET settings = settings - 'keyword' WHERE name = %s", (sample,))
+        conn.execute("UPDATE ragpipe.collections SET settings = jsonb_set(settings, '{index,keyword_candidates}', "
+                     "'10000') WHERE name = %s", (sample,))
     expected = sorted(((c, s) for c, s in reference.items() if c in having), key=lambda kv: (-kv[1], kv[0]))[:10]
     assert [h.chunk_id for h in budgeted] == [c for c, _ in expected]
 

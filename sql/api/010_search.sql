@@ -94,7 +94,7 @@ DROP FUNCTION IF EXISTS ragpipe.any_word_query(text);  -- replaced by words_quer
 -- Word frequencies come from ragpipe.term_stats, term frequencies from the tsvector (ts_rank_cd of a
 -- one-word query with unit weights counts its occurrences), a chunk's length is its number of
 -- distinct words. Candidates come from the GIN index for the rarest query words whose chunk counts
--- add up to at most `candidates` (collection setting keyword.candidates, default 10000; always at
+-- add up to at most `candidates` (collection setting index.keyword_candidates, default 10000; always at
 -- least the rarest word some chunk has), and every query word is scored on them. When all the
 -- query's words fit in that budget the ranking is exact BM25; beyond it a chunk that has only the
 -- commonest words is not considered, which keeps a query over millions of chunks from scoring
@@ -108,7 +108,7 @@ AS $fn$
 #variable_conflict use_column
 DECLARE
     coll ragpipe.collections := ragpipe.get_collection(collection);
-    budget bigint := coalesce((coll.settings #>> '{keyword,candidates}')::bigint, 10000);
+    budget bigint := coalesce((coll.settings #>> '{index,keyword_candidates}')::bigint, 10000);
     n double precision;
     avg_len double precision;
     words text[];
