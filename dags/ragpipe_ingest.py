@@ -47,7 +47,7 @@ def ingest_dag(spec: CollectionSpec) -> Any:
 {spec.description}
 
 plan (list `{spec.source['kind']}` source, diff fingerprints) → `process_batch` mapped over batches of
-{spec.docs_per_batch} document references → finalize (deletions, HNSW index, ANALYZE, run record)
+{spec.docs_per_batch} document references → finalize (deletions, HNSW index, statistics, run record)
 → Asset `ragpipe_{spec.name}`. Trigger with `full_refresh`, `limit` or `dry_run` from the UI.
 """,
     )

@@ -4,7 +4,8 @@
               → new / changed / unchanged / deleted, and a run row in ragpipe.ingest_runs
     batch:    read → hash (identical content: keep, just record the fingerprint) → extract → chunk
               → embed (reusing stored embeddings of identical chunks) → replace in one transaction
-    finalize: delete what disappeared (complete listings only) → HNSW index → ANALYZE → close the run
+    finalize: delete what disappeared (complete listings only) → HNSW index → keyword and
+              planner statistics (once 10% changed) → close the run
 """
 
 import dataclasses
@@ -13,6 +14,7 @@ import json
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -310,6 +312,7 @@ def finalize_run(conn: psycopg.Connection, spec: CollectionSpec, run_id: int, de
     """Delete documents gone from a completely listed source, build the index, close the run."""
     collection = store.get_collection(conn, spec.name)
     assert collection is not None, f"collection {spec.name!r} vanished during the run"
+    started = time.perf_counter()
     if status == "succeeded":
         with conn.transaction():
             removed = store.delete_documents(conn, collection.id, deleted)
@@ -317,11 +320,12 @@ def finalize_run(conn: psycopg.Connection, spec: CollectionSpec, run_id: int, de
         with conn.transaction():
             if store.ensure_hnsw_index(conn, collection):
                 log.info("built HNSW index for collection %s", spec.name)
-        if store.run_wrote(conn, run_id):
-            if store.refresh_text_stats(conn, collection.id, run_id):
-                log.info("refreshed keyword statistics for collection %s", spec.name)
+        # Keyword (BM25) and planner statistics are refreshed together, once the runs since the
+        # last refresh changed 10% of the collection (ANALYZE samples the whole chunks table).
+        if store.run_wrote(conn, run_id) and store.refresh_text_stats(conn, collection.id, run_id):
             store.analyze(conn)
-    return store.finish_run(conn, run_id, status, error)
+            log.info("refreshed keyword and planner statistics for collection %s", spec.name)
+    return dict(store.finish_run(conn, run_id, status, error), finalize_seconds=time.perf_counter() - started)
 
 
 def run_ingest(spec: CollectionSpec, full_refresh: bool = False, limit: int | None = None,

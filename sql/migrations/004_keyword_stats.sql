@@ -18,7 +18,7 @@ CREATE TABLE ragpipe.text_stats (
 );
 
 -- Refresh a collection's statistics when they are missing or the runs since the last refresh
--- (up to and including `run`) embedded or deleted at least min_change of its chunks. True if refreshed.
+-- (up to and including `run`) wrote or deleted at least min_change of its chunks. True if refreshed.
 CREATE FUNCTION ragpipe.refresh_text_stats(collection int, run bigint DEFAULT NULL,
                                            min_change double precision DEFAULT 0.1)
 RETURNS boolean LANGUAGE plpgsql SECURITY DEFINER SET search_path = ragpipe, public, pg_temp
@@ -29,8 +29,10 @@ DECLARE
 BEGIN
     SELECT * INTO current FROM ragpipe.text_stats s WHERE s.collection_id = collection;
     IF FOUND THEN
-        SELECT coalesce(sum(r.chunks_embedded + r.deleted), 0) INTO changed FROM ragpipe.ingest_runs r
-        WHERE r.collection_id = collection AND r.id > coalesce(current.run_id, 0) AND r.id <= coalesce(run, r.id);
+        SELECT coalesce(sum(r.chunks_embedded + r.chunks_reused + r.deleted), 0) INTO changed
+        FROM ragpipe.ingest_runs r
+        WHERE r.collection_id = collection AND r.id > coalesce(current.run_id, 0)
+          AND r.id <= coalesce(run, r.id);
         IF changed < min_change * current.chunks THEN
             RETURN false;
         END IF;

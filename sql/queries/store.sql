@@ -137,7 +137,8 @@ SELECT count(*) FROM ragpipe.chunks WHERE collection_id = %s;
 SELECT ragpipe.build_hnsw_index(%s, %s);
 
 -- name: analyze
-ANALYZE ragpipe.documents, ragpipe.chunks;
+-- The chunks columns the planner uses (the text and vectors only cost time to sample).
+ANALYZE ragpipe.documents, ragpipe.chunks (collection_id, document_id, metadata, tsv);
 
 -- name: refresh_text_stats
 SELECT ragpipe.refresh_text_stats(%(collection)s, %(run)s, %(min_change)s);
