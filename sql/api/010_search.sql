@@ -114,6 +114,7 @@ DECLARE
     words text[];
     counts bigint[];
     used int := 1;
+    total bigint;
     essential tsquery;
 BEGIN
     SELECT s.chunks, s.avg_length INTO n, avg_len FROM ragpipe.text_stats s WHERE s.collection_id = coll.id;
@@ -125,9 +126,11 @@ BEGIN
     IF words IS NULL THEN
         RETURN;
     END IF;
+    total := counts[1];
     WHILE used < cardinality(words)  -- words no chunk had at the last refresh count as 0
-          AND (counts[used] = 0 OR (SELECT sum(c) FROM unnest(counts[1:used + 1]) c) <= budget) LOOP
+          AND (counts[used] = 0 OR total + counts[used + 1] <= budget) LOOP
         used := used + 1;
+        total := total + counts[used];
     END LOOP;
     essential := ragpipe.words_query(words[1:used]);
     RETURN QUERY
