@@ -321,9 +321,9 @@ def finalize_run(conn: psycopg.Connection, spec: CollectionSpec, run_id: int, de
             if store.ensure_hnsw_index(conn, collection):
                 log.info("built HNSW index for collection %s", spec.name)
         # Keyword (BM25) and planner statistics are refreshed together, once the runs since the
-        # last refresh changed 10% of the collection (ANALYZE samples the whole chunks table).
+        # last refresh changed 10% of the collection.
         if store.run_wrote(conn, run_id) and store.refresh_text_stats(conn, collection.id, run_id):
-            store.analyze(conn)
+            store.analyze_collection(conn, collection.id)
             log.info("refreshed keyword and planner statistics for collection %s", spec.name)
     return dict(store.finish_run(conn, run_id, status, error), finalize_seconds=time.perf_counter() - started)
 

@@ -19,8 +19,11 @@ CREATE TABLE IF NOT EXISTS ragpipe.schema_migrations (
 MIGRATION_LOCK = 7_266_101  # advisory lock key: one migrator at a time
 
 
-def migrate(url: str) -> list[str]:
-    """Bring the database schema up to date; returns the names of the files applied now."""
+def migrate(url: str, last: str | None = None) -> list[str]:
+    """Bring the database schema up to date; returns the names of the files applied now.
+
+    With `last` (a migration file name), stop after that migration and skip the SQL API: the schema
+    as an earlier release left it, for testing upgrades."""
     applied_now = []
     with connect(url, autocommit=True, vector_types=False) as conn:
         conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
@@ -30,7 +33,9 @@ def migrate(url: str) -> list[str]:
                 conn.execute(BOOTSTRAP)
             done = dict(conn.execute("SELECT name, checksum FROM ragpipe.schema_migrations").fetchall())
             migrations = sorted((SQL_DIR / "migrations").glob("*.sql"))
-            api = sorted((SQL_DIR / "api").glob("*.sql"))
+            if last is not None:
+                migrations = [p for p in migrations if p.name <= last]
+            api = sorted((SQL_DIR / "api").glob("*.sql")) if last is None else []
             # API files are CREATE OR REPLACE scripts that build on each other (grants last):
             # when any of them changed, all are re-applied in order.
             api_changed = any(done.get(_name(p)) != _checksum(p) for p in api)

@@ -162,7 +162,7 @@ def replace_documents(conn: psycopg.Connection, collection: Collection, run_id: 
     if not docs:
         return
     ids = [d.source_id for d in docs]
-    conn.execute(_q("delete_chunks_of"), (collection.id, ids))
+    conn.execute(_q("delete_chunks_of"), dict(collection_id=collection.id, source_ids=ids))
     rows = conn.execute(_q("upsert_documents"), (
         collection.id, run_id, ids, [d.uri for d in docs], [d.title for d in docs], [d.content_hash for d in docs],
         [d.fingerprint for d in docs], [json.dumps(d.metadata) for d in docs], [len(d.chunks) for d in docs],
@@ -243,8 +243,9 @@ def size_maintenance_work_mem(rows: int, dimension: int, m: int, cap_mb: int) ->
     return max(64, min(need_mb, cap_mb))
 
 
-def analyze(conn: psycopg.Connection) -> None:
-    conn.execute(_q("analyze"))
+def analyze_collection(conn: psycopg.Connection, collection_id: int) -> None:
+    """Refresh the planner statistics of the collection's chunk partition and of the documents table."""
+    conn.execute(_q("analyze_collection"), (collection_id,))
 
 
 def refresh_text_stats(conn: psycopg.Connection, collection_id: int, run_id: int | None = None,

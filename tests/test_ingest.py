@@ -176,7 +176,7 @@ def load_random_collection(conn, name: str, documents: int, chunks_per_doc: int,
         store.replace_documents(conn, coll, None, docs)
     with conn.transaction():
         store.ensure_hnsw_index(conn, coll)
-    store.analyze(conn)
+    store.analyze_collection(conn, coll.id)
     return coll
 
 
@@ -197,6 +197,28 @@ def test_search_is_served_by_the_hnsw_index(name, conn):
     # a selective filter (2% of the documents) still returns k rows: iterative index scans
     hits = search("anything", collection=name, k=10, filter={"group": 7})
     assert len(hits) == 10 and all(h.metadata == {"group": 7} for h in hits)
+
+
+def test_each_collection_is_its_own_partition_indexed_alone_and_dropped_with_it(name, conn):
+    small = load_random_collection(conn, f"{name}_small", documents=20, chunks_per_doc=3)
+    other = load_random_collection(conn, f"{name}_other", documents=30, chunks_per_doc=2)
+    partition = f"ragpipe.chunks_c{small.id}"
+
+    def partition_of(index: str) -> str | None:
+        row = conn.execute("SELECT indrelid::regclass::text FROM pg_index WHERE indexrelid = to_regclass(%s)",
+                           (f"ragpipe.{index}",)).fetchone()
+        return row[0] if row else None
+
+    assert conn.execute(f"SELECT count(*), min(collection_id), max(collection_id) FROM {partition}").fetchone() == (
+        60, small.id, small.id)
+    assert partition_of(store.hnsw_index_name(small)) == partition, "the HNSW graph covers its partition only"
+    assert conn.execute("SELECT reltuples FROM pg_class WHERE oid = %s::regclass", (partition,)).fetchone()[0] == 60
+    conn.execute("DELETE FROM ragpipe.collections WHERE id = %s", (small.id,))
+    assert conn.execute("SELECT to_regclass(%s)", (partition,)).fetchone()[0] is None
+    assert partition_of(store.hnsw_index_name(other)) == f"ragpipe.chunks_c{other.id}"
+    assert conn.execute("SELECT count(*) FROM ragpipe.chunks WHERE collection_id = %s", (other.id,)).fetchone()[0] == 60
+    assert len(conn.execute("SELECT * FROM ragpipe.semantic_search(%s, %s::vector, 5)",
+                            (f"{name}_other", str([1.0] * 384))).fetchall()) == 5
 
 
 def test_filter_and_unknown_collection(corpus, name):

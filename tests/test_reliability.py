@@ -216,9 +216,13 @@ def test_loader_role_can_ingest_but_not_change_the_schema(tmp_path, name, db_url
                              env={"RAGPIPE_DATABASE_URL": loader_url}).stdout)
     assert run["status"] == "succeeded" and run["new"] == 30
     with psycopg.connect(loader_url, autocommit=True) as loader:
-        assert loader.execute("SELECT to_regclass(%s)", (f"ragpipe.chunks_hnsw_c{run_collection_id(loader, name)}",
+        collection_id = run_collection_id(loader, name)
+        assert loader.execute("SELECT to_regclass(%s)", (f"ragpipe.chunks_hnsw_c{collection_id}",
                                                          )).fetchone()[0], "index built through the definer function"
+        assert loader.execute("SELECT to_regclass(%s)", (f"ragpipe.chunks_c{collection_id}",)).fetchone()[0], (
+            "the collection's partition was created by the trigger, not by the loader")
         for statement in ("DROP TABLE ragpipe.chunks", "CREATE TABLE ragpipe.x (i int)",
+                          f"DROP TABLE ragpipe.chunks_c{collection_id}", f"DELETE FROM ragpipe.chunks_c{collection_id}",
                           "ALTER TABLE ragpipe.documents ADD COLUMN x int", "TRUNCATE ragpipe.chunks",
                           "SELECT ragpipe.grant_reader('app_loader')"):
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
@@ -339,8 +343,9 @@ def test_row_level_security_gives_a_tenant_role_its_own_rows_only(tmp_path, name
         assert {r[0] for r in acme.execute("SELECT DISTINCT tenant FROM ragpipe.chunks")} == {"acme"}
         assert acme.execute("SELECT count(*) FROM ragpipe.documents WHERE tenant = 'globex'").fetchone() == (0,)
         assert acme.execute("SELECT count(*) FROM ragpipe.tenant_roles").fetchone() == (1,)
+        partition = f"ragpipe.chunks_c{run_collection_id(conn, name)}"  # no grants: only through ragpipe.chunks
         for statement in ("DELETE FROM ragpipe.chunks", "UPDATE ragpipe.documents SET title = 'x'",
-                          "SELECT * FROM ragpipe.semantic_search('x', '[1]'::vector)",
+                          f"SELECT * FROM {partition}", "SELECT * FROM ragpipe.semantic_search('x', '[1]'::vector)",
                           "SELECT * FROM ragpipe.ingest_failures", "SELECT ragpipe.grant_tenant('acme_app', 'globex')"):
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 acme.execute(statement)

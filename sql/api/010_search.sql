@@ -15,8 +15,9 @@ SELECT k.name AS collection, k.model, k.dimension,
        k.updated_at
 FROM ragpipe.collections k;
 
--- build_hnsw_index: the collection's partial HNSW index (cosine) on its embeddings cast to its
--- dimension, built once after the first load. SECURITY DEFINER so the loader role needs no DDL.
+-- build_hnsw_index: the HNSW index (cosine) of the collection's chunk partition, on its embeddings
+-- cast to its dimension, built once after the first load. SECURITY DEFINER so the loader role needs
+-- no DDL.
 CREATE OR REPLACE FUNCTION ragpipe.build_hnsw_index(collection_id int, maintenance_work_mem_mb int)
 RETURNS boolean
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = ragpipe, public, pg_temp
@@ -30,10 +31,11 @@ BEGIN
         RETURN false;
     END IF;
     PERFORM set_config('maintenance_work_mem', maintenance_work_mem_mb || 'MB', true);
-    EXECUTE format('CREATE INDEX %I ON ragpipe.chunks USING hnsw ((embedding::vector(%s)) vector_cosine_ops) '
-                   'WITH (m = %s, ef_construction = %s) WHERE collection_id = %s',
-                   index_name, coll.dimension, coalesce((coll.settings -> 'index' ->> 'm')::int, 16),
-                   coalesce((coll.settings -> 'index' ->> 'ef_construction')::int, 64), coll.id);
+    EXECUTE format('CREATE INDEX %I ON ragpipe.%I USING hnsw ((embedding::vector(%s)) vector_cosine_ops) '
+                   'WITH (m = %s, ef_construction = %s)',
+                   index_name, ragpipe.chunk_partition(coll.id), coll.dimension,
+                   coalesce((coll.settings -> 'index' ->> 'm')::int, 16),
+                   coalesce((coll.settings -> 'index' ->> 'ef_construction')::int, 64));
     RETURN true;
 END
 $fn$;
@@ -152,7 +154,8 @@ BEGIN
         ORDER BY 2 DESC, 1
         LIMIT k)
     SELECT ch.id, d.source_id, d.uri, d.title, ch.text, d.metadata, s.score
-    FROM scored s JOIN ragpipe.chunks ch ON ch.id = s.id JOIN ragpipe.documents d ON d.id = ch.document_id
+    FROM scored s JOIN ragpipe.chunks ch ON ch.id = s.id AND ch.collection_id = coll.id
+    JOIN ragpipe.documents d ON d.id = ch.document_id
     ORDER BY s.score DESC, s.id;
 END
 $fn$;
@@ -190,7 +193,9 @@ AS $fn$
                coalesce(semantic_weight / (rrf_k + sem.r), 0) + coalesce(keyword_weight / (rrf_k + kw.r), 0) AS score
         FROM sem FULL JOIN kw ON kw.chunk_id = sem.chunk_id)
     SELECT ch.id, d.source_id, d.uri, d.title, ch.text, d.metadata, f.score
-    FROM fused f JOIN ragpipe.chunks ch ON ch.id = f.id JOIN ragpipe.documents d ON d.id = ch.document_id
+    FROM fused f
+    JOIN ragpipe.chunks ch ON ch.id = f.id AND ch.collection_id = (ragpipe.get_collection(collection)).id
+    JOIN ragpipe.documents d ON d.id = ch.document_id
     ORDER BY f.score DESC, ch.id
     LIMIT k
 $fn$;
@@ -265,7 +270,8 @@ BEGIN
             SELECT h.document_id, h.uri, h.title, ch.document_id AS doc, ch.char_start, ch.char_end,
                    ch.token_count, ch.text, row_number() OVER () AS rank
             FROM ragpipe.hybrid_search(collection, query_text, query_embedding, k, filter) h
-            JOIN ragpipe.chunks ch ON ch.id = h.chunk_id),
+            JOIN ragpipe.chunks ch ON ch.id = h.chunk_id
+                AND ch.collection_id = (ragpipe.get_collection(collection)).id),
         ordered AS (
             SELECT *, max(char_end) OVER (PARTITION BY doc ORDER BY char_start, char_end
                                           ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS prev_end

@@ -30,7 +30,7 @@ $fn$;
 REVOKE ALL ON FUNCTION ragpipe.grant_reader(text) FROM PUBLIC;
 
 -- The loader role: what the CLI and the DAGs need to write collections, and no DDL. Index builds
--- go through ragpipe.build_hnsw_index (SECURITY DEFINER), ANALYZE through the MAINTAIN privilege.
+-- and ANALYZE go through SECURITY DEFINER functions (ragpipe.build_hnsw_index, analyze_collection).
 CREATE OR REPLACE FUNCTION ragpipe.grant_loader(role_name text) RETURNS void
 LANGUAGE plpgsql AS $fn$
 BEGIN
@@ -40,7 +40,8 @@ BEGIN
     EXECUTE format('GRANT MAINTAIN ON ragpipe.documents, ragpipe.chunks TO %I', role_name);
     EXECUTE format('GRANT SELECT ON ragpipe.schema_migrations TO %I', role_name);
     EXECUTE format('GRANT USAGE ON ALL SEQUENCES IN SCHEMA ragpipe TO %I', role_name);
-    EXECUTE format('GRANT EXECUTE ON FUNCTION ragpipe.build_hnsw_index(int, int) TO %I', role_name);
+    EXECUTE format('GRANT EXECUTE ON FUNCTION ragpipe.build_hnsw_index(int, int), '
+                   'ragpipe.analyze_collection(int) TO %I', role_name);
     EXECUTE format('GRANT EXECUTE ON FUNCTION ragpipe.refresh_text_stats(int, bigint, double precision) TO %I',
                    role_name);
 END

@@ -11,8 +11,8 @@ AS $fn$
     SELECT c.id, d.source_id, d.uri, d.title, c.text, c.metadata, 1 - (c.embedding <=> query_embedding)
     FROM ragpipe.chunks c
     JOIN ragpipe.documents d ON d.id = c.document_id
-    JOIN ragpipe.collections coll ON coll.id = c.collection_id
-    WHERE coll.name = collection AND c.tenant IS NOT NULL AND (filter IS NULL OR c.metadata @> filter)
+    WHERE c.collection_id = (SELECT coll.id FROM ragpipe.collections coll WHERE coll.name = collection)
+      AND c.tenant IS NOT NULL AND (filter IS NULL OR c.metadata @> filter)
     ORDER BY c.embedding <=> query_embedding
     LIMIT k;
 $fn$;

@@ -77,7 +77,8 @@ WHERE k.model = %s AND c.content_hash = ANY(%s);
 
 -- name: delete_chunks_of
 DELETE FROM ragpipe.chunks c USING ragpipe.documents d
-WHERE c.document_id = d.id AND d.collection_id = %s AND d.source_id = ANY(%s);
+WHERE c.collection_id = %(collection_id)s AND c.document_id = d.id
+  AND d.collection_id = %(collection_id)s AND d.source_id = ANY(%(source_ids)s);
 
 -- name: upsert_documents
 INSERT INTO ragpipe.documents AS d
@@ -136,9 +137,8 @@ SELECT count(*) FROM ragpipe.chunks WHERE collection_id = %s;
 -- name: build_hnsw_index
 SELECT ragpipe.build_hnsw_index(%s, %s);
 
--- name: analyze
--- The chunks columns the planner uses (the text and vectors only cost time to sample).
-ANALYZE ragpipe.documents, ragpipe.chunks (collection_id, document_id, metadata, tsv);
+-- name: analyze_collection
+SELECT ragpipe.analyze_collection(%s);
 
 -- name: refresh_text_stats
 SELECT ragpipe.refresh_text_stats(%(collection)s, %(run)s, %(min_change)s);

@@ -1,0 +1,90 @@
+"""Upgrades: a database left by an earlier release is migrated in place without losing anything."""
+
+import psycopg
+import pytest
+
+from pipelines.database import connect
+from pipelines.migrations import migrate
+
+CHUNKS = ("SELECT id, collection_id, document_id, ordinal, text, metadata, embedding::text, tsv::text, tenant "
+          "FROM ragpipe.chunks ORDER BY id")
+
+
+@pytest.fixture
+def old_database(db_url: str):
+    """A database of its own on the test server, migrated only as far as release 0.4 (shared chunks table)."""
+    url = psycopg.conninfo.make_conninfo(db_url, dbname="ragpipe_upgrade")
+    with psycopg.connect(db_url, autocommit=True) as admin:
+        admin.execute("DROP DATABASE IF EXISTS ragpipe_upgrade WITH (FORCE)")
+        admin.execute("CREATE DATABASE ragpipe_upgrade")
+        admin.execute("DROP ROLE IF EXISTS old_app")
+        admin.execute("CREATE ROLE old_app NOLOGIN")
+    migrate(url, last="004_keyword_stats.sql")
+    yield url
+    with psycopg.connect(db_url, autocommit=True) as admin:
+        admin.execute("DROP DATABASE ragpipe_upgrade WITH (FORCE)")
+        admin.execute("DROP ROLE old_app")
+
+
+def fill_old_schema(conn: psycopg.Connection) -> tuple[int, int]:
+    """Two collections in the shared chunks table, an HNSW partial index on the first, a grant."""
+    ids = []
+    for name in ("alpha", "beta"):
+        coll = conn.execute("INSERT INTO ragpipe.collections (name, model, dimension, chunk_tokens, chunk_overlap) "
+                            "VALUES (%s, 'm', 3, 256, 32) RETURNING id", (name,)).fetchone()[0]
+        ids.append(coll)
+        for d in range(4):
+            doc = conn.execute("INSERT INTO ragpipe.documents (collection_id, source_id, uri, content_hash, metadata) "
+                               "VALUES (%s, %s, 'mem://', 'h', %s) RETURNING id",
+                               (coll, f"{name}-{d}", '{"tenant": "acme"}' if d == 0 else "{}")).fetchone()[0]
+            for o in range(3):
+                conn.execute("INSERT INTO ragpipe.chunks (collection_id, document_id, ordinal, text, token_count, "
+                             "char_start, char_end, content_hash, metadata, embedding) "
+                             "VALUES (%s, %s, %s, %s, 5, 0, 5, 'c', %s, %s)",
+                             (coll, doc, o, f"{name} apples number {d} {o}", '{"tenant": "acme"}' if d == 0 else "{}",
+                              f"[1,{d},{o + 1}]"))
+    conn.execute(f"CREATE INDEX chunks_hnsw_c{ids[0]} ON ragpipe.chunks "
+                 f"USING hnsw ((embedding::vector(3)) vector_cosine_ops) WHERE collection_id = {ids[0]}")
+    conn.execute("GRANT SELECT, INSERT ON ragpipe.chunks TO old_app")
+    return ids[0], ids[1]
+
+
+def test_upgrade_to_partitioned_chunks_keeps_every_chunk_index_and_grant(old_database):
+    with connect(old_database, autocommit=True, vector_types=False) as conn:
+        alpha, beta = fill_old_schema(conn)
+        before = conn.execute(CHUNKS).fetchall()
+    assert len(before) == 24
+
+    assert "migrations/005_chunk_partitions.sql" in migrate(old_database)
+
+    with connect(old_database, autocommit=True) as conn:
+        assert conn.execute(CHUNKS).fetchall() == before, "every chunk kept, ids and all"
+        leaves = {r[0]: r[1] for r in conn.execute(
+            "SELECT relid::regclass::text, (SELECT count(*) FROM ragpipe.chunks c WHERE c.tableoid = relid) "
+            "FROM pg_partition_tree('ragpipe.chunks') WHERE isleaf")}
+        assert leaves == {f"ragpipe.chunks_c{alpha}": 12, f"ragpipe.chunks_c{beta}": 12}
+        hnsw = conn.execute("SELECT indrelid::regclass::text FROM pg_index WHERE indexrelid::regclass::text LIKE "
+                            "'ragpipe.chunks_hnsw_c%'").fetchall()
+        assert hnsw == [(f"ragpipe.chunks_c{alpha}",)], "the index that existed is rebuilt on its partition"
+        assert [conn.execute("SELECT has_table_privilege('old_app', 'ragpipe.chunks', %s)", (p,)).fetchone()[0]
+                for p in ("SELECT", "INSERT", "DELETE")] == [True, True, False]
+        assert conn.execute("SELECT relrowsecurity FROM pg_class WHERE oid = 'ragpipe.chunks'::regclass").fetchone()[0]
+        assert conn.execute("SELECT count(*) FROM pg_policies WHERE tablename = 'chunks'").fetchone()[0] == 2
+        hits = conn.execute("SELECT text FROM ragpipe.semantic_search('alpha', '[1,3,3]', 3)").fetchall()
+        assert [h[0] for h in hits] == nearest("alpha", [1, 3, 3], 3)
+        assert conn.execute("SELECT chunk_id FROM ragpipe.keyword_search('beta', 'apples', 50)").rowcount == 12
+        new_id = conn.execute(
+            "INSERT INTO ragpipe.chunks (collection_id, document_id, ordinal, text, token_count, char_start, "
+            "char_end, content_hash, embedding) SELECT collection_id, document_id, 9, 'x', 1, 0, 1, 'c', embedding "
+            "FROM ragpipe.chunks WHERE collection_id = %s LIMIT 1 RETURNING id", (beta,)).fetchone()[0]
+        assert new_id > max(r[0] for r in before), "ids continue from the old sequence"
+
+
+def nearest(name: str, query: list[float], k: int) -> list[str]:
+    """The texts fill_old_schema gave the k chunks nearest to query by cosine, computed here."""
+    import numpy as np
+
+    q = np.array(query) / np.linalg.norm(query)
+    scored = [(-float(np.dot(q, v / np.linalg.norm(v))), f"{name} apples number {d} {o}")
+              for d in range(4) for o in range(3) for v in [np.array([1, d, o + 1])]]
+    return [text for _, text in sorted(scored)[:k]]
