@@ -45,7 +45,7 @@ def migrate(url: str, last: str | None = None) -> list[str]:
                     if done[name] != checksum:
                         log.warning("migration %s changed after it was applied; ignoring the change", name)
                     continue
-                if path in api and not api_changed:
+                if path in api and not (api_changed or applied_now):  # a migration may drop what they made
                     continue
                 with conn.transaction():
                     conn.execute(path.read_text())

@@ -46,6 +46,9 @@ def fill_old_schema(conn: psycopg.Connection) -> tuple[int, int]:
     conn.execute(f"CREATE INDEX chunks_hnsw_c{ids[0]} ON ragpipe.chunks "
                  f"USING hnsw ((embedding::vector(3)) vector_cosine_ops) WHERE collection_id = {ids[0]}")
     conn.execute("GRANT SELECT, INSERT ON ragpipe.chunks TO old_app")
+    conn.execute("CREATE VIEW ragpipe.chunk_sizes AS SELECT collection_id, sum(length(text)) AS chars "
+                 "FROM ragpipe.chunks GROUP BY collection_id")  # a view of a user's own
+    conn.execute("GRANT SELECT ON ragpipe.chunk_sizes TO old_app")
     return ids[0], ids[1]
 
 
@@ -53,6 +56,7 @@ def test_upgrade_to_partitioned_chunks_keeps_every_chunk_index_and_grant(old_dat
     with connect(old_database, autocommit=True, vector_types=False) as conn:
         alpha, beta = fill_old_schema(conn)
         before = conn.execute(CHUNKS).fetchall()
+        sizes = conn.execute("SELECT * FROM ragpipe.chunk_sizes ORDER BY 1").fetchall()
     assert len(before) == 24
 
     assert "migrations/005_chunk_partitions.sql" in migrate(old_database)
@@ -68,6 +72,10 @@ def test_upgrade_to_partitioned_chunks_keeps_every_chunk_index_and_grant(old_dat
         assert hnsw == [(f"ragpipe.chunks_c{alpha}",)], "the index that existed is rebuilt on its partition"
         assert [conn.execute("SELECT has_table_privilege('old_app', 'ragpipe.chunks', %s)", (p,)).fetchone()[0]
                 for p in ("SELECT", "INSERT", "DELETE")] == [True, True, False]
+        assert conn.execute("SELECT * FROM ragpipe.chunk_sizes ORDER BY 1").fetchall() == sizes
+        assert conn.execute("SELECT has_table_privilege('old_app', 'ragpipe.chunk_sizes', 'SELECT')").fetchone()[0]
+        assert conn.execute("SELECT collection, chunks FROM ragpipe.collection_stats ORDER BY 1").fetchall() == [
+            ("alpha", 12), ("beta", 12)]
         assert conn.execute("SELECT relrowsecurity FROM pg_class WHERE oid = 'ragpipe.chunks'::regclass").fetchone()[0]
         assert conn.execute("SELECT count(*) FROM pg_policies WHERE tablename = 'chunks'").fetchone()[0] == 2
         hits = conn.execute("SELECT text FROM ragpipe.semantic_search('alpha', '[1,3,3]', 3)").fetchall()

@@ -11,13 +11,20 @@
 CREATE FUNCTION ragpipe.chunk_partition(collection int) RETURNS text
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $fn$ SELECT 'chunks_c' || collection $fn$;
 
--- Keep what must survive the swap: the HNSW indexes, the grants.
+-- Keep what must survive the swap: the HNSW indexes, the grants, the views that read chunks
+-- (ragpipe.collection_stats, and any of your own: re-pointed in place, so their grants stay).
 CREATE TEMP TABLE hnsw_before ON COMMIT DROP AS
 SELECT k.id, k.dimension, k.settings FROM ragpipe.collections k
 WHERE to_regclass('ragpipe.chunks_hnsw_c' || k.id) IS NOT NULL;
 CREATE TEMP TABLE grants_before ON COMMIT DROP AS
 SELECT a.grantee, a.privilege_type FROM pg_class t, aclexplode(t.relacl) a
 WHERE t.oid = 'ragpipe.chunks'::regclass AND a.grantee <> t.relowner;
+
+CREATE TEMP TABLE views_before ON COMMIT DROP AS
+SELECT DISTINCT r.ev_class::regclass AS view, rtrim(pg_get_viewdef(r.ev_class), ';') AS definition
+FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid
+WHERE d.classid = 'pg_rewrite'::regclass AND d.refobjid = 'ragpipe.chunks'::regclass
+  AND r.ev_class <> 'ragpipe.chunks'::regclass;
 
 ALTER TABLE ragpipe.chunks RENAME TO chunks_unpartitioned;
 DO $$
@@ -65,6 +72,15 @@ INSERT INTO ragpipe.chunks (id, collection_id, document_id, ordinal, text, token
 SELECT id, collection_id, document_id, ordinal, text, token_count, char_start, char_end,
        heading_path, content_hash, metadata, embedding
 FROM ragpipe.chunks_unpartitioned;
+DO $$
+DECLARE
+    v record;
+BEGIN
+    FOR v IN SELECT * FROM views_before LOOP
+        EXECUTE format('CREATE OR REPLACE VIEW %s AS %s', v.view, v.definition);
+    END LOOP;
+END
+$$;
 DROP TABLE ragpipe.chunks_unpartitioned;
 
 -- Primary and unique keys must include the partition key; id and document_id lead, so a lookup by
