@@ -305,17 +305,14 @@ def bench_search(conn, chunks: int, queries: int) -> None:
     record("search", f"keyword statistics (BM25 word counts), {chunks} chunks", f"{time.perf_counter() - start:.1f} s")
     store.analyze_collection(conn, coll.id)
 
-    def run(mode: str, vector: np.ndarray, text: str, exact: bool = False) -> tuple[list[int], float]:
+    def run(mode: str, vector: np.ndarray, text: str) -> tuple[list[int], float]:
         params = dict(collection=name, embedding=vector, text=text, k=10, filter=None, semantic_weight=1.0,
                       keyword_weight=1.0)
         start = time.perf_counter()
-        with conn.transaction():
-            if exact:
-                conn.execute(query("search", "exact_off"))
-            rows = conn.execute(query("search", mode), params).fetchall()
+        rows = conn.execute(query("search", mode), params).fetchall()
         return [r[0] for r in rows], (time.perf_counter() - start) * 1000
 
-    truth = [run("semantic", v, q, exact=True) for q, v in zip(qs, qvec, strict=True)]
+    truth = [run("exact", v, q) for q, v in zip(qs, qvec, strict=True)]
     exact_ms = [t for _, t in truth]
     record("search", f"exact (brute force) semantic, {chunks} chunks: p50", f"{statistics.median(exact_ms):.1f} ms")
     for ef in (40, 80, 160, 240, 320):

@@ -92,10 +92,7 @@ def evaluate(dataset: Path, modes: list[str], collection: str | None = None, spl
 def _search(conn, mode: str, collection: str, text: str, vector: np.ndarray) -> list[tuple]:
     params = dict(collection=collection, text=text, embedding=vector, k=CHUNK_DEPTH, filter=None,
                   semantic_weight=1.0, keyword_weight=1.0)
-    with conn.transaction():
-        if mode == "exact":
-            conn.execute(query("search", "exact_off"))
-        return conn.execute(query("search", "semantic" if mode == "exact" else mode), params).fetchall()
+    return conn.execute(query("search", mode), params).fetchall()
 
 
 def _documents(rows: list[tuple]) -> dict[str, float]:

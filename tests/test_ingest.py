@@ -197,6 +197,21 @@ def test_search_is_served_by_the_hnsw_index(name, conn):
     # a selective filter (2% of the documents) still returns k rows: iterative index scans
     hits = search("anything", collection=name, k=10, filter={"group": 7})
     assert len(hits) == 10 and all(h.metadata == {"group": 7} for h in hits)
+    # the "exact" query (recall ground truth of eval and bench) is brute force: it ranks as numpy
+    # does and never touches the index
+    import numpy as np
+
+    from pipelines.sqlfiles import query
+
+    ids, vectors = zip(*conn.execute("SELECT id, embedding FROM ragpipe.chunks WHERE collection_id = %s",
+                                     (coll.id,)).fetchall(), strict=True)
+    matrix = np.stack([v.to_numpy() for v in vectors])
+    probe = matrix[123] + 0.5 * matrix[456]
+    want = [ids[i] for i in np.argsort(-(matrix @ probe) / np.linalg.norm(probe))[:10]]
+    before = scans()
+    rows = conn.execute(query("search", "exact"), dict(collection=name, embedding=probe, k=10, filter=None)).fetchall()
+    time.sleep(0.2)
+    assert [r[0] for r in rows] == want and scans() == before
 
 
 def test_each_collection_is_its_own_partition_indexed_alone_and_dropped_with_it(name, conn):

@@ -181,22 +181,19 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = ragpipe, public, pg_temp
 AS $fn$
     WITH n AS (SELECT coalesce(candidates, greatest(4 * k, 50)) AS n),
     sem AS (
-        SELECT s.chunk_id, row_number() OVER (ORDER BY s.score DESC, s.chunk_id) AS r
+        SELECT s.*, row_number() OVER (ORDER BY s.score DESC, s.chunk_id) AS r
         FROM n, ragpipe.semantic_search(collection, query_embedding, n.n, filter) s
         WHERE query_embedding IS NOT NULL),
     kw AS (
-        SELECT s.chunk_id, row_number() OVER (ORDER BY s.score DESC, s.chunk_id) AS r
+        SELECT s.*, row_number() OVER (ORDER BY s.score DESC, s.chunk_id) AS r
         FROM n, ragpipe.keyword_search(collection, query_text, n.n, filter) s
-        WHERE query_text IS NOT NULL),
-    fused AS (
-        SELECT coalesce(sem.chunk_id, kw.chunk_id) AS id,
-               coalesce(semantic_weight / (rrf_k + sem.r), 0) + coalesce(keyword_weight / (rrf_k + kw.r), 0) AS score
-        FROM sem FULL JOIN kw ON kw.chunk_id = sem.chunk_id)
-    SELECT ch.id, d.source_id, d.uri, d.title, ch.text, d.metadata, f.score
-    FROM fused f
-    JOIN ragpipe.chunks ch ON ch.id = f.id AND ch.collection_id = (ragpipe.get_collection(collection)).id
-    JOIN ragpipe.documents d ON d.id = ch.document_id
-    ORDER BY f.score DESC, ch.id
+        WHERE query_text IS NOT NULL)
+    SELECT coalesce(sem.chunk_id, kw.chunk_id), coalesce(sem.document_id, kw.document_id),
+           coalesce(sem.uri, kw.uri), coalesce(sem.title, kw.title), coalesce(sem.text, kw.text),
+           coalesce(sem.metadata, kw.metadata),
+           coalesce(semantic_weight / (rrf_k + sem.r), 0) + coalesce(keyword_weight / (rrf_k + kw.r), 0) AS score
+    FROM sem FULL JOIN kw ON kw.chunk_id = sem.chunk_id
+    ORDER BY 7 DESC, 1
     LIMIT k
 $fn$;
 
@@ -259,6 +256,7 @@ RETURNS TABLE (context text, citations jsonb)
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = ragpipe, public, pg_temp
 AS $fn$
 DECLARE
+    coll ragpipe.collections := ragpipe.get_collection(collection);
     p record;
     used int := 0;
     out_text text := '';
@@ -270,8 +268,8 @@ BEGIN
             SELECT h.document_id, h.uri, h.title, ch.document_id AS doc, ch.char_start, ch.char_end,
                    ch.token_count, ch.text, row_number() OVER () AS rank
             FROM ragpipe.hybrid_search(collection, query_text, query_embedding, k, filter) h
-            JOIN ragpipe.chunks ch ON ch.id = h.chunk_id
-                AND ch.collection_id = (ragpipe.get_collection(collection)).id),
+            CROSS JOIN LATERAL (SELECT * FROM ragpipe.chunks c  -- one index probe per hit
+                                WHERE c.id = h.chunk_id AND c.collection_id = coll.id) ch),
         ordered AS (
             SELECT *, max(char_end) OVER (PARTITION BY doc ORDER BY char_start, char_end
                                           ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS prev_end

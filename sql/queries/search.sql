@@ -25,8 +25,19 @@ FROM ragpipe.similar_documents(%(collection)s, %(document_id)s, %(k)s, %(filter)
 SELECT context, citations
 FROM ragpipe.rag_context(%(collection)s, %(text)s, %(embedding)s, %(k)s, %(max_tokens)s, %(filter)s);
 
--- name: exact_off
-SELECT set_config('enable_indexscan', 'off', true);
+-- name: exact
+-- Brute-force cosine ranking, the ground truth for recall: ordering by the uncast distance, which no
+-- index serves (the HNSW indexes are on embedding::vector(dim)). Switching index scans off is not
+-- enough: PostgreSQL 18 still picks the disabled HNSW scan for a LIMIT over a partitioned table.
+SELECT r.id, d.source_id, d.uri, d.title, r.text, d.metadata, r.score
+FROM (SELECT ch.id, ch.document_id, ch.text, 1 - (ch.embedding <=> %(embedding)s) AS score
+      FROM ragpipe.chunks ch
+      WHERE ch.collection_id = (SELECT k.id FROM ragpipe.collections k WHERE k.name = %(collection)s)
+        AND (%(filter)s::jsonb IS NULL OR ch.metadata @> %(filter)s::jsonb)
+      ORDER BY ch.embedding <=> %(embedding)s
+      LIMIT %(k)s) r
+JOIN ragpipe.documents d ON d.id = r.document_id
+ORDER BY r.score DESC, r.id;
 
 -- name: grant_reader
 SELECT ragpipe.grant_reader(%s);
