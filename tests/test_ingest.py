@@ -7,6 +7,7 @@ import pytest
 
 from pipelines import store
 from pipelines.config import parse_collection
+from pipelines.database import connect
 from pipelines.ingest import run_ingest
 from pipelines.search import search
 from tests.conftest import CORPUS, folder_spec
@@ -214,9 +215,13 @@ def test_search_is_served_by_the_hnsw_index(name, conn):
     assert [r[0] for r in rows] == want and scans() == before
 
 
-def test_each_collection_is_its_own_partition_indexed_alone_and_dropped_with_it(name, conn):
-    small = load_random_collection(conn, f"{name}_small", documents=20, chunks_per_doc=3)
+def test_each_collection_is_its_own_partition_indexed_alone_and_dropped_with_it(name, conn, db_url):
     other = load_random_collection(conn, f"{name}_other", documents=30, chunks_per_doc=2)
+    with connect(db_url) as reader:  # a search in progress: creating a collection must not wait for it
+        reader.execute("SELECT count(*) FROM ragpipe.chunks WHERE collection_id = %s", (other.id,))
+        conn.execute("SET lock_timeout = '3s'")
+        small = load_random_collection(conn, f"{name}_small", documents=20, chunks_per_doc=3)
+        conn.execute("RESET lock_timeout")
     partition = f"ragpipe.chunks_c{small.id}"
 
     def partition_of(index: str) -> str | None:

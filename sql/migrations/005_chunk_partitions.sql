@@ -111,13 +111,17 @@ BEGIN
 END
 $$;
 
--- A collection's partition is created with it and dropped with it (dropping a partition briefly
--- locks ragpipe.chunks, as any partition DDL does).
+-- A collection's partition is created with it and dropped with it. Created as a table of its own,
+-- then attached: attaching locks ragpipe.chunks against other DDL only, so searches and loads of the
+-- other collections go on (CREATE TABLE ... PARTITION OF would lock them all out until commit).
+-- Dropping a partition does lock ragpipe.chunks for a moment: PostgreSQL has no lighter way
+-- inside a transaction.
 CREATE FUNCTION ragpipe.create_chunk_partition() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = ragpipe, public, pg_temp
 AS $fn$
 BEGIN
-    EXECUTE format('CREATE TABLE IF NOT EXISTS ragpipe.%I PARTITION OF ragpipe.chunks FOR VALUES IN (%s)',
+    EXECUTE format('CREATE TABLE ragpipe.%I (LIKE ragpipe.chunks INCLUDING ALL)', ragpipe.chunk_partition(NEW.id));
+    EXECUTE format('ALTER TABLE ragpipe.chunks ATTACH PARTITION ragpipe.%I FOR VALUES IN (%s)',
                    ragpipe.chunk_partition(NEW.id), NEW.id);
     RETURN NULL;
 END
