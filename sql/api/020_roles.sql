@@ -37,7 +37,6 @@ BEGIN
     PERFORM ragpipe.grant_reader(role_name);
     EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON ragpipe.collections, ragpipe.documents, '
                    'ragpipe.chunks, ragpipe.ingest_runs, ragpipe.ingest_failures TO %I', role_name);
-    EXECUTE format('GRANT MAINTAIN ON ragpipe.documents, ragpipe.chunks TO %I', role_name);
     EXECUTE format('GRANT SELECT ON ragpipe.schema_migrations TO %I', role_name);
     EXECUTE format('GRANT USAGE ON ALL SEQUENCES IN SCHEMA ragpipe TO %I', role_name);
     EXECUTE format('GRANT EXECUTE ON FUNCTION ragpipe.build_hnsw_index(int, int), '
