@@ -15,30 +15,7 @@ SELECT k.name AS collection, k.model, k.dimension,
        k.updated_at
 FROM ragpipe.collections k;
 
--- build_hnsw_index: the HNSW index (cosine) of the collection's chunk partition, on its embeddings
--- cast to its dimension, built once after the first load. SECURITY DEFINER so the loader role needs
--- no DDL.
-CREATE OR REPLACE FUNCTION ragpipe.build_hnsw_index(collection_id int, maintenance_work_mem_mb int)
-RETURNS boolean
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = ragpipe, public, pg_temp
-AS $fn$
-DECLARE
-    coll ragpipe.collections;
-    index_name text := 'chunks_hnsw_c' || collection_id;
-BEGIN
-    SELECT * INTO STRICT coll FROM ragpipe.collections c WHERE c.id = build_hnsw_index.collection_id;
-    IF to_regclass('ragpipe.' || index_name) IS NOT NULL THEN
-        RETURN false;
-    END IF;
-    PERFORM set_config('maintenance_work_mem', maintenance_work_mem_mb || 'MB', true);
-    EXECUTE format('CREATE INDEX %I ON ragpipe.%I USING hnsw ((embedding::vector(%s)) vector_cosine_ops) '
-                   'WITH (m = %s, ef_construction = %s)',
-                   index_name, ragpipe.chunk_partition(coll.id), coll.dimension,
-                   coalesce((coll.settings -> 'index' ->> 'm')::int, 16),
-                   coalesce((coll.settings -> 'index' ->> 'ef_construction')::int, 64));
-    RETURN true;
-END
-$fn$;
+-- ragpipe.build_hnsw_index is defined in sql/migrations/005_chunk_partitions.sql, which uses it.
 
 CREATE OR REPLACE FUNCTION ragpipe.get_collection(collection text)
 RETURNS ragpipe.collections

@@ -6,7 +6,8 @@
 -- collection, so the loader role still needs no DDL. Partitions carry no grants of their own:
 -- every role reads and writes through ragpipe.chunks, whose row-level security policies apply.
 -- Upgrading copies the existing chunks into the partitions and rebuilds the HNSW indexes that
--- existed (minutes for millions of chunks, once).
+-- existed (minutes for millions of chunks, once). ragpipe.build_hnsw_index, which builds them here
+-- and after every first load, is defined at the end of this file.
 
 CREATE FUNCTION ragpipe.chunk_partition(collection int) RETURNS text
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $fn$ SELECT 'chunks_c' || collection $fn$;
@@ -14,7 +15,7 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $fn$ SELECT 'chunks_c' || collection $fn
 -- Keep what must survive the swap: the HNSW indexes, the grants, the views that read chunks
 -- (ragpipe.collection_stats, and any of your own: re-pointed in place, so their grants stay).
 CREATE TEMP TABLE hnsw_before ON COMMIT DROP AS
-SELECT k.id, k.dimension, k.settings FROM ragpipe.collections k
+SELECT k.id, k.dimension FROM ragpipe.collections k
 WHERE to_regclass('ragpipe.chunks_hnsw_c' || k.id) IS NOT NULL;
 CREATE TEMP TABLE grants_before ON COMMIT DROP AS
 SELECT a.grantee, a.privilege_type FROM pg_class t, aclexplode(t.relacl) a
@@ -37,22 +38,12 @@ BEGIN
 END
 $$;
 
-CREATE TABLE ragpipe.chunks (
-    id            bigint NOT NULL DEFAULT nextval('ragpipe.chunks_id_seq'),
-    collection_id int  NOT NULL REFERENCES ragpipe.collections ON DELETE CASCADE,
-    document_id   bigint NOT NULL REFERENCES ragpipe.documents ON DELETE CASCADE,
-    ordinal       int  NOT NULL,
-    text          text NOT NULL,
-    token_count   int  NOT NULL,
-    char_start    int  NOT NULL,
-    char_end      int  NOT NULL,
-    heading_path  text[] NOT NULL DEFAULT '{}',
-    content_hash  text NOT NULL,
-    metadata      jsonb NOT NULL DEFAULT '{}',
-    embedding     vector NOT NULL,
-    tsv           tsvector GENERATED ALWAYS AS (to_tsvector('english', text)) STORED,
-    tenant        text GENERATED ALWAYS AS (metadata ->> 'tenant') STORED
-) PARTITION BY LIST (collection_id);
+-- Same columns, defaults (the id sequence) and generated columns as before; keys, indexes and
+-- policies are added below.
+CREATE TABLE ragpipe.chunks (LIKE ragpipe.chunks_unpartitioned INCLUDING DEFAULTS INCLUDING GENERATED)
+    PARTITION BY LIST (collection_id);
+ALTER TABLE ragpipe.chunks ADD FOREIGN KEY (collection_id) REFERENCES ragpipe.collections ON DELETE CASCADE,
+                           ADD FOREIGN KEY (document_id) REFERENCES ragpipe.documents ON DELETE CASCADE;
 ALTER SEQUENCE ragpipe.chunks_id_seq OWNED BY ragpipe.chunks.id;
 
 DO $$
@@ -171,20 +162,42 @@ BEGIN  -- loader roles granted before this migration (ragpipe.grant_loader grant
 END
 $$;
 
--- Rebuild the HNSW indexes that existed, now on each collection's partition (sql/api/010_search.sql
--- builds them the same way for new collections).
+-- build_hnsw_index: the HNSW index (cosine) of the collection's chunk partition, on its embeddings
+-- cast to its dimension, built once after the first load. SECURITY DEFINER so the loader role needs
+-- no DDL.
+CREATE OR REPLACE FUNCTION ragpipe.build_hnsw_index(collection_id int, maintenance_work_mem_mb int)
+RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = ragpipe, public, pg_temp
+AS $fn$
+DECLARE
+    coll ragpipe.collections;
+    index_name text := 'chunks_hnsw_c' || collection_id;
+BEGIN
+    SELECT * INTO STRICT coll FROM ragpipe.collections c WHERE c.id = build_hnsw_index.collection_id;
+    IF to_regclass('ragpipe.' || index_name) IS NOT NULL THEN
+        RETURN false;
+    END IF;
+    PERFORM set_config('maintenance_work_mem', maintenance_work_mem_mb || 'MB', true);
+    EXECUTE format('CREATE INDEX %I ON ragpipe.%I USING hnsw ((embedding::vector(%s)) vector_cosine_ops) '
+                   'WITH (m = %s, ef_construction = %s)',
+                   index_name, ragpipe.chunk_partition(coll.id), coll.dimension,
+                   coalesce((coll.settings -> 'index' ->> 'm')::int, 16),
+                   coalesce((coll.settings -> 'index' ->> 'ef_construction')::int, 64));
+    RETURN true;
+END
+$fn$;
+REVOKE ALL ON FUNCTION ragpipe.build_hnsw_index(int, int) FROM PUBLIC;
+
+-- Rebuild the HNSW indexes that existed, now on each collection's partition, with
+-- maintenance_work_mem sized as pipelines/store.py sizes it (m = 16), at most 2 GB.
 DO $$
 DECLARE
     h record;
-BEGIN
+    n bigint;
+BEGIN  -- one at a time: an index cannot be built while a query of this session reads its table
     FOR h IN SELECT * FROM hnsw_before LOOP
-        PERFORM set_config('maintenance_work_mem', least(2048, 64 + (SELECT count(*) FROM ragpipe.chunks c
-            WHERE c.collection_id = h.id) * (4 * h.dimension + 400) / 2^20 * 1.25)::int || 'MB', true);
-        EXECUTE format('CREATE INDEX %I ON ragpipe.%I USING hnsw ((embedding::vector(%s)) vector_cosine_ops) '
-                       'WITH (m = %s, ef_construction = %s)',
-                       'chunks_hnsw_c' || h.id, ragpipe.chunk_partition(h.id), h.dimension,
-                       coalesce((h.settings -> 'index' ->> 'm')::int, 16),
-                       coalesce((h.settings -> 'index' ->> 'ef_construction')::int, 64));
+        SELECT count(*) INTO n FROM ragpipe.chunks c WHERE c.collection_id = h.id;
+        PERFORM ragpipe.build_hnsw_index(h.id, greatest(64, least(2048, 16 + n * (4 * h.dimension + 392) * 1.25 / 2^20))::int);
     END LOOP;
 END
 $$;
