@@ -25,7 +25,7 @@ demo: install
 
 ## run: the demo through Airflow: standalone Airflow 3 (UI on :8080), the sample DAGs triggered once
 run: install
-	$(BIN)/python -m pipelines.serve
+	$(BIN)/python -m pipelines.standalone run
 
 test: install
 	$(BIN)/pytest -q

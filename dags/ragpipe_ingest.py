@@ -4,7 +4,6 @@ check for each collection that declares `smoke_queries`, scheduled on the collec
 Only the config is read at parse time (no model, no database connection).
 """
 
-import os
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -13,14 +12,20 @@ from airflow.sdk import Asset, Param, dag, task
 from pipelines.config import CollectionSpec, load_collections
 from pipelines.settings import load_settings
 
+SETTINGS = load_settings()
 DEFAULT_ARGS = {
     "owner": "ragpipe",
-    "retries": int(os.environ.get("RAGPIPE_RETRIES", "3")),
-    "retry_delay": timedelta(seconds=float(os.environ.get("RAGPIPE_RETRY_DELAY", "30"))),
+    "retries": SETTINGS.retries,
+    "retry_delay": timedelta(seconds=SETTINGS.retry_delay_s),
     "retry_exponential_backoff": True,
     "max_retry_delay": timedelta(minutes=10),
 }
-EMBED_QUEUE = os.environ.get("RAGPIPE_EMBED_QUEUE", "default")
+EMBED_QUEUE = SETTINGS.embed_queue
+
+
+def timeout(task: str) -> timedelta:
+    """The task kind's execution_timeout: no task runs forever (RAGPIPE_<TASK>_TIMEOUT)."""
+    return timedelta(seconds=SETTINGS.task_timeouts_s[task])
 PARAMS = {
     "full_refresh": Param(False, type="boolean", description="Re-read and re-embed every document."),
     "limit": Param(None, type=["null", "integer"], minimum=1,
@@ -52,15 +57,16 @@ plan (list `{spec.source['kind']}` source, diff fingerprints) → `process_batch
 """,
     )
     def ingest() -> None:
-        @task
+        @task(execution_timeout=timeout("plan"))
         def plan(params: dict[str, Any] | None = None, ti: Any = None) -> list[dict[str, Any]]:
             """List the source and decide what to process; returns one entry per batch to map over."""
-            from pipelines.airflow_support import vector_db_url
+            from pipelines.airflow_support import explained_timeout, vector_db_url
             from pipelines.ingest import plan_step
 
             params = params or {}
             dry_run, full_refresh = bool(params.get("dry_run")), bool(params.get("full_refresh"))
-            p = plan_step(spec, vector_db_url(), full_refresh, params.get("limit"), dry_run)
+            with explained_timeout("plan"):
+                p = plan_step(spec, vector_db_url(), full_refresh, params.get("limit"), dry_run)
             batches = [] if dry_run else p.batches(spec.docs_per_batch)
             print(f"listed {p.listed} (complete: {p.listing_complete}): new {p.new}, changed {p.changed}, "
                   f"unchanged {p.unchanged}, to delete {len(p.deleted)}; processing "
@@ -72,25 +78,27 @@ plan (list `{spec.source['kind']}` source, diff fingerprints) → `process_batch
             return [{"refs": [vars(r) for r in b], "ingest_run_id": p.run_id, "full_refresh": full_refresh}
                     for b in batches]
 
-        @task(queue=EMBED_QUEUE)
+        @task(queue=EMBED_QUEUE, execution_timeout=timeout("batch"))
         def process_batch(refs: list[dict[str, str]], ingest_run_id: int, full_refresh: bool) -> dict[str, int]:
             """Read, extract, chunk, embed and load one batch (document references only in XCom)."""
-            from pipelines.airflow_support import vector_db_url
+            from pipelines.airflow_support import explained_timeout, vector_db_url
             from pipelines.ingest import batch_step
             from pipelines.sources import DocumentRef
 
-            result = batch_step(spec, ingest_run_id, [DocumentRef(**r) for r in refs], vector_db_url(), full_refresh)
+            with explained_timeout("batch"):
+                result = batch_step(spec, ingest_run_id, [DocumentRef(**r) for r in refs], vector_db_url(),
+                                    full_refresh)
             print("batch: " + ", ".join(f"{k} {v}" for k, v in result.counts().items()))
             for source_id, stage, reason in result.failures:
                 print(f"FAILED {source_id} ({stage}): {reason}")
             return dict(result.counts(), processed=result.processed)
 
-        @task(trigger_rule="all_done", outlets=[collection_asset(spec.name)])
+        @task(trigger_rule="all_done", outlets=[collection_asset(spec.name)], execution_timeout=timeout("finalize"))
         def finalize(planned: dict[str, Any], results: Any) -> dict[str, Any]:
             """Delete what disappeared, build the index, record the run; fail if a batch failed."""
             from airflow.sdk.exceptions import AirflowSkipException
 
-            from pipelines.airflow_support import vector_db_url
+            from pipelines.airflow_support import explained_timeout, vector_db_url
             from pipelines.ingest import finalize_step
 
             if planned["dry_run"]:
@@ -98,8 +106,9 @@ plan (list `{spec.source['kind']}` source, diff fingerprints) → `process_batch
                                            f"and delete {len(planned['deleted'])}")
             done = [r for r in (results or []) if r]
             missing = planned["documents"] - sum(r["processed"] for r in done)
-            summary = finalize_step(spec, planned["ingest_run_id"], planned["deleted"], vector_db_url(),
-                                    failed_batches=int(missing > 0))
+            with explained_timeout("finalize"):
+                summary = finalize_step(spec, planned["ingest_run_id"], planned["deleted"], vector_db_url(),
+                                        failed_batches=int(missing > 0))
             print("run {id} {status}: listed {listed}, new {new}, changed {changed}, unchanged {unchanged}, "
                   "deleted {deleted}, failed {failed}, duplicates {duplicates}, chunks embedded {chunks_embedded} "
                   "(reused {chunks_reused}) in {seconds:.1f}s".format(**summary))
@@ -126,14 +135,15 @@ def smoke_check_dag(spec: CollectionSpec) -> Any:
         doc_md=f"Runs the known queries of `{spec.name}` whenever it is refreshed; fails on empty results.",
     )
     def smoke_check() -> None:
-        @task
+        @task(execution_timeout=timeout("smoke_check"))
         def run_queries() -> dict[str, str]:
-            from pipelines.airflow_support import vector_db_url
+            from pipelines.airflow_support import explained_timeout, vector_db_url
             from pipelines.search import search
 
             top = {}
             for query in spec.smoke_queries:
-                hits = search(query, collection=spec.name, k=3, url=vector_db_url())
+                with explained_timeout("smoke_check"):
+                    hits = search(query, collection=spec.name, k=3, url=vector_db_url())
                 if not hits:
                     raise RuntimeError(f"smoke check: no results for {query!r} in {spec.name!r}")
                 print(f"{query!r} → {hits[0].document_id} ({hits[0].score:.3f})")
@@ -145,7 +155,7 @@ def smoke_check_dag(spec: CollectionSpec) -> Any:
     return smoke_check()
 
 
-for _spec in load_collections(load_settings().collections_file).values():
+for _spec in load_collections(SETTINGS.collections_file).values():
     globals()[f"ragpipe_ingest_{_spec.name}"] = ingest_dag(_spec)
     if _spec.smoke_queries:
         globals()[f"ragpipe_smoke_check_{_spec.name}"] = smoke_check_dag(_spec)

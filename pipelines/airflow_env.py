@@ -1,5 +1,6 @@
 """Environment for running Airflow on the embedded PostgreSQL (used by `make run` and the tests)."""
 
+import os
 from pathlib import Path
 
 import psycopg
@@ -29,7 +30,19 @@ def airflow_environment(home: Path | None = None) -> dict[str, str]:
         "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
         "RAGPIPE_HOME": str(settings.home),
         "RAGPIPE_COLLECTIONS": str(settings.collections_file),
+        **sized_to_machine(),
     }
+
+
+def sized_to_machine() -> dict[str, str]:
+    """Worker counts for this machine: Airflow's defaults (32 LocalExecutor workers, 4 API server
+    workers) would hold gigabytes of idle processes on a laptop. Set the variables to raise them."""
+    cpus = os.cpu_count() or 2
+    defaults = {"AIRFLOW__CORE__PARALLELISM": str(max(4, 2 * cpus)),
+                "AIRFLOW__API__WORKERS": "1",
+                "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": "1",
+                "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(max(2, cpus))}
+    return {name: os.environ.get(name, value) for name, value in defaults.items()}
 
 
 def _sqlalchemy_url(params: dict, driver: str) -> str:

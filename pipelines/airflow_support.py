@@ -1,6 +1,11 @@
 """The few things the DAGs need from Airflow itself; imported only by code running under Airflow."""
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from psycopg.conninfo import make_conninfo
+
+from .settings import load_settings
 
 CONNECTION_ID = "ragpipe_db"
 
@@ -37,3 +42,25 @@ def aws_credentials(conn_id: str) -> dict[str, str]:
     if token:
         options["token"] = token
     return {k: v for k, v in options.items() if v}
+
+
+TIMEOUT_ADVICE = {
+    "plan": "a slow source listing: raise the limit, or check the source",
+    "batch": "lower docs_per_batch in collections.yml or raise the limit; one stuck parser is already "
+             "stopped after RAGPIPE_EXTRACT_TIMEOUT",
+    "finalize": "a large HNSW build: raise the limit",
+    "smoke_check": "slow searches: check the database",
+}
+
+
+@contextmanager
+def explained_timeout(task: str) -> Iterator[None]:
+    """Turn Airflow's bare "Timeout, PID: n" into a message that says which limit to change."""
+    from airflow.sdk.exceptions import AirflowTaskTimeout
+
+    try:
+        yield
+    except AirflowTaskTimeout as exc:
+        seconds = load_settings().task_timeouts_s[task]
+        raise AirflowTaskTimeout(f"{task} ran longer than its execution_timeout of {seconds:g} s "
+                                 f"(RAGPIPE_{task.upper()}_TIMEOUT): {TIMEOUT_ADVICE[task]}") from exc

@@ -7,6 +7,8 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SQL_DIR = PROJECT_ROOT / "sql"
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+TASK_TIMEOUT_DEFAULTS = {"plan": 1800.0, "batch": 3600.0, "finalize": 3600.0, "smoke_check": 600.0}
+"""Seconds; RAGPIPE_PLAN_TIMEOUT, RAGPIPE_BATCH_TIMEOUT, ... override them."""
 
 
 @dataclass(frozen=True)
@@ -22,6 +24,11 @@ class Settings:
     extract_timeout_s: float
     """Per-document extraction time limit (0: extract in-process, no limit)."""
     extract_memory_mb: int
+    task_timeouts_s: dict[str, float]
+    """Airflow execution_timeout per task kind (plan, batch, finalize, smoke_check)."""
+    retries: int
+    retry_delay_s: float
+    embed_queue: str
 
 
 def load_settings() -> Settings:
@@ -35,4 +42,9 @@ def load_settings() -> Settings:
         lock_timeout_s=float(os.environ.get("RAGPIPE_LOCK_TIMEOUT", "60")),
         extract_timeout_s=float(os.environ.get("RAGPIPE_EXTRACT_TIMEOUT", "120")),
         extract_memory_mb=int(os.environ.get("RAGPIPE_EXTRACT_MEMORY_MB", "4096")),
+        task_timeouts_s={task: float(os.environ.get(f"RAGPIPE_{task.upper()}_TIMEOUT", default))
+                         for task, default in TASK_TIMEOUT_DEFAULTS.items()},
+        retries=int(os.environ.get("RAGPIPE_RETRIES", "3")),
+        retry_delay_s=float(os.environ.get("RAGPIPE_RETRY_DELAY", "30")),
+        embed_queue=os.environ.get("RAGPIPE_EMBED_QUEUE", "default"),
     )

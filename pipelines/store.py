@@ -63,6 +63,8 @@ def ensure_collection(conn: psycopg.Connection, name: str, model: str, dimension
     params = dict(name=name, model=model, dimension=dimension, chunk_tokens=chunk_tokens,
                   chunk_overlap=chunk_overlap, settings=json.dumps(settings))
     with conn.transaction():
+        if get_collection(conn, name) is None:
+            conn.execute(_q("lock_collection_creation"))
         conn.execute(_q("upsert_collection"), params)
         existing = get_collection(conn, name)
         assert existing is not None

@@ -5,6 +5,11 @@ INSERT INTO ragpipe.collections (name, model, dimension, chunk_tokens, chunk_ove
 VALUES (%(name)s, %(model)s, %(dimension)s, %(chunk_tokens)s, %(chunk_overlap)s, %(settings)s)
 ON CONFLICT (name) DO NOTHING;
 
+-- name: lock_collection_creation
+-- Creating a collection creates and attaches its chunks partition; two creations at once would
+-- deadlock on the partition DDL's locks, so they take turns (held until the transaction ends).
+SELECT pg_advisory_xact_lock(hashtextextended('ragpipe:create-collection', 0));
+
 -- name: get_collection
 SELECT id, name, model, dimension, chunk_tokens, chunk_overlap, settings
 FROM ragpipe.collections WHERE name = %s;

@@ -1,0 +1,149 @@
+"""`make run` and `make smoke`: standalone Airflow 3 (scheduler, dag-processor, api-server,
+triggerer; LocalExecutor) on the embedded PostgreSQL, with the servers behind the sample collections.
+
+    python -m pipelines.standalone run     # trigger every sample DAG, print a search, run until Ctrl-C
+    python -m pipelines.standalone smoke   # the same, then stop; exit 0 only if every run succeeded
+                                           # and no process it started is left
+
+Both stop everything they started (checked by pid) on Ctrl-C, on SIGTERM and on their own failure.
+"""
+
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from .airflow_api import AirflowAPI, RunFailed, wait_for, wait_for_runs
+from .airflow_env import airflow_environment
+from .database import database_url
+from .ingest import open_database
+from .proctree import ProcessTree
+from .settings import load_settings
+
+SAMPLE_DAGS = tuple(f"ragpipe_ingest_{name}" for name in
+                    ("sample", "sample_records", "sample_s3", "sample_web", "sample_sql"))
+ASSET_TRIGGERED = ("ragpipe_smoke_check_sample",)
+"""Runs the scheduler starts when an ingest run updates its Asset; smoke waits for them too."""
+START_TIMEOUT_S = 300
+RUNS_TIMEOUT_S = 420
+TASK_LIMIT_S = 240
+"""smoke fails when one task runs longer than this (the DAGs' own execution_timeout is longer)."""
+
+
+def say(text: str) -> None:
+    print(text, flush=True)
+
+
+def airflow_bin(name: str = "airflow") -> str:
+    return str(Path(sys.executable).parent / name)
+
+
+def api_healthy(port: int) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/api/v2/monitor/health", timeout=3).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def start_sample_servers(log_path: Path) -> dict[str, str]:
+    """The S3 and web servers of the sample collections, their access logs sent to log_path."""
+    handler = logging.FileHandler(log_path)
+    for name in ("werkzeug", "moto"):
+        logger = logging.getLogger(name)
+        logger.addHandler(handler)
+        logger.propagate = False
+    from .samples import start_all
+
+    return start_all(database_url())
+
+
+def login(home: Path) -> tuple[str, str]:
+    """The admin user and password that standalone Airflow generated."""
+    passwords = home / "simple_auth_manager_passwords.json.generated"
+    wait_for(f"{passwords.name}", passwords.exists, 60)
+    return next(iter(json.loads(passwords.read_text()).items()))
+
+
+def wait_for_dags(api: AirflowAPI) -> None:
+    def parsed() -> bool:
+        errors = api.import_errors()
+        if errors:
+            raise RunFailed(f"DAG import error in {errors[0]['filename']}: {errors[0]['stack_trace'][-800:]}")
+        dags = api.dags()
+        return all(d in dags and not dags[d]["is_paused"] for d in SAMPLE_DAGS)
+
+    wait_for("the sample DAGs to be parsed", parsed, START_TIMEOUT_S, every_s=2)
+
+
+def run_stack(mode: str) -> int:
+    settings = load_settings()
+    db_was_running = bool(settings.database_url) or (settings.pgdata / "postmaster.pid").exists()
+    tree = ProcessTree()
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    rc = 0
+    started = time.monotonic()
+    try:
+        open_database()
+        env = airflow_environment()
+        home = Path(env["AIRFLOW_HOME"])
+        env = dict(os.environ, **env, **start_sample_servers(home / "sample-servers.log"))
+        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # standalone runs `airflow`
+        port = int(env.get("AIRFLOW__API__PORT", "8080"))
+        log_path = home / "standalone.log"
+        say(f"starting Airflow 3 standalone (parallelism {env['AIRFLOW__CORE__PARALLELISM']}; "
+            f"log: {log_path}) ...")
+        proc = tree.start("airflow standalone", [airflow_bin(), "standalone"], env, log_path)
+        wait_for("the Airflow API server", lambda: api_healthy(port) or proc.poll() is not None, START_TIMEOUT_S, 2)
+        if proc.poll() is not None:
+            raise RunFailed(f"airflow standalone exited with {proc.returncode}; see {log_path}")
+        user, password = login(home)
+        api = AirflowAPI(f"http://127.0.0.1:{port}", user, password)
+        wait_for_dags(api)
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        triggered = {dag_id: api.trigger(dag_id, f"{mode}__{stamp}") for dag_id in SAMPLE_DAGS}
+        say(f"triggered {len(triggered)} sample DAGs; waiting for every run (the scheduler's own included) ...")
+        wait_for_runs(api, triggered, home / "logs", RUNS_TIMEOUT_S, TASK_LIMIT_S, must_succeed=ASSET_TRIGGERED,
+                      report=say)
+        say(f"every run succeeded ({time.monotonic() - started:.0f} s since start)")
+        from .demo import main as demo
+
+        demo("Does coffee affect blood vessel function?")
+        say(f"Airflow UI: http://localhost:{port}   login: {user} / {password}")
+        if mode == "run":
+            say("Running until Ctrl-C.")
+            proc.wait()
+            raise RunFailed(f"airflow standalone exited with {proc.returncode}; see {log_path}")
+    except KeyboardInterrupt:
+        say("\nstopping ...")
+    except RunFailed as exc:
+        say(f"FAILED: {exc}")
+        rc = 1
+    finally:
+        left = tree.stop()
+        if not db_was_running:
+            from .database import embedded_server
+
+            embedded_server(settings.pgdata, start=False).stop()
+        if left:
+            say("still running after stop: " + "; ".join(left))
+            rc = 1
+        else:
+            say(f"stopped every process this started ({time.monotonic() - started:.0f} s in all)")
+    return rc
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    mode = args[0] if args else "run"
+    if mode not in ("run", "smoke"):
+        raise SystemExit("usage: python -m pipelines.standalone [run|smoke]")
+    sys.exit(run_stack(mode))
+
+
+if __name__ == "__main__":
+    main()
