@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install run demo test bench lint clean
+.PHONY: install system-deps run smoke demo test bench lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,8 +27,21 @@ demo: install
 run: install
 	$(BIN)/python -m pipelines.standalone run
 
-test: install
+## smoke: the stack of `make run` in a temp state dir: every sample DAG run must succeed, then all of it stops
+smoke: install
+	RAGPIPE_HOME=$$(mktemp -d /tmp/ragpipe-smoke.XXXXXX) $(BIN)/python -m pipelines.standalone smoke
+
+## system-deps: Debian packages the tests need (redis-server for the Celery test), installed as root when missing
+system-deps:
+	@command -v redis-server >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing redis-server (Debian package) for tests/test_distributed.py"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server >/dev/null; \
+	  else echo "tests/test_distributed.py needs redis-server: sudo apt-get install redis-server"; exit 1; fi; }
+
+test: install system-deps
 	$(BIN)/pytest -q
+	$(MAKE) --no-print-directory smoke
 
 bench: install
 	$(BIN)/python -m pipelines.benchmarks

@@ -152,6 +152,14 @@ _clients: dict[int, WorkerClient] = {}
 _clients_lock = threading.Lock()
 
 
+def stop_workers() -> None:
+    """Stop this process's workers (the next document starts a new one, with the current environment)."""
+    with _clients_lock:
+        for client in _clients.values():
+            client.stop()
+            client.failed_starts = 0
+
+
 def _client(memory_mb: int) -> WorkerClient:
     """This process's worker for the given memory cap."""
     with _clients_lock:
@@ -196,7 +204,7 @@ def _serve(memory_mb: int, parent_pid: int) -> None:
     os.dup2(2, 1)  # a parser that prints must not corrupt the protocol
     _limit_memory(memory_mb)
     threading.Thread(target=_exit_with_parent, args=(parent_pid,), daemon=True).start()
-    from .faults import failpoint
+    from .faults import armed, failpoint
 
     failpoint("parser_worker_start")
     _write(proto_out, READY)
@@ -205,6 +213,10 @@ def _serve(memory_mb: int, parent_pid: int) -> None:
             data, suffix = pickle.loads(_read(proto_in, None))
         except EOFError:
             return
+        if armed("parser_crash"):
+            os.kill(os.getpid(), 9)
+        if armed("parser_hang"):
+            time.sleep(3600)
         try:
             result = extract(data, suffix)
             reply = ("ok", result.text, result.title)

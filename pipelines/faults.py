@@ -12,15 +12,21 @@ class InjectedFault(RuntimeError):
     pass
 
 
-def failpoint(name: str) -> None:
+def armed(name: str) -> bool:
+    """True when the failpoint `name` should fire now (and, with RAGPIPE_FAILPOINT_DIR, never again)."""
     names = os.environ.get("RAGPIPE_FAILPOINTS", "")
     if not names or name not in names.split(","):
-        return
+        return False
     marker_dir = os.environ.get("RAGPIPE_FAILPOINT_DIR")
     if marker_dir:
         marker = Path(marker_dir) / f"{name}.fired"
         if marker.exists():
-            return
+            return False
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.touch()
-    raise InjectedFault(f"injected fault at {name}")
+    return True
+
+
+def failpoint(name: str) -> None:
+    if armed(name):
+        raise InjectedFault(f"injected fault at {name}")

@@ -50,6 +50,20 @@ def api_healthy(port: int) -> bool:
         return False
 
 
+def port_in_use(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def check_ports(ports: dict[str, int]) -> None:
+    busy = [f"{what} port {port}" for what, port in ports.items() if port_in_use(port)]
+    if busy:
+        raise RunFailed(f"{', '.join(busy)} already in use: is `make run` or `make smoke` running? "
+                        "Stop it, or set AIRFLOW__API__PORT for another Airflow port")
+
+
 def start_sample_servers(log_path: Path) -> dict[str, str]:
     """The S3 and web servers of the sample collections, their access logs sent to log_path."""
     handler = logging.FileHandler(log_path)
@@ -88,6 +102,10 @@ def run_stack(mode: str) -> int:
     rc = 0
     started = time.monotonic()
     try:
+        from .samples import S3_PORT, WEB_PORT
+
+        check_ports({"Airflow API": int(os.environ.get("AIRFLOW__API__PORT", "8080")), "sample S3": S3_PORT,
+                     "sample web": WEB_PORT})
         open_database()
         env = airflow_environment()
         home = Path(env["AIRFLOW_HOME"])

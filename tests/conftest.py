@@ -12,6 +12,35 @@ CORPUS = ROOT / "examples" / "corpus"
 
 
 @pytest.fixture(scope="session", autouse=True)
+def no_process_left_behind(tmp_path_factory: pytest.TempPathFactory):
+    """After the whole session: no server a test started is still running (an embedded PostgreSQL of
+    any temp home, Airflow, Redis, a parser worker). Leaks are stopped, then reported as an error."""
+    yield
+    import psutil
+
+    from pipelines.extract_worker import stop_workers
+
+    stop_workers()
+    base = str(tmp_path_factory.getbasetemp())
+    ours = {p.pid for p in psutil.Process().children(recursive=True)}
+    leaked = []
+    for proc in psutil.process_iter(["pid", "cmdline", "status"]):
+        if proc.info["status"] == psutil.STATUS_ZOMBIE:
+            continue
+        cmd = proc.info["cmdline"] or []
+        data_dir = cmd[cmd.index("-D") + 1] if "-D" in cmd[:-1] else ""
+        if data_dir.startswith(base) or proc.pid in ours:
+            leaked.append(f"pid {proc.pid}: {' '.join(cmd)[:150]}")
+            if data_dir:
+                from pipelines.database import embedded_server
+
+                embedded_server(Path(data_dir), start=False).stop()
+            else:
+                proc.kill()
+    assert not leaked, "processes left running by the test session:\n" + "\n".join(leaked)
+
+
+@pytest.fixture(scope="session", autouse=True)
 def ragpipe_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Every test session gets its own state dir and embedded database (stopped at the end)."""
     home = tmp_path_factory.mktemp("ragpipe-home")

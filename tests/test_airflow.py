@@ -171,6 +171,37 @@ def test_batch_that_dies_halfway_is_retried_to_a_clean_result(airflow, corpus, n
     assert (run["status"], run["new"], run["unchanged"]) == ("succeeded", 30, 0), "counted once, not per attempt"
 
 
+def test_a_batch_stuck_in_a_parser_is_stopped_by_its_timeout_and_retried(airflow, corpus, name, conn, tmp_path):
+    """A parser that never returns (the worker's own limit set far away) is ended by the batch
+    task's execution_timeout; the retry finishes the batch and the run equals a clean one."""
+    from pipelines.extract_worker import stop_workers
+
+    reference = parse_collection({"name": f"{name}_ref", "source": {"kind": "folder", "path": str(corpus)}},
+                                 where=name, base=corpus)
+    run_ingest(reference)
+    write_collections(corpus, name, docs_per_batch=40)
+    env = {"RAGPIPE_FAILPOINTS": "parser_hang", "RAGPIPE_FAILPOINT_DIR": str(tmp_path / "faults"),
+           "RAGPIPE_BATCH_TIMEOUT": "20", "RAGPIPE_EXTRACT_TIMEOUT": "900"}
+    os.environ.update(env)
+    stop_workers()  # the next worker starts with the failpoint in its environment
+    try:
+        dag_run = run_dag(name)
+    finally:
+        for key in env:
+            os.environ.pop(key)
+        stop_workers()
+    assert (tmp_path / "faults" / "parser_hang.fired").exists(), "a parser hung"
+    assert dag_run.state == "success"
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        tries = [ti.try_number for ti in session.query(TaskInstance).filter_by(
+            dag_id=dag_run.dag_id, run_id=dag_run.run_id, task_id="process_batch")]
+    assert tries == [2], "the one batch timed out once and its retry succeeded"
+    assert_same_chunks(chunk_state(conn, name), chunk_state(conn, f"{name}_ref"))
+
+
 def test_a_writer_holding_the_collection_makes_others_wait_or_fail_clearly(airflow, corpus, name, db_url):
     write_collections(corpus, name)
     os.environ["RAGPIPE_LOCK_TIMEOUT"] = "1"

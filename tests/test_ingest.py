@@ -261,3 +261,35 @@ def test_dry_run_and_limit(corpus, name):
     assert rest["new"] == 25 and rest["unchanged"] == 5
 
 
+
+
+def test_collections_created_at_the_same_time_take_turns_instead_of_deadlocking(name, db_url):
+    """Under a real scheduler several DAGs create their collections at once; each creation attaches a
+    chunks partition, and two attaches at once deadlocked (found by `make smoke`)."""
+    import threading
+
+    from pipelines.settings import DEFAULT_MODEL
+
+    names = [f"{name}_{i}" for i in range(6)]
+    start, errors = threading.Barrier(len(names)), []
+
+    def create(collection: str) -> None:
+        try:
+            with connect(db_url, autocommit=True) as c:
+                start.wait(30)
+                store.ensure_collection(c, collection, DEFAULT_MODEL, 384, 256, 32, {})
+        except Exception as exc:  # collected and asserted below
+            errors.append(f"{collection}: {exc}")
+
+    threads = [threading.Thread(target=create, args=(n,)) for n in names]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    with connect(db_url, autocommit=True) as c:
+        partitions = c.execute(
+            "SELECT count(*) FROM pg_inherits WHERE inhparent = 'ragpipe.chunks'::regclass AND inhrelid IN "
+            "(SELECT ('ragpipe.' || ragpipe.chunk_partition(id))::regclass FROM ragpipe.collections "
+            "WHERE name = ANY(%s))", (names,)).fetchone()[0]
+    assert partitions == len(names)
