@@ -4,29 +4,30 @@ import os
 from pathlib import Path
 
 import psycopg
+import psycopg.sql
 
 from .database import database_url
 from .settings import PROJECT_ROOT, load_settings
 
 
-def airflow_environment(home: Path | None = None) -> dict[str, str]:
-    """AIRFLOW_* settings: metadata in database `airflow` of the same server, DAGs from dags/."""
+def airflow_environment(home: Path | None = None, metadata_db: str = "airflow") -> dict[str, str]:
+    """AIRFLOW_* settings: metadata in database `metadata_db` of the same server, DAGs from dags/."""
     settings = load_settings()
     home = home or settings.home / "airflow"
     home.mkdir(parents=True, exist_ok=True)
     url = database_url(settings)
     with psycopg.connect(url, autocommit=True) as conn:
-        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = 'airflow'").fetchone():
-            conn.execute("CREATE DATABASE airflow")
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (metadata_db,)).fetchone():
+            conn.execute(psycopg.sql.SQL("CREATE DATABASE {}").format(psycopg.sql.Identifier(metadata_db)))
     sa_url = psycopg.conninfo.conninfo_to_dict(url)
-    sync = _sqlalchemy_url(sa_url, "postgresql+psycopg")
+    sync = _sqlalchemy_url(sa_url, "postgresql+psycopg", metadata_db)
     return {
         "AIRFLOW_HOME": str(home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": sync,
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC": _sqlalchemy_url(sa_url, "postgresql+psycopg_async"),
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC": _sqlalchemy_url(sa_url, "postgresql+psycopg_async", metadata_db),
         "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
         "RAGPIPE_HOME": str(settings.home),
         "RAGPIPE_COLLECTIONS": str(settings.collections_file),
@@ -45,8 +46,8 @@ def sized_to_machine() -> dict[str, str]:
     return {name: os.environ.get(name, value) for name, value in defaults.items()}
 
 
-def _sqlalchemy_url(params: dict, driver: str) -> str:
-    """A SQLAlchemy URL for database `airflow` (no %-escapes: Airflow's config would interpolate them)."""
+def _sqlalchemy_url(params: dict, driver: str, dbname: str) -> str:
+    """A SQLAlchemy URL for database `dbname` (no %-escapes: Airflow's config would interpolate them)."""
     from urllib.parse import quote
 
     auth = quote(params.get("user") or "", safe="")
@@ -54,6 +55,6 @@ def _sqlalchemy_url(params: dict, driver: str) -> str:
         auth += ":" + quote(params["password"], safe="")
     host = str(params.get("host") or "")
     if host.startswith("/"):
-        return f"{driver}://{auth}@/airflow?host={host}"
-    return f"{driver}://{auth}@{host}:{params.get('port') or 5432}/airflow"
+        return f"{driver}://{auth}@/{dbname}?host={host}"
+    return f"{driver}://{auth}@{host}:{params.get('port') or 5432}/{dbname}"
 

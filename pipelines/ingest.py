@@ -30,7 +30,7 @@ from .database import connect, database_url
 from .embedding import Embedder, get_embedder
 from .extract import ExtractionError
 from .extract_worker import extract_isolated
-from .faults import failpoint
+from .faults import armed, failpoint
 from .migrations import migrate
 from .settings import load_settings
 from .sources import DocumentRef, Gone, NotModified, RawDocument, Source, make_source, same_fingerprint
@@ -425,6 +425,8 @@ def batch_step(spec: CollectionSpec, run_id: int, refs: list[DocumentRef], url: 
                full_refresh: bool = False) -> BatchResult:
     with connect(open_database(url), autocommit=True) as conn, store.collection_lock(
             conn, spec.name, load_settings().lock_timeout_s, shared=True):
+        if armed(f"slow_batch_{spec.name}"):  # tests: a batch that is surely running when its worker is killed
+            time.sleep(20)
         return process_batch(conn, spec, run_id, refs, full_refresh)
 
 

@@ -2,8 +2,9 @@
 
 Airflow puts each task in a process group of its own, and a killed LocalExecutor or Celery worker
 leaves its task processes behind with parent pid 1, so neither the process group nor the parent
-links find them all. Every process started here carries a marker in its environment, which its
-children inherit (forks and execs alike); stopping finds them by that marker.
+links find them all. Each process started here leads a session of its own, which its descendants
+keep (a new process group is not a new session); one that starts a session of its own is still
+found by a marker in its environment, which children inherit (unless setproctitle overwrote it).
 """
 
 import os
@@ -34,12 +35,27 @@ class ProcessTree:
         self.started[name] = proc
         return proc
 
+    def session(self, name: str) -> list[psutil.Process]:
+        """The live processes of one started process's session (it and what it started)."""
+        sid = self.started[name].pid
+        found = []
+        for proc in self.members():
+            try:
+                if os.getsid(proc.pid) == sid:
+                    found.append(proc)
+            except OSError:
+                continue
+        return found
+
     def members(self) -> list[psutil.Process]:
-        """Every live process carrying this tree's marker (the started ones and all their descendants)."""
+        """Every live process in a session this tree started or carrying its marker."""
+        sessions = {proc.pid for proc in self.started.values()}
         found = []
         for proc in psutil.process_iter():
+            if proc.pid == os.getpid():
+                continue
             try:
-                if proc.pid != os.getpid() and proc.environ().get(MARKER) == self.marker:
+                if os.getsid(proc.pid) in sessions or proc.environ().get(MARKER) == self.marker:
                     found.append(proc)
             except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, OSError):
                 continue

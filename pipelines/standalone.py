@@ -144,9 +144,9 @@ def run_stack(mode: str) -> int:
     finally:
         left = tree.stop()
         if not db_was_running:
-            from .database import embedded_server
+            from .database import stop_embedded_server
 
-            embedded_server(settings.pgdata, start=False).stop()
+            stop_embedded_server(settings.pgdata)
         if left:
             say("still running after stop: " + "; ".join(left))
             rc = 1

@@ -32,9 +32,9 @@ def no_process_left_behind(tmp_path_factory: pytest.TempPathFactory):
         if data_dir.startswith(base) or proc.pid in ours:
             leaked.append(f"pid {proc.pid}: {' '.join(cmd)[:150]}")
             if data_dir:
-                from pipelines.database import embedded_server
+                from pipelines.database import stop_embedded_server
 
-                embedded_server(Path(data_dir), start=False).stop()
+                stop_embedded_server(Path(data_dir))
             else:
                 proc.kill()
     assert not leaked, "processes left running by the test session:\n" + "\n".join(leaked)
@@ -49,10 +49,9 @@ def ragpipe_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     os.environ["RAGPIPE_COLLECTIONS"] = str(home / "collections.yml")
     os.environ["RAGPIPE_LOCK_TIMEOUT"] = "20"
     yield home
-    from pipelines.database import embedded_server
+    from pipelines.database import stop_embedded_server
 
-    if (home / "pgdata" / "PG_VERSION").exists():
-        embedded_server(home / "pgdata").stop()
+    stop_embedded_server(home / "pgdata")
 
 
 @pytest.fixture(scope="session")

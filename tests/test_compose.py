@@ -40,11 +40,16 @@ def test_airflow_services_share_the_project_image_and_settings():
     assert 'torch==2.13.0' in dockerfile
 
 
-def test_celery_profile_adds_redis_and_an_embed_queue_worker():
+def test_celery_profile_runs_what_the_distributed_test_proves():
+    from tests.test_distributed import WORKER_COMMAND
+
     assert SERVICES["redis"]["profiles"] == ["celery"]
     worker = SERVICES["airflow-worker"]
-    assert worker["profiles"] == ["celery"] and "embed" in worker["command"]
-    assert "redis" in worker["depends_on"]
+    assert worker["profiles"] == ["celery"] and worker["command"].split() == WORKER_COMMAND
+    assert worker["deploy"]["replicas"] == 2 and "redis" in worker["depends_on"]
+    env = worker["environment"]
+    assert env["AIRFLOW__CELERY__BROKER_URL"].startswith("redis://redis:6379")
+    assert env["AIRFLOW__CELERY__RESULT_BACKEND"].startswith("db+postgresql+psycopg://")
 
 
 def test_postgres_init_creates_the_vector_database():
