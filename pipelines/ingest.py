@@ -404,7 +404,19 @@ def prepare(raw: RawDocument, digest: str, embedder: Embedder, collection: store
     chunks = chunk_text(extracted.text, embedder.chunk_tokenizer, collection.chunk_tokens, collection.chunk_overlap)
     if not chunks:
         raise ExtractionError("document has no extractable text")
-    return Prepared(raw, digest, raw.title or extracted.title, chunks)
+    raw = dataclasses.replace(raw, metadata=storable(raw.metadata))
+    return Prepared(raw, digest, storable(raw.title or extracted.title), chunks)
+
+
+def storable(value: Any) -> Any:
+    """The value without NUL characters, which PostgreSQL text and jsonb cannot hold (keys included)."""
+    if isinstance(value, str):
+        return value.replace("\x00", "")
+    if isinstance(value, dict):
+        return {storable(k): storable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [storable(v) for v in value]
+    return value
 
 
 # Steps for orchestrators whose tasks run in separate processes (the Airflow DAGs). Each opens its

@@ -98,6 +98,7 @@ def run_stack(mode: str) -> int:
     settings = load_settings()
     db_was_running = bool(settings.database_url) or (settings.pgdata / "postmaster.pid").exists()
     tree = ProcessTree()
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with SIGINT ignored
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     rc = 0
     started = time.monotonic()

@@ -1,5 +1,6 @@
 """End to end against the embedded PostgreSQL and the real model: ingest, search, re-runs, bad input."""
 
+import json
 import os
 import time
 
@@ -293,3 +294,27 @@ def test_collections_created_at_the_same_time_take_turns_instead_of_deadlocking(
             "(SELECT ('ragpipe.' || ragpipe.chunk_partition(id))::regclass FROM ragpipe.collections "
             "WHERE name = ANY(%s))", (names,)).fetchone()[0]
     assert partitions == len(names)
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
+def test_a_nul_character_in_metadata_or_title_costs_nothing(name, conn, tmp_path, suffix):
+    """Defect: one NUL in any column of one row failed the whole run (PostgreSQL text and jsonb refuse it)."""
+    import pandas as pd
+
+    path = tmp_path / f"n{suffix}"
+    rows = [{"id": "1", "text": "ok then", "title": "t\x00x", "note": "a\x00b"},
+            {"id": "2", "text": "fine too", "title": "two", "note": "plain"}]
+    if suffix == ".jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    else:
+        frame = pd.DataFrame(rows)
+        frame["note"] = [n.encode() for n in frame["note"]]  # a binary column holding \x00
+        frame.to_parquet(path)
+    spec = parse_collection({"name": name, "source": {"kind": "tabular", "path": str(path), "title_column": "title"}},
+                            where=name, base=tmp_path)
+    summary = run_ingest(spec)
+    assert (summary["status"], summary["new"], summary["failed"]) == ("succeeded", 2, 0)
+    titles = dict(conn.execute("SELECT d.source_id, d.title FROM ragpipe.documents d JOIN ragpipe.collections k "
+                               "ON k.id = d.collection_id WHERE k.name = %s", (name,)).fetchall())
+    assert titles == {"1": "tx", "2": "two"}
+    assert run_ingest(spec)["unchanged"] == 2, "a re-run finds both rows unchanged"

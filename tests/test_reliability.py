@@ -352,3 +352,24 @@ def test_row_level_security_gives_a_tenant_role_its_own_rows_only(tmp_path, name
     everyone = conn.execute("SELECT count(DISTINCT tenant) FROM ragpipe.chunks c JOIN ragpipe.collections k "
                             "ON k.id = c.collection_id WHERE k.name = %s", (name,)).fetchone()
     assert everyone == (2,), "roles that are not tenant readers see every row"
+
+
+def test_a_fifo_or_socket_in_a_folder_is_recorded_never_a_hang(tmp_path, name, conn):
+    """Defect: a named pipe passed the listing's stat() as a 0-byte file and its open() blocked the run."""
+    import socket
+
+    folder = tmp_path / "f"
+    folder.mkdir()
+    (folder / "a.md").write_text("# A\n\nA regular document about named pipes.\n")
+    os.mkfifo(folder / "pipe.md")
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(folder / "socket.md"))
+    try:
+        summary = json.loads(ragpipe("ingest", str(folder), "-c", name, "--json").stdout)  # times out if it hangs
+    finally:
+        sock.close()
+    assert (summary["new"], summary["failed"]) == (1, 2)
+    reasons = dict(conn.execute("SELECT source_id, error FROM ragpipe.ingest_failures WHERE run_id = %s",
+                                (summary["run_id"],)).fetchall())
+    assert reasons == {"pipe.md": "a named pipe (FIFO), not a regular file; skipped",
+                       "socket.md": "a socket, not a regular file; skipped"}

@@ -2,6 +2,7 @@
 
 import fnmatch
 import os
+import stat
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,8 +66,24 @@ class FolderSource(FileFilters):
         full = (self.root / ref.source_id).resolve()
         if not full.is_relative_to(self.root):
             raise SourceError(f"{ref.source_id!r} resolves outside the source folder; refused")
-        size = full.stat().st_size
-        if size > self.max_bytes:
-            raise SourceError(f"file is {size} bytes, over the size cap of {self.max_bytes} bytes")
-        return RawDocument(ref, full.read_bytes(), full.suffix.lower(), metadata={"path": ref.source_id})
+        _refuse_non_regular(full.stat().st_mode)
+        # O_NONBLOCK: a file swapped for a FIFO after the check above still cannot block the open
+        with os.fdopen(os.open(full, os.O_RDONLY | os.O_NONBLOCK), "rb") as f:
+            st = os.fstat(f.fileno())
+            _refuse_non_regular(st.st_mode)
+            if st.st_size > self.max_bytes:
+                raise SourceError(f"file is {st.st_size} bytes, over the size cap of {self.max_bytes} bytes")
+            data = f.read(self.max_bytes + 1)
+        return RawDocument(ref, data, full.suffix.lower(), metadata={"path": ref.source_id})
+
+
+NON_REGULAR = {stat.S_ISFIFO: "a named pipe (FIFO)", stat.S_ISSOCK: "a socket", stat.S_ISCHR: "a character device",
+               stat.S_ISBLK: "a block device", stat.S_ISDIR: "a directory"}
+
+
+def _refuse_non_regular(mode: int) -> None:
+    """Only regular files are documents: reading a FIFO or a device could block forever."""
+    if not stat.S_ISREG(mode):
+        kind = next((name for test, name in NON_REGULAR.items() if test(mode)), "not a regular file")
+        raise SourceError(f"{kind}, not a regular file; skipped")
 
