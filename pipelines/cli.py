@@ -298,10 +298,14 @@ def db_stop() -> None:
 
 @db.command("status")
 def db_status() -> None:
-    """Say whether the database is reachable, and its versions."""
+    """Say whether the database is reachable, and its versions (starts nothing; exit 1 when down)."""
     from .database import connect, mask_url
     from .ingest import open_database
 
+    settings = load_settings()
+    if not settings.database_url and not (settings.pgdata / "postmaster.pid").exists():
+        click.echo(f"down: the embedded PostgreSQL in {settings.pgdata} is not running (start it: ragpipe db start)")
+        sys.exit(1)
     url = open_database()
     with connect(url) as conn:
         pg = conn.execute("SHOW server_version").fetchone()[0]

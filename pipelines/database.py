@@ -6,6 +6,7 @@ import warnings
 from pathlib import Path
 
 import psycopg
+import psycopg.conninfo
 from pgvector.psycopg import register_vector
 
 from .settings import Settings, load_settings
@@ -17,10 +18,20 @@ class DatabaseError(RuntimeError):
     """The database cannot be reached or is not usable; the message says what to do."""
 
 
-def mask_url(url: str) -> str:
-    """A connection URL with its password replaced by ***, safe to log."""
-    url = re.sub(r"(://[^:/@?]*:)[^@/?]*@", r"\1***@", url)
-    return re.sub(r"(password=)[^&\s]+", r"\1***", url)
+def mask_url(text: str) -> str:
+    """A connection string (URL or key=value, parsed by libpq's own rules) or a message quoting one,
+    with the password replaced by ***, safe to log."""
+    from urllib.parse import quote
+
+    try:
+        secret = psycopg.conninfo.conninfo_to_dict(text).get("password")
+    except psycopg.Error:
+        secret = None
+    if secret and len(str(secret)) >= 4:  # a shorter one is left to the patterns below (it would mask too much)
+        for form in {str(secret), quote(str(secret), safe=""), quote(str(secret))}:
+            text = text.replace(form, "***")
+    text = re.sub(r"(://[^:/@?\s]*:)[^@/?\s]*@", r"\1***@", text)  # URLs inside longer messages
+    return re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|[^&\s']+)", r"\1***", text)
 
 
 def embedded_server(pgdata: Path, start: bool = True):

@@ -58,3 +58,17 @@ def test_errors_are_one_line_with_nonzero_exit(tmp_path, name):
 def test_help_documents_every_command():
     for args in (["--help"], ["ingest", "--help"], ["search", "--help"], ["db", "--help"], ["status", "--help"]):
         assert "Usage:" in ragpipe(*args).stdout
+
+
+def test_db_status_of_a_stopped_embedded_server_starts_nothing(tmp_path):
+    """Defect: `ragpipe db status` started a stopped embedded server, then reported it up."""
+    env = {"RAGPIPE_HOME": str(tmp_path / "home")}
+    down = ragpipe("db", "status", check=False, env=env)
+    assert down.returncode == 1 and down.stdout.startswith("down:") and "ragpipe db start" in down.stdout
+    assert not (tmp_path / "home" / "pgdata" / "postmaster.pid").exists()
+    assert ragpipe("db", "start", env=env).returncode == 0
+    try:
+        assert ragpipe("db", "status", env=env).stdout.startswith("up:")
+    finally:
+        assert "stopped" in ragpipe("db", "stop", env=env).stdout
+    assert ragpipe("db", "status", check=False, env=env).returncode == 1

@@ -373,3 +373,18 @@ def test_a_fifo_or_socket_in_a_folder_is_recorded_never_a_hang(tmp_path, name, c
                                 (summary["run_id"],)).fetchall())
     assert reasons == {"pipe.md": "a named pipe (FIFO), not a regular file; skipped",
                        "socket.md": "a socket, not a regular file; skipped"}
+
+
+@pytest.mark.parametrize("conninfo", [
+    f"host=127.0.0.1 port=9 user=postgres password = {PASSWORD}",
+    f"password='{PASSWORD} x' host=127.0.0.1",
+    f"postgresql://loader:{PASSWORD}@127.0.0.1:1/nowhere",
+    f"postgresql://loader@127.0.0.1/db?password={PASSWORD}",
+    f"cannot connect to postgresql://loader:{PASSWORD}@db/x: connection refused",
+])
+def test_passwords_are_masked_in_every_conninfo_form(conninfo):
+    """Defect: a regex missed `password = x` and quoted values; libpq's own parser finds the password."""
+    from pipelines.database import mask_url
+
+    masked = mask_url(conninfo)
+    assert PASSWORD not in masked and "***" in masked and " x'" not in masked
