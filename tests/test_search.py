@@ -260,3 +260,40 @@ def test_eval_on_a_small_beir_dataset(tmp_path, ragpipe_home):
         assert set(m) == {"ndcg@10", "recall@100", "mrr@10", "p50_ms", "p95_ms"}
         assert m["mrr@10"] >= 0.8, (mode, m)  # the query is the document's own title
         assert m["recall@100"] == 1.0
+
+
+def test_a_huge_query_is_bounded_and_readers_have_a_statement_timeout(sample, conn, db_url):
+    """Defect: a 14 kB query of 3,000 distinct words took 19 s at 100k chunks, and the reader role
+    had no statement_timeout. Now a query's words are capped (its 32 rarest that occur, within its
+    first 16 kB) and readers get a default timeout that a later migration never overrides."""
+    import random
+
+    from pipelines.migrations import migrate
+
+    rng = random.Random(1)
+    noise = " ".join("".join(rng.choice("bcdfghjklmnpqrstvwxz") for _ in range(9)) for _ in range(3000))
+    real = "walnuts semen quality sperm"
+    conn.execute("SET statement_timeout = '20s'")  # a blow-up fails here instead of hanging the suite
+    want = [r[0] for r in conn.execute("SELECT chunk_id FROM ragpipe.keyword_search(%s, %s, 10)", (sample, real))]
+    got = [r[0] for r in conn.execute("SELECT chunk_id FROM ragpipe.keyword_search(%s, %s, 10)",
+                                      (sample, f"{real} {noise}"))]
+    assert want and got == want, "words that occur nowhere do not crowd out the ones that do"
+    huge = f"{real} " + "x" * 600_000  # 600 kB: only its first 16 kB are read
+    assert [r[0] for r in conn.execute("SELECT chunk_id FROM ragpipe.keyword_search(%s, %s, 10)",
+                                       (sample, huge))] == want
+    assert api.search(f"{real} {noise}", collection=sample, k=5, mode="hybrid")
+    conn.execute("RESET statement_timeout")
+
+    def reader_timeout() -> list[str]:
+        return [c for (cfg,) in conn.execute("SELECT setconfig FROM pg_db_role_setting WHERE setdatabase = 0 "
+                                             "AND setrole = 'ragpipe_reader'::regrole") for c in cfg
+                if c.startswith("statement_timeout=")]
+
+    assert reader_timeout() == ["statement_timeout=30s"]
+    conn.execute("ALTER ROLE ragpipe_reader SET statement_timeout = '45s'")
+    try:
+        conn.execute("DELETE FROM ragpipe.schema_migrations WHERE name LIKE 'api/%'")  # force the API to re-apply
+        migrate(db_url)
+        assert reader_timeout() == ["statement_timeout=45s"], "the owner's choice survives migrations"
+    finally:
+        conn.execute("ALTER ROLE ragpipe_reader SET statement_timeout = '30s'")

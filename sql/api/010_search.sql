@@ -97,11 +97,15 @@ DECLARE
     essential tsquery;
 BEGIN
     SELECT s.chunks, s.avg_length INTO n, avg_len FROM ragpipe.text_stats s WHERE s.collection_id = coll.id;
-    SELECT array_agg(w.lexeme ORDER BY coalesce(t.chunks, 0), w.lexeme),
-           array_agg(coalesce(t.chunks, 0)::bigint ORDER BY coalesce(t.chunks, 0), w.lexeme)
+    -- Bounded work per query, as search engines bound it: the first 16 kB of the text, and of its
+    -- distinct words the 32 rarest that occur in the collection (then the ones that occur nowhere).
+    SELECT array_agg(x.lexeme ORDER BY x.c, x.lexeme), array_agg(x.c ORDER BY x.c, x.lexeme)
     INTO words, counts
-    FROM unnest(to_tsvector('english', coalesce(query_text, ''))) w
-    LEFT JOIN ragpipe.term_stats t ON t.collection_id = coll.id AND t.lexeme = w.lexeme;
+    FROM (SELECT w.lexeme, coalesce(t.chunks, 0)::bigint AS c
+          FROM unnest(to_tsvector('english', left(coalesce(query_text, ''), 16384))) w
+          LEFT JOIN ragpipe.term_stats t ON t.collection_id = coll.id AND t.lexeme = w.lexeme
+          ORDER BY coalesce(t.chunks, 0) = 0, coalesce(t.chunks, 0), w.lexeme
+          LIMIT 32) x;
     IF words IS NULL THEN
         RETURN;
     END IF;

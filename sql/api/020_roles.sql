@@ -11,7 +11,34 @@ END
 $fn$;
 REVOKE ALL ON FUNCTION ragpipe.ensure_role(text) FROM PUBLIC;
 
+-- Readers get a default statement_timeout so that no query can pin a backend for minutes. It is
+-- set once: `ALTER ROLE r SET statement_timeout = ...` by the owner is kept by later migrations.
+CREATE OR REPLACE FUNCTION ragpipe.limit_statement_time(role_name text, max_time text DEFAULT '30s')
+RETURNS void LANGUAGE plpgsql AS $fn$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_db_role_setting s JOIN pg_roles r ON r.oid = s.setrole
+                   WHERE r.rolname = role_name AND s.setdatabase = 0
+                     AND EXISTS (SELECT 1 FROM unnest(s.setconfig) c WHERE c LIKE 'statement\_timeout=%')) THEN
+        EXECUTE format('ALTER ROLE %I SET statement_timeout = %L', role_name, max_time);
+    END IF;
+EXCEPTION WHEN insufficient_privilege THEN
+    RAISE NOTICE 'cannot set a default statement_timeout for role %: run ALTER ROLE % SET statement_timeout = %L '
+                 'as a role allowed to alter it', role_name, role_name, max_time;
+END
+$fn$;
+REVOKE ALL ON FUNCTION ragpipe.limit_statement_time(text, text) FROM PUBLIC;
+
 CREATE OR REPLACE FUNCTION ragpipe.grant_reader(role_name text) RETURNS void
+LANGUAGE plpgsql AS $fn$
+BEGIN
+    PERFORM ragpipe.grant_search(role_name);
+    PERFORM ragpipe.limit_statement_time(role_name);
+END
+$fn$;
+REVOKE ALL ON FUNCTION ragpipe.grant_reader(text) FROM PUBLIC;
+
+-- What readers and loaders share: the search functions and the public view.
+CREATE OR REPLACE FUNCTION ragpipe.grant_search(role_name text) RETURNS void
 LANGUAGE plpgsql AS $fn$
 BEGIN
     PERFORM ragpipe.ensure_role(role_name);
@@ -27,14 +54,14 @@ BEGIN
         ragpipe.get_collection(text) TO %I', role_name);
 END
 $fn$;
-REVOKE ALL ON FUNCTION ragpipe.grant_reader(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION ragpipe.grant_search(text) FROM PUBLIC;
 
 -- The loader role: what the CLI and the DAGs need to write collections, and no DDL. Index builds
 -- and ANALYZE go through SECURITY DEFINER functions (ragpipe.build_hnsw_index, analyze_collection).
 CREATE OR REPLACE FUNCTION ragpipe.grant_loader(role_name text) RETURNS void
 LANGUAGE plpgsql AS $fn$
 BEGIN
-    PERFORM ragpipe.grant_reader(role_name);
+    PERFORM ragpipe.grant_search(role_name);
     EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON ragpipe.collections, ragpipe.documents, '
                    'ragpipe.chunks, ragpipe.ingest_runs, ragpipe.ingest_failures TO %I', role_name);
     EXECUTE format('GRANT SELECT ON ragpipe.schema_migrations TO %I', role_name);

@@ -24,6 +24,7 @@ LANGUAGE plpgsql AS $fn$
 BEGIN
     PERFORM ragpipe.ensure_role(role_name);
     EXECUTE format('GRANT ragpipe_tenant_reader TO %I', role_name);
+    PERFORM ragpipe.limit_statement_time(role_name);
     INSERT INTO ragpipe.tenant_roles VALUES (role_name, tenant) ON CONFLICT DO NOTHING;
 END
 $fn$;
