@@ -13,6 +13,8 @@ from .config import CollectionSpec, ConfigError, load_collections, parse_collect
 from .settings import load_settings
 
 TABULAR_SUFFIXES = {".csv", ".jsonl", ".ndjson", ".parquet"}
+MAX_K = 1000
+"""The most results a command returns (the SQL functions check their own, larger bound)."""
 
 
 def _fail(message: str) -> None:
@@ -143,7 +145,7 @@ def _print_hits(results: list, as_json: bool) -> None:
 @main.command()
 @click.argument("query")
 @click.option("-c", "--collection", required=True, help="Collection to search.")
-@click.option("-k", "--k", "k", default=5, show_default=True, help="Number of results.")
+@click.option("-k", "--k", "k", default=5, show_default=True, type=click.IntRange(1, MAX_K), help="Number of results.")
 @click.option("--mode", type=click.Choice(["hybrid", "semantic", "keyword"]), default="hybrid", show_default=True,
               help="hybrid fuses semantic and keyword rankings (reciprocal rank fusion); best on NFCorpus.")
 @click.option("--filter", "filter_", help='Document metadata that must match (JSON), e.g. \'{"topic": "soy"}\'.')
@@ -158,7 +160,8 @@ def search(query: str, collection: str, k: int, mode: str, filter_: str | None, 
 @main.command()
 @click.argument("document_id")
 @click.option("-c", "--collection", required=True, help="Collection of the document.")
-@click.option("-k", "--k", "k", default=5, show_default=True, help="Number of documents.")
+@click.option("-k", "--k", "k", default=5, show_default=True, type=click.IntRange(1, MAX_K),
+              help="Number of documents.")
 @click.option("--json", "as_json", is_flag=True, help="Print results as a JSON list.")
 def similar(document_id: str, collection: str, k: int, as_json: bool) -> None:
     """Documents most like DOCUMENT_ID (its source id), no query needed."""
@@ -170,7 +173,7 @@ def similar(document_id: str, collection: str, k: int, as_json: bool) -> None:
 @main.command()
 @click.argument("question")
 @click.option("-c", "--collection", required=True, help="Collection to answer from.")
-@click.option("-k", "--k", "k", default=8, show_default=True, help="Chunks to retrieve.")
+@click.option("-k", "--k", "k", default=8, show_default=True, type=click.IntRange(1, MAX_K), help="Chunks to retrieve.")
 @click.option("--max-tokens", default=1500, show_default=True, help="Token budget of the context.")
 @click.option("--filter", "filter_", help="Document metadata that must match (JSON).")
 def ask(question: str, collection: str, k: int, max_tokens: int, filter_: str | None) -> None:

@@ -297,3 +297,29 @@ def test_a_huge_query_is_bounded_and_readers_have_a_statement_timeout(sample, co
         assert reader_timeout() == ["statement_timeout=45s"], "the owner's choice survives migrations"
     finally:
         conn.execute("ALTER ROLE ragpipe_reader SET statement_timeout = '30s'")
+
+
+@pytest.mark.parametrize("call, message", [
+    ("semantic_search(%(c)s, NULL, 5)", "query_embedding is NULL"),
+    ("semantic_search(%(c)s, %(v)s, NULL)", "k must be between 1 and 10000, got NULL"),
+    ("semantic_search(%(c)s, %(v)s, 1000000000)", "k must be between 1 and 10000"),
+    ("keyword_search(%(c)s, 'coffee', 0)", "k must be between 1 and 10000, got 0"),
+    ("hybrid_search(%(c)s, 'coffee', %(v)s, NULL)", "k must be between 1 and 2500"),
+    ("hybrid_search(%(c)s, 'coffee', %(v)s, 5, NULL, 'NaN')", "semantic_weight must be a finite number"),
+    ("hybrid_search(%(c)s, 'coffee', %(v)s, 5, NULL, 1, 'NaN')", "keyword_weight must be a finite number"),
+    ("similar_documents(%(c)s, 'coffee/coffee-tea-and-mortality.html', -1)", "k must be between 1 and 1000"),
+])
+def test_null_nan_and_unbounded_arguments_are_clear_errors(sample, conn, embedder, call, message):
+    """Defect: a NULL embedding returned arbitrary chunks, k => NULL or 1e9 the whole collection,
+    NaN weights NaN scores."""
+    vector = embedder.encode(["coffee"])[0]
+    with pytest.raises(psycopg.Error) as err:
+        conn.execute(f"SELECT * FROM ragpipe.{call}", {"c": sample, "v": vector})
+    assert message in str(err.value)
+
+
+@pytest.mark.parametrize("args", [["search", "coffee", "--k", "-5"], ["search", "coffee", "--k", "1000000000"],
+                                  ["similar", "x.md", "--k", "-1"]])
+def test_out_of_range_k_is_one_clear_line_in_the_cli(args, sample):
+    result = ragpipe(*args, "-c", sample, check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr and "1<=x<=1000" in result.stderr

@@ -33,6 +33,30 @@ BEGIN
 END
 $fn$;
 
+-- Argument checks shared by the search functions: a NULL or out-of-range k, a NULL embedding or a
+-- NaN weight is an error that says what to pass, never "the whole collection" or NaN scores.
+CREATE OR REPLACE FUNCTION ragpipe.checked_k(k int, max_k int DEFAULT 10000) RETURNS int
+LANGUAGE plpgsql IMMUTABLE AS $fn$
+BEGIN
+    IF k IS NULL OR k < 1 OR k > max_k THEN
+        RAISE EXCEPTION 'ragpipe: k must be between 1 and %, got %', max_k, coalesce(k::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    RETURN k;
+END
+$fn$;
+
+CREATE OR REPLACE FUNCTION ragpipe.checked_number(name text, value double precision) RETURNS double precision
+LANGUAGE plpgsql IMMUTABLE AS $fn$
+BEGIN
+    IF value IS NULL OR value = 'NaN'::float8 OR value IN ('Infinity'::float8, '-Infinity'::float8) THEN
+        RAISE EXCEPTION 'ragpipe: % must be a finite number, got %', name, coalesce(value::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    RETURN value;
+END
+$fn$;
+
 -- semantic_search: nearest chunks by cosine similarity, served by the collection's HNSW index.
 -- Iterative index scans keep returning k rows when the filter is selective.
 CREATE OR REPLACE FUNCTION ragpipe.semantic_search(
@@ -47,6 +71,11 @@ AS $fn$
 DECLARE
     coll ragpipe.collections := ragpipe.get_collection(collection);
 BEGIN
+    k := ragpipe.checked_k(k);
+    IF query_embedding IS NULL THEN
+        RAISE EXCEPTION 'ragpipe: query_embedding is NULL; embed the query with the collection''s model '
+                        '(ragpipe embed "text")' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
     IF vector_dims(query_embedding) <> coll.dimension THEN
         RAISE EXCEPTION 'ragpipe: query embedding has % dimensions, collection "%" has %',
             vector_dims(query_embedding), coll.name, coll.dimension USING ERRCODE = 'data_exception';
@@ -96,6 +125,7 @@ DECLARE
     total bigint;
     essential tsquery;
 BEGIN
+    k := ragpipe.checked_k(k);
     SELECT s.chunks, s.avg_length INTO n, avg_len FROM ragpipe.text_stats s WHERE s.collection_id = coll.id;
     -- Bounded work per query, as search engines bound it: the first 16 kB of the text, and of its
     -- distinct words the 32 rarest that occur in the collection (then the ones that occur nowhere).
@@ -160,7 +190,10 @@ RETURNS TABLE (chunk_id bigint, document_id text, uri text, title text, text tex
                score double precision)
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = ragpipe, public, pg_temp
 AS $fn$
-    WITH n AS (SELECT coalesce(candidates, greatest(4 * k, 50)) AS n),
+    WITH n AS (SELECT coalesce(candidates, greatest(4 * ragpipe.checked_k(k, 2500), 50)) AS n
+               WHERE ragpipe.checked_number('semantic_weight', semantic_weight) IS NOT NULL
+                 AND ragpipe.checked_number('keyword_weight', keyword_weight) IS NOT NULL
+                 AND ragpipe.checked_number('rrf_k', rrf_k) IS NOT NULL),
     sem AS (
         SELECT s.*, row_number() OVER (ORDER BY s.score DESC, s.chunk_id) AS r
         FROM n, ragpipe.semantic_search(collection, query_embedding, n.n, filter) s
@@ -175,7 +208,7 @@ AS $fn$
            coalesce(semantic_weight / (rrf_k + sem.r), 0) + coalesce(keyword_weight / (rrf_k + kw.r), 0) AS score
     FROM sem FULL JOIN kw ON kw.chunk_id = sem.chunk_id
     ORDER BY 7 DESC, 1
-    LIMIT k
+    LIMIT ragpipe.checked_k(k, 2500)
 $fn$;
 
 -- similar_chunks: "more like this" for a chunk (the chunk itself excluded).
@@ -190,7 +223,7 @@ AS $fn$
     CROSS JOIN LATERAL ragpipe.semantic_search(k.name, src.embedding, similar_chunks.k + 1, filter) s
     WHERE src.id = similar_chunks.chunk_id AND s.chunk_id <> src.id
     ORDER BY s.score DESC, s.chunk_id
-    LIMIT similar_chunks.k
+    LIMIT ragpipe.checked_k(similar_chunks.k)
 $fn$;
 
 -- similar_documents: documents closest to a document (mean of its chunk embeddings); one row per
@@ -206,6 +239,7 @@ DECLARE
     coll ragpipe.collections := ragpipe.get_collection(collection);
     centroid vector;
 BEGIN
+    k := ragpipe.checked_k(k, 1000);
     EXECUTE format('SELECT l2_normalize(avg(c.embedding::vector(%s))) FROM ragpipe.chunks c '
                    'JOIN ragpipe.documents d ON d.id = c.document_id '
                    'WHERE d.collection_id = $1 AND d.source_id = $2', coll.dimension)
@@ -244,6 +278,7 @@ DECLARE
     cites jsonb := '[]';
     cite_no int;
 BEGIN
+    k := ragpipe.checked_k(k);
     FOR p IN
         WITH hits AS (
             SELECT h.document_id, h.uri, h.title, ch.document_id AS doc, ch.char_start, ch.char_end,

@@ -14,9 +14,10 @@ AS $fn$
     WHERE c.collection_id = (SELECT coll.id FROM ragpipe.collections coll WHERE coll.name = collection)
       AND c.tenant IS NOT NULL AND (filter IS NULL OR c.metadata @> filter)
     ORDER BY c.embedding <=> query_embedding
-    LIMIT k;
+    LIMIT ragpipe.checked_k(k);
 $fn$;
 GRANT EXECUTE ON FUNCTION ragpipe.tenant_search(text, vector, int, jsonb) TO ragpipe_tenant_reader;
+GRANT EXECUTE ON FUNCTION ragpipe.checked_k(int, int) TO ragpipe_tenant_reader;
 
 -- `ragpipe db grant-tenant ROLE TENANT`: ROLE (created NOLOGIN if missing) reads TENANT's rows only.
 CREATE OR REPLACE FUNCTION ragpipe.grant_tenant(role_name text, tenant text) RETURNS void
