@@ -115,6 +115,9 @@ plan (list `{spec.source['kind']}` source, diff fingerprints) → `process_batch
             if missing:
                 raise RuntimeError(f"{missing} documents were not processed because a batch failed; "
                                    "nothing was deleted. Clear the failed batch to retry it.")
+            if summary["status"] == "failed":
+                raise RuntimeError(f"run {summary['id']}: every document it read failed; nothing was deleted. "
+                                   "See `ragpipe status --failures`")
             return summary
 
         batches = plan()

@@ -33,14 +33,21 @@ class Chunk:
         return hashlib.sha256(self.text.encode()).hexdigest()
 
 
-def chunk_text(text: str, tokenizer: Any, chunk_tokens: int, overlap: int) -> list[Chunk]:
-    """Split `text` into chunks of at most `chunk_tokens` tokens (special tokens included)."""
+def check_chunk_settings(tokenizer: Any, chunk_tokens: int, overlap: int) -> int:
+    """The token budget of a chunk's text; ValueError saying what to set when the settings cannot work."""
     specials = tokenizer.num_special_tokens_to_add(pair=False)
     budget = chunk_tokens - specials
     if budget < 8:
         raise ValueError(f"chunk_tokens={chunk_tokens} is too small for this tokenizer (min {specials + 8})")
     if not 0 <= overlap <= budget // 2:
-        raise ValueError(f"chunk overlap must be between 0 and {budget // 2} tokens, got {overlap}")
+        raise ValueError(f"chunk_overlap must be between 0 and {budget // 2} tokens for chunk_tokens={chunk_tokens}, "
+                         f"got {overlap}")
+    return budget
+
+
+def chunk_text(text: str, tokenizer: Any, chunk_tokens: int, overlap: int) -> list[Chunk]:
+    """Split `text` into chunks of at most `chunk_tokens` tokens (special tokens included)."""
+    budget = check_chunk_settings(tokenizer, chunk_tokens, overlap)
     spans = _token_spans(text, tokenizer)
     if not spans:
         return []

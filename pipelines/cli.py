@@ -91,7 +91,7 @@ def ingest(source: str | None, collection: str, full_refresh: bool, limit: int |
 
     Without SOURCE the collection's source from collections.yml is used. Re-runs only embed what
     changed and delete documents that disappeared. Failed documents are recorded and reported;
-    the command still exits 0 when some documents failed.
+    the command exits 0 when some documents failed, 1 when every document it read failed.
     """
     from .ingest import run_ingest
 
@@ -114,13 +114,15 @@ def ingest(source: str | None, collection: str, full_refresh: bool, limit: int |
     summary["run_id"] = summary.pop("id")
     if as_json:
         _emit(summary)
-        return
-    click.echo(
-        "run {run_id} {status}: listed {listed}, new {new}, changed {changed}, unchanged {unchanged}, "
-        "deleted {deleted}, failed {failed}, duplicates {duplicates}, chunks embedded {chunks_embedded} "
-        "(reused {chunks_reused}) in {seconds:.1f}s".format(**summary))
-    if summary.get("failed"):
-        click.echo(f"failures: ragpipe status --failures --collection {collection}")
+    else:
+        click.echo(
+            "run {run_id} {status}: listed {listed}, new {new}, changed {changed}, unchanged {unchanged}, "
+            "deleted {deleted}, failed {failed}, duplicates {duplicates}, chunks embedded {chunks_embedded} "
+            "(reused {chunks_reused}) in {seconds:.1f}s".format(**summary))
+        if summary.get("failed"):
+            click.echo(f"failures: ragpipe status --failures --collection {collection}")
+    if summary["status"] == "failed":
+        sys.exit(1)
 
 
 def _parse_filter(filter_: str | None) -> dict[str, Any] | None:

@@ -1,5 +1,6 @@
 """Bytes → readable text (+ title), one small function per format, dispatched by file suffix."""
 
+import codecs
 import io
 import re
 from collections.abc import Callable
@@ -8,6 +9,8 @@ from dataclasses import dataclass
 import charset_normalizer
 
 WESTERN = ("cp1252", "latin_1", "iso8859_15")
+BOMS = ((codecs.BOM_UTF32_LE, "utf-32-le"), (codecs.BOM_UTF32_BE, "utf-32-be"),  # UTF-32 LE starts like UTF-16 LE
+        (codecs.BOM_UTF16_LE, "utf-16-le"), (codecs.BOM_UTF16_BE, "utf-16-be"))
 
 
 class ExtractionError(ValueError):
@@ -39,6 +42,12 @@ def clean_text(text: str) -> str:
 
 def decode_text(data: bytes) -> str:
     """Decode bytes that should be text: UTF-8 first, then a detected encoding; refuse binary data."""
+    for bom, codec in BOMS:  # UTF-16/32 text is full of NUL bytes: its byte order mark says what it is
+        if data.startswith(bom):
+            try:
+                return data[len(bom):].decode(codec)
+            except UnicodeDecodeError:
+                raise ExtractionError(f"starts with a {codec} byte order mark but is not valid {codec}") from None
     sample = data[:65536]
     if sample.count(0) > len(sample) // 100 + 1:
         raise ExtractionError("binary data, not text (contains many NUL bytes)")

@@ -24,7 +24,7 @@ import numpy as np
 import psycopg
 
 from . import store
-from .chunking import Chunk, chunk_text
+from .chunking import Chunk, check_chunk_settings, chunk_text
 from .config import CollectionSpec, ConfigError
 from .database import connect, database_url
 from .embedding import Embedder, get_embedder
@@ -98,8 +98,10 @@ def open_database(url: str | None = None) -> str:
     return url
 
 
-def open_collection(conn: psycopg.Connection, spec: CollectionSpec) -> tuple[store.Collection, Embedder]:
-    """The collection's row (created on first use) and its embedder; the model loads only when needed."""
+def open_collection(conn: psycopg.Connection, spec: CollectionSpec,
+                    rechunk: bool = False) -> tuple[store.Collection, Embedder]:
+    """The collection's row (created on first use) and its embedder; the model loads only when needed.
+    New chunk settings for an existing collection are refused unless `rechunk` (a full refresh)."""
     embedder = get_embedder(spec.model, spec.batch_size)
     existing = store.get_collection(conn, spec.name)
     settings = {"index": spec.index}
@@ -107,10 +109,20 @@ def open_collection(conn: psycopg.Connection, spec: CollectionSpec) -> tuple[sto
             spec.chunk_tokens in (None, existing.chunk_tokens) and spec.chunk_overlap == existing.chunk_overlap
             and existing.settings == settings):
         return existing, embedder
-    chunk_tokens = spec.chunk_tokens or embedder.max_tokens
+    chunk_tokens = spec.chunk_tokens or (existing.chunk_tokens if existing else embedder.max_tokens)
     if chunk_tokens > embedder.max_tokens:
         raise ConfigError(f"collection {spec.name!r}: chunk_tokens={chunk_tokens} exceeds the model's limit "
                           f"of {embedder.max_tokens} tokens; the model would truncate the chunks")
+    try:
+        check_chunk_settings(embedder.chunk_tokenizer, chunk_tokens, spec.chunk_overlap)
+    except ValueError as exc:
+        raise ConfigError(f"collection {spec.name!r}: {exc}") from None
+    if existing is not None and not rechunk and (existing.chunk_tokens, existing.chunk_overlap) != (
+            chunk_tokens, spec.chunk_overlap):
+        raise ConfigError(
+            f"collection {spec.name!r} is chunked with chunk_tokens={existing.chunk_tokens}, "
+            f"chunk_overlap={existing.chunk_overlap}; this run asks for {chunk_tokens}, {spec.chunk_overlap}. "
+            "Re-chunk every document with --full-refresh (the DAG's full_refresh), or use a new collection name")
     collection = store.ensure_collection(conn, spec.name, spec.model, embedder.dimension, chunk_tokens,
                                          spec.chunk_overlap, settings)
     return collection, embedder
@@ -119,7 +131,7 @@ def open_collection(conn: psycopg.Connection, spec: CollectionSpec) -> tuple[sto
 def plan_run(conn: psycopg.Connection, spec: CollectionSpec, full_refresh: bool = False,
              limit: int | None = None, trigger: str = "cli") -> Plan:
     """List the source and diff it against the collection; opens a run row."""
-    collection, _ = open_collection(conn, spec)
+    collection, _ = open_collection(conn, spec, rechunk=full_refresh)
     run_id = store.start_run(conn, collection.id, trigger)
     listing = make_source(spec.source).list()
     known = store.document_fingerprints(conn, collection.id)
@@ -143,7 +155,7 @@ def process_batch(conn: psycopg.Connection, spec: CollectionSpec, run_id: int, r
                   full_refresh: bool = False) -> BatchResult:
     """Read, extract, chunk, embed and load a batch of documents, committing every COMMIT_EVERY
     documents; safe to retry: documents already committed are recognised by their content hash."""
-    collection, embedder = open_collection(conn, spec)
+    collection, embedder = open_collection(conn, spec, rechunk=full_refresh)
     work = read_batch(conn, collection, embedder, make_source(spec.source), refs, run_id, full_refresh,
                       spec.duplicates == "skip")
     embed_batch(work, embedder)
@@ -313,6 +325,8 @@ def finalize_run(conn: psycopg.Connection, spec: CollectionSpec, run_id: int, de
     collection = store.get_collection(conn, spec.name)
     assert collection is not None, f"collection {spec.name!r} vanished during the run"
     started = time.perf_counter()
+    if status == "succeeded" and store.run_failed_everything(conn, run_id):
+        status, error = "failed", "every document this run read failed; see `ragpipe status --failures`"
     if status == "succeeded":
         with conn.transaction():
             removed = store.delete_documents(conn, collection.id, deleted)
@@ -335,13 +349,12 @@ def run_ingest(spec: CollectionSpec, full_refresh: bool = False, limit: int | No
     url = open_database(url)
     with connect(url, autocommit=True) as conn, store.collection_lock(
             conn, spec.name, load_settings().lock_timeout_s):
-        plan = plan_run(conn, spec, full_refresh, limit, trigger)
         if dry_run:
-            return dict(store.finish_run(conn, plan.run_id, "dry_run"), would_delete=len(plan.deleted),
-                        would_process=len(plan.todo))
+            return dry_run_plan(conn, spec, full_refresh, limit, trigger)
+        plan = plan_run(conn, spec, full_refresh, limit, trigger)
         done = 0
         try:
-            collection, embedder = open_collection(conn, spec)
+            collection, embedder = open_collection(conn, spec, rechunk=full_refresh)
             for work in _read_ahead(url, collection, embedder, spec, plan, full_refresh):
                 embed_batch(work, embedder)
                 write_batch(conn, collection, plan.run_id, work)
@@ -353,6 +366,15 @@ def run_ingest(spec: CollectionSpec, full_refresh: bool = False, limit: int | No
                 store.finish_run(conn, plan.run_id, "failed", f"{type(exc).__name__}: {exc}")
             raise
         return finalize_run(conn, spec, plan.run_id, plan.deleted)
+
+
+def dry_run_plan(conn: psycopg.Connection, spec: CollectionSpec, full_refresh: bool = False,
+                 limit: int | None = None, trigger: str = "cli") -> dict[str, Any]:
+    """What a run would do, in a transaction that is rolled back: a dry run writes nothing."""
+    with conn.transaction(force_rollback=True):
+        plan = plan_run(conn, spec, full_refresh, limit, trigger)
+        return dict(store.finish_run(conn, plan.run_id, "dry_run"), would_delete=len(plan.deleted),
+                    would_process=len(plan.todo))
 
 
 def _read_ahead(url: str, collection: store.Collection, embedder: Embedder, spec: CollectionSpec, plan: Plan,
@@ -427,10 +449,10 @@ def plan_step(spec: CollectionSpec, url: str | None = None, full_refresh: bool =
               limit: int | None = None, dry_run: bool = False, trigger: str = "airflow") -> Plan:
     with connect(open_database(url), autocommit=True) as conn, store.collection_lock(
             conn, spec.name, load_settings().lock_timeout_s):
-        plan = plan_run(conn, spec, full_refresh, limit, trigger)
         if dry_run:
-            store.finish_run(conn, plan.run_id, "dry_run")
-        return plan
+            with conn.transaction(force_rollback=True):  # a dry run writes nothing
+                return plan_run(conn, spec, full_refresh, limit, trigger)
+        return plan_run(conn, spec, full_refresh, limit, trigger)
 
 
 def batch_step(spec: CollectionSpec, run_id: int, refs: list[DocumentRef], url: str | None = None,

@@ -128,6 +128,11 @@ def add_run_counts(conn: psycopg.Connection, run_id: int, **counts: int) -> None
     conn.execute(_q("add_run_counts"), dict({n: counts.get(n, 0) for n in names}, run_id=run_id))
 
 
+def run_failed_everything(conn: psycopg.Connection, run_id: int) -> bool:
+    """True when the run tried documents and not one of them loaded (then it must not report success)."""
+    return bool(conn.execute(_q("run_failed_everything"), (run_id,)).fetchone()[0])
+
+
 def finish_run(conn: psycopg.Connection, run_id: int, status: str, error: str | None = None) -> dict[str, Any]:
     with conn.transaction():
         cur = conn.execute(_q("finish_run"), dict(run_id=run_id, status=status, error=error))

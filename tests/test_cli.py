@@ -72,3 +72,50 @@ def test_db_status_of_a_stopped_embedded_server_starts_nothing(tmp_path):
     finally:
         assert "stopped" in ragpipe("db", "stop", env=env).stdout
     assert ragpipe("db", "status", check=False, env=env).returncode == 1
+
+
+def _collection_row(conn, name: str):
+    return conn.execute("SELECT chunk_tokens, chunk_overlap FROM ragpipe.collections WHERE name = %s",
+                        (name,)).fetchone()
+
+
+def test_chunk_settings_are_checked_up_front_and_never_mixed(corpus, name, conn):
+    """Defect: new chunk settings were stored but nothing was re-chunked (mixed sizes), a dry run
+    wrote them, and an impossible overlap failed every document later while the run "succeeded"."""
+    ragpipe("ingest", str(corpus), "-c", name)
+    assert _collection_row(conn, name) == (256, 32)
+    for extra in ([], ["--dry-run"]):
+        refused = ragpipe("ingest", str(corpus), "-c", name, "--chunk-tokens", "96", *extra, check=False)
+        assert refused.returncode == 1 and "Traceback" not in refused.stderr
+        assert "chunk_tokens=256" in refused.stderr and "--full-refresh" in refused.stderr
+        assert _collection_row(conn, name) == (256, 32), "nothing written"
+    rechunked = json.loads(ragpipe("ingest", str(corpus), "-c", name, "--chunk-tokens", "96", "--full-refresh",
+                                   "--json").stdout)
+    assert rechunked["status"] == "succeeded" and _collection_row(conn, name) == (96, 32)
+    longest = conn.execute("SELECT max(c.token_count) FROM ragpipe.chunks c JOIN ragpipe.collections k "
+                           "ON k.id = c.collection_id WHERE k.name = %s", (name,)).fetchone()[0]
+    assert longest <= 96, "every chunk was re-chunked"
+    next(corpus.rglob("*.md")).open("a").write("\n\nOne more paragraph about broccoli sprouts.\n")
+    edit = json.loads(ragpipe("ingest", str(corpus), "-c", name, "--json").stdout)
+    assert (edit["changed"], edit["failed"]) == (1, 0), "later runs keep the collection's own settings"
+
+
+def test_impossible_settings_fail_up_front_and_a_dry_run_writes_nothing(corpus, name, conn):
+    bad = ragpipe("ingest", str(corpus), "-c", name, "--chunk-tokens", "40", "--chunk-overlap", "50", check=False)
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    assert "chunk_overlap must be between 0 and" in bad.stderr
+    dry = json.loads(ragpipe("ingest", str(corpus), "-c", name, "--dry-run", "--json").stdout)
+    assert dry["status"] == "dry_run" and dry["would_process"] > 0
+    assert _collection_row(conn, name) is None
+    assert conn.execute("SELECT count(*) FROM ragpipe.ingest_runs r JOIN ragpipe.collections k "
+                        "ON k.id = r.collection_id WHERE k.name = %s", (name,)).fetchone() == (0,)
+
+
+def test_a_run_where_every_document_failed_does_not_report_success(tmp_path, name):
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    (folder / "binary.txt").write_bytes(bytes(range(256)) * 64)
+    (folder / "empty.md").write_text("")
+    result = ragpipe("ingest", str(folder), "-c", name, "--json", check=False)
+    summary = json.loads(result.stdout)
+    assert result.returncode == 1 and summary["status"] == "failed" and summary["failed"] == 2

@@ -88,3 +88,16 @@ def test_docx_tables_are_included():
     buf = io.BytesIO()
     d.save(buf)
     assert "Widget | 42 EUR" in extract(buf.getvalue(), ".docx").text
+
+
+@pytest.mark.parametrize("codec", ["utf-16", "utf-16-be", "utf-32"])
+def test_utf16_and_utf32_text_with_a_byte_order_mark_is_read(codec):
+    """Defect: the NUL-byte check ran before BOM detection and refused UTF-16 text as binary."""
+    import codecs
+
+    text = "# Café notes\n\nÜber naïve façades — 東京.\n"
+    data = text.encode(codec)
+    if codec == "utf-16-be":
+        data = codecs.BOM_UTF16_BE + data
+    result = extract(data, ".md")
+    assert result.text == text and result.title == "Café notes"

@@ -55,6 +55,9 @@ SET new = new + %(new)s, changed = changed + %(changed)s, unchanged = unchanged 
     chunks_embedded = chunks_embedded + %(chunks_embedded)s, chunks_reused = chunks_reused + %(chunks_reused)s
 WHERE id = %(run_id)s;
 
+-- name: run_failed_everything
+SELECT failed > 0 AND new = 0 AND changed = 0 AND duplicates = 0 FROM ragpipe.ingest_runs WHERE id = %s;
+
 -- name: finish_run
 UPDATE ragpipe.ingest_runs
 SET status = %(status)s, error = %(error)s, seconds = extract(epoch FROM clock_timestamp() - started_at),
