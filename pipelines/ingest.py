@@ -144,7 +144,8 @@ def plan_run(conn: psycopg.Connection, spec: CollectionSpec, full_refresh: bool 
         todo = todo[:limit]
     deleted = sorted(set(known) - listed) if listing.complete else []
     unchanged = len(listing.refs) - len(new) - len(changed)
-    store.set_plan_counts(conn, run_id, listing.complete, len(listing.refs), unchanged, deleted)
+    store.set_plan_counts(conn, run_id, listing.complete, len(listing.refs), unchanged,
+                          leaving=deleted + [r.source_id for r in changed])
     for problem in listing.problems:
         log.warning("listing problem (nothing will be deleted this run): %s", problem)
     return Plan(spec.name, run_id, listing.complete, len(listing.refs), len(new), len(changed), unchanged,

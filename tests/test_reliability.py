@@ -388,3 +388,21 @@ def test_passwords_are_masked_in_every_conninfo_form(conninfo):
 
     masked = mask_url(conninfo)
     assert PASSWORD not in masked and "***" in masked and " x'" not in masked
+
+
+def test_a_copy_of_a_document_edited_in_the_same_run_keeps_the_old_text_searchable(tmp_path, name, conn):
+    """Defect: the copy was recorded as "same content as a.md" while a.md was being replaced by new
+    text in the same run, so the old text was searchable nowhere until the next run."""
+    folder = tmp_path / "d"
+    folder.mkdir()
+    old = "# Apples\n\nApples keep the doctor away, say the orchards of Normandy.\n"
+    (folder / "a.md").write_text(old)
+    (folder / "z.md").write_text("# Other\n\nSomething else entirely about pears.\n")
+    spec = folder_spec(name, folder)
+    run_ingest(spec)
+    (folder / "b-backup.md").write_text(old)
+    (folder / "a.md").write_text("# Apples\n\nApples were replaced by quinces in this edition.\n")
+    summary = run_ingest(spec)
+    assert (summary["new"], summary["changed"], summary["duplicates"]) == (1, 1, 0)
+    texts = {sid: text for sid, _, _, text, _ in state(conn, name)}
+    assert "Normandy" in texts["b-backup.md"] and "quinces" in texts["a.md"]

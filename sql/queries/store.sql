@@ -133,7 +133,9 @@ RETURNING id;
 -- name: duplicate_of
 SELECT d.source_id FROM ragpipe.documents d
 WHERE d.collection_id = %(collection_id)s AND d.body_hash = %(body_hash)s AND d.source_id <> %(source_id)s
-  AND NOT EXISTS (SELECT FROM ragpipe.ingest_runs r WHERE r.id = %(run_id)s AND d.source_id = ANY (r.leaving))
+  -- not a document this run deletes, or replaces and has not yet rewritten (its stored text is going away)
+  AND NOT EXISTS (SELECT FROM ragpipe.ingest_runs r WHERE r.id = %(run_id)s AND d.source_id = ANY (r.leaving)
+                  AND d.run_id IS DISTINCT FROM r.id)
 ORDER BY d.source_id LIMIT 1;
 
 -- name: delete_documents
