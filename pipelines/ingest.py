@@ -148,6 +148,13 @@ def plan_run(conn: psycopg.Connection, spec: CollectionSpec, full_refresh: bool 
                           leaving=deleted + [r.source_id for r in changed])
     for problem in listing.problems:
         log.warning("listing problem (nothing will be deleted this run): %s", problem)
+    if listing.rejected:
+        with conn.transaction():
+            failed = sum(store.record_failure(conn, run_id, collection.id, where, None, "list", reason)
+                         for where, reason in listing.rejected)
+            store.add_run_counts(conn, run_id, failed=failed)
+        for where, reason in listing.rejected:
+            log.warning("skipped %s: %s", where, reason)
     return Plan(spec.name, run_id, listing.complete, len(listing.refs), len(new), len(changed), unchanged,
                 todo, deleted, listing.problems)
 

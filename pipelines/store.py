@@ -129,7 +129,7 @@ def add_run_counts(conn: psycopg.Connection, run_id: int, **counts: int) -> None
 
 
 def run_failed_everything(conn: psycopg.Connection, run_id: int) -> bool:
-    """True when the run tried documents and not one of them loaded (then it must not report success)."""
+    """True when the run had documents and not one of them loaded or stayed (then it must not report success)."""
     return bool(conn.execute(_q("run_failed_everything"), (run_id,)).fetchone()[0])
 
 

@@ -318,3 +318,39 @@ def test_a_nul_character_in_metadata_or_title_costs_nothing(name, conn, tmp_path
                                "ON k.id = d.collection_id WHERE k.name = %s", (name,)).fetchall())
     assert titles == {"1": "tx", "2": "two"}
     assert run_ingest(spec)["unchanged"] == 2, "a re-run finds both rows unchanged"
+
+
+def test_table_ids_and_values_are_read_as_written_and_skipped_rows_are_recorded(name, conn, tmp_path):
+    """Defect: type inference merged "007" and "7", re-keyed every row when one id was not a number,
+    turned "NA" into null, stored True or [1, 2] as ids, and dropped null and repeated ids silently."""
+    csv = tmp_path / "t.csv"
+    csv.write_text("id,text,country\n007,first text,NA\n7,second text,None\n,no id here,x\n7,a repeat,y\n")
+    spec = parse_collection({"name": name, "source": {"kind": "tabular", "path": str(csv)}}, where=name, base=tmp_path)
+    summary = run_ingest(spec)
+    assert (summary["listed"], summary["new"], summary["failed"]) == (2, 2, 2)
+    failures = dict(conn.execute("SELECT source_id, error FROM ragpipe.ingest_failures WHERE run_id = %s",
+                                 (summary["id"],)).fetchall())
+    assert failures == {"t.csv row 3": "no id (column 'id' is empty)",
+                        "t.csv row 4": "id '7' repeats row 2; only the first is loaded"}
+    docs = dict(conn.execute("SELECT d.source_id, d.metadata->>'country' FROM ragpipe.documents d "
+                             "JOIN ragpipe.collections k ON k.id = d.collection_id WHERE k.name = %s",
+                             (name,)).fetchall())
+    assert docs == {"007": "NA", "7": "None"}
+    assert [h.document_id for h in search("first", collection=name, k=5, filter={"country": "NA"})] == ["007"]
+    with csv.open("a") as f:
+        f.write("abc,a non-numeric id,z\n")
+    again = run_ingest(spec)
+    assert (again["new"], again["deleted"], again["unchanged"]) == (1, 0, 2), "adding one id re-keys nothing"
+
+    jsonl = tmp_path / "t.jsonl"
+    jsonl.write_text('{"id": "1", "text": "string one"}\n{"id": 1, "text": "number one"}\n'
+                     '{"id": true, "text": "boolean"}\n{"id": [1, 2], "text": "list"}\nnot json\n')
+    spec2 = parse_collection({"name": f"{name}_j", "source": {"kind": "tabular", "path": str(jsonl)}},
+                             where=name, base=tmp_path)
+    summary = run_ingest(spec2)
+    assert (summary["new"], summary["failed"]) == (1, 4)
+    reasons = sorted(r for (r,) in conn.execute("SELECT error FROM ragpipe.ingest_failures WHERE run_id = %s",
+                                                 (summary["id"],)))
+    assert reasons == sorted(["id '1' repeats row 1; only the first is loaded", "id True is a bool; ids must be "
+                              "strings or integers", "id [1, 2] is a list; ids must be strings or integers",
+                              "not valid JSON (Expecting value)"])

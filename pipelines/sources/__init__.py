@@ -65,6 +65,9 @@ class Listing:
     complete: bool
     """False when part of the source could not be listed: then nothing may be deleted."""
     problems: list[str] = field(default_factory=list)
+    rejected: list[tuple[str, str]] = field(default_factory=list)
+    """(where, reason) of entries that can never be documents (a table row without a usable id):
+    recorded as failures of the run; the listing stays complete."""
 
 
 class Source(Protocol):

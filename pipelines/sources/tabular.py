@@ -12,12 +12,30 @@ import pandas as pd
 
 from . import DocumentRef, Listing, RawDocument, SourceError
 
-READERS = {
-    ".csv": lambda p: pd.read_csv(p, dtype_backend="pyarrow"),
-    ".jsonl": lambda p: pd.read_json(p, lines=True, dtype_backend="pyarrow"),
-    ".ndjson": lambda p: pd.read_json(p, lines=True, dtype_backend="pyarrow"),
-    ".parquet": lambda p: pd.read_parquet(p, dtype_backend="pyarrow"),
-}
+
+def _csv(path: Path) -> list[Any]:
+    """Every cell as the file wrote it: "007" stays "007", "NA" stays "NA"; only empty cells are null."""
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
+    return json.loads(frame.to_json(orient="records"))
+
+
+def _jsonl(path: Path) -> list[Any]:
+    """Each line's JSON value as written ("1" and 1 stay different); a bad line becomes a bad row."""
+    rows: list[Any] = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                rows.append(SourceError(f"not valid JSON ({exc.msg})"))
+    return rows
+
+
+def _parquet(path: Path) -> list[Any]:
+    return json.loads(pd.read_parquet(path, dtype_backend="pyarrow").to_json(orient="records", date_format="iso"))
+
+
+READERS = {".csv": _csv, ".jsonl": _jsonl, ".ndjson": _jsonl, ".parquet": _parquet}
 
 
 @dataclass
@@ -36,24 +54,37 @@ class TabularSource:
             raise SourceError(f"table file {self.path!r} does not exist")
 
     @cached_property
-    def rows(self) -> dict[str, dict[str, Any]]:
-        """Rows keyed by id, as JSON-safe dicts (read once per process)."""
-        frame = READERS[self.file.suffix.lower()](self.file)
-        missing = [c for c in (self.id_column, self.text_column, self.title_column) if c and c not in frame]
-        if missing:
-            raise SourceError(f"{self.file.name}: missing column(s) {missing}; columns are {list(frame.columns)}")
-        records = json.loads(frame.to_json(orient="records", date_format="iso"))
+    def table(self) -> tuple[dict[str, dict[str, Any]], list[tuple[str, str]]]:
+        """Rows keyed by id, as JSON-safe dicts (read once per process), and the rows refused with why."""
+        records = READERS[self.file.suffix.lower()](self.file)
+        columns = {k for r in records if isinstance(r, dict) for k in r}
+        missing = [c for c in (self.id_column, self.text_column, self.title_column) if c and c not in columns]
+        if records and missing:
+            raise SourceError(f"{self.file.name}: missing column(s) {missing}; columns are {sorted(columns)}")
         rows: dict[str, dict[str, Any]] = {}
-        for record in records:
-            key = record.get(self.id_column)
-            if key is None or str(key) in rows:
-                continue  # rows without an id, and later duplicates of an id, are skipped
-            rows[str(key)] = record
-        return rows
+        first_row: dict[str, int] = {}
+        rejected: list[tuple[str, str]] = []
+        for number, record in enumerate(records, 1):
+            where = f"{self.file.name} row {number}"
+            if isinstance(record, SourceError) or not isinstance(record, dict):
+                rejected.append((where, str(record) if isinstance(record, SourceError) else "not a JSON object"))
+                continue
+            key, problem = _row_id(record.get(self.id_column), self.id_column)
+            if problem:
+                rejected.append((where, problem))
+            elif key in rows:
+                rejected.append((where, f"id {key!r} repeats row {first_row[key]}; only the first is loaded"))
+            else:
+                rows[key], first_row[key] = record, number
+        return rows, rejected
+
+    @property
+    def rows(self) -> dict[str, dict[str, Any]]:
+        return self.table[0]
 
     def list(self) -> Listing:
         refs = [DocumentRef(key, f"{self.file.as_uri()}#{key}", _row_hash(row)) for key, row in self.rows.items()]
-        return Listing(refs, complete=True)
+        return Listing(refs, complete=True, rejected=self.table[1])
 
     def read_many(self, refs: Iterable[DocumentRef], previous: dict[str, str | None] | None = None
                   ) -> Iterator[tuple[DocumentRef, RawDocument | Exception]]:
@@ -70,6 +101,17 @@ class TabularSource:
             metadata = {k: v for k, v in row.items() if k not in skip}
             title = row.get(self.title_column) if self.title_column else None
             yield ref, RawDocument(ref, text.encode(), ".txt", str(title) if title else None, metadata)
+
+
+def _row_id(value: Any, column: str) -> tuple[str, None] | tuple[None, str]:
+    """The row's id as text, exactly as the file wrote it (a JSON/Parquet integer as its digits)."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None, f"no id (column {column!r} is empty)"
+    if isinstance(value, str):
+        return value, None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value), None
+    return None, f"id {value!r} is a {type(value).__name__}; ids must be strings or integers"
 
 
 def _row_hash(row: dict[str, Any]) -> str:

@@ -56,7 +56,8 @@ SET new = new + %(new)s, changed = changed + %(changed)s, unchanged = unchanged 
 WHERE id = %(run_id)s;
 
 -- name: run_failed_everything
-SELECT failed > 0 AND new = 0 AND changed = 0 AND duplicates = 0 FROM ragpipe.ingest_runs WHERE id = %s;
+SELECT failed > 0 AND new = 0 AND changed = 0 AND unchanged = 0 AND duplicates = 0
+FROM ragpipe.ingest_runs WHERE id = %s;
 
 -- name: finish_run
 UPDATE ragpipe.ingest_runs
