@@ -185,7 +185,10 @@ def ask(question: str, collection: str, k: int, max_tokens: int, filter_: str | 
     https://api.openai.com/v1), and RAGPIPE_LLM_MODEL / RAGPIPE_LLM_API_KEY as needed. Without it,
     the assembled prompt is printed instead.
     """
+    import httpx
+
     from .ask import build_messages, format_citations, llm_settings, stream_answer
+    from .database import mask_url
     from .search import rag_context
 
     ctx = rag_context(question, collection, k=k, max_tokens=max_tokens, filter=_parse_filter(filter_))
@@ -200,8 +203,8 @@ def ask(question: str, collection: str, k: int, max_tokens: int, filter_: str | 
     try:
         for piece in stream_answer(settings, messages):
             click.echo(piece, nl=False)
-    except (RuntimeError, OSError, ValueError) as exc:
-        _fail(f"the LLM request failed: {exc}")
+    except (RuntimeError, OSError, ValueError, httpx.HTTPError) as exc:
+        _fail(f"the LLM request failed: {mask_url(str(exc))}; check RAGPIPE_LLM_URL")
     click.echo("\n\nSources:\n" + format_citations(ctx))
 
 
@@ -415,6 +418,9 @@ def run() -> None:
         sys.exit(exc.exit_code)
     except (ConfigError, DatabaseError, SourceError, CollectionMismatch, CollectionBusy, LookupError) as exc:
         click.echo(f"Error: {mask_url(str(exc))}", err=True)
+        sys.exit(1)
+    except (psycopg.DataError, psycopg.errors.NoDataFound, psycopg.errors.RaiseException) as exc:
+        click.echo(f"Error: {str(exc).strip().splitlines()[0].removeprefix('ragpipe: ')}", err=True)
         sys.exit(1)
     except psycopg.OperationalError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -16,6 +16,10 @@ PACKAGED_MODELS = {"sentence-transformers/all-MiniLM-L6-v2", "all-MiniLM-L6-v2"}
 BACKENDS = ("torch", "onnx-int8")
 
 
+class ModelUnavailable(LookupError):
+    """The embedding model cannot be loaded here; the message says what to use instead."""
+
+
 def split_model_id(model_id: str) -> tuple[str, str]:
     """"name#backend" → (name, backend); a plain name means the torch backend."""
     name, _, backend = model_id.partition("#")
@@ -56,9 +60,10 @@ class Embedder:
             from sentence_transformers import SentenceTransformer
 
             return SentenceTransformer(model_location(self.name), device="cpu")
-        except OSError as exc:
-            raise RuntimeError(
-                f"cannot load embedding model {self.name!r}: {exc}. Use a local path, the default "
+        except (OSError, ValueError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelUnavailable(
+                f"cannot load embedding model {self.name!r}: {first}. Use a local path, the default "
                 "model, or a hub name on a machine that can reach the hub"
             ) from None
 

@@ -6,6 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from tests.conftest import CORPUS
+
 RAGPIPE = [str(Path(sys.executable).parent / "ragpipe")]
 
 
@@ -119,3 +123,21 @@ def test_a_run_where_every_document_failed_does_not_report_success(tmp_path, nam
     result = ragpipe("ingest", str(folder), "-c", name, "--json", check=False)
     summary = json.loads(result.stdout)
     assert result.returncode == 1 and summary["status"] == "failed" and summary["failed"] == 2
+
+
+@pytest.mark.parametrize("args, env, message", [
+    (["similar", "nosuchdoc.md"], {}, 'no document "nosuchdoc.md"'),
+    (["ask", "coffee?"], {"RAGPIPE_LLM_URL": "http://127.0.0.1:9/v1"}, "the LLM request failed"),
+    (["ask", "coffee?"], {"RAGPIPE_LLM_URL": "notaurl"}, "the LLM request failed"),
+    (["ingest", str(CORPUS), "--model", "nosuch/model-xyz"], {}, "cannot load embedding model 'nosuch/model-xyz'"),
+])
+def test_user_errors_are_one_clear_line_not_a_traceback(args, env, message, name, corpus):
+    """Defect: each of these printed a traceback."""
+    ragpipe("ingest", str(corpus), "-c", name)
+    if args[0] == "ingest":
+        args = ["ingest", str(corpus), "-c", f"{name}_m", *args[2:]]
+    else:
+        args = [*args, "-c", name]
+    result = ragpipe(*args, check=False, env=env)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr

@@ -69,3 +69,20 @@ def test_a_parser_crash_is_recorded_and_the_next_document_gets_a_new_worker(tmp_
     assert Path(next(iter(reasons))).suffix in PARSED
     parsed = [p for p in corpus.rglob("*") if p.suffix in PARSED]
     assert summary["new"] == sum(1 for p in corpus.rglob("*") if p.is_file()) - 1 and len(parsed) > 1
+
+
+def test_only_the_parsers_message_crosses_the_process_boundary(tmp_path, name, conn):
+    """Defect: a zip of garbage named .docx was recorded as "TypeError: cannot pickle
+    'lxml.etree._ListErrorLog'" with a traceback in the log."""
+    import zipfile
+
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    with zipfile.ZipFile(folder / "garbage.docx", "w") as z:
+        z.writestr("word/document.xml", "<<<not xml at all>>>")
+        z.writestr("[Content_Types].xml", "garbage")
+    (folder / "fine.md").write_text("# Fine\n\nA readable document.\n")
+    result = ragpipe("ingest", str(folder), "-c", name, "--json")
+    summary = json.loads(result.stdout)
+    reason, = failures(conn, summary["run_id"]).values()
+    assert summary["new"] == 1 and "pickle" not in reason and "Traceback" not in result.stderr, reason
