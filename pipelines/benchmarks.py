@@ -262,6 +262,22 @@ def bench_reruns_and_memory(conn, tmp: Path, docs: int, small_docs: int) -> None
     record("re-runs", f"after editing 1% of files ({len(touched)})",
            f"changed {one['changed']}, chunks embedded {one['chunks_embedded']}, {one['seconds']:.1f} s")
     drop_collection(conn, "bench_memory")
+    bench_single_line(conn, tmp, mem_small)
+
+
+def bench_single_line(conn, tmp: Path, baseline_mb: float, mb: int = 50) -> None:
+    """Peak RSS of ingesting one 50 MB line of text (the size cap): chunking works in bounded windows."""
+    folder = tmp / "single-line"
+    folder.mkdir()
+    sentence = "Dietary fibre and green tea were studied in a cohort of adults over ten years without breaks "
+    (folder / "one-line.txt").write_text(sentence * (mb * 2**20 // len(sentence) - 1))
+    drop_collection(conn, "bench_single_line")
+    peak, run = peak_rss([RAGPIPE, "ingest", str(folder), "-c", "bench_single_line", "--json"])
+    record("memory", f"peak RSS, one {mb} MB single-line .txt (target <= 1.2 GB)",
+           f"{peak:.0f} MB ({peak / baseline_mb:.2f}x a normal run), {run['seconds']:.0f} s, "
+           f"{run['chunks_embedded']} distinct chunks embedded")
+    drop_collection(conn, "bench_single_line")
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def bench_search(conn, chunks: int, queries: int) -> None:

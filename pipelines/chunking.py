@@ -9,6 +9,7 @@ longer than the model's limit, special tokens included.
 
 import hashlib
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +17,8 @@ HEADING = re.compile(r"^(#{1,6})[ \t]+(.+?)[ \t#]*$", re.MULTILINE)
 SENTENCE_END = ".!?;:"
 MAX_SPAN_CHARS = 100
 HEADING_SCORE = 5
+WINDOW_CHARS = 200_000
+"""Characters tokenized at once; chunks never cross a window boundary."""
 
 
 @dataclass(frozen=True)
@@ -46,24 +49,51 @@ def check_chunk_settings(tokenizer: Any, chunk_tokens: int, overlap: int) -> int
 
 
 def chunk_text(text: str, tokenizer: Any, chunk_tokens: int, overlap: int) -> list[Chunk]:
-    """Split `text` into chunks of at most `chunk_tokens` tokens (special tokens included)."""
+    """Split `text` into chunks of at most `chunk_tokens` tokens (special tokens included).
+    A long text is tokenized in windows of about WINDOW_CHARS, cut at its most natural boundary,
+    so memory stays bounded whatever the length (a 50 MB single-line file included)."""
     budget = check_chunk_settings(tokenizer, chunk_tokens, overlap)
-    spans = _token_spans(text, tokenizer)
-    if not spans:
-        return []
-    scores = _boundary_scores(text, spans)
     headings = [(m.start(), len(m.group(1)), m.group(2).strip()) for m in HEADING.finditer(text)]
     chunks: list[Chunk] = []
+    for w_start, w_end in _windows(text, WINDOW_CHARS):
+        window = text[w_start:w_end]
+        for s, e, count in _chunk_window(window, tokenizer, chunk_tokens, budget, overlap):
+            chunks.append(Chunk(len(chunks), window[s:e], w_start + s, w_start + e, count,
+                                _heading_path(headings, w_start + s)))
+    return chunks
+
+
+def _chunk_window(text: str, tokenizer: Any, chunk_tokens: int, budget: int,
+                  overlap: int) -> Iterator[tuple[int, int, int]]:
+    """(start, end, tokens) of each chunk of `text`."""
+    spans = _token_spans(text, tokenizer)
+    if not spans:
+        return
+    scores = _boundary_scores(text, spans)
     start, n = 0, len(spans)
     while start < n:
         end = n if start + budget >= n else _best_break(scores, start, budget)
         end, count = _fit(text, spans, tokenizer, start, end, chunk_tokens)
-        s, e = spans[start][0], spans[end - 1][1]
-        chunks.append(Chunk(len(chunks), text[s:e], s, e, count, _heading_path(headings, s)))
+        yield spans[start][0], spans[end - 1][1], count
         if end >= n:
             break
         start = _overlap_start(scores, start, end, overlap)
-    return chunks
+
+
+def _windows(text: str, size: int) -> Iterator[tuple[int, int]]:
+    """Consecutive [start, end) ranges of at most `size` characters, each ending at the most natural
+    break in its second half (paragraph, line, sentence, word; a hard cut only in unbroken text)."""
+    start, n = 0, len(text)
+    while start < n:
+        end = min(n, start + size)
+        if end < n:
+            for sep in ("\n\n", "\n", ". ", " "):
+                cut = text.rfind(sep, start + size // 2, end)
+                if cut > start:
+                    end = cut + len(sep)
+                    break
+        yield start, end
+        start = end
 
 
 def count_tokens(text: str, tokenizer: Any) -> int:

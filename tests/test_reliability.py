@@ -259,8 +259,8 @@ def versioned_folder(folder: Path, version: int, count: int) -> Path:
 
 def visible_versions(conn, name: str) -> dict[str, tuple[set[int], int]]:
     """Per document, through the SQL search API: the versions its chunks carry and how many chunks."""
-    rows = conn.execute("SELECT document_id, text FROM ragpipe.keyword_search(%s, 'ver1x ver2x', 100000)",
-                        (name,)).fetchall()
+    rows = conn.execute("SELECT document_id, text FROM ragpipe.keyword_search(%s, 'ver1x ver2x', 10000)",
+                        (name,)).fetchall()  # k's maximum: every chunk
     seen: dict[str, tuple[set[int], int]] = {}
     for doc, text in rows:
         versions, count = seen.get(doc, (set(), 0))
