@@ -87,3 +87,30 @@ def test_empty_and_whitespace_give_no_chunks(embedder):
 def test_rejects_overlap_too_large(embedder):
     with pytest.raises(ValueError, match="overlap"):
         chunk_text("some text", embedder.tokenizer, 64, 60)
+
+
+def test_a_long_single_line_is_tokenized_in_bounded_windows(embedder):
+    """Defect: a 30 MB single-line file was tokenized at once (3 GB peak for its offsets). The
+    tokenizer now never sees more than a window, and chunks still cover the text in order."""
+    from pipelines.chunking import WINDOW_CHARS
+
+    tok = embedder.chunk_tokenizer
+    longest = []
+
+    class Recording:
+        def __call__(self, text, **kw):
+            longest.append(len(text))
+            return tok(text, **kw)
+
+        def __getattr__(self, name):
+            return getattr(tok, name)
+
+    rng = random.Random(4)
+    words = ["".join(rng.choice("abcdefghij") for _ in range(rng.randint(2, 9))) for _ in range(500)]
+    text = " ".join(rng.choice(words) for _ in range(3 * WINDOW_CHARS // 5))  # ~3 windows, no line break
+    chunks = chunk_text(text, Recording(), 128, 16)
+    assert max(longest) <= WINDOW_CHARS
+    assert all(c.token_count <= 128 and text[c.char_start:c.char_end] == c.text for c in chunks)
+    assert [c.ordinal for c in chunks] == list(range(len(chunks)))
+    assert chunks[0].char_start == 0 and chunks[-1].char_end == len(text.rstrip())
+    assert all(not text[a.char_end:b.char_start].strip() for a, b in zip(chunks, chunks[1:])), "no text is lost"
