@@ -8,13 +8,14 @@ stdout: it never re-imports the caller's `__main__` (a multiprocessing "spawn" c
 under Airflow 3 that is the `airflow` entry point, which cannot start inside a task) and never
 inherits the model or database connections. So it starts the same way in the CLI, `dag.test()`,
 a LocalExecutor task and a Celery worker. Every wait has a limit: start-up (`START_TIMEOUT_S`) and
-each document (RAGPIPE_EXTRACT_TIMEOUT). Only bytes and plain strings cross the boundary.
+each document (RAGPIPE_EXTRACT_TIMEOUT). Only the file's bytes go in and JSON comes back (never a
+pickle: a parser compromised by a hostile file cannot make the caller execute anything).
 """
 
 import atexit
 import collections
+import json
 import os
-import pickle
 import select
 import struct
 import subprocess
@@ -63,8 +64,9 @@ class WorkerClient:
         with self.lock:
             proc = self._running()
             try:
-                _write(proc.stdin, pickle.dumps((data, suffix)))
-                reply = pickle.loads(_read(proc.stdout, timeout_s))
+                _write(proc.stdin, suffix.encode())
+                _write(proc.stdin, data)
+                reply = json.loads(_read(proc.stdout, timeout_s))
             except TimeoutError:
                 self.stop()
                 raise ExtractionError(f"extraction took longer than {timeout_s:g} s "
@@ -210,7 +212,7 @@ def _serve(memory_mb: int, parent_pid: int) -> None:
     _write(proto_out, READY)
     while True:
         try:
-            data, suffix = pickle.loads(_read(proto_in, None))
+            suffix, data = _read(proto_in, None).decode(), _read(proto_in, None)
         except EOFError:
             return
         if armed("parser_crash"):
@@ -226,7 +228,7 @@ def _serve(memory_mb: int, parent_pid: int) -> None:
             reply = ("error", str(exc))
         except Exception as exc:  # a parser bug: only its message crosses the boundary
             reply = ("error", f"{type(exc).__name__}: {exc}")
-        _write(proto_out, pickle.dumps(reply))
+        _write(proto_out, json.dumps(reply).encode())
 
 
 def _exit_with_parent(parent_pid: int) -> None:
