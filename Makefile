@@ -2,19 +2,29 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml requirements.lock | cksum | cut -d' ' -f1)
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install system-deps run smoke demo test bench lint clean
+.PHONY: install lock system-deps run smoke demo test bench lint clean
 
-$(STAMP): pyproject.toml
+# The exact versions of requirements.lock, then ragpipe itself (editable) without resolving again.
+$(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -r requirements.lock
+	$(BIN)/pip install --quiet --no-deps -e .
 	rm -f $(VENV)/.installed-* && touch $@
 
 install: $(STAMP)
+
+## lock: resolve pyproject.toml's ranges afresh (with dev extras) and write requirements.lock
+lock:
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/pip install --quiet --upgrade pip && .lock-venv/bin/pip install --quiet '.[dev]'
+	{ sed -n '1,2p' requirements.lock; .lock-venv/bin/pip freeze --exclude-editable | grep -v '^ragpipe' \
+	  | sed 's/^torch==\([0-9.]*\)+cpu$$/torch==\1/'; } > requirements.lock.new && mv requirements.lock.new requirements.lock
+	rm -rf .lock-venv
 
 ## demo: start the embedded database, ingest the sample corpus, show a search and its SQL
 demo: install
@@ -25,11 +35,11 @@ demo: install
 
 ## run: the demo through Airflow: standalone Airflow 3 (UI on :8080), the sample DAGs triggered once
 run: install
-	$(BIN)/python -m pipelines.standalone run
+	$(BIN)/python -m pipelines.airflow.standalone run
 
 ## smoke: the stack of `make run` in a temp state dir: every sample DAG run must succeed, then all of it stops
 smoke: install
-	RAGPIPE_HOME=$$(mktemp -d /tmp/ragpipe-smoke.XXXXXX) $(BIN)/python -m pipelines.standalone smoke
+	RAGPIPE_HOME=$$(mktemp -d /tmp/ragpipe-smoke.XXXXXX) $(BIN)/python -m pipelines.airflow.standalone smoke
 
 ## system-deps: Debian packages the tests need (redis-server for the Celery test), installed as root when missing
 system-deps:

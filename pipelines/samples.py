@@ -7,11 +7,10 @@ import os
 import threading
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import psycopg
 
-from .settings import PROJECT_ROOT
+from .settings import PROJECT_ROOT, load_settings
 
 CORPUS = PROJECT_ROOT / "examples" / "corpus"
 S3_PORT, WEB_PORT = 9753, 8765
@@ -30,7 +29,7 @@ def start_web(port: int = WEB_PORT) -> ThreadingHTTPServer:
     pages = sorted(p.relative_to(CORPUS).as_posix() for p in CORPUS.rglob("*.html"))
     sitemap = ('<?xml version="1.0"?><urlset xmlns="http://www.sitemaps.org/schemas/sitemap/0.9">'
                + "".join(f"<url><loc>{base}/{p}</loc></url>" for p in pages) + "</urlset>")
-    root = Path(os.environ.get("RAGPIPE_HOME", PROJECT_ROOT / ".ragpipe")) / "sample-web"
+    root = load_settings().home / "sample-web"
     root.mkdir(parents=True, exist_ok=True)
     (root / "sitemap.xml").write_text(sitemap)
     for page in pages:

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def airflow(ragpipe_home: Path, db_url: str, tmp_path_factory):
-    from pipelines.airflow_env import airflow_environment
+    from pipelines.airflow.environment import airflow_environment
 
     env = airflow_environment(tmp_path_factory.mktemp("airflow"))
     env.update(RAGPIPE_RETRY_DELAY="1", RAGPIPE_RETRIES="2")

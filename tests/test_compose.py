@@ -29,7 +29,7 @@ def test_airflow_services_share_the_project_image_and_settings():
         env = svc["environment"]
         assert env["AIRFLOW__CORE__DAGS_FOLDER"] == "/opt/ragpipe/dags"
         assert "./dags:/opt/ragpipe/dags" in svc["volumes"]
-        from pipelines.airflow_support import CONNECTION_ID
+        from pipelines.airflow.connections import CONNECTION_ID
 
         assert f"AIRFLOW_CONN_{CONNECTION_ID.upper()}" in env
         assert env["AIRFLOW_CONN_RAGPIPE_DB"].startswith("postgresql://") and "@postgres:5432/" in env[

@@ -17,8 +17,8 @@ import psutil
 import pytest
 import yaml
 
-from pipelines.airflow_api import AirflowAPI, RunFailed, wait_for, wait_for_runs
-from pipelines.airflow_env import airflow_environment
+from pipelines.airflow.environment import airflow_environment
+from pipelines.airflow.rest import AirflowAPI, RunFailed, wait_for, wait_for_runs
 from pipelines.ingest import run_ingest
 from pipelines.proctree import ProcessTree
 from pipelines.synthetic import write_folder

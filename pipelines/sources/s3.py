@@ -32,7 +32,7 @@ class S3Source(FileFilters):
 
         options: dict[str, Any] = {}
         if self.aws_conn_id:
-            from ..airflow_support import aws_credentials
+            from ..airflow.connections import aws_credentials
 
             options.update(aws_credentials(self.aws_conn_id))
         client = {k: v for k, v in {"endpoint_url": self.endpoint_url, "region_name": self.region}.items() if v}

@@ -33,7 +33,7 @@ class SqlSource:
 
     def _connect(self) -> psycopg.Connection:
         if self.conn_id:
-            from ..airflow_support import connection_url
+            from ..airflow.connections import connection_url
 
             url = connection_url(self.conn_id)
         else:

@@ -1,0 +1,12 @@
+"""Airflow glue: the DAG factory, Airflow connections, the REST client and the local stack of
+`make run`. Importing this package does not import Airflow; calling `collection_dags` does."""
+
+from pathlib import Path
+from typing import Any
+
+
+def collection_dags(collections_file: str | Path | None = None) -> dict[str, Any]:
+    """One ingest DAG per collection of collections.yml (see pipelines/airflow/dags.py)."""
+    from .dags import collection_dags as build
+
+    return build(collections_file)

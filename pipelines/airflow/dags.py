@@ -1,0 +1,177 @@
+"""The DAG factory: one ingestion DAG per collection of collections.yml, plus a retrieval smoke
+check for each collection that declares `smoke_queries`, scheduled on the collection's Asset.
+
+A dags folder needs three lines (this repo's dags/ragpipe_ingest.py is one):
+
+    from pipelines.airflow import collection_dags
+
+    globals().update(collection_dags())   # or collection_dags("/path/to/collections.yml")
+
+Only the config is read at parse time (no model, no database connection).
+"""
+
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from airflow.sdk import DAG, Asset, Param, dag, task
+
+from ..config import CollectionSpec, load_collections
+from ..settings import Settings, load_settings
+
+
+def collection_dags(collections_file: str | Path | None = None) -> dict[str, DAG]:
+    """The DAGs of every collection in `collections_file` (default: RAGPIPE_COLLECTIONS), by dag_id."""
+    settings = load_settings()
+    dags: dict[str, DAG] = {}
+    for spec in load_collections(Path(collections_file) if collections_file else settings.collections_file).values():
+        dags[f"ragpipe_ingest_{spec.name}"] = ingest_dag(spec, settings)
+        if spec.smoke_queries:
+            dags[f"ragpipe_smoke_check_{spec.name}"] = smoke_check_dag(spec, settings)
+    return dags
+
+
+def default_args(settings: Settings) -> dict[str, Any]:
+    return {
+        "owner": "ragpipe",
+        "retries": settings.retries,
+        "retry_delay": timedelta(seconds=settings.retry_delay_s),
+        "retry_exponential_backoff": True,
+        "max_retry_delay": timedelta(minutes=10),
+    }
+
+
+def timeout(settings: Settings, task: str) -> timedelta:
+    """The task kind's execution_timeout: no task runs forever (RAGPIPE_<TASK>_TIMEOUT)."""
+    return timedelta(seconds=settings.task_timeouts_s[task])
+PARAMS = {
+    "full_refresh": Param(False, type="boolean", description="Re-read and re-embed every document."),
+    "limit": Param(None, type=["null", "integer"], minimum=1,
+                   description="Process at most this many new/changed documents (empty: all)."),
+    "dry_run": Param(False, type="boolean", description="Plan only: report what would change, write nothing."),
+}
+
+
+def collection_asset(name: str) -> Asset:
+    return Asset(name=f"ragpipe_{name}", uri=f"ragpipe://collections/{name}", group="ragpipe")
+
+
+def ingest_dag(spec: CollectionSpec, settings: Settings) -> Any:
+    @dag(
+        dag_id=f"ragpipe_ingest_{spec.name}",
+        schedule=spec.schedule,
+        start_date=datetime(2026, 1, 1),
+        catchup=False,
+        max_active_runs=1,
+        default_args=default_args(settings),
+        params=PARAMS,
+        tags=["ragpipe", "ingest", spec.source["kind"]],
+        doc_md=f"""### Ingest collection `{spec.name}`
+{spec.description}
+
+plan (list `{spec.source['kind']}` source, diff fingerprints) → `process_batch` mapped over batches of
+{spec.docs_per_batch} document references → finalize (deletions, HNSW index, statistics, run record)
+→ Asset `ragpipe_{spec.name}`. Trigger with `full_refresh`, `limit` or `dry_run` from the UI.
+""",
+    )
+    def ingest() -> None:
+        @task(execution_timeout=timeout(settings, "plan"))
+        def plan(params: dict[str, Any] | None = None, ti: Any = None) -> list[dict[str, Any]]:
+            """List the source and decide what to process; returns one entry per batch to map over."""
+            from pipelines.airflow.connections import explained_timeout, vector_db_url
+            from pipelines.ingest import plan_step
+
+            params = params or {}
+            dry_run, full_refresh = bool(params.get("dry_run")), bool(params.get("full_refresh"))
+            with explained_timeout("plan"):
+                p = plan_step(spec, vector_db_url(), full_refresh, params.get("limit"), dry_run)
+            batches = [] if dry_run else p.batches(spec.docs_per_batch)
+            print(f"listed {p.listed} (complete: {p.listing_complete}): new {p.new}, changed {p.changed}, "
+                  f"unchanged {p.unchanged}, to delete {len(p.deleted)}; processing "
+                  f"{sum(map(len, batches))} documents in {len(batches)} batches")
+            for problem in p.problems:
+                print(f"listing problem (no deletions this run): {problem}")
+            ti.xcom_push(key="plan", value={"ingest_run_id": p.run_id, "dry_run": dry_run, "deleted": p.deleted,
+                                            "documents": sum(map(len, batches)), "would_process": len(p.todo)})
+            return [{"refs": [vars(r) for r in b], "ingest_run_id": p.run_id, "full_refresh": full_refresh}
+                    for b in batches]
+
+        @task(queue=settings.embed_queue, execution_timeout=timeout(settings, "batch"))
+        def process_batch(refs: list[dict[str, str]], ingest_run_id: int, full_refresh: bool) -> dict[str, int]:
+            """Read, extract, chunk, embed and load one batch (document references only in XCom)."""
+            from pipelines.airflow.connections import explained_timeout, vector_db_url
+            from pipelines.ingest import batch_step
+            from pipelines.sources import DocumentRef
+
+            with explained_timeout("batch"):
+                result = batch_step(spec, ingest_run_id, [DocumentRef(**r) for r in refs], vector_db_url(),
+                                    full_refresh)
+            print("batch: " + ", ".join(f"{k} {v}" for k, v in result.counts().items()))
+            for source_id, stage, reason in result.failures:
+                print(f"FAILED {source_id} ({stage}): {reason}")
+            return dict(result.counts(), processed=result.processed)
+
+        @task(trigger_rule="all_done", outlets=[collection_asset(spec.name)],
+              execution_timeout=timeout(settings, "finalize"))
+        def finalize(planned: dict[str, Any], results: Any) -> dict[str, Any]:
+            """Delete what disappeared, build the index, record the run; fail if a batch failed."""
+            from airflow.sdk.exceptions import AirflowSkipException
+
+            from pipelines.airflow.connections import explained_timeout, vector_db_url
+            from pipelines.ingest import finalize_step
+
+            if planned["dry_run"]:
+                raise AirflowSkipException(f"dry run: would process {planned['would_process']} documents "
+                                           f"and delete {len(planned['deleted'])}")
+            done = [r for r in (results or []) if r]
+            missing = planned["documents"] - sum(r["processed"] for r in done)
+            with explained_timeout("finalize"):
+                summary = finalize_step(spec, planned["ingest_run_id"], planned["deleted"], vector_db_url(),
+                                        failed_batches=int(missing > 0))
+            print("run {id} {status}: listed {listed}, new {new}, changed {changed}, unchanged {unchanged}, "
+                  "deleted {deleted}, failed {failed}, duplicates {duplicates}, chunks embedded {chunks_embedded} "
+                  "(reused {chunks_reused}) in {seconds:.1f}s".format(**summary))
+            if missing:
+                raise RuntimeError(f"{missing} documents were not processed because a batch failed; "
+                                   "nothing was deleted. Clear the failed batch to retry it.")
+            if summary["status"] == "failed":
+                raise RuntimeError(f"run {summary['id']}: every document it read failed; nothing was deleted. "
+                                   "See `ragpipe status --failures`")
+            return summary
+
+        batches = plan()
+        results = process_batch.expand_kwargs(batches)
+        finalize(batches["plan"], results)
+
+    return ingest()
+
+
+def smoke_check_dag(spec: CollectionSpec, settings: Settings) -> Any:
+    @dag(
+        dag_id=f"ragpipe_smoke_check_{spec.name}",
+        schedule=[collection_asset(spec.name)],
+        start_date=datetime(2026, 1, 1),
+        catchup=False,
+        default_args=dict(default_args(settings), retries=0),
+        tags=["ragpipe", "smoke-check"],
+        doc_md=f"Runs the known queries of `{spec.name}` whenever it is refreshed; fails on empty results.",
+    )
+    def smoke_check() -> None:
+        @task(execution_timeout=timeout(settings, "smoke_check"))
+        def run_queries() -> dict[str, str]:
+            from pipelines.airflow.connections import explained_timeout, vector_db_url
+            from pipelines.search import search
+
+            top = {}
+            for query in spec.smoke_queries:
+                with explained_timeout("smoke_check"):
+                    hits = search(query, collection=spec.name, k=3, url=vector_db_url())
+                if not hits:
+                    raise RuntimeError(f"smoke check: no results for {query!r} in {spec.name!r}")
+                print(f"{query!r} → {hits[0].document_id} ({hits[0].score:.3f})")
+                top[query] = hits[0].document_id
+            return top
+
+        run_queries()
+
+    return smoke_check()
