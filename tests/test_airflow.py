@@ -90,7 +90,7 @@ def test_dags_import_cleanly_without_heavy_imports(airflow, corpus, name):
     from airflow.dag_processing.dagbag import DagBag
 
     for dag in DagBag(dag_folder=str(ROOT / "dags")).dags.values():
-        assert dag.tags and dag.max_active_runs in (1, 16) and dag.catchup is False
+        assert dag.tags and dag.max_active_runs == 1 and dag.catchup is False
         for t in dag.tasks:
             assert t.owner == "ragpipe"
             assert t.retries >= 1 or dag.dag_id.startswith("ragpipe_smoke_check")

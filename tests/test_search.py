@@ -107,7 +107,7 @@ def test_similar_chunks_and_documents(sample):
     assert any(i.startswith(("coffee/", "green-tea/")) for i in ids[:2])
 
 
-def test_rag_context_merges_neighbours_and_cites_documents(sample):
+def test_rag_context_merges_neighbours_and_cites_documents(sample, conn):
     ctx = api.rag_context("Does coffee affect blood vessel function?", collection=sample, k=6, max_tokens=2000)
     assert ctx.context.startswith("[1] ")
     numbers = [c["n"] for c in ctx.citations]
@@ -115,9 +115,16 @@ def test_rag_context_merges_neighbours_and_cites_documents(sample):
     assert len({c["document_id"] for c in ctx.citations}) == len(ctx.citations), "one citation per document"
     for c in ctx.citations:
         assert f"[{c['n']}] " in ctx.context and c["uri"].startswith("file://")
-    # overlapping chunks of one document appear once, merged: no 32-token overlap text twice in a row
-    paragraphs = ctx.context.split("\n\n[")
-    assert len(paragraphs) <= 6
+    # overlapping chunks of one document appear once, merged: the text they share is in the context once
+    hits = api.search("Does coffee affect blood vessel function?", collection=sample, k=6, mode="hybrid")
+    spans = conn.execute("SELECT document_id, char_start, char_end, text FROM ragpipe.chunks WHERE id = ANY(%s) "
+                         "ORDER BY document_id, char_start", ([h.chunk_id for h in hits],)).fetchall()
+    pairs = [(a, b) for a, b in zip(spans[:-1], spans[1:], strict=True) if a[0] == b[0] and b[1] < a[2]]
+    assert pairs, "the query hits overlapping chunks of one document (the case under test)"
+    for a, b in pairs:
+        shared = a[3][b[1] - a[1]:]
+        assert len(shared) > 20 and ctx.context.count(shared) == 1, shared
+    assert len(ctx.context.split("\n\n[")) == len(hits) - len(pairs), "each overlapping pair is one passage"
     small = api.rag_context("Does coffee affect blood vessel function?", collection=sample, k=6, max_tokens=300)
     assert len(small.context) < len(ctx.context)
 

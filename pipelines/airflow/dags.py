@@ -152,6 +152,7 @@ def smoke_check_dag(spec: CollectionSpec, settings: Settings) -> Any:
         schedule=[collection_asset(spec.name)],
         start_date=datetime(2026, 1, 1),
         catchup=False,
+        max_active_runs=1,
         default_args=dict(default_args(settings), retries=0),
         tags=["ragpipe", "smoke-check"],
         doc_md=f"Runs the known queries of `{spec.name}` whenever it is refreshed; fails on empty results.",
