@@ -12,7 +12,7 @@ FROM ragpipe.semantic_search('{collection}', '{vector}', k => 3);"""
 
 def main(question: str, collection: str = "sample") -> None:
     print(f"\nQuestion: {question}\n")
-    for i, hit in enumerate(search(question, collection=collection, k=3), 1):
+    for i, hit in enumerate(search(question, collection=collection, k=3, mode="semantic"), 1):
         print(f"{i}. [{hit.score:.3f}] {hit.title or hit.document_id}\n   {hit.document_id}")
     vector = get_embedder(DEFAULT_MODEL).encode([question])[0]
     short = "[" + ",".join(f"{x:.4f}" for x in vector[:3]) + ", ...384 numbers...]"
