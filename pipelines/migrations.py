@@ -29,6 +29,10 @@ def migrate(url: str, last: str | None = None) -> list[str]:
         conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
         try:
             _create_vector_extension(conn, url)
+            # Load pgvector's library so that its settings (hnsw.*) are known: a function's SET clause
+            # for a not-yet-loaded setting needs a superuser, which a managed database's owner is not.
+            conn.execute("SELECT '[1]'::vector")
+            _check_roles(conn, url)
             if not conn.execute("SELECT to_regclass('ragpipe.schema_migrations')").fetchone()[0]:
                 conn.execute(BOOTSTRAP)
             done = dict(conn.execute("SELECT name, checksum FROM ragpipe.schema_migrations").fetchall())
@@ -65,6 +69,26 @@ def _name(path: Path) -> str:
 
 def _checksum(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+SHARED_ROLES = ("ragpipe_reader", "ragpipe_loader", "ragpipe_tenant_reader")
+"""NOLOGIN roles the schema grants to: created by migrate, or beforehand by an admin."""
+
+
+def _check_roles(conn: psycopg.Connection, url: str) -> None:
+    """Before changing anything: an owner without CREATEROLE (a managed PostgreSQL) needs the shared
+    roles to exist already; say exactly what to run instead of failing halfway."""
+    can_create = conn.execute("SELECT rolsuper OR rolcreaterole FROM pg_roles WHERE rolname = current_user"
+                              ).fetchone()[0]
+    missing = [r for r in SHARED_ROLES
+               if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (r,)).fetchone()]
+    if missing and not can_create:
+        user = conn.execute("SELECT current_user").fetchone()[0]
+        raise DatabaseError(
+            f"role {user} may not create roles on {mask_url(url)}, and the schema needs "
+            f"{', '.join(missing)}: ask an administrator to run `"
+            + " ".join(f"CREATE ROLE {r} NOLOGIN;" for r in missing)
+            + "`, then run `ragpipe db migrate` again (nothing was changed)")
 
 
 def _create_vector_extension(conn: psycopg.Connection, url: str) -> None:

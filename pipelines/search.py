@@ -108,15 +108,27 @@ def rag_context(question: str, collection: str, k: int = 8, max_tokens: int = 15
 
 def grant_reader(role: str, url: str | None = None) -> None:
     """Let `role` execute the search functions and read ragpipe.collection_stats, nothing more."""
-    with connect(open_database(url)) as conn:
-        conn.execute(query("search", "grant_reader"), (role,))
-        conn.commit()
+    _grant("grant_reader", (role,), f"CREATE ROLE {role} NOLOGIN;", url)
 
 
 def grant_tenant(role: str, tenant: str, url: str | None = None) -> None:
     """Let `role` read the chunks and documents whose metadata tenant is `tenant`, and only those."""
+    _grant("grant_tenant", (role, tenant), f"CREATE ROLE {role} NOLOGIN; GRANT ragpipe_tenant_reader TO {role};",
+           url)
+
+
+def _grant(statement: str, params: tuple, admin_sql: str, url: str | None) -> None:
+    """Run a grant function; without the privilege it needs, one line saying what an admin must run."""
+    from psycopg.errors import InsufficientPrivilege
+
+    from .database import DatabaseError
+
     with connect(open_database(url)) as conn:
-        conn.execute(query("search", "grant_tenant"), (role, tenant))
+        try:
+            conn.execute(query("search", statement), params)
+        except InsufficientPrivilege as exc:
+            raise DatabaseError(f"{str(exc).strip().splitlines()[0]}: ask an administrator to run `{admin_sql}` "
+                                f"and then this command again (nothing was changed)") from None
         conn.commit()
 
 

@@ -1,5 +1,7 @@
 """Upgrades: a database left by an earlier release is migrated in place without losing anything."""
 
+import json
+
 import psycopg
 import pytest
 
@@ -96,3 +98,53 @@ def nearest(name: str, query: list[float], k: int) -> list[str]:
     scored = [(-float(np.dot(q, v / np.linalg.norm(v))), f"{name} apples number {d} {o}")
               for d in range(4) for o in range(3) for v in [np.array([1, d, o + 1])]]
     return [text for _, text in sorted(scored)[:k]]
+
+
+def test_managed_postgres_owner_without_superuser_or_createrole(tmp_path, corpus):
+    """As on RDS, Cloud SQL or Azure: the owner is no superuser and cannot create roles; an admin
+    created the vector extension. What needs more says what to run, and nothing is half done."""
+    import re
+
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    from pipelines.database import connect, embedded_server, stop_embedded_server
+    from tests.test_cli import ragpipe
+
+    pgdata = tmp_path / "managed-pgdata"
+    admin_url = embedded_server(pgdata).get_uri()
+    try:
+        with connect(admin_url, autocommit=True, vector_types=False) as admin:
+            admin.execute("CREATE ROLE app_owner LOGIN NOSUPERUSER NOCREATEROLE NOCREATEDB")
+            admin.execute("CREATE DATABASE managed OWNER app_owner")
+        with connect(make_conninfo(admin_url, dbname="managed"), autocommit=True, vector_types=False) as admin:
+            admin.execute("CREATE EXTENSION vector")
+        params = conninfo_to_dict(admin_url)
+        owner = {"RAGPIPE_DATABASE_URL": make_conninfo(host=params["host"], port=params.get("port"),
+                                                       user="app_owner", dbname="managed")}
+
+        refused = ragpipe("db", "migrate", check=False, env=owner)
+        assert refused.returncode == 1 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+        assert "nothing was changed" in refused.stderr
+        admin_sql = re.search(r"`([^`]+)`", refused.stderr).group(1)
+        assert admin_sql == ("CREATE ROLE ragpipe_reader NOLOGIN; CREATE ROLE ragpipe_loader NOLOGIN; "
+                         "CREATE ROLE ragpipe_tenant_reader NOLOGIN;")
+        with connect(make_conninfo(admin_url, dbname="managed"), autocommit=True, vector_types=False) as admin:
+            assert admin.execute("SELECT to_regnamespace('ragpipe')").fetchone() == (None,), "nothing half done"
+            admin.execute(admin_sql)
+
+        ragpipe("db", "migrate", env=owner)
+        summary = json.loads(ragpipe("ingest", str(corpus), "-c", "managed", "--json", env=owner).stdout)
+        assert summary["status"] == "succeeded" and summary["new"] > 0
+        hits = json.loads(ragpipe("search", "coffee and blood vessels", "-c", "managed", "--json", env=owner).stdout)
+        assert hits
+
+        needs_admin = ragpipe("db", "grant-reader", "app_reader", check=False, env=owner)
+        assert needs_admin.returncode == 1 and "CREATE ROLE app_reader NOLOGIN;" in needs_admin.stderr
+        with connect(make_conninfo(admin_url, dbname="managed"), autocommit=True, vector_types=False) as admin:
+            admin.execute("CREATE ROLE app_reader NOLOGIN")
+        ragpipe("db", "grant-reader", "app_reader", env=owner)
+        with connect(make_conninfo(admin_url, dbname="managed"), autocommit=True) as admin:
+            assert admin.execute("SELECT has_function_privilege('app_reader', "
+                                 "'ragpipe.keyword_search(text, text, int, jsonb)', 'EXECUTE')").fetchone() == (True,)
+    finally:
+        stop_embedded_server(pgdata)

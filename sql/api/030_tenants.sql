@@ -24,7 +24,9 @@ CREATE OR REPLACE FUNCTION ragpipe.grant_tenant(role_name text, tenant text) RET
 LANGUAGE plpgsql AS $fn$
 BEGIN
     PERFORM ragpipe.ensure_role(role_name);
-    EXECUTE format('GRANT ragpipe_tenant_reader TO %I', role_name);
+    IF NOT pg_has_role(role_name, 'ragpipe_tenant_reader', 'MEMBER') THEN  -- an admin may have granted it
+        EXECUTE format('GRANT ragpipe_tenant_reader TO %I', role_name);
+    END IF;
     PERFORM ragpipe.limit_statement_time(role_name);
     INSERT INTO ragpipe.tenant_roles VALUES (role_name, tenant) ON CONFLICT DO NOTHING;
 END
