@@ -1,11 +1,13 @@
 """Collections: one searchable corpus each (source + chunking + model), declared in collections.yml."""
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, Union, get_type_hints
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from .settings import DEFAULT_MODEL
 
@@ -19,28 +21,88 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class CollectionSpec:
+    """A validated collection (built by parse_collection from the `Collection` model, whose defaults apply)."""
+
     name: str
     source: dict[str, Any]
-    """`kind` plus that kind's options, e.g. {"kind": "folder", "path": "docs/"}."""
-    schedule: str | None = None
-    model: str = DEFAULT_MODEL
-    chunk_tokens: int | None = None
-    """Tokens per chunk, special tokens included; default: the model's max_seq_length."""
-    chunk_overlap: int = 32
-    batch_size: int = 32
+    """`kind` plus the options given for it, e.g. {"kind": "folder", "path": "/abs/docs"}."""
+    schedule: str | None
+    model: str
+    chunk_tokens: int | None
+    """Tokens per chunk, special tokens included; None: the model's max_seq_length."""
+    chunk_overlap: int
+    batch_size: int
     """Chunks per call to the model."""
-    docs_per_batch: int = 64
+    docs_per_batch: int
     """Documents per load transaction (and per mapped Airflow task)."""
-    index: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_INDEX))
-    duplicates: str = "skip"
+    index: dict[str, Any]
+    duplicates: str
     """skip: a document with the same content as another one (another name) is recorded, not indexed
     twice; keep: index both (data sets whose records are judged separately, like BEIR corpora)."""
-    description: str = ""
-    smoke_queries: list[str] = field(default_factory=list)
+    description: str
+    smoke_queries: list[str]
     """Known queries that must return results after each refresh (the Airflow smoke-check DAG)."""
 
 
-SPEC_KEYS = {f.name for f in dataclasses.fields(CollectionSpec)}
+class IndexOptions(BaseModel):
+    """HNSW and keyword-search settings of a collection (`index:` in collections.yml)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    m: Annotated[int, Field(ge=2, le=100)] = DEFAULT_INDEX["m"]
+    ef_construction: Annotated[int, Field(ge=4, le=1000)] = DEFAULT_INDEX["ef_construction"]
+    ef_search: Annotated[int, Field(ge=1, le=1000)] = DEFAULT_INDEX["ef_search"]
+    keyword_candidates: Annotated[int, Field(ge=1)] = DEFAULT_INDEX["keyword_candidates"]
+    maintenance_work_mem_cap_mb: Annotated[int, Field(ge=64)] | None = None
+
+
+@cache
+def source_model() -> Any:
+    """A discriminated union on `kind` of one model per source kind, built from the source classes'
+    own typed fields, so each option is declared once (in pipelines/sources/)."""
+    from .sources import source_classes
+
+    models = []
+    for kind, cls in source_classes().items():
+        hints = get_type_hints(cls, include_extras=True)
+        fields: dict[str, Any] = {"kind": (Literal[kind], ...)}
+        for f in dataclasses.fields(cls):
+            if f.name == "kind" or not f.init:
+                continue
+            if f.default is not dataclasses.MISSING:
+                default: Any = f.default
+            elif f.default_factory is not dataclasses.MISSING:
+                default = Field(default_factory=f.default_factory)
+            else:
+                default = ...
+            fields[f.name] = (hints[f.name], default)
+        models.append(create_model(f"{kind}_source", __config__=ConfigDict(extra="forbid", strict=True), **fields))
+    return Annotated[Union[tuple(models)], Field(discriminator="kind")]  # noqa: UP007
+
+
+def collection_model() -> type[BaseModel]:
+    return _collection_model(source_model())
+
+
+@cache
+def _collection_model(source_type: Any) -> type[BaseModel]:
+    class Collection(BaseModel):
+        """One entry of collections.yml."""
+
+        model_config = ConfigDict(extra="forbid", strict=True)
+        name: Annotated[str, Field(min_length=1, max_length=63)]
+        source: source_type  # type: ignore[valid-type]
+        schedule: str | None = None
+        model: str = DEFAULT_MODEL
+        chunk_tokens: Annotated[int, Field(ge=16)] | None = None
+        chunk_overlap: Annotated[int, Field(ge=0)] = 32
+        batch_size: Annotated[int, Field(ge=1, le=4096)] = 32
+        docs_per_batch: Annotated[int, Field(ge=1, le=100_000)] = 64
+        index: IndexOptions = Field(default_factory=IndexOptions)
+        duplicates: Literal["skip", "keep"] = "skip"
+        description: str = ""
+        smoke_queries: list[str] = Field(default_factory=list)
+
+    return Collection
 
 
 def load_collections(path: Path) -> dict[str, CollectionSpec]:
@@ -63,32 +125,36 @@ def load_collections(path: Path) -> dict[str, CollectionSpec]:
 
 
 def parse_collection(raw: Any, where: str, base: Path) -> CollectionSpec:
+    """One collection, validated: an error names the collection, the key path and what was expected."""
     if not isinstance(raw, dict) or not raw.get("name"):
         raise ConfigError(f"{where}: each collection needs a `name`")
     where = f"collection {raw['name']!r}"
-    unknown = set(raw) - SPEC_KEYS
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; known keys: {sorted(SPEC_KEYS)}")
-    if "source" not in raw or not isinstance(raw["source"], dict):
+    if not isinstance(raw.get("source"), dict):
         raise ConfigError(f"{where}: missing `source` (e.g. source: {{kind: folder, path: docs/}})")
-    source = dict(raw["source"])
-    check_source(source, where, base)
-    index = dict(DEFAULT_INDEX, **(raw.get("index") or {}))
-    unknown_index = set(index) - set(DEFAULT_INDEX) - {"maintenance_work_mem_cap_mb"}
-    if unknown_index:
-        raise ConfigError(f"{where}: unknown key(s) {sorted(unknown_index)} under `index`")
-    spec = CollectionSpec(**dict(raw, source=source, index=index))
-    check_schedule(spec.schedule, where)
-    for key in ("batch_size", "docs_per_batch"):
-        if not isinstance(getattr(spec, key), int) or getattr(spec, key) < 1:
-            raise ConfigError(f"{where}: `{key}` must be a positive integer")
-    if spec.chunk_tokens is not None and (not isinstance(spec.chunk_tokens, int) or spec.chunk_tokens < 16):
-        raise ConfigError(f"{where}: `chunk_tokens` must be an integer of at least 16")
-    if spec.duplicates not in ("skip", "keep"):
-        raise ConfigError(f"{where}: `duplicates` must be skip or keep, got {spec.duplicates!r}")
-    if not isinstance(spec.chunk_overlap, int) or spec.chunk_overlap < 0:
-        raise ConfigError(f"{where}: `chunk_overlap` must be a non-negative integer")
-    return spec
+    try:
+        model = collection_model().model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"{where}: " + "; ".join(_describe(e) for e in exc.errors())) from None
+    check_schedule(model.schedule, where)
+    source = model.source.model_dump(exclude_unset=True)
+    source["kind"] = model.source.kind
+    if "path" in source and not str(source["path"]).startswith(("s3://", "/")):
+        source["path"] = str((base / str(source["path"])).resolve())
+    index = model.index.model_dump(exclude_none=True)
+    return CollectionSpec(**dict(model.model_dump(exclude={"source", "index"}), source=source, index=index))
+
+
+def _describe(error: Any) -> str:
+    """`source.concurrency: Input should be a valid integer (got 'four')`; the union's tag is left out."""
+    loc = [str(p) for p in error["loc"]]
+    if loc[:1] == ["source"] and len(loc) > 1:  # ("source", kind, option): the kind is the union's tag
+        loc = loc[:1] + loc[2:]
+    text = f"{'.'.join(loc) or 'collection'}: {error['msg']}"
+    if error["type"] == "extra_forbidden":
+        text = f"{'.'.join(loc)}: unknown key"
+    elif "input" in error and error["type"] not in ("missing", "union_tag_not_found"):
+        text += f" (got {error['input']!r})"
+    return text
 
 
 def check_schedule(schedule: Any, where: str) -> None:
@@ -99,22 +165,3 @@ def check_schedule(schedule: Any, where: str) -> None:
     if not isinstance(schedule, str) or not croniter.is_valid(schedule):
         raise ConfigError(f"{where}: `schedule` {schedule!r} is not a cron expression or one of "
                           f"{sorted(SCHEDULE_PRESETS)} (or null for manual runs only)")
-
-
-def check_source(source: dict[str, Any], where: str, base: Path) -> None:
-    """Check the source kind and option names; make relative paths absolute."""
-    from .sources import SOURCE_OPTIONS
-
-    kind = source.get("kind")
-    if kind not in SOURCE_OPTIONS:
-        raise ConfigError(f"{where}: source `kind` must be one of {sorted(SOURCE_OPTIONS)}, got {kind!r}")
-    options = set(source) - {"kind"}
-    unknown = options - SOURCE_OPTIONS[kind]["allowed"]
-    if unknown:
-        raise ConfigError(f"{where}: unknown source option(s) {sorted(unknown)} for kind {kind!r}; "
-                          f"known: {sorted(SOURCE_OPTIONS[kind]['allowed'])}")
-    missing = SOURCE_OPTIONS[kind]["required"] - options
-    if missing:
-        raise ConfigError(f"{where}: source of kind {kind!r} needs {sorted(missing)}")
-    if "path" in source and not str(source["path"]).startswith(("s3://", "/")):
-        source["path"] = str((base / str(source["path"])).resolve())

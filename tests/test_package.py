@@ -18,8 +18,11 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
-    dist = tmp_path_factory.mktemp("dist")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(dist), str(ROOT)],
+    dist, src = tmp_path_factory.mktemp("dist"), tmp_path_factory.mktemp("src") / "ragpipe"
+    # from a copy: building in place would leave build/ in the checkout, and stale files in it
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".venv", ".git", "build", "*.egg-info", ".ragpipe",
+                                                             "__pycache__", ".*cache"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(dist), str(src)],
                    check=True, timeout=600, capture_output=True)
     wheel, = dist.glob("ragpipe-*-py3-none-any.whl")
     return wheel

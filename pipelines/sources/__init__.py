@@ -82,25 +82,18 @@ class Source(Protocol):
         ...
 
 
-SOURCE_OPTIONS: dict[str, dict[str, set[str]]] = {
-    "folder": {"required": {"path"}, "allowed": {"path", "include", "exclude", "max_bytes"}},
-    "tabular": {"required": {"path"}, "allowed": {"path", "id_column", "text_column", "title_column"}},
-    "s3": {"required": {"path"}, "allowed": {"path", "include", "exclude", "max_bytes", "endpoint_url",
-                                              "region", "aws_conn_id"}},
-    "web": {"required": set(), "allowed": {"urls", "sitemap", "url_prefix", "allow_private_networks",
-                                          "timeout_s", "max_bytes", "max_redirects", "concurrency",
-                                          "user_agent", "max_pages"}},
-    "sql": {"required": {"query"}, "allowed": {"query", "url", "conn_id", "id_column", "text_column",
-                                               "title_column", "updated_at_column"}},
-}
+def source_classes() -> dict[str, type]:
+    """Each source kind's class: its dataclass fields are the kind's options in collections.yml
+    (types and bounds included; pipelines/config.py validates against them)."""
+    from . import folder, s3, sql_table, tabular, web
+
+    return {"folder": folder.FolderSource, "tabular": tabular.TabularSource, "s3": s3.S3Source,
+            "web": web.WebSource, "sql": sql_table.SqlSource}
 
 
 def make_source(options: dict[str, Any]) -> Source:
     """Build a source from its options as written in collections.yml (`kind` plus that kind's options)."""
-    from . import folder, s3, sql_table, tabular, web
-
-    kinds: dict[str, Any] = {"folder": folder.FolderSource, "tabular": tabular.TabularSource,
-                             "s3": s3.S3Source, "web": web.WebSource, "sql": sql_table.SqlSource}
+    kinds = source_classes()
     options = dict(options)
     kind = options.pop("kind", None)
     if kind not in kinds:

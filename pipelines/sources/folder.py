@@ -6,6 +6,9 @@ import stat
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field
 
 from ..extract import EXTRACTORS
 from . import DocumentRef, Listing, RawDocument, SourceError
@@ -20,7 +23,7 @@ class FileFilters:
     include: list[str] = field(default_factory=lambda: [f"*{s}" for s in sorted(EXTRACTORS)])
     """Globs matched against the path relative to the root; `*` also crosses directories."""
     exclude: list[str] = field(default_factory=list)
-    max_bytes: int = DEFAULT_MAX_BYTES
+    max_bytes: Annotated[int, Field(ge=1)] = DEFAULT_MAX_BYTES
 
     def wanted(self, rel: str) -> bool:
         return any(fnmatch.fnmatch(rel, g) for g in self.include) and not any(

@@ -9,9 +9,11 @@ import socket
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Annotated
 from urllib.parse import urljoin, urlsplit
 
 import httpx
+from pydantic import Field
 
 from . import FIELD_SEP, DocumentRef, Gone, Listing, NotModified, RawDocument, SourceError
 
@@ -32,12 +34,12 @@ class WebSource:
     url_prefix: str | None = None
     """Only pages whose URL starts with this are taken (from the sitemap and redirects)."""
     allow_private_networks: bool = False
-    timeout_s: float = 20.0
-    max_bytes: int = 10 * 1024 * 1024
-    max_redirects: int = 5
-    concurrency: int = 4
+    timeout_s: Annotated[float, Field(gt=0, le=600)] = 20.0
+    max_bytes: Annotated[int, Field(ge=1)] = 10 * 1024 * 1024
+    max_redirects: Annotated[int, Field(ge=0, le=20)] = 5
+    concurrency: Annotated[int, Field(ge=1, le=64)] = 4
     user_agent: str = "ragpipe/0.1 (+https://github.com/ragpipe/ragpipe)"
-    max_pages: int = 10_000
+    max_pages: Annotated[int, Field(ge=1)] = 10_000
     kind: str = "web"
 
     def __post_init__(self) -> None:
