@@ -107,6 +107,8 @@ def test_config_errors_name_the_collection_and_key(airflow, corpus):
                          text=True, env=os.environ, check=False)
     assert out.returncode == 1 and "collection 'broken'" in out.stderr and "schedule" in out.stderr
     assert "Traceback" not in out.stderr
+    message = out.stderr.strip().removeprefix("Error: ")
+    assert any(message in e for e in errors.values()), "the DAG import error shows the same message"
 
 
 def test_dag_runs_are_incremental(airflow, corpus, name, conn):
