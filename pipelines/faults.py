@@ -4,8 +4,7 @@ RAGPIPE_FAILPOINTS is a comma-separated list of names. With RAGPIPE_FAILPOINT_DI
 failpoint fires once (a marker file records that it fired), so a retry then succeeds.
 """
 
-import os
-from pathlib import Path
+from .settings import load_settings
 
 
 class InjectedFault(RuntimeError):
@@ -14,12 +13,11 @@ class InjectedFault(RuntimeError):
 
 def armed(name: str) -> bool:
     """True when the failpoint `name` should fire now (and, with RAGPIPE_FAILPOINT_DIR, never again)."""
-    names = os.environ.get("RAGPIPE_FAILPOINTS", "")
-    if not names or name not in names.split(","):
+    settings = load_settings()
+    if not settings.failpoints or name not in settings.failpoints.split(","):
         return False
-    marker_dir = os.environ.get("RAGPIPE_FAILPOINT_DIR")
-    if marker_dir:
-        marker = Path(marker_dir) / f"{name}.fired"
+    if settings.failpoint_dir:
+        marker = settings.failpoint_dir / f"{name}.fired"
         if marker.exists():
             return False
         marker.parent.mkdir(parents=True, exist_ok=True)

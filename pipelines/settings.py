@@ -1,8 +1,9 @@
 """Process-wide settings, read from the environment in one place."""
 
-import os
-from dataclasses import dataclass
 from pathlib import Path
+
+from pydantic import Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 PROJECT_ROOT = PACKAGE_DIR.parent
@@ -16,41 +17,64 @@ TASK_TIMEOUT_DEFAULTS = {"plan": 1800.0, "batch": 3600.0, "finalize": 3600.0, "s
 """Seconds; RAGPIPE_PLAN_TIMEOUT, RAGPIPE_BATCH_TIMEOUT, ... override them."""
 
 
-@dataclass(frozen=True)
-class Settings:
-    home: Path
+class SettingsError(ValueError):
+    """A RAGPIPE_* variable has a value that cannot work; the message names it."""
+
+
+class Settings(BaseSettings):
+    """Every RAGPIPE_* variable, typed and bounded (pydantic-settings); unset ones take these defaults."""
+
+    model_config = SettingsConfigDict(frozen=True, extra="ignore", populate_by_name=False)
+
+    home_dir: Path = Field(DEFAULT_HOME, validation_alias="RAGPIPE_HOME")
     """State directory (embedded database, caches, Airflow home)."""
-    pgdata: Path
-    database_url: str | None
+    pgdata_dir: Path | None = Field(None, validation_alias="RAGPIPE_PGDATA")
+    database_url: str | None = Field(None, validation_alias="RAGPIPE_DATABASE_URL")
     """External PostgreSQL; when unset the embedded server under `pgdata` is used."""
-    collections_file: Path
-    model: str
-    lock_timeout_s: float
-    extract_timeout_s: float
+    collections: Path | None = Field(None, validation_alias="RAGPIPE_COLLECTIONS")
+    model: str = Field(DEFAULT_MODEL, validation_alias="RAGPIPE_MODEL")
+    lock_timeout_s: float = Field(60, ge=0, validation_alias="RAGPIPE_LOCK_TIMEOUT")
+    extract_timeout_s: float = Field(120, ge=0, validation_alias="RAGPIPE_EXTRACT_TIMEOUT")
     """Per-document extraction time limit (0: extract in-process, no limit)."""
-    extract_memory_mb: int
-    task_timeouts_s: dict[str, float]
-    """Airflow execution_timeout per task kind (plan, batch, finalize, smoke_check)."""
-    retries: int
-    retry_delay_s: float
-    embed_queue: str
+    extract_memory_mb: int = Field(4096, ge=256, validation_alias="RAGPIPE_EXTRACT_MEMORY_MB")
+    plan_timeout_s: float = Field(TASK_TIMEOUT_DEFAULTS["plan"], gt=0, validation_alias="RAGPIPE_PLAN_TIMEOUT")
+    batch_timeout_s: float = Field(TASK_TIMEOUT_DEFAULTS["batch"], gt=0, validation_alias="RAGPIPE_BATCH_TIMEOUT")
+    finalize_timeout_s: float = Field(TASK_TIMEOUT_DEFAULTS["finalize"], gt=0,
+                                      validation_alias="RAGPIPE_FINALIZE_TIMEOUT")
+    smoke_check_timeout_s: float = Field(TASK_TIMEOUT_DEFAULTS["smoke_check"], gt=0,
+                                         validation_alias="RAGPIPE_SMOKE_CHECK_TIMEOUT")
+    retries: int = Field(3, ge=0, le=100, validation_alias="RAGPIPE_RETRIES")
+    retry_delay_s: float = Field(30, ge=0, validation_alias="RAGPIPE_RETRY_DELAY")
+    embed_queue: str = Field("default", min_length=1, validation_alias="RAGPIPE_EMBED_QUEUE")
+    llm_url: str | None = Field(None, validation_alias="RAGPIPE_LLM_URL")
+    llm_model: str = Field("gpt-4o-mini", validation_alias="RAGPIPE_LLM_MODEL")
+    llm_api_key: SecretStr | None = Field(None, validation_alias="RAGPIPE_LLM_API_KEY")
+    failpoints: str = Field("", validation_alias="RAGPIPE_FAILPOINTS")
+    """Tests only: comma-separated fault names (pipelines/faults.py)."""
+    failpoint_dir: Path | None = Field(None, validation_alias="RAGPIPE_FAILPOINT_DIR")
+
+    @property
+    def home(self) -> Path:
+        return self.home_dir.expanduser().resolve()
+
+    @property
+    def pgdata(self) -> Path:
+        return (self.pgdata_dir or self.home / "pgdata").expanduser().resolve()
+
+    @property
+    def collections_file(self) -> Path:
+        return self.collections or (PROJECT_ROOT if IN_CHECKOUT else self.home) / "collections.yml"
+
+    @property
+    def task_timeouts_s(self) -> dict[str, float]:
+        """Airflow execution_timeout per task kind (plan, batch, finalize, smoke_check)."""
+        return {task: getattr(self, f"{task}_timeout_s") for task in TASK_TIMEOUT_DEFAULTS}
 
 
 def load_settings() -> Settings:
-    home = Path(os.environ.get("RAGPIPE_HOME", DEFAULT_HOME)).expanduser().resolve()
-    return Settings(
-        home=home,
-        pgdata=Path(os.environ.get("RAGPIPE_PGDATA", home / "pgdata")).resolve(),
-        database_url=os.environ.get("RAGPIPE_DATABASE_URL") or None,
-        collections_file=Path(os.environ.get("RAGPIPE_COLLECTIONS", (PROJECT_ROOT if IN_CHECKOUT else home)
-                                             / "collections.yml")),
-        model=os.environ.get("RAGPIPE_MODEL", DEFAULT_MODEL),
-        lock_timeout_s=float(os.environ.get("RAGPIPE_LOCK_TIMEOUT", "60")),
-        extract_timeout_s=float(os.environ.get("RAGPIPE_EXTRACT_TIMEOUT", "120")),
-        extract_memory_mb=int(os.environ.get("RAGPIPE_EXTRACT_MEMORY_MB", "4096")),
-        task_timeouts_s={task: float(os.environ.get(f"RAGPIPE_{task.upper()}_TIMEOUT", default))
-                         for task, default in TASK_TIMEOUT_DEFAULTS.items()},
-        retries=int(os.environ.get("RAGPIPE_RETRIES", "3")),
-        retry_delay_s=float(os.environ.get("RAGPIPE_RETRY_DELAY", "30")),
-        embed_queue=os.environ.get("RAGPIPE_EMBED_QUEUE", "default"),
-    )
+    """The settings from the environment now; a bad value is one SettingsError naming its variable."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise SettingsError("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']} (got {e.get('input')!r})"
+                                      for e in exc.errors())) from None
