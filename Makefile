@@ -31,15 +31,15 @@ demo: install
 	$(BIN)/ragpipe db start
 	$(BIN)/ragpipe ingest --collection sample
 	$(BIN)/ragpipe ingest --collection sample_records
-	@$(BIN)/python -m pipelines.demo "Does coffee affect blood vessel function?"
+	@$(BIN)/python -m tools.demo "Does coffee affect blood vessel function?"
 
 ## run: the demo through Airflow: standalone Airflow 3 (UI on :8080), the sample DAGs triggered once
 run: install
-	$(BIN)/python -m pipelines.airflow.standalone run
+	$(BIN)/python -m tools.standalone run
 
 ## smoke: the stack of `make run` in a temp state dir: every sample DAG run must succeed, then all of it stops
 smoke: install
-	RAGPIPE_HOME=$$(mktemp -d /tmp/ragpipe-smoke.XXXXXX) $(BIN)/python -m pipelines.airflow.standalone smoke
+	RAGPIPE_HOME=$$(mktemp -d /tmp/ragpipe-smoke.XXXXXX) $(BIN)/python -m tools.standalone smoke
 
 ## system-deps: Debian packages the tests need (redis-server for the Celery test), installed as root when missing
 system-deps:
@@ -54,7 +54,7 @@ test: install system-deps
 	$(MAKE) --no-print-directory smoke
 
 bench: install
-	$(BIN)/python -m pipelines.benchmarks
+	$(BIN)/python -m tools.benchmarks
 
 lint: install
 	$(BIN)/ruff check .

@@ -9,8 +9,8 @@ from typing import Any
 
 import click
 
-from .config import CollectionSpec, ConfigError, load_collections, parse_collection
-from .settings import load_settings
+from pipelines.config import CollectionSpec, ConfigError, load_collections, parse_collection
+from pipelines.settings import load_settings
 
 TABULAR_SUFFIXES = {".csv", ".jsonl", ".ndjson", ".parquet"}
 MAX_K = 1000
@@ -93,7 +93,7 @@ def ingest(source: str | None, collection: str, full_refresh: bool, limit: int |
     changed and delete documents that disappeared. Failed documents are recorded and reported;
     the command exits 0 when some documents failed, 1 when every document it read failed.
     """
-    from .ingest import run_ingest
+    from pipelines.ingest import format_summary, run_ingest
 
     spec = _spec_from_options(source, collection, opts)
     bar = None
@@ -111,14 +111,10 @@ def ingest(source: str | None, collection: str, full_refresh: bool, limit: int |
     summary = run_ingest(spec, full_refresh=full_refresh, limit=limit, dry_run=dry_run, progress=progress)
     if bar is not None:
         bar.close()
-    summary["run_id"] = summary.pop("id")
     if as_json:
-        _emit(summary)
+        _emit({("run_id" if k == "id" else k): v for k, v in summary.items()})
     else:
-        click.echo(
-            "run {run_id} {status}: listed {listed}, new {new}, changed {changed}, unchanged {unchanged}, "
-            "deleted {deleted}, failed {failed}, duplicates {duplicates}, chunks embedded {chunks_embedded} "
-            "(reused {chunks_reused}) in {seconds:.1f}s".format(**summary))
+        click.echo(format_summary(summary))
         if summary.get("failed"):
             click.echo(f"failures: ragpipe status --failures --collection {collection}")
     if summary["status"] == "failed":
@@ -154,7 +150,7 @@ def _print_hits(results: list, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print results as a JSON list.")
 def search(query: str, collection: str, k: int, mode: str, filter_: str | None, as_json: bool) -> None:
     """Search a collection: the K chunks that best match QUERY."""
-    from .search import search as run_search
+    from pipelines.search import search as run_search
 
     _print_hits(run_search(query, collection=collection, k=k, filter=_parse_filter(filter_), mode=mode), as_json)
 
@@ -167,7 +163,7 @@ def search(query: str, collection: str, k: int, mode: str, filter_: str | None, 
 @click.option("--json", "as_json", is_flag=True, help="Print results as a JSON list.")
 def similar(document_id: str, collection: str, k: int, as_json: bool) -> None:
     """Documents most like DOCUMENT_ID (its source id), no query needed."""
-    from .search import similar_documents
+    from pipelines.search import similar_documents
 
     _print_hits(similar_documents(collection, document_id, k), as_json)
 
@@ -187,9 +183,9 @@ def ask(question: str, collection: str, k: int, max_tokens: int, filter_: str | 
     """
     import httpx
 
-    from .ask import build_messages, format_citations, llm_settings, stream_answer
-    from .database import mask_url
-    from .search import rag_context
+    from pipelines.search import rag_context
+    from pipelines.search.ask import build_messages, format_citations, llm_settings, stream_answer
+    from pipelines.store.database import mask_url
 
     ctx = rag_context(question, collection, k=k, max_tokens=max_tokens, filter=_parse_filter(filter_))
     messages = build_messages(question, ctx)
@@ -226,7 +222,7 @@ def eval_(dataset_dir: Path, modes: str, split: str, collection: str | None, max
     """
     from tabulate import tabulate
 
-    from .evaluate import evaluate
+    from pipelines.search.evaluate import evaluate
 
     wanted = [m.strip() for m in modes.split(",") if m.strip()]
     unknown = set(wanted) - {"semantic", "keyword", "hybrid", "exact"}
@@ -247,7 +243,7 @@ def eval_(dataset_dir: Path, modes: str, split: str, collection: str | None, max
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 def status(collection: str | None, failures: bool, as_json: bool) -> None:
     """Collections with document and chunk counts, their last run and its failures."""
-    from .status import collection_status
+    from pipelines.store.status import collection_status
 
     rows = collection_status(collection)
     if as_json:
@@ -270,7 +266,7 @@ def status(collection: str | None, failures: bool, as_json: bool) -> None:
 @click.option("--model", help="Model name or path [default: the configured default model].")
 def embed(text: str, model: str | None) -> None:
     """Print TEXT's embedding as a pgvector literal, for use in SQL."""
-    from .embedding import get_embedder
+    from pipelines.embed import get_embedder
 
     vector = get_embedder(model or load_settings().model).encode([text])[0]
     click.echo("[" + ",".join(f"{x:.7g}" for x in vector) + "]")
@@ -284,7 +280,7 @@ def db() -> None:
 @db.command("start")
 def db_start() -> None:
     """Start the embedded PostgreSQL (no-op when already running) and apply migrations."""
-    from .ingest import open_database
+    from pipelines.ingest import open_database
 
     settings = load_settings()
     open_database()
@@ -295,7 +291,7 @@ def db_start() -> None:
 @db.command("stop")
 def db_stop() -> None:
     """Stop the embedded PostgreSQL."""
-    from .database import stop_embedded_server
+    from pipelines.store.database import stop_embedded_server
 
     settings = load_settings()
     if settings.database_url:
@@ -307,8 +303,8 @@ def db_stop() -> None:
 @db.command("status")
 def db_status() -> None:
     """Say whether the database is reachable, and its versions (starts nothing; exit 1 when down)."""
-    from .database import connect, mask_url
-    from .ingest import open_database
+    from pipelines.ingest import open_database
+    from pipelines.store.database import connect, mask_url
 
     settings = load_settings()
     if not settings.database_url and not (settings.pgdata / "postmaster.pid").exists():
@@ -325,7 +321,7 @@ def db_status() -> None:
 @click.option("--reveal", is_flag=True, help="Show the password too (it is masked by default).")
 def db_url(reveal: bool) -> None:
     """Print the connection URL (starting the embedded server if needed)."""
-    from .database import database_url, mask_url
+    from pipelines.store.database import database_url, mask_url
 
     url = database_url()
     click.echo(url if reveal else mask_url(url))
@@ -334,8 +330,8 @@ def db_url(reveal: bool) -> None:
 @db.command("migrate")
 def db_migrate() -> None:
     """Apply pending schema migrations and refresh the SQL API."""
-    from .database import database_url
-    from .migrations import migrate
+    from pipelines.store.database import database_url
+    from pipelines.store.migrations import migrate
 
     applied = migrate(database_url())
     click.echo("applied: " + ", ".join(applied) if applied else "schema up to date")
@@ -348,7 +344,7 @@ def db_grant_reader(role: str) -> None:
 
     ROLE is created (NOLOGIN) if missing; grant it to login roles, or create it with LOGIN first.
     """
-    from .search import grant_reader
+    from pipelines.search import grant_reader
 
     grant_reader(role)
     click.echo(f"{role} may now search (and nothing more)")
@@ -363,7 +359,7 @@ def db_grant_tenant(role: str, tenant: str) -> None:
     A document's tenant is its metadata key "tenant" (e.g. a `tenant` column of a table source).
     ROLE is created (NOLOGIN) if missing; it must not be a superuser or have BYPASSRLS.
     """
-    from .search import grant_tenant
+    from pipelines.search import grant_tenant
 
     grant_tenant(role, tenant)
     click.echo(f"{role} may now read tenant {tenant!r} (and no other tenant)")
@@ -375,7 +371,7 @@ def db_psql(args: tuple[str, ...]) -> None:
     """Open psql on the database (extra ARGS go to psql, e.g. -c "SELECT 1")."""
     import shutil
 
-    from .database import database_url, embedded_server
+    from pipelines.store.database import database_url, embedded_server
 
     settings = load_settings()
     url = database_url()
@@ -405,10 +401,10 @@ def run() -> None:
     """Entry point with one-line errors instead of tracebacks for expected failures."""
     import psycopg
 
-    from .database import DatabaseError, mask_url
-    from .settings import SettingsError
-    from .sources import SourceError
-    from .store import CollectionBusy, CollectionMismatch
+    from pipelines.settings import SettingsError
+    from pipelines.sources import SourceError
+    from pipelines.store import CollectionBusy, CollectionMismatch
+    from pipelines.store.database import DatabaseError, mask_url
 
     try:
         main(standalone_mode=False)

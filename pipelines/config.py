@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal, Union, get_type_hints
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
-from .settings import DEFAULT_MODEL
+from pipelines.settings import DEFAULT_MODEL
 
 SCHEDULE_PRESETS = {"@once", "@hourly", "@daily", "@weekly", "@monthly", "@yearly", "@continuous"}
 DEFAULT_INDEX = {"m": 16, "ef_construction": 64, "ef_search": 40, "keyword_candidates": 10_000}
@@ -59,7 +59,7 @@ class IndexOptions(BaseModel):
 def source_model() -> Any:
     """A discriminated union on `kind` of one model per source kind, built from the source classes'
     own typed fields, so each option is declared once (in pipelines/sources/)."""
-    from .sources import source_classes
+    from pipelines.sources import source_classes
 
     models = []
     for kind, cls in source_classes().items():

@@ -4,7 +4,7 @@ RAGPIPE_FAILPOINTS is a comma-separated list of names. With RAGPIPE_FAILPOINT_DI
 failpoint fires once (a marker file records that it fired), so a retry then succeeds.
 """
 
-from .settings import load_settings
+from pipelines.settings import load_settings
 
 
 class InjectedFault(RuntimeError):

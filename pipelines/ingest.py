@@ -17,23 +17,24 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 import psycopg
 
-from . import store
-from .chunking import Chunk, check_chunk_settings, chunk_text
-from .config import CollectionSpec, ConfigError
-from .database import connect, database_url
-from .embedding import Embedder, get_embedder
-from .extract import ExtractionError
-from .extract_worker import extract_isolated
-from .faults import armed, failpoint
-from .migrations import migrate
-from .settings import load_settings
-from .sources import DocumentRef, Gone, NotModified, RawDocument, Source, make_source, same_fingerprint
+from pipelines import store
+from pipelines.chunking import Chunk, check_chunk_settings, chunk_text
+from pipelines.config import CollectionSpec, ConfigError
+from pipelines.embed import Embedder, get_embedder
+from pipelines.extract import ExtractionError
+from pipelines.extract.worker import extract_isolated
+from pipelines.faults import armed, failpoint
+from pipelines.settings import load_settings
+from pipelines.sources import DocumentRef, Gone, NotModified, RawDocument, Source, make_source, same_fingerprint
+from pipelines.store.database import connect, database_url
+from pipelines.store.migrations import migrate
 
 log = logging.getLogger(__name__)
 _migrated: set[str] = set()
@@ -190,8 +191,18 @@ class Touched:
     fingerprint: str
 
 
-GONE, SKIP = "gone", "skip"
-"""SKIP: a retried batch finds the document already committed by this run."""
+@dataclass(frozen=True)
+class Vanished:
+    """The source says the document is gone (a 404/410): it is deleted with the batch."""
+
+
+@dataclass(frozen=True)
+class AlreadyWritten:
+    """A retried batch finds the document already committed by this run: nothing to do."""
+
+
+Outcome = Prepared | Touched | Failure | Duplicate | Vanished | AlreadyWritten
+"""What a batch decided for one document; write_batch acts on each kind."""
 
 
 @dataclass
@@ -200,7 +211,7 @@ class BatchWork:
 
     refs: list[DocumentRef]
     existing: dict[str, tuple[str, int | None, str | None]]
-    outcome: dict[str, Prepared | Touched | Failure | Duplicate | str]
+    outcome: dict[str, Outcome]
     vectors: dict[str, np.ndarray]
     fresh: set[str] = field(default_factory=set)
     """Chunk hashes embedded in this batch (the rest came from the database)."""
@@ -214,7 +225,7 @@ def read_batch(conn: psycopg.Connection, collection: store.Collection, embedder:
     """Everything before embedding: read, compare content hashes, extract, chunk, find stored vectors."""
     existing = store.document_hashes(conn, collection.id, [r.source_id for r in refs])
     previous = {} if full_refresh else {sid: state[2] for sid, state in existing.items()}
-    outcome: dict[str, Prepared | Touched | Failure | Duplicate | str] = {}
+    outcome: dict[str, Outcome] = {}
     bodies: dict[str, str] = {}  # body hash → the first document of this batch with that content
     for ref, raw in source.read_many(refs, previous):
         sid = ref.source_id
@@ -223,12 +234,12 @@ def read_batch(conn: psycopg.Connection, collection: store.Collection, embedder:
         elif isinstance(raw, NotModified):
             outcome[sid] = Touched(raw.ref.fingerprint)
         elif isinstance(raw, Gone):
-            outcome[sid] = GONE
+            outcome[sid] = Vanished()
         else:
             digest = content_hash(raw)
             stored_hash, written_by, _ = existing.get(sid, (None, None, None))
             if written_by == run_id and stored_hash == digest:
-                outcome[sid] = SKIP
+                outcome[sid] = AlreadyWritten()
             elif not full_refresh and stored_hash == digest:
                 outcome[sid] = Touched(ref.fingerprint)
             else:
@@ -302,7 +313,7 @@ def write_batch(conn: psycopg.Connection, collection: store.Collection, run_id: 
                 duplicates.append((ref.source_id, outcome.of))
                 if ref.source_id in work.existing:  # it changed into a copy of another document
                     gone.append(ref.source_id)
-            elif outcome == GONE:
+            elif isinstance(outcome, Vanished):
                 gone.append(ref.source_id)
         result.unchanged = len(touched)
         uris = {r.source_id: r.uri for r in group}
@@ -350,13 +361,29 @@ def finalize_run(conn: psycopg.Connection, spec: CollectionSpec, run_id: int, de
     return dict(store.finish_run(conn, run_id, status, error), finalize_seconds=time.perf_counter() - started)
 
 
+@contextmanager
+def locked_connection(spec: CollectionSpec, url: str | None = None, shared: bool = False
+                      ) -> Iterator[psycopg.Connection]:
+    """A connection to the (migrated) database holding the collection's lock: exclusive for a run,
+    its plan and its finalize; shared for parallel batches. Every writer starts here."""
+    with connect(open_database(url), autocommit=True) as conn, store.collection_lock(
+            conn, spec.name, load_settings().lock_timeout_s, shared=shared):
+        yield conn
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """The one-line account of a run that the CLI and the DAG print."""
+    return ("run {id} {status}: listed {listed}, new {new}, changed {changed}, unchanged {unchanged}, "
+            "deleted {deleted}, failed {failed}, duplicates {duplicates}, chunks embedded {chunks_embedded} "
+            "(reused {chunks_reused}) in {seconds:.1f}s").format(**summary)
+
+
 def run_ingest(spec: CollectionSpec, full_refresh: bool = False, limit: int | None = None,
                dry_run: bool = False, trigger: str = "cli",
                progress: Callable[[int, int], None] | None = None, url: str | None = None) -> dict[str, Any]:
     """A whole run in this process, holding the collection's write lock throughout."""
     url = open_database(url)
-    with connect(url, autocommit=True) as conn, store.collection_lock(
-            conn, spec.name, load_settings().lock_timeout_s):
+    with locked_connection(spec, url) as conn:
         if dry_run:
             return dry_run_plan(conn, spec, full_refresh, limit, trigger)
         plan = plan_run(conn, spec, full_refresh, limit, trigger)
@@ -455,8 +482,7 @@ def storable(value: Any) -> Any:
 
 def plan_step(spec: CollectionSpec, url: str | None = None, full_refresh: bool = False,
               limit: int | None = None, dry_run: bool = False, trigger: str = "airflow") -> Plan:
-    with connect(open_database(url), autocommit=True) as conn, store.collection_lock(
-            conn, spec.name, load_settings().lock_timeout_s):
+    with locked_connection(spec, url) as conn:
         if dry_run:
             with conn.transaction(force_rollback=True):  # a dry run writes nothing
                 return plan_run(conn, spec, full_refresh, limit, trigger)
@@ -465,8 +491,7 @@ def plan_step(spec: CollectionSpec, url: str | None = None, full_refresh: bool =
 
 def batch_step(spec: CollectionSpec, run_id: int, refs: list[DocumentRef], url: str | None = None,
                full_refresh: bool = False) -> BatchResult:
-    with connect(open_database(url), autocommit=True) as conn, store.collection_lock(
-            conn, spec.name, load_settings().lock_timeout_s, shared=True):
+    with locked_connection(spec, url, shared=True) as conn:
         if armed(f"slow_batch_{spec.name}"):  # tests: a batch that is surely running when its worker is killed
             time.sleep(20)
         return process_batch(conn, spec, run_id, refs, full_refresh)
@@ -475,8 +500,7 @@ def batch_step(spec: CollectionSpec, run_id: int, refs: list[DocumentRef], url: 
 def finalize_step(spec: CollectionSpec, run_id: int, deleted: list[str], url: str | None = None,
                   failed_batches: int = 0) -> dict[str, Any]:
     """Close the run; a run with failed batches deletes nothing and is recorded as failed."""
-    with connect(open_database(url), autocommit=True) as conn, store.collection_lock(
-            conn, spec.name, load_settings().lock_timeout_s):
+    with locked_connection(spec, url) as conn:
         if failed_batches:
             return finalize_run(conn, spec, run_id, [], "failed", f"{failed_batches} batch(es) failed")
         return finalize_run(conn, spec, run_id, deleted)

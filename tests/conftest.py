@@ -18,7 +18,7 @@ def no_process_left_behind(tmp_path_factory: pytest.TempPathFactory):
     yield
     import psutil
 
-    from pipelines.extract_worker import stop_workers
+    from pipelines.extract.worker import stop_workers
 
     stop_workers()
     base = str(tmp_path_factory.getbasetemp())
@@ -32,7 +32,7 @@ def no_process_left_behind(tmp_path_factory: pytest.TempPathFactory):
         if data_dir.startswith(base) or proc.pid in ours:
             leaked.append(f"pid {proc.pid}: {' '.join(cmd)[:150]}")
             if data_dir:
-                from pipelines.database import stop_embedded_server
+                from pipelines.store.database import stop_embedded_server
 
                 stop_embedded_server(Path(data_dir))
             else:
@@ -49,7 +49,7 @@ def ragpipe_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     os.environ["RAGPIPE_COLLECTIONS"] = str(home / "collections.yml")
     os.environ["RAGPIPE_LOCK_TIMEOUT"] = "20"
     yield home
-    from pipelines.database import stop_embedded_server
+    from pipelines.store.database import stop_embedded_server
 
     stop_embedded_server(home / "pgdata")
 
@@ -63,7 +63,7 @@ def db_url(ragpipe_home: Path) -> str:
 
 @pytest.fixture
 def conn(db_url: str):
-    from pipelines.database import connect
+    from pipelines.store.database import connect
 
     with connect(db_url, autocommit=True) as c:
         yield c
@@ -77,7 +77,7 @@ def name(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture(scope="session")
 def embedder():
-    from pipelines.embedding import get_embedder
+    from pipelines.embed import get_embedder
     from pipelines.settings import DEFAULT_MODEL
 
     return get_embedder(DEFAULT_MODEL)

@@ -13,8 +13,8 @@ import yaml
 
 from pipelines import store
 from pipelines.config import parse_collection
-from pipelines.database import connect
 from pipelines.ingest import run_ingest
+from pipelines.store.database import connect
 from tests.conftest import ROOT, assert_same_chunks
 
 pytestmark = pytest.mark.slow
@@ -176,7 +176,7 @@ def test_batch_that_dies_halfway_is_retried_to_a_clean_result(airflow, corpus, n
 def test_a_batch_stuck_in_a_parser_is_stopped_by_its_timeout_and_retried(airflow, corpus, name, conn, tmp_path):
     """A parser that never returns (the worker's own limit set far away) is ended by the batch
     task's execution_timeout; the retry finishes the batch and the run equals a clean one."""
-    from pipelines.extract_worker import stop_workers
+    from pipelines.extract.worker import stop_workers
 
     reference = parse_collection({"name": f"{name}_ref", "source": {"kind": "folder", "path": str(corpus)}},
                                  where=name, base=corpus)
@@ -294,7 +294,7 @@ def test_airflow_task_killed_with_sigkill_then_rerun_equals_a_clean_run(airflow,
     import signal
     import time
 
-    from pipelines.synthetic import write_folder
+    from tools.synthetic import write_folder
 
     folder = write_folder(tmp_path / "docs", 120, seed=21)
     write_collections(folder, name, docs_per_batch=10)

@@ -21,9 +21,9 @@ from pipelines.airflow.environment import airflow_environment
 from pipelines.airflow.rest import AirflowAPI, RunFailed, wait_for, wait_for_runs
 from pipelines.ingest import run_ingest
 from pipelines.proctree import ProcessTree
-from pipelines.synthetic import write_folder
 from tests.conftest import CORPUS, ROOT, assert_same_chunks, folder_spec
 from tests.test_airflow import chunk_state
+from tools.synthetic import write_folder
 
 pytestmark = pytest.mark.slow
 

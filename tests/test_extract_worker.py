@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.extract_worker import PARSED
+from pipelines.extract.worker import PARSED
 from tests.conftest import CORPUS
 from tests.test_cli import ragpipe
 
@@ -31,7 +31,7 @@ def test_worker_starts_when_the_main_module_cannot_be_reimported(tmp_path):
         "    raise RuntimeError('this module cannot be imported again, like airflow inside a task')\n"
         "import sys\n"
         "from pathlib import Path\n"
-        "from pipelines.extract_worker import extract_isolated\n"
+        "from pipelines.extract.worker import extract_isolated\n"
         "for name in sys.argv[1:]:\n"
         "    print(extract_isolated(Path(name).read_bytes(), Path(name).suffix).title)\n")
     assert {p.suffix for p in PARSED_FILES} >= {".pdf", ".html", ".docx"}

@@ -8,9 +8,9 @@ import pytest
 
 from pipelines import store
 from pipelines.config import parse_collection
-from pipelines.database import connect
 from pipelines.ingest import run_ingest
 from pipelines.search import search
+from pipelines.store.database import connect
 from tests.conftest import CORPUS, folder_spec
 
 QUESTIONS = {
@@ -97,7 +97,7 @@ def test_edit_touch_delete_and_full_refresh(corpus, name, conn):
 def test_model_mismatch_is_a_clear_error(corpus, name, tmp_path):
     run_ingest(folder_spec(name, corpus))
     other = tmp_path / "other-model"
-    from pipelines.embedding import get_embedder
+    from pipelines.embed import get_embedder
 
     get_embedder("all-MiniLM-L6-v2").model.save(str(other))
     with pytest.raises(store.CollectionMismatch, match="cannot take"):
@@ -203,7 +203,7 @@ def test_search_is_served_by_the_hnsw_index(name, conn):
     # does and never touches the index
     import numpy as np
 
-    from pipelines.sqlfiles import query
+    from pipelines.store.sqlfiles import query
 
     ids, vectors = zip(*conn.execute("SELECT id, embedding FROM ragpipe.chunks WHERE collection_id = %s",
                                      (coll.id,)).fetchall(), strict=True)

@@ -5,8 +5,8 @@ import json
 import psycopg
 import pytest
 
-from pipelines.database import connect
-from pipelines.migrations import migrate
+from pipelines.store.database import connect
+from pipelines.store.migrations import migrate
 
 CHUNKS = ("SELECT id, collection_id, document_id, ordinal, text, metadata, embedding::text, tsv::text, tenant "
           "FROM ragpipe.chunks ORDER BY id")
@@ -107,7 +107,7 @@ def test_managed_postgres_owner_without_superuser_or_createrole(tmp_path, corpus
 
     from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-    from pipelines.database import connect, embedded_server, stop_embedded_server
+    from pipelines.store.database import connect, embedded_server, stop_embedded_server
     from tests.test_cli import ragpipe
 
     pgdata = tmp_path / "managed-pgdata"

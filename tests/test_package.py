@@ -33,8 +33,8 @@ def test_the_wheel_carries_the_sql_and_the_dag_factory(wheel):
     shipped_sql = {n.removeprefix("pipelines/sql/") for n in names if n.startswith("pipelines/sql/")}
     source_sql = {p.relative_to(ROOT / "sql").as_posix() for p in (ROOT / "sql").rglob("*.sql")}
     assert shipped_sql == source_sql
-    assert {"pipelines/airflow/dags.py", "pipelines/extract_worker.py", "pipelines/cli.py"} <= names
-    assert not any(n.startswith(("tests/", "dags/", "examples/")) for n in names)
+    assert {"pipelines/airflow/dags.py", "pipelines/extract/worker.py", "pipelines/cli.py"} <= names
+    assert not any(n.startswith(("tests/", "dags/", "examples/", "tools/")) for n in names), "no dev tooling"
     metadata = next(zipfile.ZipFile(wheel).read(n).decode() for n in names if n.endswith("METADATA"))
     requires = [line for line in metadata.splitlines() if line.startswith("Requires-Dist:")]
     assert not [r for r in requires if "==" in r.split(";")[0]], "ranges, not pins: the lock pins"

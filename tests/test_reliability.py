@@ -16,9 +16,9 @@ import pytest
 
 from pipelines.extract import ExtractionError, extract
 from pipelines.ingest import run_ingest
-from pipelines.synthetic import sentences, write_folder
 from tests.conftest import assert_same_chunks, folder_spec
 from tests.test_cli import RAGPIPE, ragpipe
+from tools.synthetic import sentences, write_folder
 
 pytestmark = pytest.mark.slow
 
@@ -67,7 +67,7 @@ def test_kill_9_at_random_points_then_resume_equals_a_clean_run(tmp_path, name, 
 
 
 def test_database_restart_mid_run_fails_clearly_then_recovers(tmp_path, name, db_url, ragpipe_home):
-    from pipelines.database import embedded_server
+    from pipelines.store.database import embedded_server
 
     folder = write_folder(tmp_path / "docs", 300, seed=8)
     with psycopg.connect(db_url, autocommit=True) as watch:
@@ -384,7 +384,7 @@ def test_a_fifo_or_socket_in_a_folder_is_recorded_never_a_hang(tmp_path, name, c
 ])
 def test_passwords_are_masked_in_every_conninfo_form(conninfo):
     """Defect: a regex missed `password = x` and quoted values; libpq's own parser finds the password."""
-    from pipelines.database import mask_url
+    from pipelines.store.database import mask_url
 
     masked = mask_url(conninfo)
     assert PASSWORD not in masked and "***" in masked and " x'" not in masked

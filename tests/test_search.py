@@ -275,7 +275,7 @@ def test_a_huge_query_is_bounded_and_readers_have_a_statement_timeout(sample, co
     first 16 kB) and readers get a default timeout that a later migration never overrides."""
     import random
 
-    from pipelines.migrations import migrate
+    from pipelines.store.migrations import migrate
 
     rng = random.Random(1)
     noise = " ".join("".join(rng.choice("bcdfghjklmnpqrstvwxz") for _ in range(9)) for _ in range(3000))

@@ -1,5 +1,5 @@
-"""Airflow glue: the DAG factory, Airflow connections, the REST client and the local stack of
-`make run`. Importing this package does not import Airflow; calling `collection_dags` does."""
+"""Airflow glue: the DAG factory, Airflow connections and environment, a REST client. Importing
+this package does not import Airflow; calling `collection_dags` does."""
 
 from pathlib import Path
 from typing import Any
@@ -7,6 +7,6 @@ from typing import Any
 
 def collection_dags(collections_file: str | Path | None = None) -> dict[str, Any]:
     """One ingest DAG per collection of collections.yml (see pipelines/airflow/dags.py)."""
-    from .dags import collection_dags as build
+    from pipelines.airflow.dags import collection_dags as build
 
     return build(collections_file)

@@ -5,7 +5,7 @@ from contextlib import contextmanager
 
 from psycopg.conninfo import make_conninfo
 
-from ..settings import load_settings
+from pipelines.settings import load_settings
 
 CONNECTION_ID = "ragpipe_db"
 

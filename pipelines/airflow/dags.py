@@ -16,8 +16,8 @@ from typing import Any
 
 from airflow.sdk import DAG, Asset, Param, dag, task
 
-from ..config import CollectionSpec, load_collections
-from ..settings import Settings, load_settings
+from pipelines.config import CollectionSpec, load_collections
+from pipelines.settings import Settings, load_settings
 
 
 def collection_dags(collections_file: str | Path | None = None) -> dict[str, DAG]:
@@ -118,7 +118,7 @@ plan (list `{spec.source['kind']}` source, diff fingerprints) → `process_batch
             from airflow.sdk.exceptions import AirflowSkipException
 
             from pipelines.airflow.connections import explained_timeout, vector_db_url
-            from pipelines.ingest import finalize_step
+            from pipelines.ingest import finalize_step, format_summary
 
             if planned["dry_run"]:
                 raise AirflowSkipException(f"dry run: would process {planned['would_process']} documents "
@@ -128,9 +128,7 @@ plan (list `{spec.source['kind']}` source, diff fingerprints) → `process_batch
             with explained_timeout("finalize"):
                 summary = finalize_step(spec, planned["ingest_run_id"], planned["deleted"], vector_db_url(),
                                         failed_batches=int(missing > 0))
-            print("run {id} {status}: listed {listed}, new {new}, changed {changed}, unchanged {unchanged}, "
-                  "deleted {deleted}, failed {failed}, duplicates {duplicates}, chunks embedded {chunks_embedded} "
-                  "(reused {chunks_reused}) in {seconds:.1f}s".format(**summary))
+            print(format_summary(summary))
             if missing:
                 raise RuntimeError(f"{missing} documents were not processed because a batch failed; "
                                    "nothing was deleted. Clear the failed batch to retry it.")

@@ -6,8 +6,8 @@ from pathlib import Path
 import psycopg
 import psycopg.sql
 
-from ..database import database_url
-from ..settings import PROJECT_ROOT, load_settings
+from pipelines.settings import PROJECT_ROOT, load_settings
+from pipelines.store.database import database_url
 
 
 def airflow_environment(home: Path | None = None, metadata_db: str = "airflow") -> dict[str, str]:

@@ -10,8 +10,8 @@ from typing import Annotated
 
 from pydantic import Field
 
-from ..extract import EXTRACTORS
-from . import DocumentRef, Listing, RawDocument, SourceError
+from pipelines.extract import EXTRACTORS
+from pipelines.sources import DocumentRef, Listing, RawDocument, SourceError
 
 DEFAULT_MAX_BYTES = 50 * 1024 * 1024
 

@@ -8,8 +8,8 @@ from functools import cached_property
 from pathlib import PurePosixPath
 from typing import Any
 
-from . import DocumentRef, Listing, RawDocument, SourceError
-from .folder import FileFilters
+from pipelines.sources import DocumentRef, Listing, RawDocument, SourceError
+from pipelines.sources.folder import FileFilters
 
 
 @dataclass
@@ -32,7 +32,7 @@ class S3Source(FileFilters):
 
         options: dict[str, Any] = {}
         if self.aws_conn_id:
-            from ..airflow.connections import aws_credentials
+            from pipelines.airflow.connections import aws_credentials
 
             options.update(aws_credentials(self.aws_conn_id))
         client = {k: v for k, v in {"endpoint_url": self.endpoint_url, "region_name": self.region}.items() if v}

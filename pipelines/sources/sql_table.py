@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
-from ..database import mask_url
-from . import DocumentRef, Listing, RawDocument, SourceError
+from pipelines.sources import DocumentRef, Listing, RawDocument, SourceError
+from pipelines.store.database import mask_url
 
 
 @dataclass
@@ -33,7 +33,7 @@ class SqlSource:
 
     def _connect(self) -> psycopg.Connection:
         if self.conn_id:
-            from ..airflow.connections import connection_url
+            from pipelines.airflow.connections import connection_url
 
             url = connection_url(self.conn_id)
         else:

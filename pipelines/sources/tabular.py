@@ -10,7 +10,7 @@ from typing import Any
 
 import pandas as pd
 
-from . import DocumentRef, Listing, RawDocument, SourceError
+from pipelines.sources import DocumentRef, Listing, RawDocument, SourceError
 
 
 def _csv(path: Path) -> list[Any]:

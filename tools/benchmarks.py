@@ -5,7 +5,7 @@ torch and onnx-int8 backends to a small run (always part of large; ~15 min the f
 BENCH_SECTIONS=embedding,loading,reruns,search (the default: all) runs some of them. Results go to
 stdout and docs/benchmarks[-large][-SECTIONS].md.
 Everything runs through the real pipeline, model and embedded PostgreSQL; synthetic corpora are
-resampled sentences of NFCorpus (pipelines/synthetic.py). The search section's sentence embeddings
+resampled sentences of NFCorpus (tools/synthetic.py). The search section's sentence embeddings
 take ~15 min the first time (cached under .ragpipe/bench).
 """
 
@@ -27,15 +27,23 @@ from typing import Any
 import numpy as np
 import psutil
 
-from . import store
-from .chunking import Chunk, chunk_text
-from .config import parse_collection
-from .database import connect
-from .embedding import get_embedder
-from .ingest import open_database, run_ingest
-from .settings import DEFAULT_MODEL, PROJECT_ROOT
-from .sqlfiles import query
-from .synthetic import NFCORPUS, chunk_vectors, document, nearby_sentences, sentence_vectors, sentences, write_folder
+from pipelines import store
+from pipelines.chunking import Chunk, chunk_text
+from pipelines.config import parse_collection
+from pipelines.embed import get_embedder
+from pipelines.ingest import open_database, run_ingest
+from pipelines.settings import DEFAULT_MODEL, PROJECT_ROOT
+from pipelines.store.database import connect
+from pipelines.store.sqlfiles import query
+from tools.synthetic import (
+    NFCORPUS,
+    chunk_vectors,
+    document,
+    nearby_sentences,
+    sentence_vectors,
+    sentences,
+    write_folder,
+)
 
 SCALES = {
     "small": dict(embed_docs=300, load_rows=20_000, rerun_docs=2_000, memory_docs=200, search_chunks=100_000,
@@ -125,7 +133,7 @@ def bench_embedding(conn, tmp: Path, docs: int) -> None:
 
 def bench_backend_quality() -> None:
     """nDCG@10 on the whole NFCorpus test set, torch vs onnx-int8, through `ragpipe eval`'s code path."""
-    from .evaluate import evaluate
+    from pipelines.search.evaluate import evaluate
 
     scores = {}
     for backend, suffix in (("torch", ""), ("onnx-int8", "#onnx-int8")):
@@ -385,7 +393,7 @@ def write_report(scale: str, seconds: float) -> Path:
     lines = [
         "# Benchmarks", "",
         f"- machine: {machine()} (shared and noisy: compare ratios from the same run, not absolute figures)",
-        f"- command: `BENCH_SCALE={scale}{quality} make bench` (pipelines/benchmarks.py), {seconds / 60:.1f} min",
+        f"- command: `BENCH_SCALE={scale}{quality} make bench` (tools/benchmarks.py), {seconds / 60:.1f} min",
         f"- date: {date.today().isoformat()}; model all-MiniLM-L6-v2 (torch CPU), PostgreSQL 18 + pgvector 0.8.5"
         " (embedded)", "",
         "| section | metric | result |", "|---|---|---|",

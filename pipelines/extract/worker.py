@@ -3,7 +3,7 @@
 A hostile or broken PDF, DOCX or HTML file can make its parser loop or allocate without bound; in
 the worker that costs one killed process and a recorded failure instead of a hung or dead ingest.
 
-The worker is its own program, `python -m pipelines.extract_worker`, talking over its stdin and
+The worker is its own program, `python -m pipelines.extract.worker`, talking over its stdin and
 stdout: it never re-imports the caller's `__main__` (a multiprocessing "spawn" child does, and
 under Airflow 3 that is the `airflow` entry point, which cannot start inside a task) and never
 inherits the model or database connections. So it starts the same way in the CLI, `dag.test()`,
@@ -24,8 +24,8 @@ import threading
 import time
 from pathlib import Path
 
-from .extract import Extracted, ExtractionError, extract
-from .settings import load_settings
+from pipelines.extract import Extracted, ExtractionError, extract
+from pipelines.settings import load_settings
 
 PARSED = {".pdf", ".docx", ".html", ".htm"}
 """Formats whose parsers run in the worker; plain text and Markdown are decoded in-process."""
@@ -100,7 +100,7 @@ class WorkerClient:
             raise
 
     def _start(self) -> subprocess.Popen:
-        package_parent = str(Path(__file__).resolve().parent.parent)
+        package_parent = str(Path(__file__).resolve().parents[2])
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [package_parent,
                                                                          os.environ.get("PYTHONPATH")])))
         proc = subprocess.Popen([sys.executable, "-m", __name__, str(self.memory_mb), str(os.getpid())],
@@ -206,7 +206,7 @@ def _serve(memory_mb: int, parent_pid: int) -> None:
     os.dup2(2, 1)  # a parser that prints must not corrupt the protocol
     _limit_memory(memory_mb)
     threading.Thread(target=_exit_with_parent, args=(parent_pid,), daemon=True).start()
-    from .faults import armed, failpoint
+    from pipelines.faults import armed, failpoint
 
     failpoint("parser_worker_start")
     _write(proto_out, READY)

@@ -2,9 +2,9 @@
 
 import sys
 
-from .embedding import get_embedder
-from .search import search
-from .settings import DEFAULT_MODEL
+from pipelines.embed import get_embedder
+from pipelines.search import search
+from pipelines.settings import DEFAULT_MODEL
 
 SQL = """SELECT document_id, round(score::numeric, 3) AS score, left(text, 80) AS text
 FROM ragpipe.semantic_search('{collection}', '{vector}', k => 3);"""

@@ -12,8 +12,8 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from .chunking import Chunk
-from .sqlfiles import query
+from pipelines.chunking import Chunk
+from pipelines.store.sqlfiles import query
 
 log = logging.getLogger(__name__)
 

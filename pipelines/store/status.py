@@ -4,9 +4,9 @@ from typing import Any
 
 from psycopg.rows import dict_row
 
-from .database import connect
-from .ingest import open_database
-from .sqlfiles import query
+from pipelines.ingest import open_database
+from pipelines.store.database import connect
+from pipelines.store.sqlfiles import query
 
 
 def collection_status(name: str | None = None) -> list[dict[str, Any]]:

@@ -12,7 +12,7 @@ import psycopg
 import psycopg.conninfo
 from pgvector.psycopg import register_vector
 
-from .settings import Settings, load_settings
+from pipelines.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
 

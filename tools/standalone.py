@@ -1,8 +1,8 @@
 """`make run` and `make smoke`: standalone Airflow 3 (scheduler, dag-processor, api-server,
 triggerer; LocalExecutor) on the embedded PostgreSQL, with the servers behind the sample collections.
 
-    python -m pipelines.airflow.standalone run     # trigger every sample DAG, print a search, run until Ctrl-C
-    python -m pipelines.airflow.standalone smoke   # the same, then stop; exit 0 only if every run succeeded
+    python -m tools.standalone run     # trigger every sample DAG, print a search, run until Ctrl-C
+    python -m tools.standalone smoke   # the same, then stop; exit 0 only if every run succeeded
                                            # and no process it started is left
 
 Both stop everything they started (checked by pid) on Ctrl-C, on SIGTERM and on their own failure.
@@ -16,12 +16,12 @@ import sys
 import time
 from pathlib import Path
 
-from ..database import database_url
-from ..ingest import open_database
-from ..proctree import ProcessTree
-from ..settings import load_settings
-from .environment import airflow_environment
-from .rest import AirflowAPI, RunFailed, wait_for, wait_for_runs
+from pipelines.airflow.environment import airflow_environment
+from pipelines.airflow.rest import AirflowAPI, RunFailed, wait_for, wait_for_runs
+from pipelines.ingest import open_database
+from pipelines.proctree import ProcessTree
+from pipelines.settings import load_settings
+from pipelines.store.database import database_url
 
 SAMPLE_DAGS = tuple(f"ragpipe_ingest_{name}" for name in
                     ("sample", "sample_records", "sample_s3", "sample_web", "sample_sql"))
@@ -71,7 +71,7 @@ def start_sample_servers(log_path: Path) -> dict[str, str]:
         logger = logging.getLogger(name)
         logger.addHandler(handler)
         logger.propagate = False
-    from ..samples import start_all
+    from tools.samples import start_all
 
     return start_all(database_url())
 
@@ -103,7 +103,7 @@ def run_stack(mode: str) -> int:
     rc = 0
     started = time.monotonic()
     try:
-        from ..samples import S3_PORT, WEB_PORT
+        from tools.samples import S3_PORT, WEB_PORT
 
         check_ports({"Airflow API": int(os.environ.get("AIRFLOW__API__PORT", "8080")), "sample S3": S3_PORT,
                      "sample web": WEB_PORT})
@@ -129,7 +129,7 @@ def run_stack(mode: str) -> int:
         wait_for_runs(api, triggered, home / "logs", RUNS_TIMEOUT_S, TASK_LIMIT_S, must_succeed=ASSET_TRIGGERED,
                       report=say)
         say(f"every run succeeded ({time.monotonic() - started:.0f} s since start)")
-        from ..demo import main as demo
+        from tools.demo import main as demo
 
         demo("Does coffee affect blood vessel function?")
         say(f"Airflow UI: http://localhost:{port}   login: {user} / {password}")
@@ -145,7 +145,7 @@ def run_stack(mode: str) -> int:
     finally:
         left = tree.stop()
         if not db_was_running:
-            from ..database import stop_embedded_server
+            from pipelines.store.database import stop_embedded_server
 
             stop_embedded_server(settings.pgdata)
         if left:
@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     mode = args[0] if args else "run"
     if mode not in ("run", "smoke"):
-        raise SystemExit("usage: python -m pipelines.airflow.standalone [run|smoke]")
+        raise SystemExit("usage: python -m tools.standalone [run|smoke]")
     sys.exit(run_stack(mode))
 
 

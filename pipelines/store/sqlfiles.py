@@ -5,7 +5,7 @@ from functools import cache
 
 from psycopg import sql
 
-from .settings import SQL_DIR
+from pipelines.settings import SQL_DIR
 
 
 @cache

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import httpx
 
-from .search import RagContext
-from .settings import load_settings
+from pipelines.search import RagContext
+from pipelines.settings import load_settings
 
 SYSTEM = ("Answer the question using only the numbered context passages. Cite the passages you use "
           "as [n]. If the context does not contain the answer, say so.")

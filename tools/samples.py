@@ -10,7 +10,7 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 import psycopg
 
-from .settings import PROJECT_ROOT, load_settings
+from pipelines.settings import PROJECT_ROOT, load_settings
 
 CORPUS = PROJECT_ROOT / "examples" / "corpus"
 S3_PORT, WEB_PORT = 9753, 8765

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .settings import PROJECT_ROOT
+from pipelines.settings import PROJECT_ROOT
 
 NFCORPUS = PROJECT_ROOT.parent / "shared" / "data" / "beir" / "nfcorpus"
 

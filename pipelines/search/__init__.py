@@ -17,11 +17,11 @@ import numpy as np
 from psycopg.rows import class_row
 from psycopg.types.json import Jsonb
 
-from . import store
-from .database import connect
-from .embedding import get_embedder
-from .ingest import open_database
-from .sqlfiles import query
+from pipelines import store
+from pipelines.embed import get_embedder
+from pipelines.ingest import open_database
+from pipelines.store.database import connect
+from pipelines.store.sqlfiles import query
 
 Mode = Literal["semantic", "keyword", "hybrid"]
 MODES: tuple[Mode, ...] = ("hybrid", "semantic", "keyword")
@@ -121,7 +121,7 @@ def _grant(statement: str, params: tuple, admin_sql: str, url: str | None) -> No
     """Run a grant function; without the privilege it needs, one line saying what an admin must run."""
     from psycopg.errors import InsufficientPrivilege
 
-    from .database import DatabaseError
+    from pipelines.store.database import DatabaseError
 
     with connect(open_database(url)) as conn:
         try:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import psycopg
 
-from .database import DatabaseError, connect, mask_url
-from .settings import SQL_DIR
+from pipelines.settings import SQL_DIR
+from pipelines.store.database import DatabaseError, connect, mask_url
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Chunks → normalized vectors with sentence-transformers, batched; models are loaded once per process.
 
-Backends: "torch" (default) and "onnx-int8" (pipelines/onnx_backend.py): the same model exported
+Backends: "torch" (default) and "onnx-int8" (pipelines/embed/onnx.py): the same model exported
 locally to ONNX and quantized to int8 (no download), cached under $RAGPIPE_HOME/models. A
 collection's model id names its backend ("<model>#onnx-int8"), so the two never mix in one collection.
 """
@@ -53,8 +53,8 @@ class Embedder:
         hf_logging.disable_progress_bar()
         try:
             if self.backend == "onnx-int8":
-                from .onnx_backend import OnnxInt8Encoder
-                from .settings import load_settings
+                from pipelines.embed.onnx import OnnxInt8Encoder
+                from pipelines.settings import load_settings
 
                 return OnnxInt8Encoder(model_location(self.name), load_settings().home / "models")
             from sentence_transformers import SentenceTransformer

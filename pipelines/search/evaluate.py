@@ -14,12 +14,12 @@ from typing import Any
 
 import numpy as np
 
-from .config import parse_collection
-from .database import connect
-from .embedding import get_embedder
-from .ingest import open_database, run_ingest
-from .settings import DEFAULT_MODEL, load_settings
-from .sqlfiles import query
+from pipelines.config import parse_collection
+from pipelines.embed import get_embedder
+from pipelines.ingest import open_database, run_ingest
+from pipelines.settings import DEFAULT_MODEL, load_settings
+from pipelines.store.database import connect
+from pipelines.store.sqlfiles import query
 
 METRICS = ["ndcg@10", "recall@100", "mrr@10"]
 CHUNK_DEPTH = 300
