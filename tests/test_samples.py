@@ -12,7 +12,7 @@ from tests.conftest import ROOT
 def samples(db_url):
     import os
 
-    from pipelines import samples
+    from tools import samples
 
     env = samples.start_all(db_url)
     os.environ.update(env)
