@@ -404,7 +404,7 @@ def run() -> None:
     from pipelines.settings import SettingsError
     from pipelines.sources import SourceError
     from pipelines.store import CollectionBusy, CollectionMismatch
-    from pipelines.store.database import DatabaseError, mask_url
+    from pipelines.store.database import DatabaseError, first_line, mask_url
 
     try:
         main(standalone_mode=False)
@@ -418,10 +418,10 @@ def run() -> None:
         click.echo(f"Error: {mask_url(str(exc))}", err=True)
         sys.exit(1)
     except (psycopg.DataError, psycopg.errors.NoDataFound, psycopg.errors.RaiseException) as exc:
-        click.echo(f"Error: {str(exc).strip().splitlines()[0].removeprefix('ragpipe: ')}", err=True)
+        click.echo(f"Error: {first_line(exc).removeprefix('ragpipe: ')}", err=True)
         sys.exit(1)
     except psycopg.OperationalError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        click.echo(f"Error: lost the database connection ({mask_url(first)}). Nothing half-written was "
+        first = first_line(exc)
+        click.echo(f"Error: lost the database connection ({first}). Nothing half-written was "
                    "kept: each document is replaced in one transaction. Run the command again.", err=True)
         sys.exit(1)

@@ -55,7 +55,6 @@ class IndexOptions(BaseModel):
     maintenance_work_mem_cap_mb: Annotated[int, Field(ge=64)] | None = None
 
 
-@cache
 def source_model() -> Any:
     """A discriminated union on `kind` of one model per source kind, built from the source classes'
     own typed fields, so each option is declared once (in pipelines/sources/)."""
@@ -79,12 +78,10 @@ def source_model() -> Any:
     return Annotated[Union[tuple(models)], Field(discriminator="kind")]  # noqa: UP007
 
 
-def collection_model() -> type[BaseModel]:
-    return _collection_model(source_model())
-
-
 @cache
-def _collection_model(source_type: Any) -> type[BaseModel]:
+def collection_model() -> type[BaseModel]:
+    source_type = source_model()
+
     class Collection(BaseModel):
         """One entry of collections.yml."""
 

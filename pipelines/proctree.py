@@ -26,12 +26,11 @@ class ProcessTree:
         self.marker = uuid.uuid4().hex
         self.started: dict[str, subprocess.Popen] = {}
 
-    def start(self, name: str, cmd: list[str], env: dict[str, str], log_path: Path,
-              cwd: str | None = None) -> subprocess.Popen:
+    def start(self, name: str, cmd: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with log_path.open("ab") as log:
             proc = subprocess.Popen(cmd, env=dict(env, **{MARKER: self.marker}), stdout=log, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, start_new_session=True, cwd=cwd)
+                                    stdin=subprocess.DEVNULL, start_new_session=True)
         self.started[name] = proc
         return proc
 

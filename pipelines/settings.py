@@ -1,5 +1,7 @@
 """Process-wide settings, read from the environment in one place."""
 
+import os
+from functools import lru_cache
 from pathlib import Path
 
 from pydantic import Field, SecretStr, ValidationError
@@ -72,7 +74,14 @@ class Settings(BaseSettings):
 
 
 def load_settings() -> Settings:
-    """The settings from the environment now; a bad value is one SettingsError naming its variable."""
+    """The settings from the environment now; a bad value is one SettingsError naming its variable.
+    Parsed once per distinct set of RAGPIPE_* values (per-document callers pay a dict scan, not a parse)."""
+    return _parsed(tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("RAGPIPE_"))))
+
+
+@lru_cache(maxsize=16)
+def _parsed(environment: tuple[tuple[str, str], ...]) -> Settings:
+    """Settings for this RAGPIPE_* environment (the key of the cache; Settings() reads os.environ)."""
     try:
         return Settings()
     except ValidationError as exc:

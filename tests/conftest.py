@@ -98,6 +98,12 @@ def folder_spec(name: str, path: Path, **kw):
                             where=name, base=path)
 
 
+def run_failures(conn, run_id: int) -> dict[str, str]:
+    """source_id → recorded reason, for every document a run recorded as failed."""
+    return dict(conn.execute("SELECT source_id, error FROM ragpipe.ingest_failures WHERE run_id = %s",
+                             (run_id,)).fetchall())
+
+
 def assert_same_chunks(got: list[tuple], want: list[tuple]) -> None:
     """Rows of (..., embedding::text) equal in every column but the last; embeddings equal up to
     float noise (the same text embedded in a differently padded batch differs in the 7th digit)."""

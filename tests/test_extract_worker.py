@@ -9,17 +9,12 @@ from pathlib import Path
 import pytest
 
 from pipelines.extract.worker import PARSED
-from tests.conftest import CORPUS
+from tests.conftest import CORPUS, run_failures
 from tests.test_cli import ragpipe
 
 pytestmark = pytest.mark.slow
 
 PARSED_FILES = sorted(p for p in CORPUS.rglob("*") if p.suffix in PARSED)
-
-
-def failures(conn, run_id: int) -> dict[str, str]:
-    return dict(conn.execute("SELECT source_id, error FROM ragpipe.ingest_failures WHERE run_id = %s",
-                             (run_id,)).fetchall())
 
 
 def test_worker_starts_when_the_main_module_cannot_be_reimported(tmp_path):
@@ -50,7 +45,7 @@ def test_a_worker_that_cannot_start_fails_its_documents_and_the_run_goes_on(tmp_
     parsed = {p.relative_to(corpus).as_posix() for p in corpus.rglob("*") if p.suffix in PARSED}
     others = {p.relative_to(corpus).as_posix() for p in corpus.rglob("*") if p.is_file()} - parsed
     assert summary["failed"] == len(parsed) and summary["new"] == len(others)
-    reasons = failures(conn, summary["run_id"])
+    reasons = run_failures(conn, summary["run_id"])
     assert set(reasons) == parsed
     assert all("parser worker could not start (exit code 1)" in r and "injected fault" in r
                for r in reasons.values()), reasons
@@ -64,7 +59,7 @@ def test_a_parser_crash_is_recorded_and_the_next_document_gets_a_new_worker(tmp_
     summary = json.loads(ragpipe("ingest", str(corpus), "-c", name, "--json",
                                  env={"RAGPIPE_FAILPOINTS": "parser_crash",
                                       "RAGPIPE_FAILPOINT_DIR": str(tmp_path / "faults")}).stdout)
-    reasons = failures(conn, summary["run_id"])
+    reasons = run_failures(conn, summary["run_id"])
     assert summary["failed"] == 1 and list(reasons.values()) == ["the parser crashed (killed by signal 9)"]
     assert Path(next(iter(reasons))).suffix in PARSED
     parsed = [p for p in corpus.rglob("*") if p.suffix in PARSED]
@@ -84,5 +79,5 @@ def test_only_the_parsers_message_crosses_the_process_boundary(tmp_path, name, c
     (folder / "fine.md").write_text("# Fine\n\nA readable document.\n")
     result = ragpipe("ingest", str(folder), "-c", name, "--json")
     summary = json.loads(result.stdout)
-    reason, = failures(conn, summary["run_id"]).values()
+    reason, = run_failures(conn, summary["run_id"]).values()
     assert summary["new"] == 1 and "pickle" not in reason and "Traceback" not in result.stderr, reason

@@ -11,7 +11,7 @@ from pipelines.config import parse_collection
 from pipelines.ingest import run_ingest
 from pipelines.search import search
 from pipelines.store.database import connect
-from tests.conftest import CORPUS, folder_spec
+from tests.conftest import CORPUS, folder_spec, run_failures
 
 QUESTIONS = {
     "Does drinking coffee affect the function of blood vessels?": "coffee/",
@@ -328,8 +328,7 @@ def test_table_ids_and_values_are_read_as_written_and_skipped_rows_are_recorded(
     spec = parse_collection({"name": name, "source": {"kind": "tabular", "path": str(csv)}}, where=name, base=tmp_path)
     summary = run_ingest(spec)
     assert (summary["listed"], summary["new"], summary["failed"]) == (2, 2, 2)
-    failures = dict(conn.execute("SELECT source_id, error FROM ragpipe.ingest_failures WHERE run_id = %s",
-                                 (summary["id"],)).fetchall())
+    failures = run_failures(conn, summary["id"])
     assert failures == {"t.csv row 3": "no id (column 'id' is empty)",
                         "t.csv row 4": "id '7' repeats row 2; only the first is loaded"}
     docs = dict(conn.execute("SELECT d.source_id, d.metadata->>'country' FROM ragpipe.documents d "

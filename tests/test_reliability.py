@@ -16,7 +16,7 @@ import pytest
 
 from pipelines.extract import ExtractionError, extract
 from pipelines.ingest import run_ingest
-from tests.conftest import assert_same_chunks, folder_spec
+from tests.conftest import assert_same_chunks, folder_spec, run_failures
 from tests.test_cli import RAGPIPE, ragpipe
 from tools.synthetic import sentences, write_folder
 
@@ -124,8 +124,7 @@ def test_hostile_files_are_recorded_and_nothing_loaded_is_lost(tmp_path, name, c
     (folder / "escape.txt").symlink_to(outside)
     summary = run_ingest(spec)
     assert summary["status"] == "succeeded"
-    failures = dict(conn.execute("SELECT source_id, error FROM ragpipe.ingest_failures WHERE run_id = %s",
-                                 (summary["id"],)).fetchall())
+    failures = run_failures(conn, summary["id"])
     assert "zip bomb" in failures["bomb.docx"]
     assert "size cap" in failures["huge.txt"]
     assert "outside the source folder" in failures["escape.txt"]
@@ -369,8 +368,7 @@ def test_a_fifo_or_socket_in_a_folder_is_recorded_never_a_hang(tmp_path, name, c
     finally:
         sock.close()
     assert (summary["new"], summary["failed"]) == (1, 2)
-    reasons = dict(conn.execute("SELECT source_id, error FROM ragpipe.ingest_failures WHERE run_id = %s",
-                                (summary["run_id"],)).fetchall())
+    reasons = run_failures(conn, summary["run_id"])
     assert reasons == {"pipe.md": "a named pipe (FIFO), not a regular file; skipped",
                        "socket.md": "a socket, not a regular file; skipped"}
 

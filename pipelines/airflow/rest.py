@@ -106,9 +106,10 @@ def wait_for_runs(api: AirflowAPI, triggered: dict[str, str], logs_dir: Path, ti
         if failed:
             raise RunFailed(f"DAG run {failed[0]['dag_id']} ({failed[0]['dag_run_id']}) failed")
         states = {(r["dag_id"], r["dag_run_id"]): r["state"] for r in runs}
+        never_succeeded = [d for d in must_succeed
+                           if not any(r["dag_id"] == d and r["state"] == "success" for r in runs)]
         done = (all(states.get(item) == "success" for item in triggered.items())
-                and all(r["state"] in TERMINAL for r in runs)
-                and all(any(r["dag_id"] == d and r["state"] == "success" for r in runs) for d in must_succeed))
+                and all(r["state"] in TERMINAL for r in runs) and not never_succeeded)
         if done:
             quiet_since = quiet_since or time.monotonic()
             if time.monotonic() - quiet_since >= settle_s:  # no new run (e.g. an Asset-triggered one) appeared
@@ -118,8 +119,7 @@ def wait_for_runs(api: AirflowAPI, triggered: dict[str, str], logs_dir: Path, ti
         if time.monotonic() > deadline:
             pending = sorted(k for k, s in seen.items() if s not in TERMINAL)
             raise RunFailed(f"timed out after {timeout_s:.0f} s; still not finished: {', '.join(pending) or 'none'}"
-                            + "".join(f"; {d} has no successful run" for d in must_succeed
-                                      if not any(r["dag_id"] == d and r["state"] == "success" for r in runs)))
+                            + "".join(f"; {d} has no successful run" for d in never_succeeded))
         time.sleep(2)
 
 

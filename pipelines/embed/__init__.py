@@ -61,7 +61,9 @@ class Embedder:
 
             return SentenceTransformer(model_location(self.name), device="cpu")
         except (OSError, ValueError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            from pipelines.store.database import first_line
+
+            first = first_line(exc)
             raise ModelUnavailable(
                 f"cannot load embedding model {self.name!r}: {first}. Use a local path, the default "
                 "model, or a hub name on a machine that can reach the hub"

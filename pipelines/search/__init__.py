@@ -121,13 +121,13 @@ def _grant(statement: str, params: tuple, admin_sql: str, url: str | None) -> No
     """Run a grant function; without the privilege it needs, one line saying what an admin must run."""
     from psycopg.errors import InsufficientPrivilege
 
-    from pipelines.store.database import DatabaseError
+    from pipelines.store.database import DatabaseError, first_line
 
     with connect(open_database(url)) as conn:
         try:
             conn.execute(query("search", statement), params)
         except InsufficientPrivilege as exc:
-            raise DatabaseError(f"{str(exc).strip().splitlines()[0]}: ask an administrator to run `{admin_sql}` "
+            raise DatabaseError(f"{first_line(exc)}: ask an administrator to run `{admin_sql}` "
                                 f"and then this command again (nothing was changed)") from None
         conn.commit()
 

@@ -13,7 +13,7 @@ import psycopg
 from psycopg import sql
 
 from pipelines.sources import DocumentRef, Listing, RawDocument, SourceError
-from pipelines.store.database import mask_url
+from pipelines.store.database import first_line, mask_url
 
 
 @dataclass
@@ -55,7 +55,7 @@ class SqlSource:
             with self._connect() as conn:
                 rows = conn.execute(statement).fetchall()
         except (psycopg.Error, SourceError) as exc:
-            return Listing([], complete=False, problems=[f"query failed: {str(exc).strip().splitlines()[0]}"])
+            return Listing([], complete=False, problems=[f"query failed: {first_line(exc)}"])
         refs = {key: DocumentRef(key, f"sql:{self.id_column}={key}", fp or "") for key, fp in rows if key is not None}
         return Listing(list(refs.values()), complete=True)
 

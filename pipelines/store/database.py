@@ -87,7 +87,7 @@ def connect(url: str | None = None, autocommit: bool = False, vector_types: bool
     try:
         conn = psycopg.connect(url, autocommit=autocommit, connect_timeout=10)
     except psycopg.OperationalError as exc:
-        raise DatabaseError(f"cannot connect to {mask_url(url)}: {_first_line(exc)}") from None
+        raise DatabaseError(f"cannot connect to {mask_url(url)}: {first_line(exc)}") from None
     if not vector_types:
         return conn
     try:
@@ -102,5 +102,6 @@ def connect(url: str | None = None, autocommit: bool = False, vector_types: bool
     return conn
 
 
-def _first_line(exc: Exception) -> str:
+def first_line(exc: BaseException) -> str:
+    """An exception's first line (or its type), with any password masked: for one-line errors."""
     return mask_url(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)

@@ -35,27 +35,22 @@ $fn$;
 
 -- Argument checks shared by the search functions: a NULL or out-of-range k, a NULL embedding or a
 -- NaN weight is an error that says what to pass, never "the whole collection" or NaN scores.
-CREATE OR REPLACE FUNCTION ragpipe.checked_k(k int, max_k int DEFAULT 10000) RETURNS int
+CREATE OR REPLACE FUNCTION ragpipe.checked(name text, value double precision,
+    low double precision DEFAULT '-Infinity', high double precision DEFAULT 'Infinity') RETURNS double precision
 LANGUAGE plpgsql IMMUTABLE AS $fn$
 BEGIN
-    IF k IS NULL OR k < 1 OR k > max_k THEN
-        RAISE EXCEPTION 'ragpipe: k must be between 1 and %, got %', max_k, coalesce(k::text, 'NULL')
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    RETURN k;
-END
-$fn$;
-
-CREATE OR REPLACE FUNCTION ragpipe.checked_number(name text, value double precision) RETURNS double precision
-LANGUAGE plpgsql IMMUTABLE AS $fn$
-BEGIN
-    IF value IS NULL OR value = 'NaN'::float8 OR value IN ('Infinity'::float8, '-Infinity'::float8) THEN
-        RAISE EXCEPTION 'ragpipe: % must be a finite number, got %', name, coalesce(value::text, 'NULL')
-            USING ERRCODE = 'invalid_parameter_value';
+    IF value IS NULL OR value IN ('NaN', 'Infinity', '-Infinity') OR value < low OR value > high THEN
+        RAISE EXCEPTION 'ragpipe: % must be %, got %', name,
+            CASE WHEN low = '-Infinity' AND high = 'Infinity' THEN 'a finite number'
+                 ELSE format('between %s and %s', low, high) END,
+            coalesce(value::text, 'NULL') USING ERRCODE = 'invalid_parameter_value';
     END IF;
     RETURN value;
 END
 $fn$;
+
+CREATE OR REPLACE FUNCTION ragpipe.checked_k(k int, max_k int DEFAULT 10000) RETURNS int
+LANGUAGE sql IMMUTABLE AS $fn$ SELECT ragpipe.checked('k', k, 1, max_k)::int $fn$;
 
 -- semantic_search: nearest chunks by cosine similarity, served by the collection's HNSW index.
 -- Iterative index scans keep returning k rows when the filter is selective.
@@ -191,9 +186,9 @@ RETURNS TABLE (chunk_id bigint, document_id text, uri text, title text, text tex
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = ragpipe, public, pg_temp
 AS $fn$
     WITH n AS (SELECT coalesce(candidates, greatest(4 * ragpipe.checked_k(k, 2500), 50)) AS n
-               WHERE ragpipe.checked_number('semantic_weight', semantic_weight) IS NOT NULL
-                 AND ragpipe.checked_number('keyword_weight', keyword_weight) IS NOT NULL
-                 AND ragpipe.checked_number('rrf_k', rrf_k) IS NOT NULL),
+               WHERE ragpipe.checked('semantic_weight', semantic_weight) IS NOT NULL
+                 AND ragpipe.checked('keyword_weight', keyword_weight) IS NOT NULL
+                 AND ragpipe.checked('rrf_k', rrf_k) IS NOT NULL),
     sem AS (
         SELECT s.*, row_number() OVER (ORDER BY s.score DESC, s.chunk_id) AS r
         FROM n, ragpipe.semantic_search(collection, query_embedding, n.n, filter) s

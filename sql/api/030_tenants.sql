@@ -17,7 +17,8 @@ AS $fn$
     LIMIT ragpipe.checked_k(k);
 $fn$;
 GRANT EXECUTE ON FUNCTION ragpipe.tenant_search(text, vector, int, jsonb) TO ragpipe_tenant_reader;
-GRANT EXECUTE ON FUNCTION ragpipe.checked_k(int, int) TO ragpipe_tenant_reader;
+GRANT EXECUTE ON FUNCTION ragpipe.checked_k(int, int), ragpipe.checked(text, double precision, double precision, double precision)
+    TO ragpipe_tenant_reader;
 
 -- `ragpipe db grant-tenant ROLE TENANT`: ROLE (created NOLOGIN if missing) reads TENANT's rows only.
 CREATE OR REPLACE FUNCTION ragpipe.grant_tenant(role_name text, tenant text) RETURNS void
