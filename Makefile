@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml requirements.lock | cksu
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install lock system-deps run smoke demo test bench lint clean
+.PHONY: install lock system-deps run smoke demo unit test bench lint clean
 
 # The exact versions of requirements.lock, then ragpipe itself (editable) without resolving again.
 $(STAMP): pyproject.toml requirements.lock
@@ -48,6 +48,10 @@ system-deps:
 	    echo "installing redis-server (Debian package) for tests/test_distributed.py"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server >/dev/null; \
 	  else echo "tests/test_distributed.py needs redis-server: sudo apt-get install redis-server"; exit 1; fi; }
+
+## unit: the fast tier (seconds): chunking, configuration, settings, outcome classification; no database
+unit: install
+	$(BIN)/pytest -q -m unit
 
 test: install system-deps
 	$(BIN)/pytest -q

@@ -136,7 +136,7 @@ def _print_hits(results: list, as_json: bool) -> None:
         _emit([r.to_dict() for r in results])
         return
     for i, r in enumerate(results, 1):
-        click.echo(f"{i}. [{r.score:.3f}] {r.title or r.document_id}  ({r.document_id})")
+        click.echo(f"{i}. [{r.score:.3f}] {r.title or r.source_id}  ({r.source_id})")
         click.echo("   " + " ".join(r.text.split())[:240])
 
 
@@ -156,16 +156,16 @@ def search(query: str, collection: str, k: int, mode: str, filter_: str | None, 
 
 
 @main.command()
-@click.argument("document_id")
+@click.argument("source_id")
 @click.option("-c", "--collection", required=True, help="Collection of the document.")
 @click.option("-k", "--k", "k", default=5, show_default=True, type=click.IntRange(1, MAX_K),
               help="Number of documents.")
 @click.option("--json", "as_json", is_flag=True, help="Print results as a JSON list.")
-def similar(document_id: str, collection: str, k: int, as_json: bool) -> None:
+def similar(source_id: str, collection: str, k: int, as_json: bool) -> None:
     """Documents most like DOCUMENT_ID (its source id), no query needed."""
     from pipelines.search import similar_documents
 
-    _print_hits(similar_documents(collection, document_id, k), as_json)
+    _print_hits(similar_documents(collection, source_id, k), as_json)
 
 
 @main.command()

@@ -32,7 +32,16 @@ from pipelines.extract import ExtractionError
 from pipelines.extract.worker import extract_isolated
 from pipelines.faults import armed, failpoint
 from pipelines.settings import load_settings
-from pipelines.sources import DocumentRef, Gone, NotModified, RawDocument, Source, make_source, same_fingerprint
+from pipelines.sources import (
+    DocumentRef,
+    Gone,
+    NotModified,
+    RawDocument,
+    ReadResult,
+    Source,
+    make_source,
+    same_fingerprint,
+)
 from pipelines.store.database import connect, database_url
 from pipelines.store.migrations import migrate
 
@@ -227,36 +236,44 @@ def read_batch(conn: psycopg.Connection, collection: store.Collection, embedder:
     previous = {} if full_refresh else {sid: state[2] for sid, state in existing.items()}
     outcome: dict[str, Outcome] = {}
     bodies: dict[str, str] = {}  # body hash → the first document of this batch with that content
-    for ref, raw in source.read_many(refs, previous):
+    for ref, read in source.read_many(refs, previous):
         sid = ref.source_id
-        if isinstance(raw, Exception):
-            outcome[sid] = Failure("read", str(raw))
-        elif isinstance(raw, NotModified):
-            outcome[sid] = Touched(raw.ref.fingerprint)
-        elif isinstance(raw, Gone):
-            outcome[sid] = Vanished()
+        stored_hash, written_by, _ = existing.get(sid, (None, None, None))
+        digest = content_hash(read) if isinstance(read, RawDocument) else None
+        decided = classify(read, digest, stored_hash, written_by, run_id, full_refresh)
+        if decided is not None:
+            outcome[sid] = decided
+            continue
+        body = body_hash(read)
+        original = skip_duplicates and (bodies.get(body) or store.duplicate_of(conn, collection.id, run_id, body, sid))
+        if original:
+            outcome[sid] = Duplicate(original)
         else:
-            digest = content_hash(raw)
-            stored_hash, written_by, _ = existing.get(sid, (None, None, None))
-            if written_by == run_id and stored_hash == digest:
-                outcome[sid] = AlreadyWritten()
-            elif not full_refresh and stored_hash == digest:
-                outcome[sid] = Touched(ref.fingerprint)
-            else:
-                body = body_hash(raw)
-                original = skip_duplicates and (
-                    bodies.get(body) or store.duplicate_of(conn, collection.id, run_id, body, sid))
-                if original:
-                    outcome[sid] = Duplicate(original)
-                else:
-                    outcome[sid] = _prepare_or_fail(raw, digest, embedder, collection, body)
-                    if isinstance(outcome[sid], Prepared):  # copies of a failed file fail on their own
-                        bodies.setdefault(body, sid)
+            outcome[sid] = _prepare_or_fail(read, digest, embedder, collection, body)
+            if isinstance(outcome[sid], Prepared):  # copies of a failed file fail on their own
+                bodies.setdefault(body, sid)
     work = BatchWork(refs, existing, outcome, {})
     hashes = [c.content_hash for p in work.prepared() for c in p.chunks]
     if hashes and not full_refresh:
         work.vectors = store.cached_embeddings(conn, collection.model, hashes)
     return work
+
+
+def classify(read: ReadResult, digest: str | None, stored_hash: str | None,
+             written_by: int | None, run_id: int, full_refresh: bool) -> Outcome | None:
+    """What a batch does with one document its source returned, before extracting it; None: extract
+    and index it. `digest` is its content_hash, `stored_hash` and `written_by` what the database has."""
+    if isinstance(read, Exception):
+        return Failure("read", str(read))
+    if isinstance(read, NotModified):
+        return Touched(read.ref.fingerprint)
+    if isinstance(read, Gone):
+        return Vanished()
+    if stored_hash != digest:
+        return None
+    if written_by == run_id:
+        return AlreadyWritten()
+    return None if full_refresh else Touched(read.ref.fingerprint)
 
 
 def _prepare_or_fail(raw: RawDocument, digest: str, embedder: Embedder, collection: store.Collection,

@@ -1,10 +1,17 @@
 """Real parts only: an embedded PostgreSQL in a temp dir, the real model, the real sample corpus."""
 
+import hashlib
 import os
 import re
 import shutil
+import socket
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import psycopg
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -114,3 +121,148 @@ def assert_same_chunks(got: list[tuple], want: list[tuple]) -> None:
     assert [r[:-1] for r in got] == [r[:-1] for r in want]
     for a, b in zip(got, want, strict=True):
         assert np.allclose(json.loads(a[-1]), json.loads(b[-1]), atol=1e-5)
+
+
+def hnsw_index(conn, collection_id: int) -> str:
+    """The qualified name of the collection's HNSW index (named by ragpipe.hnsw_index_name)."""
+    return "ragpipe." + conn.execute("SELECT ragpipe.hnsw_index_name(%s)", (collection_id,)).fetchone()[0]
+
+
+def chunk_state(conn, name: str) -> list[tuple]:
+    """Every chunk of a collection as (source_id, ordinal, text, document hash, chunk hash, embedding::text),
+    in order: what two runs that should agree are compared on (assert_same_chunks)."""
+    return conn.execute(
+        "SELECT d.source_id, c.ordinal, c.text, d.content_hash, c.content_hash, c.embedding::text "
+        "FROM ragpipe.chunks c JOIN ragpipe.documents d ON d.id = c.document_id "
+        "JOIN ragpipe.collections k ON k.id = c.collection_id WHERE k.name = %s ORDER BY 1, 2", (name,)).fetchall()
+
+
+def load_random_collection(conn, name: str, documents: int, chunks_per_doc: int, dim: int = 384):
+    """A collection of random unit vectors, loaded through the real loader (fast, no model)."""
+    import numpy as np
+
+    from pipelines import store
+    from pipelines.chunking import Chunk
+
+    rng = np.random.default_rng(0)
+    coll = store.ensure_collection(conn, name, "sentence-transformers/all-MiniLM-L6-v2", dim, 256, 32, {"index": {}})
+    docs = []
+    for i in range(documents):
+        vectors = rng.normal(size=(chunks_per_doc, dim)).astype(np.float32)
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        chunks = [Chunk(j, f"doc {i} chunk {j}", 0, 1, 3) for j in range(chunks_per_doc)]
+        docs.append(store.LoadedDocument(f"doc-{i}", f"mem://{i}", None, str(i), "", {"group": i % 50},
+                                         chunks, vectors))
+    with conn.transaction():
+        store.replace_documents(conn, coll, None, docs)
+    with conn.transaction():
+        store.ensure_hnsw_index(conn, coll)
+    store.analyze_collection(conn, coll.id)
+    return coll
+
+
+RAGPIPE = [str(Path(sys.executable).parent / "ragpipe")]
+
+
+def ragpipe(*args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+    """The installed `ragpipe` command, as a user runs it (5 min limit); asserts success unless check=False."""
+    result = subprocess.run(RAGPIPE + list(args), capture_output=True, text=True, timeout=300, check=False,
+                            env=dict(os.environ, **(env or {})))
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# --- Real servers on loopback: S3 (moto), a web site (http.server), a table in PostgreSQL ---------
+
+@pytest.fixture(scope="module")
+def s3():
+    from moto.server import ThreadedMotoServer
+
+    os.environ.update(AWS_ACCESS_KEY_ID="testing-key", AWS_SECRET_ACCESS_KEY="testing-secret",
+                      AWS_DEFAULT_REGION="us-east-1")
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    import boto3
+
+    endpoint = f"http://{host}:{port}"
+    client = boto3.client("s3", endpoint_url=endpoint)
+    client.create_bucket(Bucket="docs")
+    yield endpoint, client
+    server.stop()
+
+
+class Site(BaseHTTPRequestHandler):
+    pages: dict[str, tuple[int, str]] = {}
+    hits: list[tuple[str, int]] = []
+
+    def do_GET(self) -> None:  # noqa: N802
+        status, body = Site.pages.get(self.path, (404, "not found"))
+        if status in (301, 302):
+            self.send_response(status)
+            self.send_header("Location", body)
+            self.end_headers()
+            return
+        etag = '"' + hashlib.sha256(body.encode()).hexdigest()[:16] + '"'
+        if status == 200 and self.headers.get("If-None-Match") == etag:
+            Site.hits.append((self.path, 304))
+            self.send_response(304)
+            self.end_headers()
+            return
+        Site.hits.append((self.path, status))
+        data = body.encode()
+        self.send_response(status)
+        ctype = "application/xml" if self.path.endswith(".xml") else "text/html; charset=utf-8"
+        self.send_header("Content-Type", ctype)
+        self.send_header("ETag", etag)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def page(title: str, text: str) -> str:
+    return (f"<html><head><title>{title}</title></head><body><nav>Home | About | Contact</nav>"
+            f"<article><h1>{title}</h1><p>{text}</p><p>{text}</p></article><footer>(c) site</footer></body></html>")
+
+
+@pytest.fixture
+def site():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Site)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_port}"
+    Site.hits = []
+    Site.pages = {
+        "/docs/a": (200, page("Herons", "Grey herons nest in colonies called heronries near wetlands.")),
+        "/docs/b": (200, page("Kestrels", "Kestrels hover over fields while hunting small mammals.")),
+        "/docs/c": (200, page("Puffins", "Puffins dig burrows on cliff tops and eat sand eels.")),
+        "/blog/x": (200, page("Off topic", "This page is outside the url prefix.")),
+        "/sitemap.xml": (200, '<?xml version="1.0"?><urlset xmlns="http://www.sitemaps.org/schemas/sitemap/0.9">'
+                              + "".join(f"<url><loc>{base}{p}</loc></url>" for p in ("/docs/a", "/docs/b", "/docs/c",
+                                                                                      "/blog/x"))
+                              + "</urlset>"),
+    }
+    yield base
+    server.shutdown()
+
+
+@pytest.fixture
+def app_table(db_url):
+    with psycopg.connect(db_url, autocommit=True) as c:
+        c.execute("CREATE SCHEMA IF NOT EXISTS app; DROP TABLE IF EXISTS app.articles")
+        c.execute("CREATE TABLE app.articles (id int PRIMARY KEY, headline text, body text, category text, "
+                  "updated_at timestamptz DEFAULT now())")
+        c.execute("INSERT INTO app.articles (id, headline, body, category) VALUES "
+                  "(1, 'Tea', 'Green tea contains catechins that act as antioxidants.', 'drinks'),"
+                  "(2, 'Beans', 'Beans are a cheap source of protein and fibre.', 'food'),"
+                  "(3, 'Oats', 'Oats contain beta-glucan, a soluble fibre.', 'food')")
+        yield c

@@ -15,7 +15,7 @@ from pipelines import store
 from pipelines.config import parse_collection
 from pipelines.ingest import run_ingest
 from pipelines.store.database import connect
-from tests.conftest import ROOT, assert_same_chunks
+from tests.conftest import ROOT, assert_same_chunks, chunk_state, hnsw_index
 
 pytestmark = pytest.mark.slow
 
@@ -62,11 +62,6 @@ def last_run(conn, name: str) -> dict:
         "WHERE k.name = %s ORDER BY r.id DESC LIMIT 1", (name,)).fetchone()
 
 
-def chunk_state(conn, name: str) -> list[tuple]:
-    return conn.execute(
-        "SELECT d.source_id, c.ordinal, c.text, c.content_hash, c.embedding::text FROM ragpipe.chunks c "
-        "JOIN ragpipe.documents d ON d.id = c.document_id JOIN ragpipe.collections k ON k.id = c.collection_id "
-        "WHERE k.name = %s ORDER BY 1, 2", (name,)).fetchall()
 
 
 def mapped_count(dag_run) -> int:
@@ -119,7 +114,7 @@ def test_dag_runs_are_incremental(airflow, corpus, name, conn):
     assert (run["status"], run["new"], run["failed"]) == ("succeeded", 30, 0)
     assert mapped_count(first) == math.ceil(30 / 8)
     coll = store.get_collection(conn, name)
-    assert conn.execute("SELECT to_regclass(%s)", (f"ragpipe.{store.hnsw_index_name(coll)}",)).fetchone()[0]
+    assert conn.execute("SELECT to_regclass(%s)", (hnsw_index(conn, coll.id),)).fetchone()[0]
 
     second = run_dag(name)
     assert second.state == "success" and mapped_count(second) == 0
@@ -260,9 +255,6 @@ def test_vector_database_comes_from_the_airflow_connection(airflow, corpus, name
         assert last_run(conn, name)["new"] == 30
     with connect(db_url) as conn:
         assert store.get_collection(conn, name) is None, "nothing went to the default database"
-
-
-from tests.test_sources import app_table, s3, site  # noqa: E402,F401  (fixtures: real servers on loopback)
 
 
 @pytest.mark.parametrize("kind", ["s3", "web", "sql"])

@@ -19,6 +19,8 @@ Run the installer. Then check the version with the command shown below. """ + "W
 
 Search with SQL. """ + "More usage text follows in this paragraph. " * 60
 
+pytestmark = pytest.mark.unit
+
 
 def texts() -> list[str]:
     rng = random.Random(7)

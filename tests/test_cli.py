@@ -1,24 +1,10 @@
 """The `ragpipe` command as users run it: a real subprocess, JSON output, exit codes."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-from tests.conftest import CORPUS
-
-RAGPIPE = [str(Path(sys.executable).parent / "ragpipe")]
-
-
-def ragpipe(*args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
-    result = subprocess.run(RAGPIPE + list(args), capture_output=True, text=True, timeout=300, check=False,
-                            env=dict(os.environ, **(env or {})))
-    if check:
-        assert result.returncode == 0, result.stderr
-    return result
+from tests.conftest import CORPUS, ragpipe
 
 
 def test_ingest_search_status_embed_json(corpus, name, db_url):
@@ -31,8 +17,8 @@ def test_ingest_search_status_embed_json(corpus, name, db_url):
 
     hits = json.loads(ragpipe("search", "walnuts and semen quality", "-c", name, "--k", "3", "--json").stdout)
     assert len(hits) == 3
-    assert set(hits[0]) == {"chunk_id", "document_id", "uri", "title", "text", "score", "metadata"}
-    assert hits[0]["document_id"].startswith("nuts/walnuts")
+    assert set(hits[0]) == {"chunk_id", "source_id", "uri", "title", "text", "score", "metadata"}
+    assert hits[0]["source_id"].startswith("nuts/walnuts")
 
     status = json.loads(ragpipe("status", "--json", "-c", name).stdout)
     assert status[0]["documents"] == 30 and status[0]["last_run"]["status"] == "succeeded"
@@ -45,7 +31,7 @@ def test_sql_from_psql_matches_the_cli(corpus, name, db_url):
     ragpipe("ingest", str(corpus), "--collection", name)
     literal = ragpipe("embed", "coffee and mortality").stdout.strip()
     out = ragpipe("db", "psql", "-At", "-c",
-                  f"SELECT document_id FROM ragpipe.semantic_search('{name}', '{literal}', 1)").stdout
+                  f"SELECT source_id FROM ragpipe.semantic_search('{name}', '{literal}', 1)").stdout
     assert out.strip() == "coffee/coffee-tea-and-mortality.html"
 
 

@@ -9,6 +9,8 @@ from pipelines.config import ConfigError, parse_collection
 
 FOLDER = {"kind": "folder", "path": "docs"}
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.mark.parametrize("entry, message", [
     ({"source": {"kind": "web", "sitemap": "http://x/s.xml", "concurrency": "four"}},

@@ -7,7 +7,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,8 +20,7 @@ from pipelines.airflow.environment import airflow_environment
 from pipelines.airflow.rest import AirflowAPI, RunFailed, wait_for, wait_for_runs
 from pipelines.ingest import run_ingest
 from pipelines.proctree import ProcessTree
-from tests.conftest import CORPUS, ROOT, assert_same_chunks, folder_spec
-from tests.test_airflow import chunk_state
+from tests.conftest import CORPUS, ROOT, assert_same_chunks, chunk_state, folder_spec, free_port
 from tools.synthetic import write_folder
 
 pytestmark = pytest.mark.slow
@@ -34,10 +32,6 @@ WORKER_COMMAND = ["celery", "worker", "--queues", "default,embed"]
 DOCS_PER_BATCH = 10
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

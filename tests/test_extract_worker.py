@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 
 from pipelines.extract.worker import PARSED
-from tests.conftest import CORPUS, run_failures
-from tests.test_cli import ragpipe
+from tests.conftest import CORPUS, ragpipe, run_failures
 
 pytestmark = pytest.mark.slow
 

@@ -11,7 +11,7 @@ from pipelines.config import parse_collection
 from pipelines.ingest import run_ingest
 from pipelines.search import search
 from pipelines.store.database import connect
-from tests.conftest import CORPUS, folder_spec, run_failures
+from tests.conftest import CORPUS, chunk_state, folder_spec, hnsw_index, load_random_collection, run_failures
 
 QUESTIONS = {
     "Does drinking coffee affect the function of blood vessels?": "coffee/",
@@ -22,11 +22,6 @@ QUESTIONS = {
 }
 
 
-def chunk_rows(conn, collection: str) -> list[tuple]:
-    return conn.execute(
-        "SELECT d.source_id, c.ordinal, c.text, c.embedding::text FROM ragpipe.chunks c "
-        "JOIN ragpipe.documents d ON d.id = c.document_id JOIN ragpipe.collections k ON k.id = c.collection_id "
-        "WHERE k.name = %s ORDER BY 1, 2", (collection,)).fetchall()
 
 
 def test_ingest_then_search_finds_the_right_documents(corpus, name, conn):
@@ -36,7 +31,7 @@ def test_ingest_then_search_finds_the_right_documents(corpus, name, conn):
     assert summary["chunks_embedded"] + summary["chunks_reused"] > 30
     for question, expected in QUESTIONS.items():
         hits = search(question, collection=name, k=3)
-        assert hits[0].document_id.startswith(expected), (question, [h.document_id for h in hits])
+        assert hits[0].source_id.startswith(expected), (question, [h.source_id for h in hits])
         assert hits[0].score > hits[-1].score - 1e-9
     docs = conn.execute("SELECT count(*), count(*) FILTER (WHERE chunk_count > 0) FROM ragpipe.documents d "
                         "JOIN ragpipe.collections k ON k.id = d.collection_id WHERE k.name = %s",
@@ -63,11 +58,11 @@ def test_chunks_keep_offsets_headings_and_token_counts(corpus, name, conn, embed
 def test_rerun_without_changes_embeds_nothing(corpus, name, conn):
     spec = folder_spec(name, corpus)
     run_ingest(spec)
-    before = chunk_rows(conn, name)
+    before = chunk_state(conn, name)
     again = run_ingest(spec)
     assert (again["new"], again["changed"], again["deleted"], again["chunks_embedded"]) == (0, 0, 0, 0)
     assert again["unchanged"] == 30
-    assert chunk_rows(conn, name) == before
+    assert chunk_state(conn, name) == before
 
 
 def test_edit_touch_delete_and_full_refresh(corpus, name, conn):
@@ -85,13 +80,13 @@ def test_edit_touch_delete_and_full_refresh(corpus, name, conn):
     assert summary["unchanged"] == 28 and summary["deleted"] == 1
     assert 0 < summary["chunks_embedded"] <= 2, "only the edited document's new chunks are embedded"
     assert summary["chunks_reused"] >= 1
-    ids = {r[0] for r in chunk_rows(conn, name)}
+    ids = {r[0] for r in chunk_state(conn, name)}
     assert deleted.relative_to(corpus).as_posix() not in ids
     hits = search("decaffeinated espresso", collection=name, k=1)
-    assert hits[0].document_id == edited.relative_to(corpus).as_posix()
+    assert hits[0].source_id == edited.relative_to(corpus).as_posix()
 
     refreshed = run_ingest(spec, full_refresh=True)
-    assert refreshed["changed"] == 29 and refreshed["chunks_embedded"] == len(chunk_rows(conn, name))
+    assert refreshed["changed"] == 29 and refreshed["chunks_embedded"] == len(chunk_state(conn, name))
 
 
 def test_model_mismatch_is_a_clear_error(corpus, name, tmp_path):
@@ -118,7 +113,7 @@ def test_bad_files_are_recorded_and_the_rest_is_loaded(corpus, name, conn):
     run_ingest(spec)
     victim = next(corpus.glob("vitamin-d/*.pdf"))
     victim_id = victim.relative_to(corpus).as_posix()
-    before = [r for r in chunk_rows(conn, name) if r[0] == victim_id]
+    before = [r for r in chunk_state(conn, name) if r[0] == victim_id]
     for file_name, data in BAD_FILES.items():
         (corpus / file_name).write_bytes(data)
     (corpus / "nul.txt").write_bytes(b"Lentils are\x00 legumes rich in protein and fibre.")
@@ -132,8 +127,8 @@ def test_bad_files_are_recorded_and_the_rest_is_loaded(corpus, name, conn):
         (summary["id"],)).fetchall())
     assert set(failures) == set(BAD_FILES) | {victim_id}
     assert "binary" in failures["binary.txt"] and "no extractable text" in failures["empty.md"]
-    assert [r for r in chunk_rows(conn, name) if r[0] == victim_id] == before, "old version still searchable"
-    assert search("legumes rich in protein", collection=name, k=1)[0].document_id == "nul.txt"
+    assert [r for r in chunk_state(conn, name) if r[0] == victim_id] == before, "old version still searchable"
+    assert search("legumes rich in protein", collection=name, k=1)[0].source_id == "nul.txt"
 
 
 def test_tabular_rows_become_documents_with_metadata(name, conn, tmp_path):
@@ -159,32 +154,11 @@ def test_tabular_rows_become_documents_with_metadata(name, conn, tmp_path):
     assert row[0]["topic"] == "milk"
 
 
-def load_random_collection(conn, name: str, documents: int, chunks_per_doc: int, dim: int = 384):
-    """A collection of random unit vectors, loaded through the real loader (fast, no model)."""
-    import numpy as np
-
-    from pipelines.chunking import Chunk
-
-    rng = np.random.default_rng(0)
-    coll = store.ensure_collection(conn, name, "sentence-transformers/all-MiniLM-L6-v2", dim, 256, 32, {"index": {}})
-    docs = []
-    for i in range(documents):
-        vectors = rng.normal(size=(chunks_per_doc, dim)).astype(np.float32)
-        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-        chunks = [Chunk(j, f"doc {i} chunk {j}", 0, 1, 3) for j in range(chunks_per_doc)]
-        docs.append(store.LoadedDocument(f"doc-{i}", f"mem://{i}", None, str(i), "", {"group": i % 50},
-                                         chunks, vectors))
-    with conn.transaction():
-        store.replace_documents(conn, coll, None, docs)
-    with conn.transaction():
-        store.ensure_hnsw_index(conn, coll)
-    store.analyze_collection(conn, coll.id)
-    return coll
 
 
 def test_search_is_served_by_the_hnsw_index(name, conn):
     coll = load_random_collection(conn, name, documents=1000, chunks_per_doc=5)
-    index = store.hnsw_index_name(coll)
+    index = hnsw_index(conn, coll.id).removeprefix("ragpipe.")
 
     def scans() -> int:
         conn.execute("SELECT pg_stat_force_next_flush()")
@@ -227,16 +201,16 @@ def test_each_collection_is_its_own_partition_indexed_alone_and_dropped_with_it(
 
     def partition_of(index: str) -> str | None:
         row = conn.execute("SELECT indrelid::regclass::text FROM pg_index WHERE indexrelid = to_regclass(%s)",
-                           (f"ragpipe.{index}",)).fetchone()
+                           (index,)).fetchone()
         return row[0] if row else None
 
     assert conn.execute(f"SELECT count(*), min(collection_id), max(collection_id) FROM {partition}").fetchone() == (
         60, small.id, small.id)
-    assert partition_of(store.hnsw_index_name(small)) == partition, "the HNSW graph covers its partition only"
+    assert partition_of(hnsw_index(conn, small.id)) == partition, "the HNSW graph covers its partition only"
     assert conn.execute("SELECT reltuples FROM pg_class WHERE oid = %s::regclass", (partition,)).fetchone()[0] == 60
     conn.execute("DELETE FROM ragpipe.collections WHERE id = %s", (small.id,))
     assert conn.execute("SELECT to_regclass(%s)", (partition,)).fetchone()[0] is None
-    assert partition_of(store.hnsw_index_name(other)) == f"ragpipe.chunks_c{other.id}"
+    assert partition_of(hnsw_index(conn, other.id)) == f"ragpipe.chunks_c{other.id}"
     assert conn.execute("SELECT count(*) FROM ragpipe.chunks WHERE collection_id = %s", (other.id,)).fetchone()[0] == 60
     assert len(conn.execute("SELECT * FROM ragpipe.semantic_search(%s, %s::vector, 5)",
                             (f"{name}_other", str([1.0] * 384))).fetchall()) == 5
@@ -245,7 +219,7 @@ def test_each_collection_is_its_own_partition_indexed_alone_and_dropped_with_it(
 def test_filter_and_unknown_collection(corpus, name):
     run_ingest(folder_spec(name, corpus))
     hits = search("food", collection=name, k=50, filter={"path": "soy/" + next(corpus.glob("soy/*.pdf")).name})
-    assert hits and {h.document_id for h in hits} == {"soy/" + next(corpus.glob("soy/*.pdf")).name}
+    assert hits and {h.source_id for h in hits} == {"soy/" + next(corpus.glob("soy/*.pdf")).name}
     from pipelines.search import UnknownCollection
 
     with pytest.raises(UnknownCollection):
@@ -335,7 +309,7 @@ def test_table_ids_and_values_are_read_as_written_and_skipped_rows_are_recorded(
                              "JOIN ragpipe.collections k ON k.id = d.collection_id WHERE k.name = %s",
                              (name,)).fetchall())
     assert docs == {"007": "NA", "7": "None"}
-    assert [h.document_id for h in search("first", collection=name, k=5, filter={"country": "NA"})] == ["007"]
+    assert [h.source_id for h in search("first", collection=name, k=5, filter={"country": "NA"})] == ["007"]
     with csv.open("a") as f:
         f.write("abc,a non-numeric id,z\n")
     again = run_ingest(spec)

@@ -108,7 +108,7 @@ def test_managed_postgres_owner_without_superuser_or_createrole(tmp_path, corpus
     from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
     from pipelines.store.database import connect, embedded_server, stop_embedded_server
-    from tests.test_cli import ragpipe
+    from tests.conftest import ragpipe
 
     pgdata = tmp_path / "managed-pgdata"
     admin_url = embedded_server(pgdata).get_uri()
@@ -148,3 +148,36 @@ def test_managed_postgres_owner_without_superuser_or_createrole(tmp_path, corpus
                                  "'ragpipe.keyword_search(text, text, int, jsonb)', 'EXECUTE')").fetchone() == (True,)
     finally:
         stop_embedded_server(pgdata)
+
+
+def test_search_functions_get_one_result_type_and_keep_their_grants(old_database):
+    """Migration 006: the search functions return ragpipe.search_hit (source_id, not document_id);
+    the functions replaced keep every role's EXECUTE grant, build_hnsw_index's included."""
+    with connect(old_database, autocommit=True, vector_types=False) as conn:
+        fill_old_schema(conn)
+    migrate(old_database, last="005_chunk_partitions.sql")  # the schema of the last release, without its API
+    with connect(old_database, autocommit=True, vector_types=False) as conn:
+        conn.execute("""CREATE FUNCTION ragpipe.semantic_search(collection text, query_embedding vector,
+                            k int DEFAULT 10, filter jsonb DEFAULT NULL)
+                        RETURNS TABLE (chunk_id bigint, document_id text, uri text, title text, text text,
+                                       metadata jsonb, score double precision)
+                        LANGUAGE sql AS 'SELECT NULL::bigint, NULL, NULL, NULL, NULL, NULL::jsonb, 0::float8'""")
+        conn.execute("GRANT EXECUTE ON FUNCTION ragpipe.semantic_search(text, vector, int, jsonb), "
+                     "ragpipe.build_hnsw_index(int, int) TO old_app")
+
+    assert "migrations/006_search_hit.sql" in migrate(old_database)
+
+    with connect(old_database, autocommit=True) as conn:
+        def may(function: str) -> bool:
+            return conn.execute("SELECT has_function_privilege('old_app', %s, 'EXECUTE')", (function,)).fetchone()[0]
+
+        assert may("ragpipe.semantic_search(text, vector, int, jsonb)")
+        assert may("ragpipe.build_hnsw_index(int)")
+        assert conn.execute("SELECT to_regprocedure('ragpipe.build_hnsw_index(int, int)')").fetchone() == (None,)
+        results = conn.execute("SELECT DISTINCT pg_get_function_result(oid) FROM pg_proc WHERE proname IN "
+                               "('semantic_search', 'keyword_search', 'hybrid_search', 'similar_chunks', "
+                               "'similar_documents', 'tenant_search')").fetchall()
+        assert results == [("SETOF ragpipe.search_hit",)]
+        hit = conn.execute("SELECT * FROM ragpipe.semantic_search('alpha', '[1,0,1]', 1)")
+        assert [c.name for c in hit.description][:2] == ["chunk_id", "source_id"]
+        assert hit.fetchone()[1] == "alpha-0"

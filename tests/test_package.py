@@ -69,7 +69,7 @@ def test_installed_wheel_runs_start_migrate_ingest_search_from_another_directory
         summary = json.loads(ragpipe("ingest", str(folder), "--collection", "c", "--json").stdout)
         assert summary["status"] == "succeeded" and summary["new"] == len(list(folder.iterdir()))
         hits = json.loads(ragpipe("search", "Does coffee affect blood vessels?", "-c", "c", "--json").stdout)
-        assert hits and hits[0]["document_id"].endswith((".md", ".html", ".pdf", ".docx", ".txt"))
+        assert hits and hits[0]["source_id"].endswith((".md", ".html", ".pdf", ".docx", ".txt"))
     finally:
         ragpipe("db", "stop")
     assert (home / ".ragpipe" / "pgdata" / "PG_VERSION").exists(), "state lives in ~/.ragpipe, not in a checkout"

@@ -16,18 +16,12 @@ import pytest
 
 from pipelines.extract import ExtractionError, extract
 from pipelines.ingest import run_ingest
-from tests.conftest import assert_same_chunks, folder_spec, run_failures
-from tests.test_cli import RAGPIPE, ragpipe
+from tests.conftest import RAGPIPE, assert_same_chunks, chunk_state, folder_spec, ragpipe, run_failures
 from tools.synthetic import sentences, write_folder
 
 pytestmark = pytest.mark.slow
 
 
-def state(conn, name: str) -> list[tuple]:
-    return conn.execute(
-        "SELECT d.source_id, d.content_hash, c.ordinal, c.text, c.embedding::text FROM ragpipe.chunks c "
-        "JOIN ragpipe.documents d ON d.id = c.document_id JOIN ragpipe.collections k ON k.id = c.collection_id "
-        "WHERE k.name = %s ORDER BY 1, 3", (name,)).fetchall()
 
 
 def start_ingest(folder: Path, name: str) -> subprocess.Popen:
@@ -58,7 +52,7 @@ def test_kill_9_at_random_points_then_resume_equals_a_clean_run(tmp_path, name, 
     final = json.loads(ragpipe("ingest", str(folder), "-c", name, "--json").stdout)
     assert final["status"] == "succeeded" and final["failed"] == 0
     run_ingest(folder_spec(f"{name}_ref", folder))
-    assert_same_chunks(state(conn, name), state(conn, f"{name}_ref"))
+    assert_same_chunks(chunk_state(conn, name), chunk_state(conn, f"{name}_ref"))
     dupes = conn.execute("SELECT count(*) - count(DISTINCT (document_id, ordinal)) FROM ragpipe.chunks").fetchone()
     assert dupes[0] == 0
     stuck = conn.execute("SELECT count(*) FROM ragpipe.ingest_runs r JOIN ragpipe.collections k "
@@ -84,7 +78,7 @@ def test_database_restart_mid_run_fails_clearly_then_recovers(tmp_path, name, db
     assert final["status"] == "succeeded"
     with psycopg.connect(db_url) as conn:
         run_ingest(folder_spec(f"{name}_ref", folder))
-        assert_same_chunks(state(conn, name), state(conn, f"{name}_ref"))
+        assert_same_chunks(chunk_state(conn, name), chunk_state(conn, f"{name}_ref"))
 
 
 def test_file_vanishing_between_listing_and_reading_is_recorded(tmp_path, name, conn):
@@ -114,7 +108,7 @@ def test_hostile_files_are_recorded_and_nothing_loaded_is_lost(tmp_path, name, c
     folder = write_folder(tmp_path / "docs", 5, seed=10)
     spec = folder_spec(name, folder, source={"kind": "folder", "path": str(folder), "max_bytes": 2_000_000})
     run_ingest(spec)
-    before = state(conn, name)
+    before = chunk_state(conn, name)
     (folder / "bomb.docx").write_bytes(zip_bomb())
     (folder / "huge.txt").write_bytes(b"word " * 500_000)              # 2.5 MB > cap of 2 MB
     (folder / "mixed.txt").write_bytes("Caf\u00e9 ".encode() * 50 + b"\xff\xfe\x00\x00binary" * 50)
@@ -133,7 +127,7 @@ def test_hostile_files_are_recorded_and_nothing_loaded_is_lost(tmp_path, name, c
     chunks = conn.execute("SELECT max(token_count), max(length(text)) FROM ragpipe.chunks c JOIN ragpipe.documents d "
                           "ON d.id = c.document_id WHERE d.source_id = 'oneline.md'").fetchone()
     assert chunks[0] <= 256 and chunks[1] <= 30_000
-    assert [r for r in state(conn, name) if r[0] in {b[0] for b in before}] == before
+    assert [r for r in chunk_state(conn, name) if r[0] in {b[0] for b in before}] == before
     assert not conn.execute("SELECT 1 FROM ragpipe.chunks WHERE text LIKE '%top secret%'").fetchone()
 
 
@@ -258,7 +252,7 @@ def versioned_folder(folder: Path, version: int, count: int) -> Path:
 
 def visible_versions(conn, name: str) -> dict[str, tuple[set[int], int]]:
     """Per document, through the SQL search API: the versions its chunks carry and how many chunks."""
-    rows = conn.execute("SELECT document_id, text FROM ragpipe.keyword_search(%s, 'ver1x ver2x', 10000)",
+    rows = conn.execute("SELECT source_id, text FROM ragpipe.keyword_search(%s, 'ver1x ver2x', 10000)",
                         (name,)).fetchall()  # k's maximum: every chunk
     seen: dict[str, tuple[set[int], int]] = {}
     for doc, text in rows:
@@ -301,7 +295,7 @@ def test_duplicate_documents_under_other_names_are_recorded_and_indexed_once(tmp
     summary = run_ingest(spec)
     assert (summary["new"], summary["duplicates"], summary["failed"]) == (5, 2, 0)
     names = {"copy-of-doc1.md", "part0000/again.md", "part0000/doc000001.md"}
-    loaded = names & {r[0] for r in state(conn, name)}
+    loaded = names & {r[0] for r in chunk_state(conn, name)}
     assert len(loaded) == 1, loaded
     kept = loaded.pop()
     recorded = dict(conn.execute("SELECT source_id, error FROM ragpipe.ingest_failures WHERE run_id = %s "
@@ -310,7 +304,7 @@ def test_duplicate_documents_under_other_names_are_recorded_and_indexed_once(tmp
     (folder / kept).unlink()  # the indexed copy goes away: one of the others takes its place next run
     summary = run_ingest(spec)
     assert (summary["deleted"], summary["duplicates"]) == (1, 1)
-    assert len(names & {r[0] for r in state(conn, name)}) == 1
+    assert len(names & {r[0] for r in chunk_state(conn, name)}) == 1
 
 
 def test_row_level_security_gives_a_tenant_role_its_own_rows_only(tmp_path, name, db_url, conn, embedder):
@@ -337,7 +331,7 @@ def test_row_level_security_gives_a_tenant_role_its_own_rows_only(tmp_path, name
         register_vector(acme)
         assert acme.execute("SELECT rolsuper OR rolbypassrls FROM pg_roles WHERE rolname = current_user"
                             ).fetchone() == (False,)
-        hits = acme.execute("SELECT document_id FROM ragpipe.tenant_search(%s, %s, 100)", (name, query)).fetchall()
+        hits = acme.execute("SELECT source_id FROM ragpipe.tenant_search(%s, %s, 100)", (name, query)).fetchall()
         assert hits and {h[0] for h in hits} == acme_docs
         assert {r[0] for r in acme.execute("SELECT DISTINCT tenant FROM ragpipe.chunks")} == {"acme"}
         assert acme.execute("SELECT count(*) FROM ragpipe.documents WHERE tenant = 'globex'").fetchone() == (0,)
@@ -402,5 +396,5 @@ def test_a_copy_of_a_document_edited_in_the_same_run_keeps_the_old_text_searchab
     (folder / "a.md").write_text("# Apples\n\nApples were replaced by quinces in this edition.\n")
     summary = run_ingest(spec)
     assert (summary["new"], summary["changed"], summary["duplicates"]) == (1, 1, 0)
-    texts = {sid: text for sid, _, _, text, _ in state(conn, name)}
+    texts = {sid: text for sid, _, text, *_ in chunk_state(conn, name)}
     assert "Normandy" in texts["b-backup.md"] and "quinces" in texts["a.md"]

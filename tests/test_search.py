@@ -9,9 +9,7 @@ import pytest
 
 from pipelines import search as api
 from pipelines.ingest import run_ingest
-from tests.conftest import folder_spec
-from tests.test_cli import ragpipe
-from tests.test_ingest import load_random_collection
+from tests.conftest import folder_spec, load_random_collection, ragpipe
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +28,7 @@ def sample(ragpipe_home, db_url, tmp_path_factory):
 @pytest.mark.parametrize("mode", ["semantic", "keyword", "hybrid"])
 def test_every_mode_finds_the_obvious_document(sample, mode):
     hits = api.search("walnuts semen quality sperm", collection=sample, k=5, mode=mode)
-    assert hits and hits[0].document_id.startswith("nuts/walnuts")
+    assert hits and hits[0].source_id.startswith("nuts/walnuts")
     assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
 
 
@@ -102,7 +100,7 @@ def test_similar_chunks_and_documents(sample):
     similar = api.similar_chunks(anchor.chunk_id, k=5)
     assert len(similar) == 5 and anchor.chunk_id not in {h.chunk_id for h in similar}
     docs = api.similar_documents(sample, "coffee/coffee-tea-and-mortality.html", k=5)
-    ids = [d.document_id for d in docs]
+    ids = [d.source_id for d in docs]
     assert len(ids) == len(set(ids)) == 5 and "coffee/coffee-tea-and-mortality.html" not in ids
     assert any(i.startswith(("coffee/", "green-tea/")) for i in ids[:2])
 
@@ -112,7 +110,7 @@ def test_rag_context_merges_neighbours_and_cites_documents(sample, conn):
     assert ctx.context.startswith("[1] ")
     numbers = [c["n"] for c in ctx.citations]
     assert numbers == list(range(1, len(numbers) + 1))
-    assert len({c["document_id"] for c in ctx.citations}) == len(ctx.citations), "one citation per document"
+    assert len({c["source_id"] for c in ctx.citations}) == len(ctx.citations), "one citation per document"
     for c in ctx.citations:
         assert f"[{c['n']}] " in ctx.context and c["uri"].startswith("file://")
     # overlapping chunks of one document appear once, merged: the text they share is in the context once

@@ -1,12 +1,6 @@
 """Sources beyond a folder, each against a real server on loopback: S3 (moto's server), web pages
 (http.server), and a table in the embedded PostgreSQL."""
 
-import hashlib
-import os
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-import psycopg
 import pytest
 
 from pipelines.config import parse_collection
@@ -14,7 +8,7 @@ from pipelines.ingest import run_ingest
 from pipelines.search import search
 from pipelines.sources import make_source
 from pipelines.sources.web import BlockedAddress, WebSource
-from tests.conftest import CORPUS
+from tests.conftest import CORPUS, Site, page
 
 
 def spec(name: str, source: dict, tmp_path):
@@ -28,25 +22,6 @@ def documents(conn, name: str) -> dict[str, str]:
 
 
 # --- S3 -------------------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def s3():
-    from moto.server import ThreadedMotoServer
-
-    os.environ.update(AWS_ACCESS_KEY_ID="testing-key", AWS_SECRET_ACCESS_KEY="testing-secret",
-                      AWS_DEFAULT_REGION="us-east-1")
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    import boto3
-
-    endpoint = f"http://{host}:{port}"
-    client = boto3.client("s3", endpoint_url=endpoint)
-    client.create_bucket(Bucket="docs")
-    yield endpoint, client
-    server.stop()
-
-
 def test_s3_ingest_change_delete_and_reingest(s3, name, conn, tmp_path):
     endpoint, client = s3
     files = sorted(p for p in CORPUS.rglob("*") if p.suffix in (".md", ".pdf", ".html"))[:6]
@@ -80,62 +55,6 @@ def test_failed_bucket_listing_deletes_nothing(s3, name, conn, tmp_path):
 
 # --- web ------------------------------------------------------------------------------------------
 
-class Site(BaseHTTPRequestHandler):
-    pages: dict[str, tuple[int, str]] = {}
-    hits: list[tuple[str, int]] = []
-
-    def do_GET(self) -> None:  # noqa: N802
-        status, body = Site.pages.get(self.path, (404, "not found"))
-        if status in (301, 302):
-            self.send_response(status)
-            self.send_header("Location", body)
-            self.end_headers()
-            return
-        etag = '"' + hashlib.sha256(body.encode()).hexdigest()[:16] + '"'
-        if status == 200 and self.headers.get("If-None-Match") == etag:
-            Site.hits.append((self.path, 304))
-            self.send_response(304)
-            self.end_headers()
-            return
-        Site.hits.append((self.path, status))
-        data = body.encode()
-        self.send_response(status)
-        ctype = "application/xml" if self.path.endswith(".xml") else "text/html; charset=utf-8"
-        self.send_header("Content-Type", ctype)
-        self.send_header("ETag", etag)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args) -> None:
-        pass
-
-
-def page(title: str, text: str) -> str:
-    return (f"<html><head><title>{title}</title></head><body><nav>Home | About | Contact</nav>"
-            f"<article><h1>{title}</h1><p>{text}</p><p>{text}</p></article><footer>(c) site</footer></body></html>")
-
-
-@pytest.fixture
-def site():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Site)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    base = f"http://127.0.0.1:{server.server_port}"
-    Site.hits = []
-    Site.pages = {
-        "/docs/a": (200, page("Herons", "Grey herons nest in colonies called heronries near wetlands.")),
-        "/docs/b": (200, page("Kestrels", "Kestrels hover over fields while hunting small mammals.")),
-        "/docs/c": (200, page("Puffins", "Puffins dig burrows on cliff tops and eat sand eels.")),
-        "/blog/x": (200, page("Off topic", "This page is outside the url prefix.")),
-        "/sitemap.xml": (200, '<?xml version="1.0"?><urlset xmlns="http://www.sitemaps.org/schemas/sitemap/0.9">'
-                              + "".join(f"<url><loc>{base}{p}</loc></url>" for p in ("/docs/a", "/docs/b", "/docs/c",
-                                                                                      "/blog/x"))
-                              + "</urlset>"),
-    }
-    yield base
-    server.shutdown()
-
-
 def test_web_crawl_is_incremental_with_conditional_requests(site, name, conn, tmp_path):
     source = {"kind": "web", "sitemap": f"{site}/sitemap.xml", "url_prefix": f"{site}/docs/",
               "allow_private_networks": True, "concurrency": 2}
@@ -143,7 +62,7 @@ def test_web_crawl_is_incremental_with_conditional_requests(site, name, conn, tm
     first = run_ingest(s)
     assert (first["new"], first["failed"]) == (3, 0)
     hit = search("where do herons nest", collection=name, k=1)[0]
-    assert hit.document_id == f"{site}/docs/a" and "Home | About" not in hit.text
+    assert hit.source_id == f"{site}/docs/a" and "Home | About" not in hit.text
 
     Site.hits = []
     again = run_ingest(s)
@@ -194,19 +113,6 @@ def test_incomplete_crawl_deletes_nothing(site, name, conn, tmp_path):
 
 
 # --- SQL table ------------------------------------------------------------------------------------
-
-@pytest.fixture
-def app_table(db_url):
-    with psycopg.connect(db_url, autocommit=True) as c:
-        c.execute("CREATE SCHEMA IF NOT EXISTS app; DROP TABLE IF EXISTS app.articles")
-        c.execute("CREATE TABLE app.articles (id int PRIMARY KEY, headline text, body text, category text, "
-                  "updated_at timestamptz DEFAULT now())")
-        c.execute("INSERT INTO app.articles (id, headline, body, category) VALUES "
-                  "(1, 'Tea', 'Green tea contains catechins that act as antioxidants.', 'drinks'),"
-                  "(2, 'Beans', 'Beans are a cheap source of protein and fibre.', 'food'),"
-                  "(3, 'Oats', 'Oats contain beta-glucan, a soluble fibre.', 'food')")
-        yield c
-
 
 @pytest.mark.parametrize("updated_at", [True, False])
 def test_sql_table_source_is_incremental(app_table, db_url, name, conn, tmp_path, updated_at):

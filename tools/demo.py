@@ -6,20 +6,20 @@ from pipelines.embed import get_embedder
 from pipelines.search import search
 from pipelines.settings import DEFAULT_MODEL
 
-SQL = """SELECT document_id, round(score::numeric, 3) AS score, left(text, 80) AS text
+SQL = """SELECT source_id, round(score::numeric, 3) AS score, left(text, 80) AS text
 FROM ragpipe.semantic_search('{collection}', '{vector}', k => 3);"""
 
 
 def main(question: str, collection: str = "sample") -> None:
     print(f"\nQuestion: {question}\n")
     for i, hit in enumerate(search(question, collection=collection, k=3, mode="semantic"), 1):
-        print(f"{i}. [{hit.score:.3f}] {hit.title or hit.document_id}\n   {hit.document_id}")
+        print(f"{i}. [{hit.score:.3f}] {hit.title or hit.source_id}\n   {hit.source_id}")
     vector = get_embedder(DEFAULT_MODEL).encode([question])[0]
     short = "[" + ",".join(f"{x:.4f}" for x in vector[:3]) + ", ...384 numbers...]"
     print("\nThe same search in SQL (ragpipe db psql; the vector comes from `ragpipe embed \"...\"`):\n")
     print(SQL.format(collection=collection, vector=short))
     print("\nOr in one line from a shell:\n")
-    print(f"  .venv/bin/ragpipe db psql -c \"SELECT document_id, score FROM ragpipe.semantic_search("
+    print(f"  .venv/bin/ragpipe db psql -c \"SELECT source_id, score FROM ragpipe.semantic_search("
           f"'{collection}', '$(.venv/bin/ragpipe embed '{question}')', 3)\"\n")
 
 

@@ -167,8 +167,8 @@ def smoke_check_dag(spec: CollectionSpec, settings: Settings) -> Any:
                     hits = search(query, collection=spec.name, k=3, url=vector_db_url())
                 if not hits:
                     raise RuntimeError(f"smoke check: no results for {query!r} in {spec.name!r}")
-                print(f"{query!r} → {hits[0].document_id} ({hits[0].score:.3f})")
-                top[query] = hits[0].document_id
+                print(f"{query!r} → {hits[0].source_id} ({hits[0].score:.3f})")
+                top[query] = hits[0].source_id
             return top
 
         run_queries()

@@ -6,6 +6,7 @@ collection's model id names its backend ("<model>#onnx-int8"), so the two never 
 """
 
 import os
+import threading
 from functools import cache, cached_property
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,9 @@ class Embedder:
         self.model_id = model
         self.name, self.backend = split_model_id(model)
         self.batch_size = batch_size
+        self._encoding = threading.Lock()
+        """One encode at a time: a fast tokenizer must not be used by two threads at once, and torch
+        already uses every core for one call (the search service's request threads share it)."""
 
     @cached_property
     def model(self) -> Any:
@@ -93,8 +97,9 @@ class Embedder:
     def encode(self, texts: list[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
-        vectors = self.model.encode(texts, batch_size=self.batch_size, normalize_embeddings=True,
-                                    convert_to_numpy=True, show_progress_bar=False)
+        with self._encoding:
+            vectors = self.model.encode(texts, batch_size=self.batch_size, normalize_embeddings=True,
+                                        convert_to_numpy=True, show_progress_bar=False)
         return vectors.astype(np.float32, copy=False)
 
 

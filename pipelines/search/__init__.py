@@ -31,7 +31,7 @@ DEFAULT_MODE: Mode = "hybrid"
 @dataclass(frozen=True)
 class SearchResult:
     chunk_id: int
-    document_id: str
+    source_id: str
     """The document's stable source id (relative path, row id, URL)."""
     uri: str
     title: str | None
@@ -48,7 +48,7 @@ class RagContext:
     context: str
     """Passages, each headed `[n] title`, ready to paste into a prompt."""
     citations: list[dict[str, Any]]
-    """[{n, document_id, uri, title}] in citation order."""
+    """[{n, source_id, uri, title}] in citation order."""
 
 
 class UnknownCollection(LookupError):
@@ -88,10 +88,10 @@ def similar_chunks(chunk_id: int, k: int = 10, filter: dict[str, Any] | None = N
     return _results("similar_chunks", dict(chunk_id=chunk_id, k=k, filter=_jsonb(filter)), url)
 
 
-def similar_documents(collection: str, document_id: str, k: int = 10, filter: dict[str, Any] | None = None,
+def similar_documents(collection: str, source_id: str, k: int = 10, filter: dict[str, Any] | None = None,
                       url: str | None = None) -> list[SearchResult]:
-    """Documents most like document `document_id`, one row each (its best chunk)."""
-    return _results("similar_documents", dict(collection=collection, document_id=document_id, k=k,
+    """Documents most like document `source_id`, one row each (its best chunk)."""
+    return _results("similar_documents", dict(collection=collection, source_id=source_id, k=k,
                                               filter=_jsonb(filter)), url)
 
 

@@ -62,4 +62,4 @@ def stream_answer(settings: LLMSettings, messages: list[dict[str, str]]) -> Iter
 
 
 def format_citations(ctx: RagContext) -> str:
-    return "\n".join(f"[{c['n']}] {c.get('title') or c['document_id']} — {c['uri']}" for c in ctx.citations)
+    return "\n".join(f"[{c['n']}] {c.get('title') or c['source_id']} — {c['uri']}" for c in ctx.citations)

@@ -223,31 +223,16 @@ def delete_documents(conn: psycopg.Connection, collection_id: int, source_ids: l
     return conn.execute(_q("delete_documents"), (collection_id, source_ids)).rowcount
 
 
-def hnsw_index_name(collection: Collection) -> str:
-    return f"chunks_hnsw_c{collection.id}"
-
-
 def ensure_hnsw_index(conn: psycopg.Connection, collection: Collection) -> bool:
-    """Build the collection's HNSW (cosine) index if it is missing; True when it was built now."""
-    index = collection.settings.get("index", {})
-    rows = conn.execute(_q("count_chunks"), (collection.id,)).fetchone()[0]
-    memory = size_maintenance_work_mem(rows, collection.dimension, int(index.get("m", 16)),
-                                       int(index.get("maintenance_work_mem_cap_mb", 2048)))
-    return bool(conn.execute(_q("build_hnsw_index"), (collection.id, memory)).fetchone()[0])
+    """Build the collection's HNSW (cosine) index if it is missing; True when it was built now.
 
-
-def size_maintenance_work_mem(rows: int, dimension: int, m: int, cap_mb: int) -> int:
-    """MB of maintenance_work_mem for an HNSW graph of `rows` vectors to fit in memory (capped).
-
-    Estimate per element: the vector (4 bytes a dimension), 2*m layer-0 neighbours plus upper
-    layers (~10 bytes each), and bookkeeping. Warns when the graph will not fit under the cap:
-    pgvector then builds on disk, much more slowly.
-    """
-    need_mb = int(rows * (4 * dimension + 8 + 2 * m * 10 + 64) * 1.25 / 2**20) + 16
-    if need_mb > cap_mb:
-        log.warning("HNSW graph needs ~%d MB but maintenance_work_mem is capped at %d MB: the build will "
-                    "spill to disk and be slow; raise index.maintenance_work_mem_cap_mb", need_mb, cap_mb)
-    return max(64, min(need_mb, cap_mb))
+    ragpipe.build_hnsw_index (sql/api/010_search.sql) names it and sizes its memory."""
+    built, needed_mb, memory_mb = conn.execute(_q("build_hnsw_index"), (collection.id,)).fetchone()
+    if built and needed_mb > memory_mb:
+        log.warning("the HNSW graph of %s needed ~%d MB but maintenance_work_mem was capped at %d MB: it was "
+                    "built on disk, slowly; raise index.maintenance_work_mem_cap_mb", collection.name, needed_mb,
+                    memory_mb)
+    return bool(built)
 
 
 def analyze_collection(conn: psycopg.Connection, collection_id: int) -> None:

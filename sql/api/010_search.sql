@@ -1,12 +1,34 @@
 -- The SQL search API (schema ragpipe). Re-applied by `ragpipe db migrate` whenever this file changes.
--- Every function takes a collection name and returns chunk rows best first:
---   (chunk_id, document_id = the document's stable source id, uri, title, text, metadata, score).
+-- Every search function takes a collection name and returns ragpipe.search_hit rows best first:
+--   (chunk_id, source_id = the document's stable source id, uri, title, text, metadata, score).
 -- `filter` matches document metadata by containment (jsonb @>) in every function.
 -- Functions are SECURITY DEFINER with a pinned search_path, so a role that may only EXECUTE them
 -- (see ragpipe.grant_reader) can search without reading the tables. Values are bound, never
 -- spliced; the only formatted parts of dynamic SQL are integers from ragpipe.collections.
 
--- When a signature changes, DROP the old function here first (CREATE OR REPLACE cannot change it).
+-- CREATE OR REPLACE cannot change a function's result or arguments: the functions whose result is
+-- not yet ragpipe.search_hit (before 006_search_hit.sql), and build_hnsw_index(int, int), are
+-- dropped here and created below; their EXECUTE grants are given back at the end of this file.
+CREATE TEMP TABLE replaced_grants ON COMMIT DROP AS
+SELECT regexp_replace(p.oid::regprocedure::text, '^ragpipe\.build_hnsw_index\(.*\)$',
+                      'ragpipe.build_hnsw_index(integer)') AS function,
+       a.grantee::regrole::text AS grantee
+FROM pg_proc p CROSS JOIN LATERAL aclexplode(p.proacl) a
+WHERE p.pronamespace = 'ragpipe'::regnamespace AND a.grantee <> p.proowner AND a.grantee <> 0
+  AND (pg_get_function_result(p.oid) LIKE 'TABLE(chunk_id bigint, document_id text,%'
+       OR p.oid = to_regprocedure('ragpipe.build_hnsw_index(int, int)'));
+DO $$
+DECLARE
+    f regprocedure;
+BEGIN
+    FOR f IN SELECT p.oid FROM pg_proc p
+             WHERE p.pronamespace = 'ragpipe'::regnamespace
+               AND (pg_get_function_result(p.oid) LIKE 'TABLE(chunk_id bigint, document_id text,%'
+                    OR p.oid = to_regprocedure('ragpipe.build_hnsw_index(int, int)')) LOOP
+        EXECUTE format('DROP FUNCTION %s', f);
+    END LOOP;
+END
+$$;
 
 CREATE OR REPLACE VIEW ragpipe.collection_stats AS
 SELECT k.name AS collection, k.model, k.dimension,
@@ -15,7 +37,51 @@ SELECT k.name AS collection, k.model, k.dimension,
        k.updated_at
 FROM ragpipe.collections k;
 
--- ragpipe.build_hnsw_index is defined in sql/migrations/005_chunk_partitions.sql, which uses it.
+-- The HNSW index of a collection: its name, the memory its build needs, and the build itself.
+CREATE OR REPLACE FUNCTION ragpipe.hnsw_index_name(collection_id int) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $fn$ SELECT 'chunks_hnsw_c' || collection_id $fn$;
+
+-- MB of maintenance_work_mem for the HNSW graph of `rows` vectors to fit in memory. Per element:
+-- the vector (4 bytes a dimension), 2*m layer-0 neighbours plus upper layers (~10 bytes each), and
+-- bookkeeping; 25 % headroom. Without that memory pgvector builds on disk, much more slowly.
+CREATE OR REPLACE FUNCTION ragpipe.hnsw_build_memory_mb(rows bigint, dimension int, m int) RETURNS int
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $fn$ SELECT (rows * (4 * dimension + 8 + 2 * m * 10 + 64) * 1.25 / 2^20)::int + 16 $fn$;
+
+-- build_hnsw_index: the HNSW index (cosine) of the collection's chunk partition, on its embeddings
+-- cast to its dimension, built once after the first load, with maintenance_work_mem sized by
+-- hnsw_build_memory_mb and capped by the collection's index.maintenance_work_mem_cap_mb (default
+-- 2048). Returns whether it was built now, and the MB the graph needs and was given.
+-- SECURITY DEFINER so the loader role needs no DDL.
+CREATE OR REPLACE FUNCTION ragpipe.build_hnsw_index(collection_id int,
+    OUT built boolean, OUT needed_mb int, OUT memory_mb int)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = ragpipe, public, pg_temp
+AS $fn$
+DECLARE
+    coll ragpipe.collections;
+    index_name text := ragpipe.hnsw_index_name(collection_id);
+    m int;
+    rows bigint;
+BEGIN
+    SELECT * INTO STRICT coll FROM ragpipe.collections c WHERE c.id = build_hnsw_index.collection_id;
+    built := false;
+    IF to_regclass('ragpipe.' || index_name) IS NOT NULL THEN
+        RETURN;
+    END IF;
+    m := coalesce((coll.settings #>> '{index,m}')::int, 16);
+    EXECUTE format('SELECT count(*) FROM ragpipe.%I', ragpipe.chunk_partition(coll.id)) INTO rows;
+    needed_mb := ragpipe.hnsw_build_memory_mb(rows, coll.dimension, m);
+    memory_mb := greatest(64, least(needed_mb,
+                                    coalesce((coll.settings #>> '{index,maintenance_work_mem_cap_mb}')::int, 2048)));
+    PERFORM set_config('maintenance_work_mem', memory_mb || 'MB', true);
+    EXECUTE format('CREATE INDEX %I ON ragpipe.%I USING hnsw ((embedding::vector(%s)) vector_cosine_ops) '
+                   'WITH (m = %s, ef_construction = %s)',
+                   index_name, ragpipe.chunk_partition(coll.id), coll.dimension, m,
+                   coalesce((coll.settings #>> '{index,ef_construction}')::int, 64));
+    built := true;
+END
+$fn$;
+REVOKE ALL ON FUNCTION ragpipe.build_hnsw_index(int) FROM PUBLIC;
 
 CREATE OR REPLACE FUNCTION ragpipe.get_collection(collection text)
 RETURNS ragpipe.collections
@@ -56,8 +122,7 @@ LANGUAGE sql IMMUTABLE AS $fn$ SELECT ragpipe.checked('k', k, 1, max_k)::int $fn
 -- Iterative index scans keep returning k rows when the filter is selective.
 CREATE OR REPLACE FUNCTION ragpipe.semantic_search(
     collection text, query_embedding vector, k int DEFAULT 10, filter jsonb DEFAULT NULL)
-RETURNS TABLE (chunk_id bigint, document_id text, uri text, title text, text text, metadata jsonb,
-               score double precision)
+RETURNS SETOF ragpipe.search_hit
 LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path = ragpipe, public, pg_temp
 SET hnsw.iterative_scan = 'relaxed_order'
@@ -104,8 +169,7 @@ DROP FUNCTION IF EXISTS ragpipe.any_word_query(text);  -- replaced by words_quer
 -- every match.
 CREATE OR REPLACE FUNCTION ragpipe.keyword_search(
     collection text, query_text text, k int DEFAULT 10, filter jsonb DEFAULT NULL)
-RETURNS TABLE (chunk_id bigint, document_id text, uri text, title text, text text, metadata jsonb,
-               score double precision)
+RETURNS SETOF ragpipe.search_hit
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = ragpipe, public, pg_temp
 AS $fn$
 #variable_conflict use_column
@@ -181,8 +245,7 @@ CREATE OR REPLACE FUNCTION ragpipe.hybrid_search(
     collection text, query_text text, query_embedding vector, k int DEFAULT 10, filter jsonb DEFAULT NULL,
     semantic_weight double precision DEFAULT 1.0, keyword_weight double precision DEFAULT 1.0,
     rrf_k int DEFAULT 60, candidates int DEFAULT NULL)
-RETURNS TABLE (chunk_id bigint, document_id text, uri text, title text, text text, metadata jsonb,
-               score double precision)
+RETURNS SETOF ragpipe.search_hit
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = ragpipe, public, pg_temp
 AS $fn$
     WITH n AS (SELECT coalesce(candidates, greatest(4 * ragpipe.checked_k(k, 2500), 50)) AS n
@@ -197,7 +260,7 @@ AS $fn$
         SELECT s.*, row_number() OVER (ORDER BY s.score DESC, s.chunk_id) AS r
         FROM n, ragpipe.keyword_search(collection, query_text, n.n, filter) s
         WHERE query_text IS NOT NULL)
-    SELECT coalesce(sem.chunk_id, kw.chunk_id), coalesce(sem.document_id, kw.document_id),
+    SELECT coalesce(sem.chunk_id, kw.chunk_id), coalesce(sem.source_id, kw.source_id),
            coalesce(sem.uri, kw.uri), coalesce(sem.title, kw.title), coalesce(sem.text, kw.text),
            coalesce(sem.metadata, kw.metadata),
            coalesce(semantic_weight / (rrf_k + sem.r), 0) + coalesce(keyword_weight / (rrf_k + kw.r), 0) AS score
@@ -208,8 +271,7 @@ $fn$;
 
 -- similar_chunks: "more like this" for a chunk (the chunk itself excluded).
 CREATE OR REPLACE FUNCTION ragpipe.similar_chunks(chunk_id bigint, k int DEFAULT 10, filter jsonb DEFAULT NULL)
-RETURNS TABLE (chunk_id bigint, document_id text, uri text, title text, text text, metadata jsonb,
-               score double precision)
+RETURNS SETOF ragpipe.search_hit
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = ragpipe, public, pg_temp
 AS $fn$
     SELECT s.*
@@ -225,8 +287,7 @@ $fn$;
 -- document with its best chunk; a document's score is its best chunk's score.
 CREATE OR REPLACE FUNCTION ragpipe.similar_documents(
     collection text, source_id text, k int DEFAULT 10, filter jsonb DEFAULT NULL)
-RETURNS TABLE (chunk_id bigint, document_id text, uri text, title text, text text, metadata jsonb,
-               score double precision)
+RETURNS SETOF ragpipe.search_hit
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = ragpipe, public, pg_temp
 AS $fn$
 #variable_conflict use_column
@@ -244,12 +305,12 @@ BEGIN
             USING ERRCODE = 'no_data_found';
     END IF;
     RETURN QUERY
-    SELECT DISTINCT ON (s.score, s.document_id) s.*
-    FROM (SELECT DISTINCT ON (h.document_id) h.*
+    SELECT DISTINCT ON (s.score, s.source_id) s.*
+    FROM (SELECT DISTINCT ON (h.source_id) h.*
           FROM ragpipe.semantic_search(coll.name, centroid, greatest(10 * k, 100), filter) h
-          WHERE h.document_id <> similar_documents.source_id
-          ORDER BY h.document_id, h.score DESC) s
-    ORDER BY s.score DESC, s.document_id
+          WHERE h.source_id <> similar_documents.source_id
+          ORDER BY h.source_id, h.score DESC) s
+    ORDER BY s.score DESC, s.source_id
     LIMIT k;
 END
 $fn$;
@@ -258,7 +319,7 @@ $fn$;
 -- and embedding are given), merges chunks of one document that overlap (or nearly touch) into one
 -- passage in document order, keeps passages in rank order (a passage ranks as its best chunk)
 -- while they fit in max_tokens, and numbers one citation per document. Returns the context text
--- and the citations [{n, document_id, uri, title}].
+-- and the citations [{n, source_id, uri, title}].
 CREATE OR REPLACE FUNCTION ragpipe.rag_context(
     collection text, query_text text, query_embedding vector, k int DEFAULT 8, max_tokens int DEFAULT 1500,
     filter jsonb DEFAULT NULL)
@@ -276,7 +337,7 @@ BEGIN
     k := ragpipe.checked_k(k);
     FOR p IN
         WITH hits AS (
-            SELECT h.document_id, h.uri, h.title, ch.document_id AS doc, ch.char_start, ch.char_end,
+            SELECT h.source_id, h.uri, h.title, ch.document_id AS doc, ch.char_start, ch.char_end,
                    ch.token_count, ch.text, row_number() OVER () AS rank
             FROM ragpipe.hybrid_search(collection, query_text, query_embedding, k, filter) h
             CROSS JOIN LATERAL (SELECT * FROM ragpipe.chunks c  -- one index probe per hit
@@ -289,7 +350,7 @@ BEGIN
             SELECT *, sum(CASE WHEN prev_end IS NULL OR char_start > prev_end + 2 THEN 1 ELSE 0 END)
                           OVER (PARTITION BY doc ORDER BY char_start, char_end) AS island
             FROM ordered)
-        SELECT min(document_id) AS document_id, min(uri) AS uri, min(title) AS title, min(rank) AS rank,
+        SELECT min(source_id) AS source_id, min(uri) AS uri, min(title) AS title, min(rank) AS rank,
                sum(token_count) AS tokens,
                string_agg(CASE
                    WHEN prev_end IS NULL OR char_start > prev_end THEN
@@ -305,16 +366,26 @@ BEGIN
         END IF;
         used := used + p.tokens;
         SELECT (c ->> 'n')::int INTO cite_no FROM jsonb_array_elements(cites) c
-        WHERE c ->> 'document_id' = p.document_id;
+        WHERE c ->> 'source_id' = p.source_id;
         IF cite_no IS NULL THEN
             cite_no := jsonb_array_length(cites) + 1;
             cites := cites || jsonb_build_array(jsonb_build_object(
-                'n', cite_no, 'document_id', p.document_id, 'uri', p.uri, 'title', p.title));
+                'n', cite_no, 'source_id', p.source_id, 'uri', p.uri, 'title', p.title));
         END IF;
         out_text := out_text || CASE WHEN out_text = '' THEN '' ELSE E'\n\n' END
-                    || '[' || cite_no || '] ' || coalesce(p.title, p.document_id) || E'\n' || p.passage;
+                    || '[' || cite_no || '] ' || coalesce(p.title, p.source_id) || E'\n' || p.passage;
         cite_no := NULL;
     END LOOP;
     RETURN QUERY SELECT out_text, cites;
 END
 $fn$;
+
+DO $$
+DECLARE
+    g record;
+BEGIN
+    FOR g IN SELECT * FROM replaced_grants WHERE to_regprocedure(function) IS NOT NULL LOOP
+        EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %I', g.function, g.grantee);
+    END LOOP;
+END
+$$;

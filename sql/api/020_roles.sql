@@ -66,7 +66,7 @@ BEGIN
                    'ragpipe.chunks, ragpipe.ingest_runs, ragpipe.ingest_failures TO %I', role_name);
     EXECUTE format('GRANT SELECT ON ragpipe.schema_migrations TO %I', role_name);
     EXECUTE format('GRANT USAGE ON ALL SEQUENCES IN SCHEMA ragpipe TO %I', role_name);
-    EXECUTE format('GRANT EXECUTE ON FUNCTION ragpipe.build_hnsw_index(int, int), '
+    EXECUTE format('GRANT EXECUTE ON FUNCTION ragpipe.build_hnsw_index(int), '
                    'ragpipe.analyze_collection(int) TO %I', role_name);
     EXECUTE format('GRANT EXECUTE ON FUNCTION ragpipe.refresh_text_stats(int, bigint, double precision) TO %I',
                    role_name);

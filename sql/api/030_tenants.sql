@@ -4,8 +4,7 @@
 -- tenant would return fewer than k rows.
 CREATE OR REPLACE FUNCTION ragpipe.tenant_search(
     collection text, query_embedding vector, k int DEFAULT 10, filter jsonb DEFAULT NULL)
-RETURNS TABLE (chunk_id bigint, document_id text, uri text, title text, text text, metadata jsonb,
-               score double precision)
+RETURNS SETOF ragpipe.search_hit
 LANGUAGE sql STABLE SECURITY INVOKER SET search_path = ragpipe, public, pg_temp
 AS $fn$
     SELECT c.id, d.source_id, d.uri, d.title, c.text, c.metadata, 1 - (c.embedding <=> query_embedding)

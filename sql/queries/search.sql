@@ -1,25 +1,25 @@
 -- Statements used by pipelines/search.py: thin calls into the SQL API (sql/api/).
 
 -- name: semantic
-SELECT chunk_id, document_id, uri, title, text, metadata, score
+SELECT *
 FROM ragpipe.semantic_search(%(collection)s, %(embedding)s, %(k)s, %(filter)s);
 
 -- name: keyword
-SELECT chunk_id, document_id, uri, title, text, metadata, score
+SELECT *
 FROM ragpipe.keyword_search(%(collection)s, %(text)s, %(k)s, %(filter)s);
 
 -- name: hybrid
-SELECT chunk_id, document_id, uri, title, text, metadata, score
+SELECT *
 FROM ragpipe.hybrid_search(%(collection)s, %(text)s, %(embedding)s, %(k)s, %(filter)s,
                            %(semantic_weight)s, %(keyword_weight)s);
 
 -- name: similar_chunks
-SELECT chunk_id, document_id, uri, title, text, metadata, score
+SELECT *
 FROM ragpipe.similar_chunks(%(chunk_id)s, %(k)s, %(filter)s);
 
 -- name: similar_documents
-SELECT chunk_id, document_id, uri, title, text, metadata, score
-FROM ragpipe.similar_documents(%(collection)s, %(document_id)s, %(k)s, %(filter)s);
+SELECT *
+FROM ragpipe.similar_documents(%(collection)s, %(source_id)s, %(k)s, %(filter)s);
 
 -- name: rag_context
 SELECT context, citations

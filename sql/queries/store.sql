@@ -146,7 +146,7 @@ DELETE FROM ragpipe.documents WHERE collection_id = %s AND source_id = ANY(%s);
 SELECT count(*) FROM ragpipe.chunks WHERE collection_id = %s;
 
 -- name: build_hnsw_index
-SELECT ragpipe.build_hnsw_index(%s, %s);
+SELECT * FROM ragpipe.build_hnsw_index(%s);
 
 -- name: analyze_collection
 SELECT ragpipe.analyze_collection(%s);

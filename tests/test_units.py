@@ -1,0 +1,91 @@
+"""The fast unit tier (`make unit`, seconds): SQL-free logic with no database, no model, no Airflow."""
+
+import pytest
+
+from pipelines.ingest import (
+    AlreadyWritten,
+    BatchResult,
+    Failure,
+    Touched,
+    Vanished,
+    body_hash,
+    classify,
+    content_hash,
+    storable,
+)
+from pipelines.settings import SettingsError, load_settings
+from pipelines.sources import DocumentRef, Gone, NotModified, RawDocument, same_fingerprint
+from pipelines.store.database import mask_url
+
+pytestmark = pytest.mark.unit
+
+
+REF = DocumentRef("a.md", "file:///a.md", "fp-listed")
+RAW = RawDocument(DocumentRef("a.md", "file:///a.md", "fp-read"), b"# A\nbody", ".md", metadata={"path": "a.md"})
+DIGEST = content_hash(RAW)
+
+
+@pytest.mark.parametrize("read, stored, written_by, full_refresh, want", [
+    (OSError("permission denied"), None, None, False, Failure("read", "permission denied")),
+    (NotModified(DocumentRef("a.md", "u", "fp-304")), DIGEST, 1, False, Touched("fp-304")),
+    (Gone(REF, "HTTP 404"), DIGEST, 1, False, Vanished()),
+    (RAW, None, None, False, None),  # new: extract it
+    (RAW, "another hash", 1, False, None),  # changed: extract it
+    (RAW, DIGEST, 1, False, Touched("fp-read")),  # unchanged: record the fingerprint it was read with
+    (RAW, DIGEST, 1, True, None),  # unchanged, but a full refresh re-chunks it
+    (RAW, DIGEST, 7, False, AlreadyWritten()),  # a retried batch of run 7 finds it done
+    (RAW, DIGEST, 7, True, AlreadyWritten()),  # ... even in a full refresh
+])
+def test_classify_decides_each_document_before_extraction(read, stored, written_by, full_refresh, want):
+    digest = content_hash(read) if isinstance(read, RawDocument) else None
+    assert classify(read, digest, stored, written_by, run_id=7, full_refresh=full_refresh) == want
+
+
+def test_hashes_tell_renamed_copies_from_edited_metadata():
+    renamed = RawDocument(DocumentRef("b.md", "file:///b.md", "x"), RAW.content, ".md", metadata={"path": "b.md"})
+    assert body_hash(renamed) == body_hash(RAW), "a copy under another name has the same body"
+    assert content_hash(renamed) != content_hash(RAW), "but metadata is part of the document"
+    retitled = RawDocument(RAW.ref, RAW.content, ".md", title="New", metadata=RAW.metadata)
+    assert body_hash(retitled) != body_hash(RAW)
+
+
+def test_storable_removes_nul_everywhere_postgres_cannot_hold_it():
+    assert storable({"k\x00ey": ["a\x00b", {"n": 1, "s": "\x00"}], "x": None}) == {"key": ["ab", {"n": 1, "s": ""}],
+                                                                                     "x": None}
+
+
+@pytest.mark.parametrize("listed, stored, same", [
+    ("t1", "t1", True),
+    ("t1", "t1\x1fetag-9", True),  # stored validators after the listed part
+    ("t2", "t1\x1fetag-9", False),
+    ("", "\x1fetag-9", False),  # an empty listed fingerprint never matches by prefix
+    ("t1", None, False),
+])
+def test_fingerprints(listed, stored, same):
+    assert same_fingerprint(listed, stored) is same
+
+
+def test_batch_results_add_up_and_count_without_the_failure_list():
+    total = BatchResult()
+    total.add(BatchResult(new=2, failed=1, processed=3, failures=[("x", "read", "gone")]))
+    total.add(BatchResult(changed=1, chunks_embedded=5, processed=1))
+    assert total.processed == 4 and total.failures == [("x", "read", "gone")]
+    assert total.counts() == dict(new=2, changed=1, unchanged=0, failed=1, chunks_embedded=5, chunks_reused=0,
+                                  deleted=0, duplicates=0)
+
+
+@pytest.mark.parametrize("text, want", [
+    ("postgresql://app:s3cr3t-pw@db:5432/x", "postgresql://app:***@db:5432/x"),
+    ("host=db password='a b\\'c' user=app", "host=db password=*** user=app"),
+    ("cannot reach postgresql://u:hunter22@h/d: timeout", "cannot reach postgresql://u:***@h/d: timeout"),
+])
+def test_mask_url_never_shows_a_password(text, want):
+    assert mask_url(text) == want
+
+
+def test_a_bad_setting_is_one_line_naming_its_variable(monkeypatch):
+    monkeypatch.setenv("RAGPIPE_BATCH_TIMEOUT", "soon")
+    with pytest.raises(SettingsError) as err:
+        load_settings()
+    message = str(err.value)
+    assert "RAGPIPE_BATCH_TIMEOUT" in message.upper() and "'soon'" in message and "\n" not in message
