@@ -41,13 +41,16 @@ run: install
 smoke: install
 	RAGPIPE_HOME=$$(mktemp -d /tmp/ragpipe-smoke.XXXXXX) $(BIN)/python -m tools.standalone smoke
 
-## system-deps: Debian packages the tests need (redis-server for the Celery test), installed as root when missing
+## system-deps: Debian packages the tests need (redis-server for the Celery test, chromium + chromium-driver for
+## the search page test), installed as root when missing
+SYSTEM_DEPS = redis-server:redis-server chromium:chromium chromedriver:chromium-driver
 system-deps:
-	@command -v redis-server >/dev/null || { \
+	@missing=$$(for dep in $(SYSTEM_DEPS); do command -v $${dep%%:*} >/dev/null || echo $${dep#*:}; done); \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    echo "installing redis-server (Debian package) for tests/test_distributed.py"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server >/dev/null; \
-	  else echo "tests/test_distributed.py needs redis-server: sudo apt-get install redis-server"; exit 1; fi; }
+	    echo "installing Debian packages the tests need: $$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  else echo "the tests need: sudo apt-get install $$missing"; exit 1; fi; fi
 
 ## unit: the fast tier (seconds): chunking, configuration, settings, outcome classification; no database
 unit: install

@@ -51,6 +51,17 @@ class Settings(BaseSettings):
     llm_url: str | None = Field(None, validation_alias="RAGPIPE_LLM_URL")
     llm_model: str = Field("gpt-4o-mini", validation_alias="RAGPIPE_LLM_MODEL")
     llm_api_key: SecretStr | None = Field(None, validation_alias="RAGPIPE_LLM_API_KEY")
+    serve_database_url: str | None = Field(None, validation_alias="RAGPIPE_SERVE_DATABASE_URL")
+    """The login the search service connects with (default: the database above); it searches as serve_role."""
+    serve_role: str = Field("ragpipe_reader", min_length=1, validation_alias="RAGPIPE_SERVE_ROLE")
+    serve_tokens: SecretStr | None = Field(None, validation_alias="RAGPIPE_SERVE_TOKENS")
+    """JSON object {token: role}: API calls then need `Authorization: Bearer TOKEN` and act as its role."""
+    serve_tokens_file: Path | None = Field(None, validation_alias="RAGPIPE_SERVE_TOKENS_FILE")
+    serve_cors_origins: str = Field("", validation_alias="RAGPIPE_SERVE_CORS_ORIGINS")
+    """Comma-separated origins allowed to call the API from a browser; none by default."""
+    serve_pool_size: int = Field(8, ge=1, le=200, validation_alias="RAGPIPE_SERVE_POOL_SIZE")
+    serve_pool_wait_s: float = Field(10, gt=0, validation_alias="RAGPIPE_SERVE_POOL_WAIT")
+    serve_statement_timeout_s: float = Field(10, gt=0, validation_alias="RAGPIPE_SERVE_STATEMENT_TIMEOUT")
     failpoints: str = Field("", validation_alias="RAGPIPE_FAILPOINTS")
     """Tests only: comma-separated fault names (pipelines/faults.py)."""
     failpoint_dir: Path | None = Field(None, validation_alias="RAGPIPE_FAILPOINT_DIR")

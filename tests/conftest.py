@@ -98,6 +98,17 @@ def corpus(tmp_path: Path) -> Path:
     return target
 
 
+@pytest.fixture(scope="session")
+def sample(ragpipe_home, db_url, tmp_path_factory) -> str:
+    """The sample corpus ingested once per session, into collection search_sample (read, never changed)."""
+    from pipelines.ingest import run_ingest
+
+    corpus = tmp_path_factory.mktemp("search") / "corpus"
+    shutil.copytree(CORPUS, corpus, ignore=shutil.ignore_patterns("records.jsonl"))
+    run_ingest(folder_spec("search_sample", corpus))
+    return "search_sample"
+
+
 def folder_spec(name: str, path: Path, **kw):
     from pipelines.config import parse_collection
 

@@ -12,19 +12,6 @@ from pipelines.ingest import run_ingest
 from tests.conftest import folder_spec, load_random_collection, ragpipe
 
 
-@pytest.fixture(scope="module")
-def sample(ragpipe_home, db_url, tmp_path_factory):
-    """The sample corpus, ingested once for this module."""
-    import shutil
-
-    from tests.conftest import CORPUS
-
-    corpus = tmp_path_factory.mktemp("search") / "corpus"
-    shutil.copytree(CORPUS, corpus, ignore=shutil.ignore_patterns("records.jsonl"))
-    run_ingest(folder_spec("search_sample", corpus))
-    return "search_sample"
-
-
 @pytest.mark.parametrize("mode", ["semantic", "keyword", "hybrid"])
 def test_every_mode_finds_the_obvious_document(sample, mode):
     hits = api.search("walnuts semen quality sperm", collection=sample, k=5, mode=mode)

@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+from pipelines.airflow import SEARCH_URL_PREFIX as URL_PREFIX
 from pipelines.airflow.environment import airflow_environment
 from pipelines.airflow.rest import AirflowAPI, RunFailed, wait_for, wait_for_runs
 from pipelines.ingest import open_database
@@ -31,6 +32,8 @@ START_TIMEOUT_S = 300
 RUNS_TIMEOUT_S = 420
 TASK_LIMIT_S = 240
 """smoke fails when one task runs longer than this (the DAGs' own execution_timeout is longer)."""
+PLUGIN_TIMEOUT_S = 120
+"""The search plugin's first request loads the model in the API server."""
 
 
 def say(text: str) -> None:
@@ -94,6 +97,30 @@ def wait_for_dags(api: AirflowAPI) -> None:
     wait_for("the sample DAGs to be parsed", parsed, START_TIMEOUT_S, every_s=2)
 
 
+def check_search_plugin(api: AirflowAPI, port: int) -> None:
+    """The search service answers inside Airflow (the plugin's app on the API server) with results,
+    and the UI lists its "Search" view."""
+    import httpx
+
+    views = [v for p in api.get("/plugins")["plugins"] if p["name"] == "ragpipe" for v in p["external_views"]]
+    if [v["href"] for v in views] != [f"{URL_PREFIX}/"]:
+        raise RunFailed(f"Airflow did not load the ragpipe plugin's Search view (got {views})")
+
+    base = f"http://127.0.0.1:{port}{URL_PREFIX}"
+    try:
+        found = httpx.get(f"{base}/api/search", params={"collection": "sample", "q": "coffee and blood vessels",
+                                                         "k": 3}, timeout=PLUGIN_TIMEOUT_S)
+        page = httpx.get(f"{base}/", params={"collection": "sample", "q": "coffee"}, timeout=PLUGIN_TIMEOUT_S)
+    except httpx.HTTPError as exc:
+        raise RunFailed(f"the search plugin at {base} did not answer: {exc}") from None
+    if found.status_code != 200 or not found.json()["results"] or page.status_code != 200 \
+            or 'id="results"' not in page.text:
+        raise RunFailed(f"the search plugin at {base} answered HTTP {found.status_code}/{page.status_code}: "
+                        f"{found.text[:300]}")
+    say(f"search plugin: {len(found.json()['results'])} results from {base}/api/search "
+        f"in {found.json()['took_ms']} ms")
+
+
 def run_stack(mode: str) -> int:
     settings = load_settings()
     db_was_running = bool(settings.database_url) or (settings.pgdata / "postmaster.pid").exists()
@@ -132,7 +159,10 @@ def run_stack(mode: str) -> int:
         from tools.demo import main as demo
 
         demo("Does coffee affect blood vessel function?")
+        check_search_plugin(api, port)
         say(f"Airflow UI: http://localhost:{port}   login: {user} / {password}")
+        say(f"Search page (also \"Search\" in the Airflow UI): http://localhost:{port}{URL_PREFIX}/"
+            f"   API: http://localhost:{port}{URL_PREFIX}/docs")
         if mode == "run":
             say("Running until Ctrl-C.")
             proc.wait()

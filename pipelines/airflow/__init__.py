@@ -10,3 +10,7 @@ def collection_dags(collections_file: str | Path | None = None) -> dict[str, Any
     from pipelines.airflow.dags import collection_dags as build
 
     return build(collections_file)
+
+
+SEARCH_URL_PREFIX = "/ragpipe"
+"""Where the search plugin (pipelines/airflow/plugin.py) mounts the search service on Airflow's API server."""

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import numpy as np
+import psycopg
 from psycopg.rows import class_row
 from psycopg.types.json import Jsonb
 
@@ -77,7 +78,7 @@ def search(text: str, collection: str, k: int = 10, filter: dict[str, Any] | Non
     embedding = embed_query(collection, text, url) if mode != "keyword" else None
     if mode == "keyword":
         collection_model(collection, url)  # a clear error for unknown collections
-    params = dict(collection=collection, embedding=embedding, text=text, k=k, filter=_jsonb(filter),
+    params = dict(collection=collection, embedding=embedding, text=text, k=k, filter=jsonb_filter(filter),
                   semantic_weight=semantic_weight, keyword_weight=keyword_weight)
     return _results(mode, params, url)
 
@@ -85,14 +86,14 @@ def search(text: str, collection: str, k: int = 10, filter: dict[str, Any] | Non
 def similar_chunks(chunk_id: int, k: int = 10, filter: dict[str, Any] | None = None,
                    url: str | None = None) -> list[SearchResult]:
     """Chunks most like chunk `chunk_id` (itself excluded)."""
-    return _results("similar_chunks", dict(chunk_id=chunk_id, k=k, filter=_jsonb(filter)), url)
+    return _results("similar_chunks", dict(chunk_id=chunk_id, k=k, filter=jsonb_filter(filter)), url)
 
 
 def similar_documents(collection: str, source_id: str, k: int = 10, filter: dict[str, Any] | None = None,
                       url: str | None = None) -> list[SearchResult]:
     """Documents most like document `source_id`, one row each (its best chunk)."""
     return _results("similar_documents", dict(collection=collection, source_id=source_id, k=k,
-                                              filter=_jsonb(filter)), url)
+                                              filter=jsonb_filter(filter)), url)
 
 
 def rag_context(question: str, collection: str, k: int = 8, max_tokens: int = 1500,
@@ -100,10 +101,8 @@ def rag_context(question: str, collection: str, k: int = 8, max_tokens: int = 15
     """The best passages for `question` as one numbered context, with citations."""
     embedding = embed_query(collection, question, url)
     with connect(open_database(url)) as conn:
-        row = conn.execute(query("search", "rag_context"), dict(
-            collection=collection, text=question, embedding=embedding, k=k, max_tokens=max_tokens,
-            filter=_jsonb(filter))).fetchone()
-    return RagContext(row[0] or "", row[1] or [])
+        return rag_context_row(conn, dict(collection=collection, text=question, embedding=embedding, k=k,
+                                          max_tokens=max_tokens, filter=jsonb_filter(filter)))
 
 
 def grant_reader(role: str, url: str | None = None) -> None:
@@ -132,13 +131,22 @@ def _grant(statement: str, params: tuple, admin_sql: str, url: str | None) -> No
         conn.commit()
 
 
-def _jsonb(filter: dict[str, Any] | None) -> Jsonb | None:
+def jsonb_filter(filter: dict[str, Any] | None) -> Jsonb | None:
     if filter is not None and not isinstance(filter, dict):
         raise ValueError('filter must be a JSON object, e.g. {"topic": "soy"}')
     return Jsonb(filter) if filter is not None else None
 
 
+def run_search(conn: psycopg.Connection, name: str, params: dict[str, Any]) -> list[SearchResult]:
+    """Run the named statement of sql/queries/search.sql (semantic, keyword, hybrid, tenant, similar_*)."""
+    return conn.cursor(row_factory=class_row(SearchResult)).execute(query("search", name), params).fetchall()
+
+
+def rag_context_row(conn: psycopg.Connection, params: dict[str, Any]) -> RagContext:
+    row = conn.execute(query("search", "rag_context"), params).fetchone()
+    return RagContext(row[0] or "", row[1] or [])
+
+
 def _results(name: str, params: dict[str, Any], url: str | None) -> list[SearchResult]:
     with connect(open_database(url)) as conn:
-        cur = conn.cursor(row_factory=class_row(SearchResult))
-        return cur.execute(query("search", name), params).fetchall()
+        return run_search(conn, name, params)

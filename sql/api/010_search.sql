@@ -34,8 +34,13 @@ CREATE OR REPLACE VIEW ragpipe.collection_stats AS
 SELECT k.name AS collection, k.model, k.dimension,
        (SELECT count(*) FROM ragpipe.documents d WHERE d.collection_id = k.id) AS documents,
        (SELECT count(*) FROM ragpipe.chunks c WHERE c.collection_id = k.id) AS chunks,
-       k.updated_at
-FROM ragpipe.collections k;
+       k.updated_at,
+       last_run.status AS last_run_status,
+       last_run.at AS last_run_at
+FROM ragpipe.collections k
+LEFT JOIN LATERAL (SELECT r.status, coalesce(r.finished_at, r.started_at) AS at FROM ragpipe.ingest_runs r
+                   WHERE r.collection_id = k.id AND r.status <> 'dry_run'
+                   ORDER BY r.id DESC LIMIT 1) last_run ON true;
 
 -- The HNSW index of a collection: its name, the memory its build needs, and the build itself.
 CREATE OR REPLACE FUNCTION ragpipe.hnsw_index_name(collection_id int) RETURNS text

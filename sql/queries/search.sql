@@ -13,6 +13,10 @@ SELECT *
 FROM ragpipe.hybrid_search(%(collection)s, %(text)s, %(embedding)s, %(k)s, %(filter)s,
                            %(semantic_weight)s, %(keyword_weight)s);
 
+-- name: tenant
+SELECT *
+FROM ragpipe.tenant_search(%(collection)s, %(embedding)s, %(k)s, %(filter)s);
+
 -- name: similar_chunks
 SELECT *
 FROM ragpipe.similar_chunks(%(chunk_id)s, %(k)s, %(filter)s);

@@ -1,0 +1,88 @@
+"""The service's connections: a bounded pool, each request in a transaction as a reader role."""
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import psycopg
+from pgvector.psycopg import register_vector
+from psycopg import sql
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from pipelines.store.database import DatabaseError, first_line, mask_url
+
+log = logging.getLogger(__name__)
+
+TENANT_ROLE = "ragpipe_tenant_reader"
+
+
+class Busy(RuntimeError):
+    """No database connection became free in time."""
+
+
+class ServiceDatabase:
+    """A connection pool of at most `size` connections. Every request runs in one transaction that
+    first switches to the caller's role (SET LOCAL ROLE), so the schema owner's privileges are never
+    used to search, and a role's row-level security applies."""
+
+    def __init__(self, url: str, role: str, size: int, wait_s: float, statement_timeout_ms: int) -> None:
+        self.url, self.role, self.wait_s = url, role, wait_s
+        self.statement_timeout_ms = statement_timeout_ms
+        self.pool = ConnectionPool(url, min_size=1, max_size=size, open=False, timeout=wait_s,
+                                   configure=register_vector, kwargs={"connect_timeout": 10},
+                                   name="ragpipe-service")
+        self._tenant: dict[str, bool] = {}
+
+    def open(self) -> None:
+        try:
+            self.pool.open(wait=True, timeout=30)
+        except PoolTimeout:
+            raise DatabaseError(f"cannot connect to {mask_url(self.url)} within 30 s") from None
+        self.check_role(self.role)
+
+    def close(self) -> None:
+        self.pool.close(timeout=5)
+
+    def check_role(self, role: str) -> None:
+        """The role exists, the service may switch to it, and it is not the schema owner or a superuser."""
+        with self.pool.connection() as conn:
+            row = conn.execute(
+                "SELECT r.rolsuper OR pg_has_role(r.oid, n.nspowner, 'MEMBER'), current_user "
+                "FROM pg_roles r, pg_namespace n WHERE r.rolname = %s AND n.nspname = 'ragpipe'", (role,)).fetchone()
+            if row is None:
+                raise DatabaseError(f"role {role} does not exist: run `ragpipe db migrate` (it creates "
+                                    "ragpipe_reader) or `ragpipe db grant-reader ROLE`, or set RAGPIPE_SERVE_ROLE")
+            if row[0]:
+                raise DatabaseError(f"role {role} owns the ragpipe schema or is a superuser: the service searches "
+                                    "as a reader; set RAGPIPE_SERVE_ROLE=ragpipe_reader (the default) or a role "
+                                    "granted with `ragpipe db grant-reader ROLE`")
+            try:
+                with conn.transaction():
+                    conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(role)))
+            except psycopg.errors.InsufficientPrivilege:
+                raise DatabaseError(f"the service logs in as {row[1]}, which may not act as {role}: run "
+                                    f"`GRANT {role} TO {row[1]};` as an administrator") from None
+
+    def is_tenant(self, role: str) -> bool:
+        """A tenant role reads its own rows through row-level security (ragpipe.tenant_search only)."""
+        if role not in self._tenant:
+            with self.pool.connection() as conn:
+                self._tenant[role] = bool(conn.execute(
+                    "SELECT pg_has_role(%s, %s, 'MEMBER')", (role, TENANT_ROLE)).fetchone()[0])
+        return self._tenant[role]
+
+    @contextmanager
+    def session(self, role: str | None = None) -> Iterator[psycopg.Connection]:
+        """A pooled connection in a transaction acting as `role` (the service role by default)."""
+        try:
+            with self.pool.connection() as conn, conn.transaction():
+                conn.execute(sql.SQL("SET LOCAL ROLE {}; SET LOCAL statement_timeout = {}").format(
+                    sql.Identifier(role or self.role), sql.Literal(self.statement_timeout_ms)))
+                yield conn
+        except PoolTimeout:
+            raise Busy(f"no database connection became free within {self.wait_s:g} s "
+                       "(RAGPIPE_SERVE_POOL_SIZE, RAGPIPE_SERVE_POOL_WAIT)") from None
+        except psycopg.errors.QueryCanceled:
+            raise
+        except psycopg.OperationalError as exc:
+            raise DatabaseError(f"database unavailable: {first_line(exc)}") from None

@@ -1,0 +1,294 @@
+"""The search service: `ragpipe serve` (uvicorn on a free loopback port) answered with httpx, the
+same results as the SQL functions, bad input as 4xx, bearer tokens mapped to a tenant role, the
+LLM stream, and the page in a real headless Chromium."""
+
+import json
+import os
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+
+from pipelines import search as api
+from pipelines.ingest import run_ingest
+from pipelines.store.database import database_url
+from tests.conftest import CORPUS, RAGPIPE, free_port, ragpipe
+
+QUESTION = "walnuts semen quality sperm"
+
+
+class FakeLLM(BaseHTTPRequestHandler):
+    """An OpenAI-compatible chat completions endpoint that streams a fixed answer."""
+
+    requests: list[dict] = []
+
+    def do_POST(self) -> None:
+        FakeLLM.requests.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.end_headers()
+        for word in ("Walnuts ", "help [1]."):
+            self.wfile.write(f"data: {json.dumps({'choices': [{'delta': {'content': word}}]})}\n\n".encode())
+        self.wfile.write(b"data: [DONE]\n\n")
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def llm():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeLLM)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}/v1"
+    server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def served(sample, llm, tmp_path_factory) -> Iterator[str]:
+    """`ragpipe serve` as a user starts it, with an LLM endpoint configured; stopped afterwards."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(RAGPIPE + ["serve", "--port", str(port)], stdout=out, stderr=subprocess.STDOUT,
+                                env=_env(RAGPIPE_LLM_URL=llm), start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(base, proc, log)
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+            pytest.fail("ragpipe serve did not stop within 20 s of SIGTERM")
+
+
+def _env(**extra: str) -> dict[str, str]:
+    return dict(os.environ, **extra)
+
+
+def _wait_healthy(base: str, proc: subprocess.Popen, log: Path, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"ragpipe serve exited with {proc.returncode}:\n{log.read_text()[-2000:]}")
+        try:
+            if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.3)
+    pytest.fail(f"ragpipe serve was not healthy within {timeout_s:g} s:\n{log.read_text()[-2000:]}")
+
+
+@contextmanager
+def serving(app) -> Iterator[str]:
+    """An app on a real uvicorn server on a free loopback port, in this process."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start within 30 s"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{server.config.port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        assert not thread.is_alive(), "uvicorn did not stop within 10 s"
+
+
+@pytest.mark.parametrize("mode", ["semantic", "keyword", "hybrid"])
+def test_search_returns_what_sql_returns(served, sample, mode):
+    got = httpx.get(f"{served}/api/search", params=dict(collection=sample, q=QUESTION, k=7, mode=mode), timeout=30)
+    assert got.status_code == 200, got.text
+    body = got.json()
+    want = [h.to_dict() for h in api.search(QUESTION, collection=sample, k=7, mode=mode)]
+    assert [r["chunk_id"] for r in body["results"]] == [w["chunk_id"] for w in want] and want
+    assert [r["score"] for r in body["results"]] == pytest.approx([w["score"] for w in want], rel=1e-5)
+    assert set(body["results"][0]) == set(want[0]), "the fields of `ragpipe search --json`"
+    assert body["took_ms"] > 0 and body["results"][0]["source_id"].startswith("nuts/walnuts")
+    cli = json.loads(ragpipe("search", QUESTION, "-c", sample, "-k", "7", "--mode", mode, "--json").stdout)
+    assert [r["chunk_id"] for r in cli] == [r["chunk_id"] for r in body["results"]]
+
+
+def test_filter_similar_collections_rag_context_and_health(served, sample):
+    walnut = httpx.get(f"{served}/api/search", params=dict(collection=sample, q=QUESTION, k=1)).json()["results"][0]
+    only = httpx.get(f"{served}/api/search", timeout=30, params=dict(
+        collection=sample, q=QUESTION, k=5, filter=json.dumps({"path": walnut["source_id"]}))).json()["results"]
+    assert only and {r["source_id"] for r in only} == {walnut["source_id"]}
+
+    similar = httpx.get(f"{served}/api/similar/{sample}/{walnut['source_id']}", params={"k": 3}, timeout=30).json()
+    want = api.similar_documents(sample, walnut["source_id"], k=3)
+    assert [r["source_id"] for r in similar["results"]] == [w.source_id for w in want] and want
+    assert walnut["source_id"] not in [r["source_id"] for r in similar["results"]]
+
+    listed = {c["name"]: c for c in httpx.get(f"{served}/api/collections").json()}
+    assert listed[sample]["model"] == "sentence-transformers/all-MiniLM-L6-v2"
+    assert listed[sample]["documents"] >= 15 and listed[sample]["chunks"] >= listed[sample]["documents"]
+    assert listed[sample]["last_run_status"] == "succeeded" and listed[sample]["last_run_at"]
+
+    ctx = httpx.post(f"{served}/api/rag-context", json=dict(collection=sample, q=QUESTION, k=4, max_tokens=400),
+                     timeout=30)
+    want_ctx = api.rag_context(QUESTION, collection=sample, k=4, max_tokens=400)
+    assert ctx.status_code == 200 and ctx.json()["context"] == want_ctx.context
+    assert ctx.json()["citations"] == want_ctx.citations and want_ctx.citations
+
+    assert httpx.get(f"{served}/healthz").json() == {"status": "ok"}
+    assert "/api/search" in httpx.get(f"{served}/openapi.json").json()["paths"]
+
+
+@pytest.mark.parametrize("params, status, message", [
+    (dict(k=0), 422, "k: Input should be greater than or equal to 1"),
+    (dict(k=1001), 422, "k: Input should be less than or equal to 1000"),
+    (dict(mode="fuzzy"), 422, "mode: Input should be 'semantic', 'keyword' or 'hybrid'"),
+    (dict(filter="[1, 2]"), 400, "filter must be a JSON object"),
+    (dict(filter="{topic"), 400, "filter must be a JSON object"),
+    (dict(q="x" * 8193), 400, "q is longer than 8192 bytes"),
+    (dict(q="   "), 400, "q is empty"),
+    (dict(collection="no_such_collection"), 404, "no collection named 'no_such_collection'"),
+    (dict(q=None), 422, "q: Field required"),
+])
+def test_bad_input_is_a_4xx_with_one_clear_line(served, sample, params, status, message):
+    query = {k: v for k, v in dict(dict(collection=sample, q="coffee", k=5), **params).items() if v is not None}
+    got = httpx.get(f"{served}/api/search", params=query, timeout=30)
+    assert got.status_code == status, got.text
+    detail = got.json()["detail"]
+    assert message in detail and "\n" not in detail and "Traceback" not in got.text
+
+
+def test_unknown_document_and_oversized_body_are_4xx(served, sample):
+    got = httpx.get(f"{served}/api/similar/{sample}/no/such/doc.md")
+    assert got.status_code == 404 and 'no document "no/such/doc.md"' in got.json()["detail"]
+    got = httpx.post(f"{served}/api/rag-context", json=dict(collection=sample, q="coffee", filter=[1]))
+    assert got.status_code == 422 and "filter" in got.json()["detail"]
+
+
+def test_ask_streams_server_sent_events_from_the_llm(served, sample):
+    FakeLLM.requests.clear()
+    with httpx.stream("POST", f"{served}/api/ask", json=dict(collection=sample, q=QUESTION, k=3), timeout=60) as got:
+        assert got.status_code == 200 and got.headers["content-type"].startswith("text/event-stream")
+        events = [line.removeprefix("event: ") for line in got.iter_lines() if line.startswith("event: ")]
+    assert events == ["context", "delta", "delta", "done"]
+    prompt = FakeLLM.requests[0]["messages"][1]["content"]
+    assert "walnut" in prompt.lower() and QUESTION in prompt
+
+
+def test_without_llm_ask_is_a_503_saying_what_to_set(sample, monkeypatch):
+    from pipelines.service import create_app
+
+    monkeypatch.delenv("RAGPIPE_LLM_URL", raising=False)
+    with serving(create_app()) as base:
+        got = httpx.post(f"{base}/api/ask", json=dict(collection=sample, q="coffee"), timeout=30)
+    assert got.status_code == 503 and "set RAGPIPE_LLM_URL" in got.json()["detail"]
+
+
+def test_tokens_map_callers_to_roles_and_row_level_security_applies(tmp_path, name, conn, monkeypatch):
+    from pipelines.config import parse_collection
+    from pipelines.service import create_app
+
+    rows = [json.loads(line) for line in (CORPUS / "records.jsonl").read_text().splitlines()]
+    for row in rows:
+        row["tenant"] = "acme" if row["topic"] in ("milk", "eggs") else "globex"
+    (tmp_path / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run_ingest(parse_collection({"name": name, "source": {"kind": "tabular", "path": str(tmp_path / "records.jsonl"),
+                                                          "title_column": "title"}}, where=name, base=tmp_path))
+    conn.execute("DROP ROLE IF EXISTS svc_acme")
+    ragpipe("db", "grant-tenant", "svc_acme", "acme")
+    tokens = {"acme-token-0123456789": "svc_acme", "reader-token-0123456789": "ragpipe_reader"}
+    monkeypatch.setenv("RAGPIPE_SERVE_TOKENS", json.dumps(tokens))
+    with serving(create_app()) as base:
+        def get(token: str | None, **params) -> httpx.Response:
+            headers = {"Authorization": f"Bearer {token}"} if token else {}
+            return httpx.get(f"{base}/api/search", params=dict(dict(collection=name, q="cholesterol", k=50), **params),
+                             headers=headers, timeout=30)
+
+        assert get(None).status_code == 401 and get(None).headers["www-authenticate"] == "Bearer"
+        assert get("acme-token-wrong-0000000").status_code == 401
+        acme = get("acme-token-0123456789", mode="semantic")
+        assert acme.status_code == 200, acme.text
+        assert {r["source_id"] for r in acme.json()["results"]} == {r["id"] for r in rows if r["tenant"] == "acme"}
+        refused = get("acme-token-0123456789", mode="hybrid")
+        assert refused.status_code == 403 and "mode=semantic" in refused.json()["detail"]
+        everyone = get("reader-token-0123456789", mode="semantic")
+        assert {r["metadata"]["tenant"] for r in everyone.json()["results"]} == {"acme", "globex"}
+        assert "acme-token" not in acme.text + refused.text
+
+
+def test_the_service_never_searches_as_the_owner(monkeypatch):
+    from pipelines.service import create_app
+    from pipelines.store.database import DatabaseError
+
+    with psycopg.connect(database_url()) as conn:  # the embedded server's superuser, owner of the schema
+        owner = conn.info.user
+    monkeypatch.setenv("RAGPIPE_SERVE_ROLE", owner)
+    with pytest.raises(DatabaseError, match="owns the ragpipe schema or is a superuser"):
+        create_app().state.service.open()
+    failed = ragpipe("serve", "--port", str(free_port()), check=False, env={"RAGPIPE_SERVE_ROLE": owner})
+    assert failed.returncode == 1 and "owns the ragpipe schema" in failed.stderr
+    assert len(failed.stderr.strip().splitlines()) == 1, failed.stderr
+
+
+def test_cors_is_off_unless_origins_are_configured(served, sample, monkeypatch):
+    from pipelines.service import create_app
+
+    preflight = {"Origin": "https://app.example", "Access-Control-Request-Method": "GET"}
+    assert "access-control-allow-origin" not in httpx.options(f"{served}/api/search", headers=preflight).headers
+    monkeypatch.setenv("RAGPIPE_SERVE_CORS_ORIGINS", "https://app.example")
+    with serving(create_app()) as base:
+        got = httpx.options(f"{base}/api/search", headers=preflight)
+    assert got.headers["access-control-allow-origin"] == "https://app.example"
+
+
+def test_the_page_in_headless_chromium(served, sample, tmp_path):
+    """Load the page, pick the collection, type a query, submit with Enter, read the result list."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    browser, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
+    assert browser and driver_path, "needs Debian's chromium and chromium-driver: `make system-deps` installs them"
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1100,900"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    try:
+        driver.set_page_load_timeout(60)
+        driver.get(f"{served}/")
+        Select(driver.find_element(By.NAME, "collection")).select_by_value(sample)
+        box = driver.find_element(By.NAME, "q")
+        box.send_keys("Do walnuts improve sperm quality?", Keys.ENTER)
+        WebDriverWait(driver, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#results li"))
+        titles = [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#results .title")]
+        assert any("walnut" in t.lower() for t in titles[:3]), titles
+        assert "q=Do+walnuts" in driver.current_url, "the query lives in the URL"
+        assert driver.find_elements(By.CSS_SELECTOR, "#results mark"), "query words are highlighted"
+        summary = driver.find_element(By.ID, "summary").text
+        assert "results in" in summary and "ms" in summary
+        driver.save_screenshot(str(tmp_path / "search-page.png"))
+        driver.find_element(By.LINK_TEXT, "more like this").click()
+        WebDriverWait(driver, 60).until(lambda d: "similar=" in d.current_url)
+        assert "Documents like" in driver.find_element(By.ID, "summary").text
+        driver.get(f"{served}/?collection=no_such&q=x")
+        assert "no collection named" in driver.find_element(By.CSS_SELECTOR, "[role=alert]").text
+    finally:
+        driver.quit()
+    assert (tmp_path / "search-page.png").stat().st_size > 10_000
+    if os.environ.get("RAGPIPE_SCREENSHOT_TO"):  # how docs/search-page.png is made
+        shutil.copy(tmp_path / "search-page.png", os.environ["RAGPIPE_SCREENSHOT_TO"])
