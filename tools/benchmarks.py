@@ -2,7 +2,7 @@
 
 BENCH_SCALE=small (default, a few minutes) or large; BENCH_QUALITY=1 adds the NFCorpus nDCG@10 of the
 torch and onnx-int8 backends to a small run (always part of large; ~15 min the first time, cached after).
-BENCH_SECTIONS=embedding,loading,reruns,search (the default: all) runs some of them. Results go to
+BENCH_SECTIONS=embedding,loading,reruns,search,service (the default: all) runs some of them. Results go to
 stdout and docs/benchmarks[-large][-SECTIONS].md.
 Everything runs through the real pipeline, model and embedded PostgreSQL; synthetic corpora are
 resampled sentences of NFCorpus (tools/synthetic.py). The search section's sentence embeddings
@@ -288,15 +288,15 @@ def bench_single_line(conn, tmp: Path, baseline_mb: float, mb: int = 50) -> None
     shutil.rmtree(folder, ignore_errors=True)
 
 
-def bench_search(conn, chunks: int, queries: int) -> None:
-    """Latency and HNSW recall@10 vs exact search on `chunks` synthetic-but-realistic chunks."""
+def search_collection(conn, chunks: int, queries: int) -> tuple[str, list[str]]:
+    """The collection of `chunks` synthetic-but-realistic chunks the search and service sections
+    measure (built once, kept between runs), and the query texts (NFCorpus queries)."""
     name = f"bench_search_{chunks}"
     embedder = get_embedder(DEFAULT_MODEL)
     pool = sentences(limit=1_000_000)  # all of them (35k for NFCorpus): fewer shared sentences per chunk
     generator = f"sentence-means-{len(pool)}"
     qs = [json.loads(line)["text"] for line in (NFCORPUS / "queries.jsonl").open()][:queries] \
         if (NFCORPUS / "queries.jsonl").exists() else pool[:queries]
-    qvec = embedder.encode(qs)
     coll = store.get_collection(conn, name)
     if coll is None or coll.settings.get("generator") != generator \
             or conn.execute(query("store", "count_chunks"), (coll.id,)).fetchone()[0] != chunks:
@@ -319,6 +319,18 @@ def bench_search(conn, chunks: int, queries: int) -> None:
             with conn.transaction():
                 store.replace_documents(conn, coll, None, docs)
         record("search", f"COPY load of {chunks} synthetic chunks", f"{time.perf_counter() - start:.1f} s")
+        with conn.transaction():
+            store.ensure_hnsw_index(conn, coll)
+        store.refresh_text_stats(conn, coll.id, min_change=0)
+        store.analyze_collection(conn, coll.id)
+    return name, qs
+
+
+def bench_search(conn, chunks: int, queries: int) -> None:
+    """Latency and HNSW recall@10 vs exact search on `chunks` synthetic-but-realistic chunks."""
+    name, qs = search_collection(conn, chunks, queries)
+    coll = store.get_collection(conn, name)
+    qvec = get_embedder(DEFAULT_MODEL).encode(qs)
     conn.execute(f"DROP INDEX IF EXISTS ragpipe.chunks_hnsw_c{coll.id}")  # time the build on every run
     start = time.perf_counter()
     with conn.transaction():
@@ -354,6 +366,91 @@ def bench_search(conn, chunks: int, queries: int) -> None:
         record("search", f"{mode}_search: p50 / p95", f"{np.percentile(lat, 50):.1f} / {np.percentile(lat, 95):.1f} ms")
     if chunks <= 100_000:  # two more HNSW builds: at 1M they would double the run
         bench_halfvec(conn, coll.id, qvec, [t for t, _ in truth])
+
+
+def bench_service(conn, chunks: int, queries: int) -> None:
+    """`ragpipe serve` end to end (HTTP, query embedding, SQL) on the search section's collection:
+    latency, throughput at 1/8/32 clients, and 50 clients for 60 s (errors, the service's RSS)."""
+    import socket
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    name, qs = search_collection(conn, chunks, queries)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = tempfile.NamedTemporaryFile("w+", prefix="bench-serve-", suffix=".log")  # a pipe could fill and block it
+    proc = subprocess.Popen([RAGPIPE, "serve", "--port", str(port)], stdout=subprocess.DEVNULL, stderr=log,
+                            start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"ragpipe serve did not come up: {Path(log.name).read_text()[-2000:]}")
+            try:
+                if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.3)
+        server = psutil.Process(proc.pid)
+
+        def one(client: httpx.Client, q: str, mode: str = "hybrid") -> float:
+            start = time.perf_counter()
+            got = client.get(f"{base}/api/search", params={"collection": name, "q": q, "k": 10, "mode": mode})
+            if got.status_code != 200 or not got.json()["results"]:
+                raise RuntimeError(f"HTTP {got.status_code}: {got.text[:200]}")
+            return (time.perf_counter() - start) * 1000
+
+        with httpx.Client(timeout=60) as client:
+            for q in qs[:10]:
+                one(client, q)  # warm: the model, the pool, PostgreSQL's caches
+            for mode in ("semantic", "keyword", "hybrid"):
+                lat = [one(client, q, mode) for q in qs]
+                record("service", f"GET /api/search {mode}, {chunks} chunks, 1 client: p50 / p95",
+                       f"{np.percentile(lat, 50):.1f} / {np.percentile(lat, 95):.1f} ms")
+
+        def load(clients: int, seconds: float) -> tuple[int, int, list[float]]:
+            stop = time.monotonic() + seconds
+            errors: list[str] = []
+
+            def client_loop(i: int) -> list[float]:
+                lat = []
+                with httpx.Client(timeout=60) as client:
+                    n = i
+                    while time.monotonic() < stop:
+                        try:
+                            lat.append(one(client, qs[n % len(qs)]))
+                        except Exception as exc:
+                            errors.append(str(exc)[:200])
+                        n += clients
+                return lat
+
+            with ThreadPoolExecutor(clients) as pool:
+                lats = [x for part in pool.map(client_loop, range(clients)) for x in part]
+            if errors:
+                print(f"  {len(errors)} errors, first: {errors[0]}", flush=True)
+            return len(lats), len(errors), lats
+
+        for clients in (1, 8, 32):
+            done, failed, lat = load(clients, 20)
+            record("service", f"hybrid at {clients} concurrent clients (20 s): throughput, p50 / p95",
+                   f"{done / 20:.1f} req/s, {np.percentile(lat, 50):.0f} / {np.percentile(lat, 95):.0f} ms, "
+                   f"{failed} errors")
+        before = server.memory_info().rss / 2**20
+        done, failed, lat = load(50, 60)
+        after = server.memory_info().rss / 2**20
+        record("service", "50 clients for 60 s: requests, errors, p95",
+               f"{done}, {failed} errors, {np.percentile(lat, 95):.0f} ms")
+        record("service", "service RSS before / after the 60 s soak", f"{before:.0f} / {after:.0f} MB")
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
 
 
 def bench_halfvec(conn, collection_id: int, qvec: np.ndarray, truth: list[list[int]], ef: int = 80) -> None:
@@ -416,7 +513,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, connect(open_database(), autocommit=True) as conn:
         tmp_path = Path(tmp)
         threading.excepthook = lambda args: print(args, file=sys.stderr)
-        sections = os.environ.get("BENCH_SECTIONS", "embedding,loading,reruns,search").split(",")
+        sections = os.environ.get("BENCH_SECTIONS", "embedding,loading,reruns,search,service").split(",")
         if "embedding" in sections:
             bench_embedding(conn, tmp_path, cfg["embed_docs"])
             if scale == "large" or os.environ.get("BENCH_QUALITY") == "1":
@@ -427,6 +524,8 @@ def main() -> None:
             bench_reruns_and_memory(conn, tmp_path, cfg["rerun_docs"], cfg["memory_docs"])
         if "search" in sections:
             bench_search(conn, cfg["search_chunks"], cfg["queries"])
+        if "service" in sections:
+            bench_service(conn, min(cfg["search_chunks"], 100_000), cfg["queries"])
         shutil.rmtree(tmp_path / "rerun", ignore_errors=True)
     report = write_report(scale, time.perf_counter() - started)
     print(f"\nwrote {report.relative_to(PROJECT_ROOT)} ({(time.perf_counter() - started) / 60:.1f} min)")

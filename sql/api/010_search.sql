@@ -216,15 +216,15 @@ BEGIN
                ln(1 + (greatest(coalesce(n, 0), c) - c + 0.5) / (c + 0.5)) AS idf
         FROM unnest(words, counts) AS x(w, c)),
     candidate AS MATERIALIZED (
-        SELECT ch.id, ch.tsv FROM ragpipe.chunks ch
+        SELECT ch.id, ch.tsv, length(ch.tsv)::float8 AS len FROM ragpipe.chunks ch
         WHERE ch.collection_id = coll.id AND ch.tsv @@ essential
           AND (filter IS NULL OR ch.metadata @> filter)),
-    scored AS (
+    scored AS (  -- @@ first: most (chunk, word) pairs do not match, and ts_rank_cd costs more than @@;
+                 -- OFFSET 0 computes each tf once (inlined, it would be computed once per use)
         SELECT c.id, sum(q.idf * f.tf * 2.2
-                         / (f.tf + 1.2 * (0.25 + 0.75 * length(c.tsv) / coalesce(nullif(avg_len, 0), 1)))) AS score
-        FROM candidate c CROSS JOIN q
-        CROSS JOIN LATERAL (SELECT ts_rank_cd('{1,1,1,1}', c.tsv, q.word, 0)::float8 AS tf) f
-        WHERE f.tf > 0
+                         / (f.tf + 1.2 * (0.25 + 0.75 * c.len / coalesce(nullif(avg_len, 0), 1)))) AS score
+        FROM candidate c JOIN q ON c.tsv @@ q.word
+        CROSS JOIN LATERAL (SELECT ts_rank_cd('{1,1,1,1}', c.tsv, q.word, 0)::float8 AS tf OFFSET 0) f
         GROUP BY c.id
         ORDER BY 2 DESC, 1
         LIMIT k)
