@@ -242,9 +242,12 @@ def serve(host: str, port: int) -> None:
 @click.option("--split", default="test", show_default=True, help="qrels/<split>.tsv to score against.")
 @click.option("--collection", help="Collection name [default: beir_<dataset>].")
 @click.option("--max-queries", type=int, help="Score only the first N queries.")
+@click.option("--sweep", is_flag=True,
+              help="Also score hybrid under each fusion setting (rrf_k 10/30/60, convex alpha 0.3-0.7). "
+                   "Choose on --split dev, then report once on test.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def eval_(dataset_dir: Path, modes: str, split: str, collection: str | None, max_queries: int | None,
-          as_json: bool) -> None:
+          sweep: bool, as_json: bool) -> None:
     """Retrieval quality on a BEIR data set (corpus.jsonl, queries.jsonl, qrels/test.tsv).
 
     Ingests the corpus through the normal pipeline (incrementally: re-runs are cheap), runs every
@@ -259,13 +262,15 @@ def eval_(dataset_dir: Path, modes: str, split: str, collection: str | None, max
     unknown = set(wanted) - {"semantic", "keyword", "hybrid", "exact"}
     if unknown:
         _fail(f"unknown mode(s) {sorted(unknown)}")
-    report = evaluate(dataset_dir, wanted, collection=collection, split=split, max_queries=max_queries)
+    report = evaluate(dataset_dir, wanted, collection=collection, split=split, max_queries=max_queries, sweep=sweep)
     if as_json:
         _emit(report)
         return
     click.echo(f"{report['dataset']}: {report['documents']} documents, {report['queries']} queries ({split})")
-    rows = [[mode, *m.values()] for mode, m in report["modes"].items()]
-    click.echo(tabulate(rows, headers=["mode", *next(iter(report["modes"].values())).keys()]))
+    scored = {**report["modes"], **{f"hybrid {label}": m for label, m in report.get("sweep", {}).items()}}
+    if scored:
+        rows = [[mode, *m.values()] for mode, m in scored.items()]
+        click.echo(tabulate(rows, headers=["mode", *next(iter(scored.values())).keys()]))
 
 
 @main.command()

@@ -36,6 +36,8 @@ class CollectionSpec:
     docs_per_batch: int
     """Documents per load transaction (and per mapped Airflow task)."""
     index: dict[str, Any]
+    search: dict[str, Any]
+    """Hybrid search defaults given in collections.yml (fusion, rrf_k, alpha, weights)."""
     duplicates: str
     """skip: a document with the same content as another one (another name) is recorded, not indexed
     twice; keep: index both (data sets whose records are judged separately, like BEIR corpora)."""
@@ -53,6 +55,18 @@ class IndexOptions(BaseModel):
     ef_search: Annotated[int, Field(ge=1, le=1000)] = DEFAULT_INDEX["ef_search"]
     keyword_candidates: Annotated[int, Field(ge=1)] = DEFAULT_INDEX["keyword_candidates"]
     maintenance_work_mem_cap_mb: Annotated[int, Field(ge=64)] | None = None
+
+
+class SearchOptions(BaseModel):
+    """Hybrid search defaults of a collection (`search:` in collections.yml), read by ragpipe.hybrid_search
+    when a call leaves them NULL; unset ones take the SQL defaults (ragpipe.hybrid_defaults)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    fusion: Literal["rrf", "convex"] | None = None
+    rrf_k: Annotated[int, Field(ge=0, le=10_000)] | None = None
+    alpha: Annotated[float, Field(ge=0, le=1)] | None = None
+    semantic_weight: Annotated[float, Field(ge=0)] | None = None
+    keyword_weight: Annotated[float, Field(ge=0)] | None = None
 
 
 def source_model() -> Any:
@@ -95,6 +109,7 @@ def collection_model() -> type[BaseModel]:
         batch_size: Annotated[int, Field(ge=1, le=4096)] = 32
         docs_per_batch: Annotated[int, Field(ge=1, le=100_000)] = 64
         index: IndexOptions = Field(default_factory=IndexOptions)
+        search: SearchOptions = Field(default_factory=SearchOptions)
         duplicates: Literal["skip", "keep"] = "skip"
         description: str = ""
         smoke_queries: list[str] = Field(default_factory=list)
@@ -138,7 +153,9 @@ def parse_collection(raw: Any, where: str, base: Path) -> CollectionSpec:
     if "path" in source and not str(source["path"]).startswith(("s3://", "/")):
         source["path"] = str((base / str(source["path"])).resolve())
     index = model.index.model_dump(exclude_none=True)
-    return CollectionSpec(**dict(model.model_dump(exclude={"source", "index"}), source=source, index=index))
+    search = model.search.model_dump(exclude_none=True)
+    return CollectionSpec(**dict(model.model_dump(exclude={"source", "index", "search"}), source=source, index=index,
+                                 search=search))
 
 
 def _describe(error: Any) -> str:

@@ -114,7 +114,7 @@ def open_collection(conn: psycopg.Connection, spec: CollectionSpec,
     New chunk settings for an existing collection are refused unless `rechunk` (a full refresh)."""
     embedder = get_embedder(spec.model, spec.batch_size)
     existing = store.get_collection(conn, spec.name)
-    settings = {"index": spec.index}
+    settings = {"index": spec.index, **({"search": spec.search} if spec.search else {})}
     if existing is not None and existing.model == spec.model and (
             spec.chunk_tokens in (None, existing.chunk_tokens) and spec.chunk_overlap == existing.chunk_overlap
             and existing.settings == settings):

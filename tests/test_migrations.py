@@ -162,8 +162,15 @@ def test_search_functions_get_one_result_type_and_keep_their_grants(old_database
                         RETURNS TABLE (chunk_id bigint, document_id text, uri text, title text, text text,
                                        metadata jsonb, score double precision)
                         LANGUAGE sql AS 'SELECT NULL::bigint, NULL, NULL, NULL, NULL, NULL::jsonb, 0::float8'""")
+        conn.execute("""CREATE FUNCTION ragpipe.hybrid_search(collection text, query_text text, query_embedding vector,
+                            k int, filter jsonb, semantic_weight float8, keyword_weight float8, rrf_k int,
+                            candidates int)
+                        RETURNS TABLE (chunk_id bigint, document_id text, uri text, title text, text text,
+                                       metadata jsonb, score double precision)
+                        LANGUAGE sql AS 'SELECT NULL::bigint, NULL, NULL, NULL, NULL, NULL::jsonb, 0::float8'""")
         conn.execute("GRANT EXECUTE ON FUNCTION ragpipe.semantic_search(text, vector, int, jsonb), "
-                     "ragpipe.build_hnsw_index(int, int) TO old_app")
+                     "ragpipe.build_hnsw_index(int, int), "
+                     "ragpipe.hybrid_search(text, text, vector, int, jsonb, float8, float8, int, int) TO old_app")
 
     assert "migrations/006_search_hit.sql" in migrate(old_database)
 
@@ -173,6 +180,8 @@ def test_search_functions_get_one_result_type_and_keep_their_grants(old_database
 
         assert may("ragpipe.semantic_search(text, vector, int, jsonb)")
         assert may("ragpipe.build_hnsw_index(int)")
+        assert may("ragpipe.hybrid_search(text, text, vector, int, jsonb, float8, float8, int, int, text, float8)")
+        assert conn.execute("SELECT count(*) FROM pg_proc WHERE proname = 'hybrid_search'").fetchone() == (1,)
         assert conn.execute("SELECT to_regprocedure('ragpipe.build_hnsw_index(int, int)')").fetchone() == (None,)
         results = conn.execute("SELECT DISTINCT pg_get_function_result(oid) FROM pg_proc WHERE proname IN "
                                "('semantic_search', 'keyword_search', 'hybrid_search', 'similar_chunks', "

@@ -31,6 +31,42 @@ def test_hybrid_fuses_both_rankings(sample):
     assert [h.chunk_id for h in only_keyword] == kw[:10]
 
 
+def test_convex_fusion_equals_an_independent_computation(sample, conn, embedder):
+    """hybrid_search(fusion => 'convex'): alpha * minmax(semantic) + (1 - alpha) * minmax(keyword) over
+    the same candidates, computed here from the two rankings."""
+    text = "Does coffee affect blood vessel function?"
+    vector = embedder.encode([text])[0]
+    n, alpha = 50, 0.3
+
+    def ranking(function: str, arg) -> dict[int, float]:
+        return dict(conn.execute(f"SELECT chunk_id, score FROM ragpipe.{function}(%s, %s, %s)", (sample, arg, n)))
+
+    def minmax(scores: dict[int, float]) -> dict[int, float]:
+        lo, hi = min(scores.values()), max(scores.values())
+        return {c: (s - lo) / (hi - lo) if hi > lo else 1.0 for c, s in scores.items()}
+
+    sem, kw = minmax(ranking("semantic_search", vector)), minmax(ranking("keyword_search", text))
+    fused = {c: alpha * sem.get(c, 0) + (1 - alpha) * kw.get(c, 0) for c in sem.keys() | kw.keys()}
+    want = sorted(fused.items(), key=lambda cs: (-cs[1], cs[0]))[:10]
+    got = conn.execute("SELECT chunk_id, score FROM ragpipe.hybrid_search(%s, %s, %s, 10, candidates => %s, "
+                       "fusion => 'convex', alpha => %s)", (sample, text, vector, n, alpha)).fetchall()
+    assert [c for c, _ in got] == [c for c, _ in want]
+    assert [s for _, s in got] == pytest.approx([s for _, s in want], abs=1e-9)
+    rrf = [h.chunk_id for h in api.search(text, collection=sample, k=10, mode="hybrid")]
+    assert [c for c, _ in got] != rrf, "the two fusions rank differently here (else this test proves little)"
+
+
+def test_a_collections_search_defaults_apply_when_a_call_leaves_them_out(corpus, name, conn, embedder):
+    text = "Does coffee affect blood vessel function?"
+    run_ingest(folder_spec(name, corpus, search={"fusion": "convex", "alpha": 0.7}))
+    assert api.search(text, collection=name, k=5) == api.search(text, collection=name, k=5, fusion="convex",
+                                                                 alpha=0.7)
+    assert api.search(text, collection=name, k=5) != api.search(text, collection=name, k=5, fusion="rrf")
+    run_ingest(folder_spec(name, corpus))  # back to the SQL defaults: rrf, k 60, weights 1
+    assert api.search(text, collection=name, k=5) == api.search(text, collection=name, k=5, fusion="rrf",
+                                                                 rrf_k=60)
+
+
 def bm25_reference(conn, collection: str, query_text: str) -> dict[int, float]:
     """BM25 (k1 1.2, b 0.75) of every chunk computed here from the chunks' tsvectors, not the stats tables."""
     import math
@@ -300,6 +336,8 @@ def test_a_huge_query_is_bounded_and_readers_have_a_statement_timeout(sample, co
     ("hybrid_search(%(c)s, 'coffee', %(v)s, 5, NULL, 'NaN')", "semantic_weight must be a finite number"),
     ("hybrid_search(%(c)s, 'coffee', %(v)s, 5, NULL, 1, 'NaN')", "keyword_weight must be a finite number"),
     ("similar_documents(%(c)s, 'coffee/coffee-tea-and-mortality.html', -1)", "k must be between 1 and 1000"),
+    ("hybrid_search(%(c)s, 'coffee', %(v)s, 5, fusion => 'max')", "fusion must be 'rrf' or 'convex', got max"),
+    ("hybrid_search(%(c)s, 'coffee', %(v)s, 5, fusion => 'convex', alpha => 1.5)", "alpha must be between 0 and 1"),
 ])
 def test_null_nan_and_unbounded_arguments_are_clear_errors(sample, conn, embedder, call, message):
     """Defect: a NULL embedding returned arbitrary chunks, k => NULL or 1e9 the whole collection,

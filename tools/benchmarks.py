@@ -32,6 +32,7 @@ from pipelines.chunking import Chunk, chunk_text
 from pipelines.config import parse_collection
 from pipelines.embed import get_embedder
 from pipelines.ingest import open_database, run_ingest
+from pipelines.search import HYBRID_DEFAULTS
 from pipelines.settings import DEFAULT_MODEL, PROJECT_ROOT
 from pipelines.store.database import connect
 from pipelines.store.sqlfiles import query
@@ -342,8 +343,7 @@ def bench_search(conn, chunks: int, queries: int) -> None:
     store.analyze_collection(conn, coll.id)
 
     def run(mode: str, vector: np.ndarray, text: str) -> tuple[list[int], float]:
-        params = dict(collection=name, embedding=vector, text=text, k=10, filter=None, semantic_weight=1.0,
-                      keyword_weight=1.0)
+        params = dict(collection=name, embedding=vector, text=text, k=10, filter=None, **HYBRID_DEFAULTS)
         start = time.perf_counter()
         rows = conn.execute(query("search", mode), params).fetchall()
         return [r[0] for r in rows], (time.perf_counter() - start) * 1000

@@ -6,7 +6,8 @@
     ctx = rag_context("does coffee raise blood pressure?", collection="sample")
     print(ctx.context, ctx.citations)
 
-Modes: "hybrid" (default: reciprocal rank fusion of the two below; best on NFCorpus, see README),
+Modes: "hybrid" (default: fuses the two below, by reciprocal rank or a convex combination of
+normalised scores; best on NFCorpus, see README),
 "semantic" (cosine similarity on the HNSW index), "keyword" (PostgreSQL full-text search).
 """
 
@@ -27,6 +28,9 @@ from pipelines.store.sqlfiles import query
 Mode = Literal["semantic", "keyword", "hybrid"]
 MODES: tuple[Mode, ...] = ("hybrid", "semantic", "keyword")
 DEFAULT_MODE: Mode = "hybrid"
+Fusion = Literal["rrf", "convex"]
+HYBRID_DEFAULTS: dict[str, Any] = dict(semantic_weight=None, keyword_weight=None, rrf_k=None, fusion=None, alpha=None)
+"""hybrid_search's fusion arguments; None takes the collection's default (collections.yml `search:`)."""
 
 
 @dataclass(frozen=True)
@@ -70,16 +74,18 @@ def embed_query(collection: str, text: str, url: str | None = None) -> np.ndarra
 
 
 def search(text: str, collection: str, k: int = 10, filter: dict[str, Any] | None = None,
-           mode: Mode = DEFAULT_MODE, url: str | None = None, semantic_weight: float = 1.0,
-           keyword_weight: float = 1.0) -> list[SearchResult]:
-    """The k chunks that best match `text`, best first."""
+           mode: Mode = DEFAULT_MODE, url: str | None = None, semantic_weight: float | None = None,
+           keyword_weight: float | None = None, rrf_k: int | None = None, fusion: Fusion | None = None,
+           alpha: float | None = None) -> list[SearchResult]:
+    """The k chunks that best match `text`, best first. The fusion arguments apply to mode="hybrid"."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     embedding = embed_query(collection, text, url) if mode != "keyword" else None
     if mode == "keyword":
         collection_model(collection, url)  # a clear error for unknown collections
     params = dict(collection=collection, embedding=embedding, text=text, k=k, filter=jsonb_filter(filter),
-                  semantic_weight=semantic_weight, keyword_weight=keyword_weight)
+                  semantic_weight=semantic_weight, keyword_weight=keyword_weight, rrf_k=rrf_k, fusion=fusion,
+                  alpha=alpha)
     return _results(mode, params, url)
 
 

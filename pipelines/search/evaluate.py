@@ -17,6 +17,7 @@ import numpy as np
 from pipelines.config import parse_collection
 from pipelines.embed import get_embedder
 from pipelines.ingest import open_database, run_ingest
+from pipelines.search import HYBRID_DEFAULTS
 from pipelines.settings import DEFAULT_MODEL, load_settings
 from pipelines.store.database import connect
 from pipelines.store.sqlfiles import query
@@ -55,10 +56,15 @@ def load_queries(dataset: Path, ids: set[str]) -> dict[str, str]:
         return {q["_id"]: q["text"] for q in map(json.loads, f) if q["_id"] in ids}
 
 
+SWEEP: list[dict[str, Any]] = ([{"fusion": "rrf", "rrf_k": k} for k in (10, 30, 60)]
+                                + [{"fusion": "convex", "alpha": a} for a in (0.3, 0.4, 0.5, 0.6, 0.7)])
+"""The hybrid fusion settings `ragpipe eval --sweep` scores (choose on a dev split, report on test)."""
+
+
 def evaluate(dataset: Path, modes: list[str], collection: str | None = None, split: str = "test",
-             model: str = DEFAULT_MODEL, max_queries: int | None = None) -> dict[str, Any]:
-    from ranx import Qrels, Run
-    from ranx import evaluate as ranx_evaluate
+             model: str = DEFAULT_MODEL, max_queries: int | None = None, sweep: bool = False) -> dict[str, Any]:
+    """nDCG@10, Recall@100 and MRR@10 of each mode; with sweep, also of hybrid under each SWEEP setting."""
+    from ranx import Qrels
 
     dataset = dataset.resolve()
     name = collection or f"beir_{dataset.name}".replace("-", "_")
@@ -71,27 +77,47 @@ def evaluate(dataset: Path, modes: list[str], collection: str | None = None, spl
     queries = load_queries(dataset, set(qrels))
     ids = sorted(queries)[:max_queries] if max_queries else sorted(queries)
     vectors = get_embedder(model).encode([queries[q] for q in ids])
-    report: dict[str, Any] = {"dataset": dataset.name, "collection": name, "queries": len(ids),
+    judged = Qrels({q: qrels[q] for q in ids})
+    report: dict[str, Any] = {"dataset": dataset.name, "split": split, "collection": name, "queries": len(ids),
                               "documents": ingest["listed"], "modes": {}}
+    asked = [(qid, queries[qid], v) for qid, v in zip(ids, vectors, strict=True)]
     with connect(open_database()) as conn:
+        def score(mode: str, fusion: dict[str, Any] | None = None) -> dict[str, float]:
+            return _score(conn, judged, mode, name, asked, fusion)
+
         for mode in modes:
-            run: dict[str, dict[str, float]] = {}
-            latencies = []
-            for qid, vector in zip(ids, vectors, strict=True):
-                start = time.perf_counter()
-                rows = _search(conn, mode, name, queries[qid], vector)
-                latencies.append((time.perf_counter() - start) * 1000)
-                run[qid] = _documents(rows) or {"__none__": 0.0}
-            scores = ranx_evaluate(Qrels({q: qrels[q] for q in ids}), Run(run), METRICS)
-            report["modes"][mode] = {**{m: round(float(v), 4) for m, v in scores.items()},
-                                     "p50_ms": round(float(np.percentile(latencies, 50)), 2),
-                                     "p95_ms": round(float(np.percentile(latencies, 95)), 2)}
+            report["modes"][mode] = score(mode)
+        if sweep:
+            report["sweep"] = {fusion_label(f): score("hybrid", f) for f in SWEEP}
     return report
 
 
-def _search(conn, mode: str, collection: str, text: str, vector: np.ndarray) -> list[tuple]:
+def fusion_label(fusion: dict[str, Any]) -> str:
+    return " ".join(f"{k}={v}" for k, v in fusion.items())
+
+
+def _score(conn, judged, mode: str, collection: str, queries: list[tuple[str, str, np.ndarray]],
+           fusion: dict[str, Any] | None) -> dict[str, float]:
+    from ranx import Run
+    from ranx import evaluate as ranx_evaluate
+
+    run: dict[str, dict[str, float]] = {}
+    latencies = []
+    for qid, text, vector in queries:
+        start = time.perf_counter()
+        rows = _search(conn, mode, collection, text, vector, fusion)
+        latencies.append((time.perf_counter() - start) * 1000)
+        run[qid] = _documents(rows) or {"__none__": 0.0}
+    scores = ranx_evaluate(judged, Run(run), METRICS)
+    return {**{m: round(float(v), 4) for m, v in scores.items()},
+            "p50_ms": round(float(np.percentile(latencies, 50)), 2),
+            "p95_ms": round(float(np.percentile(latencies, 95)), 2)}
+
+
+def _search(conn, mode: str, collection: str, text: str, vector: np.ndarray,
+            fusion: dict[str, Any] | None = None) -> list[tuple]:
     params = dict(collection=collection, text=text, embedding=vector, k=CHUNK_DEPTH, filter=None,
-                  semantic_weight=1.0, keyword_weight=1.0)
+                  **dict(HYBRID_DEFAULTS, **(fusion or {})))
     return conn.execute(query("search", mode), params).fetchall()
 
 

@@ -15,7 +15,16 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
-from pipelines.search import MODES, Mode, RagContext, SearchResult, jsonb_filter, rag_context_row, run_search
+from pipelines.search import (
+    HYBRID_DEFAULTS,
+    MODES,
+    Mode,
+    RagContext,
+    SearchResult,
+    jsonb_filter,
+    rag_context_row,
+    run_search,
+)
 from pipelines.service.access import Access, Unauthorized
 from pipelines.service.database import Busy, ServiceDatabase
 from pipelines.settings import Settings, load_settings
@@ -115,7 +124,7 @@ class SearchService:
         if mode == "keyword":
             self.model_of(collection)  # unknown collections are a 404 in every mode
         params = dict(collection=collection, text=q, embedding=embedding, k=k, filter=jsonb_filter(filter),
-                      semantic_weight=1.0, keyword_weight=1.0)
+                      **HYBRID_DEFAULTS)
         with self.db.session(role) as conn:
             return run_search(conn, "tenant" if tenant else mode, params)
 

@@ -7,16 +7,19 @@
 -- spliced; the only formatted parts of dynamic SQL are integers from ragpipe.collections.
 
 -- CREATE OR REPLACE cannot change a function's result or arguments: the functions whose result is
--- not yet ragpipe.search_hit (before 006_search_hit.sql), and build_hnsw_index(int, int), are
--- dropped here and created below; their EXECUTE grants are given back at the end of this file.
+-- not yet ragpipe.search_hit (before 006_search_hit.sql), build_hnsw_index(int, int) and the
+-- 9-argument hybrid_search (before its fusion and alpha) are dropped here and created below; their
+-- EXECUTE grants are given back at the end of this file.
 CREATE TEMP TABLE replaced_grants ON COMMIT DROP AS
-SELECT regexp_replace(p.oid::regprocedure::text, '^ragpipe\.build_hnsw_index\(.*\)$',
-                      'ragpipe.build_hnsw_index(integer)') AS function,
+SELECT regexp_replace(regexp_replace(p.oid::regprocedure::text, '^ragpipe\.build_hnsw_index\(.*\)$',
+                                     'ragpipe.build_hnsw_index(integer)'),
+                      '^ragpipe\.hybrid_search\((.*)\)$', 'ragpipe.hybrid_search(\1, text, double precision)') AS function,
        a.grantee::regrole::text AS grantee
 FROM pg_proc p CROSS JOIN LATERAL aclexplode(p.proacl) a
 WHERE p.pronamespace = 'ragpipe'::regnamespace AND a.grantee <> p.proowner AND a.grantee <> 0
   AND (pg_get_function_result(p.oid) LIKE 'TABLE(chunk_id bigint, document_id text,%'
-       OR p.oid = to_regprocedure('ragpipe.build_hnsw_index(int, int)'));
+       OR p.oid = to_regprocedure('ragpipe.build_hnsw_index(int, int)')
+       OR p.oid = to_regprocedure('ragpipe.hybrid_search(text, text, vector, int, jsonb, float8, float8, int, int)'));
 DO $$
 DECLARE
     f regprocedure;
@@ -24,7 +27,8 @@ BEGIN
     FOR f IN SELECT p.oid FROM pg_proc p
              WHERE p.pronamespace = 'ragpipe'::regnamespace
                AND (pg_get_function_result(p.oid) LIKE 'TABLE(chunk_id bigint, document_id text,%'
-                    OR p.oid = to_regprocedure('ragpipe.build_hnsw_index(int, int)')) LOOP
+                    OR p.oid = to_regprocedure('ragpipe.build_hnsw_index(int, int)')
+                    OR p.oid = to_regprocedure('ragpipe.hybrid_search(text, text, vector, int, jsonb, float8, float8, int, int)')) LOOP
         EXECUTE format('DROP FUNCTION %s', f);
     END LOOP;
 END
@@ -243,35 +247,70 @@ AS $fn$
     FROM unnest(words) w
 $fn$;
 
--- hybrid_search: reciprocal rank fusion of semantic and keyword rankings:
---   score = semantic_weight / (rrf_k + semantic rank) + keyword_weight / (rrf_k + keyword rank)
--- over the top `candidates` of each (default max(4k, 50)).
+-- hybrid_search: fuses the semantic and keyword rankings of the top `candidates` of each (default
+-- max(4k, 50)). Two fusions (fusion => 'rrf' or 'convex'):
+--   rrf:    score = semantic_weight / (rrf_k + semantic rank) + keyword_weight / (rrf_k + keyword rank)
+--   convex: score = alpha * semantic' + (1 - alpha) * keyword', where x' is the score min-max
+--           normalised over that ranking's candidates (1 when they all tie; 0 when not a candidate)
+-- A NULL argument takes the collection's default (collections.yml `search:`, stored in
+-- settings -> 'search'), else rrf with weights 1 and rrf_k 60, alpha 0.5 (hybrid_defaults).
+CREATE OR REPLACE FUNCTION ragpipe.hybrid_defaults(coll ragpipe.collections) RETURNS jsonb
+LANGUAGE sql IMMUTABLE AS $fn$
+    SELECT jsonb_build_object('fusion', 'rrf', 'rrf_k', 60, 'semantic_weight', 1.0, 'keyword_weight', 1.0,
+                              'alpha', 0.5) || coalesce(coll.settings -> 'search', '{}')
+$fn$;
+
 CREATE OR REPLACE FUNCTION ragpipe.hybrid_search(
     collection text, query_text text, query_embedding vector, k int DEFAULT 10, filter jsonb DEFAULT NULL,
-    semantic_weight double precision DEFAULT 1.0, keyword_weight double precision DEFAULT 1.0,
-    rrf_k int DEFAULT 60, candidates int DEFAULT NULL)
+    semantic_weight double precision DEFAULT NULL, keyword_weight double precision DEFAULT NULL,
+    rrf_k int DEFAULT NULL, candidates int DEFAULT NULL, fusion text DEFAULT NULL,
+    alpha double precision DEFAULT NULL)
 RETURNS SETOF ragpipe.search_hit
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = ragpipe, public, pg_temp
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = ragpipe, public, pg_temp
 AS $fn$
-    WITH n AS (SELECT coalesce(candidates, greatest(4 * ragpipe.checked_k(k, 2500), 50)) AS n
-               WHERE ragpipe.checked('semantic_weight', semantic_weight) IS NOT NULL
-                 AND ragpipe.checked('keyword_weight', keyword_weight) IS NOT NULL
-                 AND ragpipe.checked('rrf_k', rrf_k) IS NOT NULL),
-    sem AS (
-        SELECT s.*, row_number() OVER (ORDER BY s.score DESC, s.chunk_id) AS r
-        FROM n, ragpipe.semantic_search(collection, query_embedding, n.n, filter) s
+DECLARE
+    d jsonb := ragpipe.hybrid_defaults(ragpipe.get_collection(collection));
+    n int;
+BEGIN
+    k := ragpipe.checked_k(k, 2500);
+    fusion := coalesce(fusion, d ->> 'fusion');
+    IF fusion NOT IN ('rrf', 'convex') THEN
+        RAISE EXCEPTION 'ragpipe: fusion must be ''rrf'' or ''convex'', got %', coalesce(fusion, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    semantic_weight := ragpipe.checked('semantic_weight', coalesce(semantic_weight, (d ->> 'semantic_weight')::float8));
+    keyword_weight := ragpipe.checked('keyword_weight', coalesce(keyword_weight, (d ->> 'keyword_weight')::float8));
+    rrf_k := ragpipe.checked('rrf_k', coalesce(rrf_k, (d ->> 'rrf_k')::int), 0);
+    alpha := ragpipe.checked('alpha', coalesce(alpha, (d ->> 'alpha')::float8), 0, 1);
+    n := ragpipe.checked('candidates', coalesce(candidates, greatest(4 * k, 50)), 1, 10000);
+    RETURN QUERY
+    WITH sem AS (
+        SELECT s.*, row_number() OVER (ORDER BY s.score DESC, s.chunk_id) AS r,
+               min(s.score) OVER () AS lo, max(s.score) OVER () AS hi
+        FROM ragpipe.semantic_search(collection, query_embedding, n, filter) s
         WHERE query_embedding IS NOT NULL),
     kw AS (
-        SELECT s.*, row_number() OVER (ORDER BY s.score DESC, s.chunk_id) AS r
-        FROM n, ragpipe.keyword_search(collection, query_text, n.n, filter) s
-        WHERE query_text IS NOT NULL)
-    SELECT coalesce(sem.chunk_id, kw.chunk_id), coalesce(sem.source_id, kw.source_id),
-           coalesce(sem.uri, kw.uri), coalesce(sem.title, kw.title), coalesce(sem.text, kw.text),
-           coalesce(sem.metadata, kw.metadata),
-           coalesce(semantic_weight / (rrf_k + sem.r), 0) + coalesce(keyword_weight / (rrf_k + kw.r), 0) AS score
-    FROM sem FULL JOIN kw ON kw.chunk_id = sem.chunk_id
-    ORDER BY 7 DESC, 1
-    LIMIT ragpipe.checked_k(k, 2500)
+        SELECT s.*, row_number() OVER (ORDER BY s.score DESC, s.chunk_id) AS r,
+               min(s.score) OVER () AS lo, max(s.score) OVER () AS hi
+        FROM ragpipe.keyword_search(collection, query_text, n, filter) s
+        WHERE query_text IS NOT NULL),
+    fused AS (
+        SELECT coalesce(sem.chunk_id, kw.chunk_id) AS chunk_id, coalesce(sem.source_id, kw.source_id) AS source_id,
+               coalesce(sem.uri, kw.uri) AS uri, coalesce(sem.title, kw.title) AS title,
+               coalesce(sem.text, kw.text) AS text, coalesce(sem.metadata, kw.metadata) AS metadata,
+               CASE WHEN fusion = 'rrf' THEN
+                   coalesce(semantic_weight / (rrf_k + sem.r), 0) + coalesce(keyword_weight / (rrf_k + kw.r), 0)
+               ELSE alpha * CASE WHEN sem.chunk_id IS NULL THEN 0
+                                 ELSE coalesce((sem.score - sem.lo) / nullif(sem.hi - sem.lo, 0), 1) END
+                    + (1 - alpha) * CASE WHEN kw.chunk_id IS NULL THEN 0
+                                        ELSE coalesce((kw.score - kw.lo) / nullif(kw.hi - kw.lo, 0), 1) END
+               END AS score
+        FROM sem FULL JOIN kw ON kw.chunk_id = sem.chunk_id)
+    SELECT f.chunk_id, f.source_id, f.uri, f.title, f.text, f.metadata, f.score::float8
+    FROM fused f
+    ORDER BY f.score DESC, f.chunk_id
+    LIMIT k;
+END
 $fn$;
 
 -- similar_chunks: "more like this" for a chunk (the chunk itself excluded).

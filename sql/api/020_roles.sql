@@ -47,7 +47,8 @@ BEGIN
     EXECUTE format('GRANT EXECUTE ON FUNCTION
         ragpipe.semantic_search(text, vector, int, jsonb),
         ragpipe.keyword_search(text, text, int, jsonb),
-        ragpipe.hybrid_search(text, text, vector, int, jsonb, double precision, double precision, int, int),
+        ragpipe.hybrid_search(text, text, vector, int, jsonb, double precision, double precision, int, int, text,
+                              double precision),
         ragpipe.similar_chunks(bigint, int, jsonb),
         ragpipe.similar_documents(text, text, int, jsonb),
         ragpipe.rag_context(text, text, vector, int, int, jsonb),

@@ -11,7 +11,8 @@ FROM ragpipe.keyword_search(%(collection)s, %(text)s, %(k)s, %(filter)s);
 -- name: hybrid
 SELECT *
 FROM ragpipe.hybrid_search(%(collection)s, %(text)s, %(embedding)s, %(k)s, %(filter)s,
-                           %(semantic_weight)s, %(keyword_weight)s);
+                           semantic_weight => %(semantic_weight)s, keyword_weight => %(keyword_weight)s,
+                           rrf_k => %(rrf_k)s, fusion => %(fusion)s, alpha => %(alpha)s);
 
 -- name: tenant
 SELECT *
