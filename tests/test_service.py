@@ -242,6 +242,28 @@ def test_the_service_never_searches_as_the_owner(monkeypatch):
     assert len(failed.stderr.strip().splitlines()) == 1, failed.stderr
 
 
+def test_a_login_of_its_own_that_may_only_act_as_the_reader(sample, conn, db_url, monkeypatch):
+    """As the README advises for production: the service's login is a member of ragpipe_reader and
+    nothing else; it never migrates, and it searches."""
+    from pipelines.service import create_app
+
+    conn.execute("DROP ROLE IF EXISTS search_app")
+    conn.execute("CREATE ROLE search_app LOGIN PASSWORD 'search-app-pass' NOSUPERUSER NOCREATEROLE")
+    conn.execute("GRANT ragpipe_reader TO search_app")
+    conn.commit()
+    monkeypatch.setenv("RAGPIPE_SERVE_DATABASE_URL",
+                       psycopg.conninfo.make_conninfo(db_url, user="search_app", password="search-app-pass"))
+    try:
+        with serving(create_app()) as base:
+            got = httpx.get(f"{base}/api/search", params=dict(collection=sample, q=QUESTION, k=3), timeout=30)
+            assert got.status_code == 200 and got.json()["results"], got.text
+            assert "search-app-pass" not in got.text
+    finally:
+        conn.execute("DROP OWNED BY search_app")
+        conn.execute("DROP ROLE search_app")
+        conn.commit()
+
+
 def test_cors_is_off_unless_origins_are_configured(served, sample, monkeypatch):
     from pipelines.service import create_app
 

@@ -69,13 +69,16 @@ class SearchService:
         self._opening = threading.Lock()
 
     def open(self) -> None:
-        """Migrate (starting the embedded server when that is the database), then open the pool."""
+        """Open the pool and check the roles. On the main database, migrate first (starting the embedded
+        server when that is the database); a login of its own (RAGPIPE_SERVE_DATABASE_URL) may not
+        migrate, so there the owner must have run `ragpipe db migrate`."""
         with self._opening:
             if self._opened:
                 return
-            from pipelines.ingest import open_database
+            if not self.settings.serve_database_url:
+                from pipelines.ingest import open_database
 
-            open_database(self.url)
+                open_database(self.url)
             self.db.open()
             for role in self.access.roles() - {self.settings.serve_role}:
                 self.db.check_role(role)

@@ -46,6 +46,9 @@ class ServiceDatabase:
     def check_role(self, role: str) -> None:
         """The role exists, the service may switch to it, and it is not the schema owner or a superuser."""
         with self.pool.connection() as conn:
+            if conn.execute("SELECT to_regnamespace('ragpipe')").fetchone()[0] is None:
+                raise DatabaseError(f"{mask_url(self.url)} has no ragpipe schema: run `ragpipe db migrate` "
+                                    "as the schema owner first")
             row = conn.execute(
                 "SELECT r.rolsuper OR pg_has_role(r.oid, n.nspowner, 'MEMBER'), current_user "
                 "FROM pg_roles r, pg_namespace n WHERE r.rolname = %s AND n.nspname = 'ragpipe'", (role,)).fetchone()
