@@ -10,7 +10,7 @@ longer than the model's limit, special tokens included.
 import hashlib
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 HEADING = re.compile(r"^(#{1,6})[ \t]+(.+?)[ \t#]*$", re.MULTILINE)
@@ -30,10 +30,43 @@ class Chunk:
     token_count: int
     """Tokens including the model's special tokens: what the model actually sees."""
     heading_path: tuple[str, ...] = field(default=())
+    context: str = ""
+    """Embedded before the text but not stored with it: the document's title and heading path
+    (a collection's `chunk_context`), so a chunk cut from its document keeps its subject."""
+
+    @property
+    def embed_text(self) -> str:
+        """What the model embeds."""
+        return f"{self.context}\n{self.text}" if self.context else self.text
 
     @property
     def content_hash(self) -> str:
-        return hashlib.sha256(self.text.encode()).hexdigest()
+        """Hash of what the model embeds: the key of stored vectors that can be reused."""
+        return hashlib.sha256(self.embed_text.encode()).hexdigest()
+
+
+CONTEXT_TOKENS = 32
+"""Tokens a collection with chunk_context reserves in each chunk for its context header."""
+
+
+def with_context(chunks: list[Chunk], title: str | None, tokenizer: Any) -> list[Chunk]:
+    """Each chunk with its context header "title › heading › subheading", cut to fit the tokens the
+    chunks reserved (CONTEXT_TOKENS, less a margin for the line break between header and text)."""
+    out = []
+    for chunk in chunks:
+        parts: list[str] = []
+        for raw in (title, *chunk.heading_path):
+            part = " ".join((raw or "").split())
+            if part and (not parts or parts[-1] != part):
+                parts.append(part)
+        out.append(replace(chunk, context=_first_tokens(" › ".join(parts), tokenizer, CONTEXT_TOKENS - 2)))
+    return out
+
+
+def _first_tokens(text: str, tokenizer: Any, limit: int) -> str:
+    spans = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, truncation=False,
+                      verbose=False)["offset_mapping"]
+    return text if len(spans) <= limit else text[:spans[limit - 1][1]]
 
 
 def check_chunk_settings(tokenizer: Any, chunk_tokens: int, overlap: int) -> int:

@@ -51,7 +51,7 @@ def _spec_from_options(source: str | None, name: str, opts: dict[str, Any]) -> C
                 raw["source"]["include"] = list(opts["include"])
             if opts["exclude"]:
                 raw["source"]["exclude"] = list(opts["exclude"])
-    for key in ("model", "chunk_tokens", "chunk_overlap", "batch_size"):
+    for key in ("model", "chunk_tokens", "chunk_overlap", "chunk_context", "batch_size"):
         if opts.get(key) is not None:
             raw[key] = opts[key]
     raw.setdefault("model", load_settings().model)
@@ -75,6 +75,8 @@ def main(verbose: bool) -> None:
 @click.option("--model", help="sentence-transformers model name or path [default: all-MiniLM-L6-v2].")
 @click.option("--chunk-tokens", type=int, help="Tokens per chunk incl. special tokens [default: model max].")
 @click.option("--chunk-overlap", type=int, help="Tokens shared by consecutive chunks [default: 32].")
+@click.option("--chunk-context/--no-chunk-context", default=None,
+              help="Embed each chunk after its title and heading path [default: off]; a change re-chunks.")
 @click.option("--batch-size", type=int, help="Chunks per model call [default: 32].")
 @click.option("--id-column", default="id", show_default=True, help="Tables: column with the stable row id.")
 @click.option("--text-column", default="text", show_default=True, help="Tables: column with the text.")
@@ -242,12 +244,14 @@ def serve(host: str, port: int) -> None:
 @click.option("--split", default="test", show_default=True, help="qrels/<split>.tsv to score against.")
 @click.option("--collection", help="Collection name [default: beir_<dataset>].")
 @click.option("--max-queries", type=int, help="Score only the first N queries.")
+@click.option("--chunk-context", is_flag=True,
+              help="Evaluate a collection that embeds each chunk after its title (beir_<dataset>_ctx).")
 @click.option("--sweep", is_flag=True,
               help="Also score hybrid under each fusion setting (rrf_k 10/30/60, convex alpha 0.3-0.7). "
                    "Choose on --split dev, then report once on test.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def eval_(dataset_dir: Path, modes: str, split: str, collection: str | None, max_queries: int | None,
-          sweep: bool, as_json: bool) -> None:
+          chunk_context: bool, sweep: bool, as_json: bool) -> None:
     """Retrieval quality on a BEIR data set (corpus.jsonl, queries.jsonl, qrels/test.tsv).
 
     Ingests the corpus through the normal pipeline (incrementally: re-runs are cheap), runs every
@@ -262,7 +266,8 @@ def eval_(dataset_dir: Path, modes: str, split: str, collection: str | None, max
     unknown = set(wanted) - {"semantic", "keyword", "hybrid", "exact"}
     if unknown:
         _fail(f"unknown mode(s) {sorted(unknown)}")
-    report = evaluate(dataset_dir, wanted, collection=collection, split=split, max_queries=max_queries, sweep=sweep)
+    report = evaluate(dataset_dir, wanted, collection=collection, split=split, max_queries=max_queries, sweep=sweep,
+                      chunk_context=chunk_context)
     if as_json:
         _emit(report)
         return

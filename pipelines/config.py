@@ -31,6 +31,9 @@ class CollectionSpec:
     chunk_tokens: int | None
     """Tokens per chunk, special tokens included; None: the model's max_seq_length."""
     chunk_overlap: int
+    chunk_context: bool
+    """Embed each chunk after its document's title and heading path (CONTEXT_TOKENS of the chunk's
+    budget); the stored and returned text stays the chunk's own. Changing it re-chunks (--full-refresh)."""
     batch_size: int
     """Chunks per call to the model."""
     docs_per_batch: int
@@ -106,6 +109,7 @@ def collection_model() -> type[BaseModel]:
         model: str = DEFAULT_MODEL
         chunk_tokens: Annotated[int, Field(ge=16)] | None = None
         chunk_overlap: Annotated[int, Field(ge=0)] = 32
+        chunk_context: bool = False
         batch_size: Annotated[int, Field(ge=1, le=4096)] = 32
         docs_per_batch: Annotated[int, Field(ge=1, le=100_000)] = 64
         index: IndexOptions = Field(default_factory=IndexOptions)

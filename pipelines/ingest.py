@@ -25,7 +25,7 @@ import numpy as np
 import psycopg
 
 from pipelines import store
-from pipelines.chunking import Chunk, check_chunk_settings, chunk_text
+from pipelines.chunking import CONTEXT_TOKENS, Chunk, check_chunk_settings, chunk_text, with_context
 from pipelines.config import CollectionSpec, ConfigError
 from pipelines.embed import Embedder, get_embedder
 from pipelines.extract import ExtractionError
@@ -114,7 +114,8 @@ def open_collection(conn: psycopg.Connection, spec: CollectionSpec,
     New chunk settings for an existing collection are refused unless `rechunk` (a full refresh)."""
     embedder = get_embedder(spec.model, spec.batch_size)
     existing = store.get_collection(conn, spec.name)
-    settings = {"index": spec.index, **({"search": spec.search} if spec.search else {})}
+    settings = {"index": spec.index, **({"search": spec.search} if spec.search else {}),
+                **({"chunk_context": True} if spec.chunk_context else {})}
     if existing is not None and existing.model == spec.model and (
             spec.chunk_tokens in (None, existing.chunk_tokens) and spec.chunk_overlap == existing.chunk_overlap
             and existing.settings == settings):
@@ -124,14 +125,17 @@ def open_collection(conn: psycopg.Connection, spec: CollectionSpec,
         raise ConfigError(f"collection {spec.name!r}: chunk_tokens={chunk_tokens} exceeds the model's limit "
                           f"of {embedder.max_tokens} tokens; the model would truncate the chunks")
     try:
-        check_chunk_settings(embedder.chunk_tokenizer, chunk_tokens, spec.chunk_overlap)
+        check_chunk_settings(embedder.chunk_tokenizer, text_tokens(chunk_tokens, spec.chunk_context),
+                             spec.chunk_overlap)
     except ValueError as exc:
         raise ConfigError(f"collection {spec.name!r}: {exc}") from None
-    if existing is not None and not rechunk and (existing.chunk_tokens, existing.chunk_overlap) != (
-            chunk_tokens, spec.chunk_overlap):
+    if existing is not None and not rechunk and (
+            existing.chunk_tokens, existing.chunk_overlap, existing.settings.get("chunk_context", False)) != (
+            chunk_tokens, spec.chunk_overlap, spec.chunk_context):
         raise ConfigError(
             f"collection {spec.name!r} is chunked with chunk_tokens={existing.chunk_tokens}, "
-            f"chunk_overlap={existing.chunk_overlap}; this run asks for {chunk_tokens}, {spec.chunk_overlap}. "
+            f"chunk_overlap={existing.chunk_overlap}, chunk_context={existing.settings.get('chunk_context', False)}; "
+            f"this run asks for {chunk_tokens}, {spec.chunk_overlap}, {spec.chunk_context}. "
             "Re-chunk every document with --full-refresh (the DAG's full_refresh), or use a new collection name")
     collection = store.ensure_collection(conn, spec.name, spec.model, embedder.dimension, chunk_tokens,
                                          spec.chunk_overlap, settings)
@@ -293,7 +297,7 @@ def embed_batch(work: BatchWork, embedder: Embedder) -> None:
     for p in work.prepared():
         for c in p.chunks:
             if c.content_hash not in work.vectors:
-                texts.setdefault(c.content_hash, c.text)
+                texts.setdefault(c.content_hash, c.embed_text)
     work.vectors.update(zip(texts, embedder.encode(list(texts.values())), strict=True))
     work.fresh = set(texts)
 
@@ -475,11 +479,22 @@ def content_hash(raw: RawDocument) -> str:
 def prepare(raw: RawDocument, digest: str, embedder: Embedder, collection: store.Collection) -> Prepared:
     """Extract and chunk one document; raises ExtractionError when there is nothing to index."""
     extracted = extract_isolated(raw.content, raw.suffix)
-    chunks = chunk_text(extracted.text, embedder.chunk_tokenizer, collection.chunk_tokens, collection.chunk_overlap)
+    context = bool(collection.settings.get("chunk_context"))
+    chunks = chunk_text(extracted.text, embedder.chunk_tokenizer, text_tokens(collection.chunk_tokens, context),
+                        collection.chunk_overlap)
     if not chunks:
         raise ExtractionError("document has no extractable text")
     raw = dataclasses.replace(raw, metadata=storable(raw.metadata))
-    return Prepared(raw, digest, storable(raw.title or extracted.title), chunks)
+    title = storable(raw.title or extracted.title)
+    if context:
+        chunks = [dataclasses.replace(c, context=storable(c.context))
+                  for c in with_context(chunks, title, embedder.chunk_tokenizer)]
+    return Prepared(raw, digest, title, chunks)
+
+
+def text_tokens(chunk_tokens: int, chunk_context: bool) -> int:
+    """The tokens a chunk's own text may use: all of chunk_tokens, less the context header's reserve."""
+    return chunk_tokens - CONTEXT_TOKENS if chunk_context else chunk_tokens
 
 
 def storable(value: Any) -> Any:

@@ -117,3 +117,20 @@ def test_a_long_single_line_is_tokenized_in_bounded_windows(embedder):
     assert chunks[0].char_start == 0 and chunks[-1].char_end == len(text.rstrip())
     gaps = [text[a.char_end:b.char_start] for a, b in zip(chunks[:-1], chunks[1:], strict=True)]
     assert not "".join(gaps).strip(), "no text is lost between chunks"
+
+
+def test_context_headers_fit_the_reserved_tokens_and_change_only_what_is_embedded(embedder):
+    from pipelines.chunking import CONTEXT_TOKENS, with_context
+
+    tok = embedder.chunk_tokenizer
+    long_title = "A randomized controlled trial of " + "walnut " * 60
+    plain = chunk_text(MARKDOWN, tok, 128 - CONTEXT_TOKENS, 16)
+    chunks = with_context(plain, long_title, tok)
+    assert [c.text for c in chunks] == [c.text for c in plain], "the stored text stays the chunk's own"
+    for c in chunks:
+        assert c.embed_text == f"{c.context}\n{c.text}" and c.context.startswith("A randomized controlled trial")
+        assert count_tokens(c.embed_text, tok) <= 128, "the model never truncates header + text"
+        assert c.content_hash != next(p for p in plain if p.ordinal == c.ordinal).content_hash
+    usage = next(c for c in with_context(plain, "Guide", tok) if c.heading_path[-1:] == ("Searching",))
+    assert usage.context == "Guide › Usage › Searching", "the title is not repeated by the first heading"
+    assert plain[0].embed_text == plain[0].text and plain[0].context == ""

@@ -7,6 +7,7 @@ import time
 import pytest
 
 from pipelines import store
+from pipelines.chunking import Chunk
 from pipelines.config import parse_collection
 from pipelines.ingest import run_ingest
 from pipelines.search import search
@@ -327,3 +328,28 @@ def test_table_ids_and_values_are_read_as_written_and_skipped_rows_are_recorded(
     assert reasons == sorted(["id '1' repeats row 1; only the first is loaded", "id True is a bool; ids must be "
                               "strings or integers", "id [1, 2] is a list; ids must be strings or integers",
                               "not valid JSON (Expecting value)"])
+
+
+def test_chunk_context_embeds_the_title_and_headings_but_stores_the_plain_text(corpus, name, conn, embedder):
+    import numpy as np
+
+    from pipelines.chunking import with_context
+    from pipelines.config import ConfigError
+
+    run_ingest(folder_spec(name, corpus, chunk_tokens=128, chunk_context=True))
+    row = conn.execute(
+        "SELECT d.title, c.text, c.heading_path, c.embedding, c.content_hash FROM ragpipe.chunks c "
+        "JOIN ragpipe.documents d ON d.id = c.document_id JOIN ragpipe.collections k ON k.id = c.collection_id "
+        "WHERE k.name = %s AND d.source_id LIKE 'coffee/%%.md' AND c.ordinal = 1", (name,)).fetchone()
+    title, text, headings, embedding, content_hash = row
+    assert title and not text.startswith(title), "the stored text is the chunk's own"
+    chunk = with_context([Chunk(1, text, 0, len(text), 0, tuple(headings))], title, embedder.chunk_tokenizer)[0]
+    assert chunk.context.startswith(title) and content_hash == chunk.content_hash
+    assert np.allclose(embedding.to_numpy(), embedder.encode([f"{chunk.context}\n{text}"])[0], atol=1e-5)
+    hits = search("coffee endothelial function", collection=name, k=3, mode="semantic")
+    assert hits and hits[0].source_id.startswith("coffee/")
+
+    with pytest.raises(ConfigError, match="chunk_context=True; this run asks for 128, 32, False"):
+        run_ingest(folder_spec(name, corpus, chunk_tokens=128))
+    plain = run_ingest(folder_spec(name, corpus, chunk_tokens=128), full_refresh=True)
+    assert plain["status"] == "succeeded" and plain["chunks_embedded"] > 0
