@@ -3,7 +3,8 @@
 BENCH_SCALE=small (default, a few minutes) or large; BENCH_QUALITY=1 adds the NFCorpus nDCG@10 of the
 torch and onnx-int8 backends to a small run (always part of large; ~15 min the first time, cached after).
 BENCH_SECTIONS=embedding,loading,reruns,search,service (the default: all) runs some of them. Results go to
-stdout and docs/benchmarks[-large][-SECTIONS].md.
+stdout, docs/benchmarks[-large][-SECTIONS].md and the same figures as .json beside it; the report names
+the CPU model and the flags that decide the fastest embedding backend (AVX2, AVX-512 VNNI/BF16, AMX).
 Everything runs through the real pipeline, model and embedded PostgreSQL; synthetic corpora are
 resampled sentences of NFCorpus (tools/synthetic.py). The search section's sentence embeddings
 take ~15 min the first time (cached under .ragpipe/bench).
@@ -477,10 +478,28 @@ def bench_halfvec(conn, collection_id: int, qvec: np.ndarray, truth: list[list[i
         conn.execute(f"DROP TABLE bench_{kind}")
 
 
+CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+"""The CPU features that decide which embedding backend is fastest; the report names those present."""
+
+
+def cpu_info() -> dict[str, Any]:
+    fields: dict[str, str] = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    present = set(fields.get("flags", "").split())
+    return {"model": fields.get("model name") or platform.processor(), "cores": os.cpu_count(),
+            "flags": [f for f in CPU_FLAGS if f in present],
+            "ram_gib": round(psutil.virtual_memory().total / 2**30), "os": platform.system()}
+
+
 def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    return f"{cpu}, {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB RAM, {platform.system()}"
+    cpu = cpu_info()
+    return (f"{cpu['model']} ({', '.join(cpu['flags']) or 'none of ' + '/'.join(CPU_FLAGS)}), {cpu['cores']} cores, "
+            f"{cpu['ram_gib']} GiB RAM, {cpu['os']}")
 
 
 def write_report(scale: str, seconds: float) -> Path:
@@ -503,6 +522,10 @@ def write_report(scale: str, seconds: float) -> Path:
     parts = ([] if scale == "small" else [scale]) + os.environ.get("BENCH_SECTIONS", "").replace(",", "-").split()
     report = PROJECT_ROOT / "docs" / f"{'-'.join(['benchmarks', *parts])}.md"
     report.write_text("\n".join(lines))
+    report.with_suffix(".json").write_text(json.dumps({  # the same figures, for tools
+        "cpu": cpu_info(), "date": date.today().isoformat(), "command": f"BENCH_SCALE={scale}{quality} make bench",
+        "minutes": round(seconds / 60, 1),
+        "results": [{"section": s, "metric": m, "value": v} for s, m, v in results]}, indent=1) + "\n")
     return report
 
 
@@ -510,6 +533,7 @@ def main() -> None:
     scale = os.environ.get("BENCH_SCALE", "small")
     cfg = SCALES[scale]
     started = time.perf_counter()
+    print(f"machine: {machine()}", flush=True)
     with tempfile.TemporaryDirectory() as tmp, connect(open_database(), autocommit=True) as conn:
         tmp_path = Path(tmp)
         threading.excepthook = lambda args: print(args, file=sys.stderr)
