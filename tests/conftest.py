@@ -4,15 +4,16 @@ import hashlib
 import os
 import re
 import shutil
-import socket
 import subprocess
-import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import psycopg
 import pytest
+
+from tools.service import RAGPIPE as RAGPIPE_COMMAND
+from tools.service import free_port  # noqa: F401  (tests import it from here)
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT / "examples" / "corpus"
@@ -172,7 +173,7 @@ def load_random_collection(conn, name: str, documents: int, chunks_per_doc: int,
     return coll
 
 
-RAGPIPE = [str(Path(sys.executable).parent / "ragpipe")]
+RAGPIPE = [RAGPIPE_COMMAND]
 
 
 def ragpipe(*args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -184,10 +185,6 @@ def ragpipe(*args: str, check: bool = True, env: dict | None = None) -> subproce
     return result
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # --- Real servers on loopback: S3 (moto), a web site (http.server), a table in PostgreSQL ---------

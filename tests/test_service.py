@@ -5,13 +5,11 @@ LLM stream, and the page in a real headless Chromium."""
 import json
 import os
 import shutil
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import httpx
 import psycopg
@@ -20,7 +18,8 @@ import pytest
 from pipelines import search as api
 from pipelines.ingest import run_ingest
 from pipelines.store.database import database_url
-from tests.conftest import CORPUS, RAGPIPE, free_port, ragpipe
+from tests.conftest import CORPUS, free_port, ragpipe
+from tools.service import ragpipe_serve
 
 QUESTION = "walnuts semen quality sperm"
 
@@ -54,41 +53,9 @@ def llm():
 @pytest.fixture(scope="module")
 def served(sample, llm, tmp_path_factory) -> Iterator[str]:
     """`ragpipe serve` as a user starts it, with an LLM endpoint configured; stopped afterwards."""
-    port = free_port()
-    log = tmp_path_factory.mktemp("serve") / "serve.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen(RAGPIPE + ["serve", "--port", str(port)], stdout=out, stderr=subprocess.STDOUT,
-                                env=_env(RAGPIPE_LLM_URL=llm), start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        _wait_healthy(base, proc, log)
+    with ragpipe_serve(tmp_path_factory.mktemp("serve") / "serve.log", {"RAGPIPE_LLM_URL": llm},
+                       start_timeout_s=120) as (base, _):
         yield base
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-            pytest.fail("ragpipe serve did not stop within 20 s of SIGTERM")
-
-
-def _env(**extra: str) -> dict[str, str]:
-    return dict(os.environ, **extra)
-
-
-def _wait_healthy(base: str, proc: subprocess.Popen, log: Path, timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"ragpipe serve exited with {proc.returncode}:\n{log.read_text()[-2000:]}")
-        try:
-            if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.3)
-    pytest.fail(f"ragpipe serve was not healthy within {timeout_s:g} s:\n{log.read_text()[-2000:]}")
 
 
 @contextmanager

@@ -37,6 +37,7 @@ from pipelines.search import HYBRID_DEFAULTS
 from pipelines.settings import DEFAULT_MODEL, PROJECT_ROOT
 from pipelines.store.database import connect
 from pipelines.store.sqlfiles import query
+from tools.service import RAGPIPE, ragpipe_serve
 from tools.synthetic import (
     NFCORPUS,
     chunk_vectors,
@@ -53,7 +54,6 @@ SCALES = {
     "large": dict(embed_docs=3633, load_rows=100_000, rerun_docs=10_000, memory_docs=1_000,
                   search_chunks=1_000_000, queries=100),
 }
-RAGPIPE = str(Path(sys.executable).parent / "ragpipe")
 results: list[tuple[str, str, str]] = []
 
 
@@ -372,29 +372,12 @@ def bench_search(conn, chunks: int, queries: int) -> None:
 def bench_service(conn, chunks: int, queries: int) -> None:
     """`ragpipe serve` end to end (HTTP, query embedding, SQL) on the search section's collection:
     latency, throughput at 1/8/32 clients, and 50 clients for 60 s (errors, the service's RSS)."""
-    import socket
     from concurrent.futures import ThreadPoolExecutor
 
     import httpx
 
     name, qs = search_collection(conn, chunks, queries)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    log = tempfile.NamedTemporaryFile("w+", prefix="bench-serve-", suffix=".log")  # a pipe could fill and block it
-    proc = subprocess.Popen([RAGPIPE, "serve", "--port", str(port)], stdout=subprocess.DEVNULL, stderr=log,
-                            start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"ragpipe serve did not come up: {Path(log.name).read_text()[-2000:]}")
-            try:
-                if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.3)
+    with tempfile.TemporaryDirectory() as tmp, ragpipe_serve(Path(tmp) / "serve.log") as (base, proc):
         server = psutil.Process(proc.pid)
 
         def one(client: httpx.Client, q: str, mode: str = "hybrid") -> float:
@@ -445,13 +428,6 @@ def bench_service(conn, chunks: int, queries: int) -> None:
         record("service", "50 clients for 60 s: requests, errors, p95",
                f"{done}, {failed} errors, {np.percentile(lat, 95):.0f} ms")
         record("service", "service RSS before / after the 60 s soak", f"{before:.0f} / {after:.0f} MB")
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
 def bench_halfvec(conn, collection_id: int, qvec: np.ndarray, truth: list[list[int]], ef: int = 80) -> None:
