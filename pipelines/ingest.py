@@ -129,12 +129,12 @@ def open_collection(conn: psycopg.Connection, spec: CollectionSpec,
                              spec.chunk_overlap)
     except ValueError as exc:
         raise ConfigError(f"collection {spec.name!r}: {exc}") from None
-    if existing is not None and not rechunk and (
-            existing.chunk_tokens, existing.chunk_overlap, existing.settings.get("chunk_context", False)) != (
+    had_context = bool(existing and existing.settings.get("chunk_context", False))
+    if existing is not None and not rechunk and (existing.chunk_tokens, existing.chunk_overlap, had_context) != (
             chunk_tokens, spec.chunk_overlap, spec.chunk_context):
         raise ConfigError(
             f"collection {spec.name!r} is chunked with chunk_tokens={existing.chunk_tokens}, "
-            f"chunk_overlap={existing.chunk_overlap}, chunk_context={existing.settings.get('chunk_context', False)}; "
+            f"chunk_overlap={existing.chunk_overlap}, chunk_context={had_context}; "
             f"this run asks for {chunk_tokens}, {spec.chunk_overlap}, {spec.chunk_context}. "
             "Re-chunk every document with --full-refresh (the DAG's full_refresh), or use a new collection name")
     collection = store.ensure_collection(conn, spec.name, spec.model, embedder.dimension, chunk_tokens,

@@ -72,6 +72,8 @@ class SearchService:
         """Open the pool and check the roles. On the main database, migrate first (starting the embedded
         server when that is the database); a login of its own (RAGPIPE_SERVE_DATABASE_URL) may not
         migrate, so there the owner must have run `ragpipe db migrate`."""
+        if self._opened:  # every request passes here: no lock once open
+            return
         with self._opening:
             if self._opened:
                 return

@@ -1,5 +1,6 @@
 """The search page: server-rendered HTML; the query lives in the URL, so it works without JS."""
 
+import logging
 import re
 import time
 from functools import cache
@@ -9,8 +10,10 @@ from markupsafe import Markup, escape
 from starlette.datastructures import QueryParams
 
 from pipelines.search import MODES
+from pipelines.service.app import MAX_K, BadRequest, error_status, parse_filter
 
 DEFAULT_K = 10
+log = logging.getLogger(__name__)
 
 
 @cache
@@ -24,8 +27,6 @@ def _template():
 
 def render_page(service: Any, params: QueryParams, authorization: str | None) -> str:
     """The page for these URL parameters: the form, and results or a readable error."""
-    from pipelines.service.app import MAX_K, error_status, parse_filter
-
     view: dict[str, Any] = dict(collection=params.get("collection", ""), q=params.get("q", ""),
                                 mode=params.get("mode", "hybrid"), filter=params.get("filter", ""),
                                 similar=params.get("similar"), k=params.get("k", str(DEFAULT_K)),
@@ -36,9 +37,9 @@ def render_page(service: Any, params: QueryParams, authorization: str | None) ->
         if not view["collection"] and view["collections"]:
             view["collection"] = view["collections"][0]["name"]
         if view["mode"] not in MODES:
-            raise _bad(f"mode must be one of {', '.join(MODES)}")
+            raise BadRequest(f"mode must be one of {', '.join(MODES)}")
         if not view["k"].isdigit() or not 1 <= int(view["k"]) <= MAX_K:
-            raise _bad(f"k must be a whole number from 1 to {MAX_K}")
+            raise BadRequest(f"k must be a whole number from 1 to {MAX_K}")
         k = int(view["k"])
         started = time.perf_counter()
         if view["similar"]:
@@ -51,16 +52,8 @@ def render_page(service: Any, params: QueryParams, authorization: str | None) ->
         status, message = error_status(exc)
         view["error"] = message
         if status == 500:
-            import logging
-
-            logging.getLogger(__name__).error("search page failed", exc_info=exc)
+            log.error("search page failed", exc_info=exc)
     return _template().render(**view)
-
-
-def _bad(message: str) -> Exception:
-    from pipelines.service.app import BadRequest
-
-    return BadRequest(message)
 
 
 def highlight(text: str, query: str) -> Markup:
