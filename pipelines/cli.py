@@ -86,14 +86,22 @@ def main(verbose: bool) -> None:
 @click.option("--full-refresh", is_flag=True, help="Re-read and re-embed every document.")
 @click.option("--limit", type=int, help="Process at most N new/changed documents.")
 @click.option("--dry-run", is_flag=True, help="Plan only: report what would change.")
+@click.option("--promote", type=click.Choice(["auto", "manual", "force"]), default=None,
+              help="A new version: promote it if its scores hold (auto), leave it for `ragpipe promote` "
+                   "(manual), or promote it whatever its scores (force) [default: collections.yml, auto].")
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as one JSON object.")
 def ingest(source: str | None, collection: str, full_refresh: bool, limit: int | None, dry_run: bool,
-           as_json: bool, **opts: Any) -> None:
+           promote: str | None, as_json: bool, **opts: Any) -> None:
     """Ingest SOURCE (a folder, or a .csv/.jsonl/.parquet table) into a collection.
 
     Without SOURCE the collection's source from collections.yml is used. Re-runs only embed what
     changed and delete documents that disappeared. Failed documents are recorded and reported;
     the command exits 0 when some documents failed, 1 when every document it read failed.
+
+    A new model, chunking, chunk context or HNSW build setting builds a new version of the
+    collection beside the active one, which keeps serving searches; chunk texts already embedded
+    by the same model are reused. The new version is scored (collections.yml `eval:` and
+    `smoke_queries`) and replaces the active one in one transaction. See `ragpipe versions`.
     """
     from pipelines.ingest import format_summary, run_ingest
 
@@ -110,17 +118,34 @@ def ingest(source: str | None, collection: str, full_refresh: bool, limit: int |
             bar.n = done
             bar.refresh()
 
-    summary = run_ingest(spec, full_refresh=full_refresh, limit=limit, dry_run=dry_run, progress=progress)
+    summary = run_ingest(spec, full_refresh=full_refresh, limit=limit, dry_run=dry_run, progress=progress,
+                         promote=promote)
     if bar is not None:
         bar.close()
+    built = summary.get("new_version")
     if as_json:
         _emit({("run_id" if k == "id" else k): v for k, v in summary.items()})
     else:
         click.echo(format_summary(summary))
+        if built:
+            click.echo(f"new version {built.get('version', '?')}: {format_summary(built)}; "
+                       f"{version_outcome(built)}")
         if summary.get("failed"):
             click.echo(f"failures: ragpipe status --failures --collection {collection}")
-    if summary["status"] == "failed":
+    if summary["status"] == "failed" or (built and built["status"] == "failed"):
         sys.exit(1)
+
+
+def version_outcome(built: dict[str, Any]) -> str:
+    """One line on what became of a new version: promoted, waiting, or rejected with its scores."""
+    verdict = built.get("evaluation") or {}
+    if built.get("promoted"):
+        return f"promoted ({verdict.get('reason', 'forced')})"
+    if built.get("state") == "rejected":
+        return f"not promoted: {verdict.get('reason', 'rolled back earlier')}; `ragpipe promote --force` overrides"
+    if built.get("state") == "ready":
+        return "built; waiting for `ragpipe promote`"
+    return f"state {built.get('state', 'building')}"
 
 
 def _parse_filter(filter_: str | None) -> dict[str, Any] | None:
@@ -302,6 +327,103 @@ def status(collection: str | None, failures: bool, as_json: bool) -> None:
                 click.echo(f"  {f['source_id']} [{f['stage']}] {f['error']}")
 
 
+def _spec_or_bare(name: str) -> CollectionSpec:
+    """The collection from collections.yml (its eval set and smoke queries), or a bare one by name."""
+    return _configured(name) or parse_collection({"name": name, "source": {"kind": "folder", "path": "/"}},
+                                                 where=name, base=Path.cwd())
+
+
+@main.command()
+@click.argument("collection")
+@click.option("--json", "as_json", is_flag=True, help="Print the versions as JSON.")
+def versions(collection: str, as_json: bool) -> None:
+    """The versions of COLLECTION: model, chunking, size, scores and state.
+
+    States: active (searches read it, under the collection's name), building, ready (built, waiting
+    for `ragpipe promote`), rejected (scored worse, or rolled back), previous (kept for rollback until
+    `ragpipe prune`). Any version can be searched as COLLECTION@vN.
+    """
+    from pipelines.versions import list_versions
+
+    rows = list_versions(collection)
+    if as_json:
+        _emit(rows)
+        return
+    for v in rows:
+        verdict = v["evaluation"] or {}
+        score = (f" {verdict['metric']} {verdict['candidate']} (active then {verdict['active']})"
+                 if "metric" in verdict else "")
+        click.echo(f"v{v['version']} {v['state']:<9} {v['model']} chunk_tokens={v['chunk_tokens']} "
+                   f"overlap={v['chunk_overlap']} context={bool(v['settings'].get('chunk_context'))}: "
+                   f"{v['documents']} documents, {v['chunks']} chunks{score}")
+
+
+@main.command()
+@click.argument("collection")
+@click.argument("version", type=click.IntRange(1))
+@click.option("--force", is_flag=True, help="Promote even if its scores drop or a smoke query finds nothing.")
+def promote(collection: str, version: int, force: bool) -> None:
+    """Make VERSION of COLLECTION the one searches read, in one transaction.
+
+    It is scored against the active version first (collections.yml `eval:`, `smoke_queries`,
+    `promote.max_drop`); a worse score refuses the promotion unless --force.
+    """
+    from pipelines.versions import promote as promote_version
+
+    outcome = promote_version(_spec_or_bare(collection), version, force=force)
+    already = outcome["state"] == "active" and not outcome["promoted"]
+    click.echo(f"{collection} v{version}: {'already active' if already else version_outcome(outcome)}")
+    if outcome["state"] == "rejected":
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("collection")
+def rollback(collection: str) -> None:
+    """Make the version that was active before the current one active again.
+
+    The current one is marked rejected: later runs keep it in step but do not promote it on their own.
+    """
+    from pipelines.versions import rollback as rollback_version
+
+    click.echo(f"{collection}: version {rollback_version(_spec_or_bare(collection))} is active again")
+
+
+@main.command()
+@click.argument("collection")
+def prune(collection: str) -> None:
+    """Drop the versions of COLLECTION that are neither active nor being built.
+
+    Their vectors move to the embedding cache, so a later version with the same model reuses them.
+    """
+    from pipelines.versions import prune as prune_versions
+
+    dropped = prune_versions(_spec_or_bare(collection))
+    click.echo(f"{collection}: dropped versions {dropped}" if dropped else f"{collection}: nothing to drop")
+
+
+@main.group()
+def cache() -> None:
+    """The embedding cache: vectors of chunk texts that left every collection, reused by text."""
+
+
+@cache.command("prune")
+@click.option("--max-rows", type=click.IntRange(0), help="Entries to keep [default: RAGPIPE_CACHE_MAX_ROWS].")
+@click.option("--max-age-days", type=click.FloatRange(0), help="Drop entries unused this long "
+              "[default: RAGPIPE_CACHE_MAX_AGE_DAYS].")
+def cache_prune(max_rows: int | None, max_age_days: float | None) -> None:
+    """Apply the cache's retention now (every ingest run applies it too)."""
+    from pipelines import store
+    from pipelines.ingest import open_database
+    from pipelines.store.database import connect
+
+    settings = load_settings()
+    with connect(open_database()) as conn:
+        removed, kept = store.prune_cache(conn, settings.cache_max_rows if max_rows is None else max_rows,
+                                          settings.cache_max_age_days if max_age_days is None else max_age_days)
+    click.echo(f"embedding cache: removed {removed}, kept {kept}")
+
+
 @main.command()
 @click.argument("text")
 @click.option("--model", help="Model name or path [default: the configured default model].")
@@ -458,7 +580,8 @@ def run() -> None:
             LookupError) as exc:
         click.echo(f"Error: {mask_url(str(exc))}", err=True)
         sys.exit(1)
-    except (psycopg.DataError, psycopg.errors.NoDataFound, psycopg.errors.RaiseException) as exc:
+    except (psycopg.DataError, psycopg.errors.NoDataFound, psycopg.errors.RaiseException,
+            psycopg.errors.UndefinedObject, psycopg.errors.ObjectNotInPrerequisiteState) as exc:
         click.echo(f"Error: {first_line(exc).removeprefix('ragpipe: ')}", err=True)
         sys.exit(1)
     except psycopg.OperationalError as exc:

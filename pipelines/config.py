@@ -12,6 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from pipelines.settings import DEFAULT_MODEL
 
 SCHEDULE_PRESETS = {"@once", "@hourly", "@daily", "@weekly", "@monthly", "@yearly", "@continuous"}
+VERSION_MARK = "@v"
+"""A version that is not the active one is named `<collection>@v<N>` (ragpipe.version_name in SQL)."""
 DEFAULT_INDEX = {"m": 16, "ef_construction": 64, "ef_search": 40, "keyword_candidates": 10_000}
 
 
@@ -46,7 +48,17 @@ class CollectionSpec:
     twice; keep: index both (data sets whose records are judged separately, like BEIR corpora)."""
     description: str
     smoke_queries: list[str]
-    """Known queries that must return results after each refresh (the Airflow smoke-check DAG)."""
+    """Known queries that must return results after each refresh (the Airflow smoke-check DAG), and
+    on a new version before it is promoted."""
+    eval: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """The labelled queries a new version is scored on before promotion (EvalOptions)."""
+    promote: dict[str, Any] = dataclasses.field(default_factory=lambda: PromoteOptions().model_dump())
+    """When a new version replaces the active one (PromoteOptions)."""
+
+    @property
+    def family(self) -> str:
+        """The collection's stable name (a spec of version N of `docs` is named `docs@vN`)."""
+        return self.name.split(VERSION_MARK, 1)[0]
 
 
 class IndexOptions(BaseModel):
@@ -70,6 +82,36 @@ class SearchOptions(BaseModel):
     alpha: Annotated[float, Field(ge=0, le=1)] | None = None
     semantic_weight: Annotated[float, Field(ge=0)] | None = None
     keyword_weight: Annotated[float, Field(ge=0)] | None = None
+
+
+class InlineQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    query: Annotated[str, Field(min_length=1)]
+    expect: Annotated[list[str], Field(min_length=1)]
+    """Source ids of documents that answer it; the score is the share of queries with one in the top k."""
+
+
+class EvalOptions(BaseModel):
+    """`eval:` in collections.yml: a BEIR-layout directory (queries.jsonl, qrels/<split>.tsv, ids = the
+    collection's source ids) scored by nDCG@10, or an inline list of queries scored by hit rate@10."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    path: str | None = None
+    split: str = "test"
+    queries: list[InlineQuery] = Field(default_factory=list)
+    max_queries: Annotated[int, Field(ge=1)] = 500
+    mode: Literal["hybrid", "semantic", "keyword"] = "hybrid"
+    k: Annotated[int, Field(ge=1, le=100)] = 10
+    """Cut-off of the score: nDCG@k, or hit rate@k."""
+
+
+class PromoteOptions(BaseModel):
+    """`promote:` in collections.yml: a new version (model, chunking or index build change) replaces
+    the active one when auto and its score drops by at most max_drop; manual waits for `ragpipe promote`."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    mode: Literal["auto", "manual"] = "auto"
+    max_drop: Annotated[float, Field(ge=0, le=1)] = 0.01
 
 
 def source_model() -> Any:
@@ -103,7 +145,7 @@ def collection_model() -> type[BaseModel]:
         """One entry of collections.yml."""
 
         model_config = ConfigDict(extra="forbid", strict=True)
-        name: Annotated[str, Field(min_length=1)]
+        name: Annotated[str, Field(min_length=1, pattern=r"^[^@]+$")]
         source: source_type  # type: ignore[valid-type]
         schedule: str | None = None
         model: str = DEFAULT_MODEL
@@ -117,6 +159,8 @@ def collection_model() -> type[BaseModel]:
         duplicates: Literal["skip", "keep"] = "skip"
         description: str = ""
         smoke_queries: list[str] = Field(default_factory=list)
+        eval: EvalOptions = Field(default_factory=EvalOptions)
+        promote: PromoteOptions = Field(default_factory=PromoteOptions)
 
     return Collection
 
@@ -158,8 +202,11 @@ def parse_collection(raw: Any, where: str, base: Path) -> CollectionSpec:
         source["path"] = str((base / str(source["path"])).resolve())
     index = model.index.model_dump(exclude_none=True)
     search = model.search.model_dump(exclude_none=True)
-    return CollectionSpec(**dict(model.model_dump(exclude={"source", "index", "search"}), source=source, index=index,
-                                 search=search))
+    evaluation = model.eval.model_dump(exclude_defaults=True)
+    if evaluation.get("path") and not str(evaluation["path"]).startswith("/"):
+        evaluation["path"] = str((base / evaluation["path"]).resolve())
+    return CollectionSpec(**dict(model.model_dump(exclude={"source", "index", "search", "eval"}), source=source,
+                                 index=index, search=search, eval=evaluation))
 
 
 def _describe(error: Any) -> str:

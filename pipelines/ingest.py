@@ -25,7 +25,7 @@ import numpy as np
 import psycopg
 
 from pipelines import store
-from pipelines.chunking import CONTEXT_TOKENS, Chunk, check_chunk_settings, chunk_text, with_context
+from pipelines.chunking import Chunk, chunk_text, with_context
 from pipelines.config import CollectionSpec, ConfigError
 from pipelines.embed import Embedder, get_embedder
 from pipelines.extract import ExtractionError
@@ -44,6 +44,16 @@ from pipelines.sources import (
 )
 from pipelines.store.database import connect, database_url
 from pipelines.store.migrations import migrate
+from pipelines.versions import (
+    build_key,
+    chunk_tokens_for,
+    conclude,
+    key_of,
+    plan_versions,
+    spec_for,
+    stored_settings,
+    text_tokens,
+)
 
 log = logging.getLogger(__name__)
 _migrated: set[str] = set()
@@ -108,35 +118,21 @@ def open_database(url: str | None = None) -> str:
     return url
 
 
-def open_collection(conn: psycopg.Connection, spec: CollectionSpec,
-                    rechunk: bool = False) -> tuple[store.Collection, Embedder]:
-    """The collection's row (created on first use) and its embedder; the model loads only when needed.
-    New chunk settings for an existing collection are refused unless `rechunk` (a full refresh)."""
+def open_collection(conn: psycopg.Connection, spec: CollectionSpec) -> tuple[store.Collection, Embedder]:
+    """The version's row (a collection's first is created on first use) and its embedder; the model
+    loads only when needed. Settings that need no rebuild (search defaults, ef_search) are updated;
+    other build settings are a new version (pipelines/versions.plan_versions decides which)."""
     embedder = get_embedder(spec.model, spec.batch_size)
     existing = store.get_collection(conn, spec.name)
-    settings = {"index": spec.index, **({"search": spec.search} if spec.search else {}),
-                **({"chunk_context": True} if spec.chunk_context else {})}
+    settings = stored_settings(spec)
     if existing is not None and existing.model == spec.model and (
             spec.chunk_tokens in (None, existing.chunk_tokens) and spec.chunk_overlap == existing.chunk_overlap
             and existing.settings == settings):
         return existing, embedder
-    chunk_tokens = spec.chunk_tokens or (existing.chunk_tokens if existing else embedder.max_tokens)
-    if chunk_tokens > embedder.max_tokens:
-        raise ConfigError(f"collection {spec.name!r}: chunk_tokens={chunk_tokens} exceeds the model's limit "
-                          f"of {embedder.max_tokens} tokens; the model would truncate the chunks")
-    try:
-        check_chunk_settings(embedder.chunk_tokenizer, text_tokens(chunk_tokens, spec.chunk_context),
-                             spec.chunk_overlap)
-    except ValueError as exc:
-        raise ConfigError(f"collection {spec.name!r}: {exc}") from None
-    had_context = bool(existing and existing.settings.get("chunk_context", False))
-    if existing is not None and not rechunk and (existing.chunk_tokens, existing.chunk_overlap, had_context) != (
-            chunk_tokens, spec.chunk_overlap, spec.chunk_context):
-        raise ConfigError(
-            f"collection {spec.name!r} is chunked with chunk_tokens={existing.chunk_tokens}, "
-            f"chunk_overlap={existing.chunk_overlap}, chunk_context={had_context}; "
-            f"this run asks for {chunk_tokens}, {spec.chunk_overlap}, {spec.chunk_context}. "
-            "Re-chunk every document with --full-refresh (the DAG's full_refresh), or use a new collection name")
+    chunk_tokens = chunk_tokens_for(spec, embedder, existing)
+    if existing is not None and key_of(existing) != build_key(spec.model, chunk_tokens, spec.chunk_overlap, settings):
+        raise ConfigError(f"collection {spec.name!r} was built with other settings; a run builds the new ones as "
+                          "a new version (pipelines.versions.plan_versions)")
     collection = store.ensure_collection(conn, spec.name, spec.model, embedder.dimension, chunk_tokens,
                                          spec.chunk_overlap, settings)
     return collection, embedder
@@ -145,7 +141,7 @@ def open_collection(conn: psycopg.Connection, spec: CollectionSpec,
 def plan_run(conn: psycopg.Connection, spec: CollectionSpec, full_refresh: bool = False,
              limit: int | None = None, trigger: str = "cli") -> Plan:
     """List the source and diff it against the collection; opens a run row."""
-    collection, _ = open_collection(conn, spec, rechunk=full_refresh)
+    collection, _ = open_collection(conn, spec)
     run_id = store.start_run(conn, collection.id, trigger)
     listing = make_source(spec.source).list()
     known = store.document_fingerprints(conn, collection.id)
@@ -177,7 +173,7 @@ def process_batch(conn: psycopg.Connection, spec: CollectionSpec, run_id: int, r
                   full_refresh: bool = False) -> BatchResult:
     """Read, extract, chunk, embed and load a batch of documents, committing every COMMIT_EVERY
     documents; safe to retry: documents already committed are recognised by their content hash."""
-    collection, embedder = open_collection(conn, spec, rechunk=full_refresh)
+    collection, embedder = open_collection(conn, spec)
     work = read_batch(conn, collection, embedder, make_source(spec.source), refs, run_id, full_refresh,
                       spec.duplicates == "skip")
     embed_batch(work, embedder)
@@ -342,7 +338,7 @@ def write_batch(conn: psycopg.Connection, collection: store.Collection, run_id: 
             store.replace_documents(conn, collection, run_id, docs)
             failpoint("load_before_commit")
             store.touch_documents(conn, collection.id, run_id, touched)
-            result.deleted = store.delete_documents(conn, collection.id, gone)
+            result.deleted = store.delete_documents(conn, collection, gone)
             for source_id, stage, reason in result.failures:  # counted once even when a batch is retried
                 result.failed += store.record_failure(conn, run_id, collection.id, source_id, uris.get(source_id),
                                                       stage, reason)
@@ -369,7 +365,7 @@ def finalize_run(conn: psycopg.Connection, spec: CollectionSpec, run_id: int, de
         status, error = "failed", "every document this run read failed; see `ragpipe status --failures`"
     if status == "succeeded":
         with conn.transaction():
-            removed = store.delete_documents(conn, collection.id, deleted)
+            removed = store.delete_documents(conn, collection, deleted)
             store.add_run_counts(conn, run_id, deleted=removed)
         with conn.transaction():
             if store.ensure_hnsw_index(conn, collection):
@@ -379,6 +375,8 @@ def finalize_run(conn: psycopg.Connection, spec: CollectionSpec, run_id: int, de
         if store.run_wrote(conn, run_id) and store.refresh_text_stats(conn, collection.id, run_id):
             store.analyze_collection(conn, collection.id)
             log.info("refreshed keyword and planner statistics for collection %s", spec.name)
+        settings = load_settings()
+        store.prune_cache(conn, settings.cache_max_rows, settings.cache_max_age_days)
     return dict(store.finish_run(conn, run_id, status, error), finalize_seconds=time.perf_counter() - started)
 
 
@@ -388,7 +386,7 @@ def locked_connection(spec: CollectionSpec, url: str | None = None, shared: bool
     """A connection to the (migrated) database holding the collection's lock: exclusive for a run,
     its plan and its finalize; shared for parallel batches. Every writer starts here."""
     with connect(open_database(url), autocommit=True) as conn, store.collection_lock(
-            conn, spec.name, load_settings().lock_timeout_s, shared=shared):
+            conn, spec.family, load_settings().lock_timeout_s, shared=shared):
         yield conn
 
 
@@ -401,27 +399,48 @@ def format_summary(summary: dict[str, Any]) -> str:
 
 def run_ingest(spec: CollectionSpec, full_refresh: bool = False, limit: int | None = None,
                dry_run: bool = False, trigger: str = "cli",
-               progress: Callable[[int, int], None] | None = None, url: str | None = None) -> dict[str, Any]:
-    """A whole run in this process, holding the collection's write lock throughout."""
+               progress: Callable[[int, int], None] | None = None, url: str | None = None,
+               promote: str | None = None) -> dict[str, Any]:
+    """A whole run in this process, holding the collection's write lock throughout: the active
+    version is synced; when collections.yml asks for new build settings, the new version is then
+    built (or resumed), scored and promoted (`promote`: auto, manual, force; default collections.yml).
+    Returns the active version's run summary, with the new version's under "new_version"."""
     url = open_database(url)
     with locked_connection(spec, url) as conn:
         if dry_run:
-            return dry_run_plan(conn, spec, full_refresh, limit, trigger)
-        plan = plan_run(conn, spec, full_refresh, limit, trigger)
-        done = 0
-        try:
-            collection, embedder = open_collection(conn, spec, rechunk=full_refresh)
-            for work in _read_ahead(url, collection, embedder, spec, plan, full_refresh):
-                embed_batch(work, embedder)
-                write_batch(conn, collection, plan.run_id, work)
-                done += len(work.refs)
-                if progress:
-                    progress(done, len(plan.todo))
-        except BaseException as exc:
-            if not conn.broken:
-                store.finish_run(conn, plan.run_id, "failed", f"{type(exc).__name__}: {exc}")
-            raise
-        return finalize_run(conn, spec, plan.run_id, plan.deleted)
+            with conn.transaction(force_rollback=True):
+                targets = plan_versions(conn, spec)
+            return dry_run_plan(conn, targets.active, full_refresh, limit, trigger)
+        targets = plan_versions(conn, spec)
+        if targets.note:
+            log.warning(targets.note)
+        summary = sync_version(conn, url, targets.active, full_refresh, limit, trigger, progress)
+        if targets.candidate is not None and summary["status"] == "succeeded":
+            built = sync_version(conn, url, targets.candidate, full_refresh, limit, trigger, progress)
+            if built["status"] == "succeeded" and limit is None:
+                built.update(conclude(conn, targets.candidate, promote))
+            summary["new_version"] = built
+        return summary
+
+
+def sync_version(conn: psycopg.Connection, url: str, spec: CollectionSpec, full_refresh: bool, limit: int | None,
+                 trigger: str, progress: Callable[[int, int], None] | None) -> dict[str, Any]:
+    """One version's run: plan, batches (read ahead, embed, load), finalize."""
+    plan = plan_run(conn, spec, full_refresh, limit, trigger)
+    done = 0
+    try:
+        collection, embedder = open_collection(conn, spec)
+        for work in _read_ahead(url, collection, embedder, spec, plan, full_refresh):
+            embed_batch(work, embedder)
+            write_batch(conn, collection, plan.run_id, work)
+            done += len(work.refs)
+            if progress:
+                progress(done, len(plan.todo))
+    except BaseException as exc:
+        if not conn.broken:
+            store.finish_run(conn, plan.run_id, "failed", f"{type(exc).__name__}: {exc}")
+        raise
+    return dict(finalize_run(conn, spec, plan.run_id, plan.deleted), collection=spec.name)
 
 
 def dry_run_plan(conn: psycopg.Connection, spec: CollectionSpec, full_refresh: bool = False,
@@ -492,11 +511,6 @@ def prepare(raw: RawDocument, digest: str, embedder: Embedder, collection: store
     return Prepared(raw, digest, title, chunks)
 
 
-def text_tokens(chunk_tokens: int, chunk_context: bool) -> int:
-    """The tokens a chunk's own text may use: all of chunk_tokens, less the context header's reserve."""
-    return chunk_tokens - CONTEXT_TOKENS if chunk_context else chunk_tokens
-
-
 def storable(value: Any) -> Any:
     """The value without NUL characters, which PostgreSQL text and jsonb cannot hold (keys included)."""
     if isinstance(value, str):
@@ -513,26 +527,38 @@ def storable(value: Any) -> Any:
 # CLI run never writes the same collection at the same time as a DAG run.
 
 def plan_step(spec: CollectionSpec, url: str | None = None, full_refresh: bool = False,
-              limit: int | None = None, dry_run: bool = False, trigger: str = "airflow") -> Plan:
+              limit: int | None = None, dry_run: bool = False, trigger: str = "airflow",
+              target: str = "active") -> Plan | None:
+    """Plan the run of the active version, or (target="candidate") of the version being built; None
+    when no version is being built. The plan's `collection` names the version its batches write."""
     with locked_connection(spec, url) as conn:
-        if dry_run:
-            with conn.transaction(force_rollback=True):  # a dry run writes nothing
-                return plan_run(conn, spec, full_refresh, limit, trigger)
-        return plan_run(conn, spec, full_refresh, limit, trigger)
+        with conn.transaction(force_rollback=dry_run):  # a dry run writes nothing
+            targets = plan_versions(conn, spec)
+            chosen = targets.active if target == "active" else targets.candidate
+            if targets.note and target == "active":
+                log.warning(targets.note)
+            return plan_run(conn, chosen, full_refresh, limit, trigger) if chosen else None
 
 
 def batch_step(spec: CollectionSpec, run_id: int, refs: list[DocumentRef], url: str | None = None,
-               full_refresh: bool = False) -> BatchResult:
+               full_refresh: bool = False, version: str | None = None) -> BatchResult:
+    """One batch of a plan; `version` is the plan's collection (default: the active version)."""
     with locked_connection(spec, url, shared=True) as conn:
         if armed(f"slow_batch_{spec.name}"):  # tests: a batch that is surely running when its worker is killed
             time.sleep(20)
-        return process_batch(conn, spec, run_id, refs, full_refresh)
+        return process_batch(conn, spec_for(conn, spec, version or spec.name), run_id, refs, full_refresh)
 
 
 def finalize_step(spec: CollectionSpec, run_id: int, deleted: list[str], url: str | None = None,
-                  failed_batches: int = 0) -> dict[str, Any]:
-    """Close the run; a run with failed batches deletes nothing and is recorded as failed."""
+                  failed_batches: int = 0, version: str | None = None, promote: str | None = None,
+                  complete: bool = True) -> dict[str, Any]:
+    """Close the run; a run with failed batches deletes nothing and is recorded as failed. A new
+    version whose run completed is then scored and promoted (conclude)."""
     with locked_connection(spec, url) as conn:
+        target = spec_for(conn, spec, version or spec.name)
         if failed_batches:
-            return finalize_run(conn, spec, run_id, [], "failed", f"{failed_batches} batch(es) failed")
-        return finalize_run(conn, spec, run_id, deleted)
+            return finalize_run(conn, target, run_id, [], "failed", f"{failed_batches} batch(es) failed")
+        summary = dict(finalize_run(conn, target, run_id, deleted), collection=target.name)
+        if target.name != spec.name and summary["status"] == "succeeded" and complete:
+            summary.update(conclude(conn, target, promote))
+        return summary

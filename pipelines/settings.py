@@ -45,6 +45,10 @@ class Settings(BaseSettings):
                                       validation_alias="RAGPIPE_FINALIZE_TIMEOUT")
     smoke_check_timeout_s: float = Field(TASK_TIMEOUT_DEFAULTS["smoke_check"], gt=0,
                                          validation_alias="RAGPIPE_SMOKE_CHECK_TIMEOUT")
+    cache_max_rows: int = Field(1_000_000, ge=0, validation_alias="RAGPIPE_CACHE_MAX_ROWS")
+    """Embedding cache entries kept (vectors of chunk texts no collection holds any more), newest used first."""
+    cache_max_age_days: float = Field(30, ge=0, validation_alias="RAGPIPE_CACHE_MAX_AGE_DAYS")
+    """Embedding cache entries unused this long are dropped (by every run, and `ragpipe cache prune`)."""
     retries: int = Field(3, ge=0, le=100, validation_alias="RAGPIPE_RETRIES")
     retry_delay_s: float = Field(30, ge=0, validation_alias="RAGPIPE_RETRY_DELAY")
     embed_queue: str = Field("default", min_length=1, validation_alias="RAGPIPE_EMBED_QUEUE")

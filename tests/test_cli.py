@@ -87,22 +87,24 @@ def _collection_row(conn, name: str):
                         (name,)).fetchone()
 
 
-def test_chunk_settings_are_checked_up_front_and_never_mixed(corpus, name, conn):
-    """Defect: new chunk settings were stored but nothing was re-chunked (mixed sizes), a dry run
-    wrote them, and an impossible overlap failed every document later while the run "succeeded"."""
+def test_new_chunk_settings_build_a_new_version_never_a_mix(corpus, name, conn):
+    """Defect: new chunk settings were stored but nothing was re-chunked (mixed sizes), and a dry run
+    wrote them. Now they build a new version beside the active one, promoted when it is complete."""
     ragpipe("ingest", str(corpus), "-c", name)
     assert _collection_row(conn, name) == (256, 32)
-    for extra in ([], ["--dry-run"]):
-        refused = ragpipe("ingest", str(corpus), "-c", name, "--chunk-tokens", "96", *extra, check=False)
-        assert refused.returncode == 1 and "Traceback" not in refused.stderr
-        assert "chunk_tokens=256" in refused.stderr and "--full-refresh" in refused.stderr
-        assert _collection_row(conn, name) == (256, 32), "nothing written"
-    rechunked = json.loads(ragpipe("ingest", str(corpus), "-c", name, "--chunk-tokens", "96", "--full-refresh",
-                                   "--json").stdout)
-    assert rechunked["status"] == "succeeded" and _collection_row(conn, name) == (96, 32)
+    dry = json.loads(ragpipe("ingest", str(corpus), "-c", name, "--chunk-tokens", "96", "--dry-run", "--json").stdout)
+    assert dry["status"] == "dry_run" and _collection_row(conn, name) == (256, 32)
+    assert conn.execute("SELECT count(*) FROM ragpipe.collections WHERE family = %s", (name,)).fetchone() == (1,), \
+        "a dry run writes no version"
+    out = ragpipe("ingest", str(corpus), "-c", name, "--chunk-tokens", "96").stdout
+    assert "new version 2" in out and "promoted" in out, out
+    assert _collection_row(conn, name) == (96, 32)
     longest = conn.execute("SELECT max(c.token_count) FROM ragpipe.chunks c JOIN ragpipe.collections k "
                            "ON k.id = c.collection_id WHERE k.name = %s", (name,)).fetchone()[0]
-    assert longest <= 96, "every chunk was re-chunked"
+    assert longest <= 96, "every chunk of the active version was re-chunked"
+    impossible = ragpipe("ingest", str(corpus), "-c", name, "--chunk-tokens", "96", "--chunk-overlap", "60",
+                         check=False)
+    assert impossible.returncode == 1 and "chunk_overlap" in impossible.stderr and "Traceback" not in impossible.stderr
     next(corpus.rglob("*.md")).open("a").write("\n\nOne more paragraph about broccoli sprouts.\n")
     edit = json.loads(ragpipe("ingest", str(corpus), "-c", name, "--json").stdout)
     assert (edit["changed"], edit["failed"]) == (1, 0), "later runs keep the collection's own settings"

@@ -35,6 +35,11 @@ class Collection:
     chunk_tokens: int
     chunk_overlap: int
     settings: dict[str, Any]
+    family: str = ""
+    """The collection's stable name; `name` is it for the active version, `family@vN` for the others."""
+    version: int = 1
+    state: str = "active"
+    """building, ready (built, not promoted), active, previous (kept for rollback) or rejected."""
 
 
 @dataclass
@@ -58,11 +63,16 @@ def _q(name: str) -> sql.SQL:
 
 
 def ensure_collection(conn: psycopg.Connection, name: str, model: str, dimension: int, chunk_tokens: int,
-                      chunk_overlap: int, settings: dict[str, Any]) -> Collection:
-    """Create the collection, or check that the existing one uses the same model and dimension."""
+                      chunk_overlap: int, settings: dict[str, Any], new_version_of: str | None = None) -> Collection:
+    """Create the collection (or, with `new_version_of`, the family's next version, named `name` by
+    the database), or check that the existing one uses the same model and dimension."""
     params = dict(name=name, model=model, dimension=dimension, chunk_tokens=chunk_tokens,
-                  chunk_overlap=chunk_overlap, settings=json.dumps(settings))
+                  chunk_overlap=chunk_overlap, settings=json.dumps(settings), family=new_version_of)
     with conn.transaction():
+        if new_version_of is not None:
+            conn.execute(_q("lock_collection_creation"))
+            name = conn.execute(_q("create_version"), params).fetchone()[0]
+            params["name"] = name
         if get_collection(conn, name) is None:
             conn.execute(_q("lock_collection_creation"))
         conn.execute(_q("upsert_collection"), params)
@@ -158,8 +168,9 @@ def touch_documents(conn: psycopg.Connection, collection_id: int, run_id: int, f
 
 
 def cached_embeddings(conn: psycopg.Connection, model: str, hashes: Iterable[str]) -> dict[str, np.ndarray]:
-    """Embeddings already stored for these chunk hashes by the same model (in any collection)."""
-    rows = conn.execute(_q("cached_embeddings"), (model, list(set(hashes)))).fetchall()
+    """Embeddings of these chunk hashes by the same model: stored in any collection or version, or
+    kept in the embedding cache."""
+    rows = conn.execute(_q("cached_embeddings"), dict(model=model, hashes=list(set(hashes)))).fetchall()
     return {h: np.asarray(v, dtype=np.float32) if not hasattr(v, "to_numpy") else v.to_numpy() for h, v in rows}
 
 
@@ -169,7 +180,7 @@ def replace_documents(conn: psycopg.Connection, collection: Collection, run_id: 
     if not docs:
         return
     ids = [d.source_id for d in docs]
-    conn.execute(_q("delete_chunks_of"), dict(collection_id=collection.id, source_ids=ids))
+    delete_chunks_of(conn, collection, ids)
     rows = conn.execute(_q("upsert_documents"), (
         collection.id, run_id, ids, [d.uri for d in docs], [d.title for d in docs], [d.content_hash for d in docs],
         [d.fingerprint for d in docs], [json.dumps(d.metadata) for d in docs], [len(d.chunks) for d in docs],
@@ -216,11 +227,18 @@ def duplicate_of(conn: psycopg.Connection, collection_id: int, run_id: int, body
     return row[0] if row else None
 
 
-def delete_documents(conn: psycopg.Connection, collection_id: int, source_ids: list[str]) -> int:
-    """Delete documents (their chunks cascade). Returns how many were deleted."""
+def delete_chunks_of(conn: psycopg.Connection, collection: Collection, source_ids: list[str]) -> None:
+    """Delete the documents' chunks, keeping their vectors in the embedding cache."""
+    conn.execute(_q("delete_chunks_of"), dict(collection_id=collection.id, source_ids=source_ids,
+                                              model=collection.model))
+
+
+def delete_documents(conn: psycopg.Connection, collection: Collection, source_ids: list[str]) -> int:
+    """Delete documents and their chunks (vectors kept in the cache). Returns how many were deleted."""
     if not source_ids:
         return 0
-    return conn.execute(_q("delete_documents"), (collection_id, source_ids)).rowcount
+    delete_chunks_of(conn, collection, source_ids)
+    return conn.execute(_q("delete_documents"), (collection.id, source_ids)).rowcount
 
 
 def ensure_hnsw_index(conn: psycopg.Connection, collection: Collection) -> bool:
@@ -250,3 +268,49 @@ def refresh_text_stats(conn: psycopg.Connection, collection_id: int, run_id: int
 def run_wrote(conn: psycopg.Connection, run_id: int) -> bool:
     """Did the run add, change or delete any document? (If not, statistics need no refresh.)"""
     return conn.execute(_q("run_wrote"), (run_id,)).fetchone()[0]
+
+
+# Versions of a collection (sql/migrations/007_versions.sql, sql/api/015_versions.sql).
+
+def versions(conn: psycopg.Connection, family: str) -> list[dict[str, Any]]:
+    """Every version of the collection, oldest first, with its size and evaluation."""
+    cur = conn.execute(_q("versions"), (family,))
+    return [dict(zip([c.name for c in cur.description], row, strict=True)) for row in cur.fetchall()]
+
+
+def set_version_state(conn: psycopg.Connection, collection: Collection, state: str,
+                      evaluation: dict[str, Any] | None = None) -> None:
+    """Mark a version that is not the active one (building → ready or rejected)."""
+    conn.execute(_q("set_version_state"), dict(id=collection.id, state=state,
+                                               evaluation=Jsonb(evaluation) if evaluation else None))
+
+
+def set_evaluation(conn: psycopg.Connection, collection: Collection, evaluation: dict[str, Any]) -> None:
+    conn.execute(_q("set_evaluation"), dict(id=collection.id, evaluation=Jsonb(evaluation)))
+
+
+def promote_version(conn: psycopg.Connection, family: str, version: int) -> int:
+    """Make `version` the active one, atomically; returns the version that was active."""
+    with conn.transaction():
+        return conn.execute(_q("promote_version"), (family, version)).fetchone()[0]
+
+
+def rollback_version(conn: psycopg.Connection, family: str) -> int:
+    """Activate the version that was active before; returns it."""
+    with conn.transaction():
+        return conn.execute(_q("rollback_version"), (family,)).fetchone()[0]
+
+
+def drop_version(conn: psycopg.Connection, collection_id: int) -> None:
+    """Drop a version that is not active (its vectors stay in the embedding cache)."""
+    with conn.transaction():
+        conn.execute(_q("cache_vectors_of_collection"), dict(id=collection_id))
+        conn.execute(_q("lock_collection_creation"))
+        conn.execute(_q("drop_version"), (collection_id,))
+
+
+def prune_cache(conn: psycopg.Connection, max_rows: int, max_age_days: float) -> tuple[int, int]:
+    """Apply the embedding cache's retention; returns (entries removed, entries kept)."""
+    with conn.transaction():
+        removed = conn.execute(_q("prune_cache"), dict(max_rows=max_rows, max_age_days=max_age_days)).fetchone()[0]
+    return int(removed), int(conn.execute(_q("count_cache")).fetchone()[0])

@@ -40,11 +40,13 @@ SELECT k.name AS collection, k.model, k.dimension,
        (SELECT count(*) FROM ragpipe.chunks c WHERE c.collection_id = k.id) AS chunks,
        k.updated_at,
        last_run.status AS last_run_status,
-       last_run.at AS last_run_at
+       last_run.at AS last_run_at,
+       k.version
 FROM ragpipe.collections k
 LEFT JOIN LATERAL (SELECT r.status, coalesce(r.finished_at, r.started_at) AS at FROM ragpipe.ingest_runs r
                    WHERE r.collection_id = k.id AND r.status <> 'dry_run'
-                   ORDER BY r.id DESC LIMIT 1) last_run ON true;
+                   ORDER BY r.id DESC LIMIT 1) last_run ON true
+WHERE k.state = 'active';  -- the version searches read (`ragpipe versions NAME` lists the others)
 
 -- The HNSW index of a collection: its name, the memory its build needs, and the build itself.
 CREATE OR REPLACE FUNCTION ragpipe.hnsw_index_name(collection_id int) RETURNS text
@@ -100,6 +102,10 @@ DECLARE
     coll ragpipe.collections;
 BEGIN
     SELECT * INTO coll FROM ragpipe.collections c WHERE c.name = get_collection.collection;
+    IF NOT FOUND THEN  -- `family@vN` names version N even while it is the active one (a pinned read)
+        SELECT * INTO coll FROM ragpipe.collections c
+        WHERE ragpipe.version_name(c.family, c.version) = get_collection.collection;
+    END IF;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'ragpipe: unknown collection "%"', collection
             USING ERRCODE = 'undefined_object', HINT = 'SELECT collection FROM ragpipe.collection_stats';

@@ -64,7 +64,10 @@ LANGUAGE plpgsql AS $fn$
 BEGIN
     PERFORM ragpipe.grant_search(role_name);
     EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON ragpipe.collections, ragpipe.documents, '
-                   'ragpipe.chunks, ragpipe.ingest_runs, ragpipe.ingest_failures TO %I', role_name);
+                   'ragpipe.chunks, ragpipe.ingest_runs, ragpipe.ingest_failures, ragpipe.embedding_cache TO %I',
+                   role_name);
+    EXECUTE format('GRANT EXECUTE ON FUNCTION ragpipe.promote_version(text, int), ragpipe.rollback_version(text), '
+                   'ragpipe.version_name(text, int) TO %I', role_name);
     EXECUTE format('GRANT SELECT ON ragpipe.schema_migrations TO %I', role_name);
     EXECUTE format('GRANT USAGE ON ALL SEQUENCES IN SCHEMA ragpipe TO %I', role_name);
     EXECUTE format('GRANT EXECUTE ON FUNCTION ragpipe.build_hnsw_index(int), '

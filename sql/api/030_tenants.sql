@@ -10,13 +10,14 @@ AS $fn$
     SELECT c.id, d.source_id, d.uri, d.title, c.text, c.metadata, 1 - (c.embedding <=> query_embedding)
     FROM ragpipe.chunks c
     JOIN ragpipe.documents d ON d.id = c.document_id
-    WHERE c.collection_id = (SELECT coll.id FROM ragpipe.collections coll WHERE coll.name = collection)
+    WHERE c.collection_id = (SELECT coll.id FROM ragpipe.collections coll  -- the name, or a pinned `family@vN`
+                             WHERE collection IN (coll.name, ragpipe.version_name(coll.family, coll.version)))
       AND c.tenant IS NOT NULL AND (filter IS NULL OR c.metadata @> filter)
     ORDER BY c.embedding <=> query_embedding
     LIMIT ragpipe.checked_k(k);
 $fn$;
 GRANT EXECUTE ON FUNCTION ragpipe.tenant_search(text, vector, int, jsonb) TO ragpipe_tenant_reader;
-GRANT EXECUTE ON FUNCTION ragpipe.checked_k(int, int), ragpipe.checked(text, double precision, double precision, double precision)
+GRANT EXECUTE ON FUNCTION ragpipe.version_name(text, int), ragpipe.checked_k(int, int), ragpipe.checked(text, double precision, double precision, double precision)
     TO ragpipe_tenant_reader;
 
 -- `ragpipe db grant-tenant ROLE TENANT`: ROLE (created NOLOGIN if missing) reads TENANT's rows only.

@@ -37,7 +37,7 @@ FROM ragpipe.rag_context(%(collection)s, %(text)s, %(embedding)s, %(k)s, %(max_t
 SELECT r.id, d.source_id, d.uri, d.title, r.text, d.metadata, r.score
 FROM (SELECT ch.id, ch.document_id, ch.text, 1 - (ch.embedding <=> %(embedding)s) AS score
       FROM ragpipe.chunks ch
-      WHERE ch.collection_id = (SELECT k.id FROM ragpipe.collections k WHERE k.name = %(collection)s)
+      WHERE ch.collection_id = (ragpipe.get_collection(%(collection)s)).id
         AND (%(filter)s::jsonb IS NULL OR ch.metadata @> %(filter)s::jsonb)
       ORDER BY ch.embedding <=> %(embedding)s
       LIMIT %(k)s) r

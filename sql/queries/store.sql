@@ -1,9 +1,66 @@
 -- Statements used by pipelines/store.py. Parameters are bound (%s / %(name)s), never formatted in.
 
 -- name: upsert_collection
-INSERT INTO ragpipe.collections (name, model, dimension, chunk_tokens, chunk_overlap, settings)
-VALUES (%(name)s, %(model)s, %(dimension)s, %(chunk_tokens)s, %(chunk_overlap)s, %(settings)s)
+-- A new collection is version 1 of its family, active at once.
+INSERT INTO ragpipe.collections (name, family, model, dimension, chunk_tokens, chunk_overlap, settings, promoted_at)
+VALUES (%(name)s, %(name)s, %(model)s, %(dimension)s, %(chunk_tokens)s, %(chunk_overlap)s, %(settings)s, now())
 ON CONFLICT (name) DO NOTHING;
+
+-- name: create_version
+-- The family's next version, to be built beside the active one (sql/migrations/007_versions.sql).
+INSERT INTO ragpipe.collections (name, family, version, state, model, dimension, chunk_tokens, chunk_overlap, settings)
+SELECT ragpipe.version_name(%(family)s, v), %(family)s, v, 'building', %(model)s, %(dimension)s, %(chunk_tokens)s,
+       %(chunk_overlap)s, %(settings)s
+FROM (SELECT max(version) + 1 AS v FROM ragpipe.collections WHERE family = %(family)s) n
+RETURNING name;
+
+-- name: versions
+SELECT k.id, k.name, k.model, k.dimension, k.chunk_tokens, k.chunk_overlap, k.settings, k.family, k.version,
+       k.state, k.evaluation, k.created_at, k.promoted_at,
+       (SELECT count(*) FROM ragpipe.documents d WHERE d.collection_id = k.id) AS documents,
+       (SELECT count(*) FROM ragpipe.chunks c WHERE c.collection_id = k.id) AS chunks
+FROM ragpipe.collections k WHERE k.family = %s ORDER BY k.version;
+
+-- name: set_version_state
+UPDATE ragpipe.collections SET state = %(state)s, evaluation = coalesce(%(evaluation)s, evaluation)
+WHERE id = %(id)s AND state <> 'active';
+
+-- name: set_evaluation
+UPDATE ragpipe.collections SET evaluation = %(evaluation)s WHERE id = %(id)s;
+
+-- name: promote_version
+SELECT ragpipe.promote_version(%s, %s);
+
+-- name: rollback_version
+SELECT ragpipe.rollback_version(%s);
+
+-- name: cache_vectors_of_collection
+-- Before a version is dropped: its vectors go to the embedding cache, unless another collection
+-- of the same model still holds the same text.
+INSERT INTO ragpipe.embedding_cache AS e (model, content_hash, embedding)
+SELECT DISTINCT ON (c.content_hash) k.model, c.content_hash, c.embedding
+FROM ragpipe.chunks c JOIN ragpipe.collections k ON k.id = c.collection_id
+WHERE c.collection_id = %(id)s
+  AND NOT EXISTS (SELECT FROM ragpipe.chunks o JOIN ragpipe.collections ok ON ok.id = o.collection_id
+                  WHERE o.content_hash = c.content_hash AND ok.model = k.model AND o.collection_id <> c.collection_id)
+ON CONFLICT (model, content_hash) DO UPDATE SET used_at = now();
+
+-- name: drop_version
+DELETE FROM ragpipe.collections WHERE id = %s AND state <> 'active';
+
+-- name: prune_cache
+-- The embedding cache's retention: entries unused for max_age, then the least recently used
+-- beyond max_rows.
+WITH old AS (DELETE FROM ragpipe.embedding_cache WHERE used_at < now() - %(max_age_days)s * interval '1 day'
+             RETURNING 1),
+     excess AS (DELETE FROM ragpipe.embedding_cache e
+                WHERE (e.model, e.content_hash) IN (SELECT model, content_hash FROM ragpipe.embedding_cache
+                                                    ORDER BY used_at DESC OFFSET %(max_rows)s)
+                RETURNING 1)
+SELECT (SELECT count(*) FROM old) + (SELECT count(*) FROM excess);
+
+-- name: count_cache
+SELECT count(*) FROM ragpipe.embedding_cache;
 
 -- name: lock_collection_creation
 -- Creating a collection creates and attaches its chunks partition; two creations at once would
@@ -11,7 +68,7 @@ ON CONFLICT (name) DO NOTHING;
 SELECT pg_advisory_xact_lock(hashtextextended('ragpipe:create-collection', 0));
 
 -- name: get_collection
-SELECT id, name, model, dimension, chunk_tokens, chunk_overlap, settings
+SELECT id, name, model, dimension, chunk_tokens, chunk_overlap, settings, family, version, state
 FROM ragpipe.collections WHERE name = %s;
 
 -- name: update_collection_settings
@@ -80,14 +137,29 @@ FROM unnest(%s::text[], %s::text[]) AS t(source_id, fingerprint)
 WHERE d.collection_id = %s AND d.source_id = t.source_id;
 
 -- name: cached_embeddings
-SELECT DISTINCT ON (c.content_hash) c.content_hash, c.embedding
-FROM ragpipe.chunks c JOIN ragpipe.collections k ON k.id = c.collection_id
-WHERE k.model = %s AND c.content_hash = ANY(%s);
+-- Vectors of these chunk texts embedded by the same model: in any collection or version, or kept
+-- in the embedding cache after they left (then marked used, for its retention).
+WITH stored AS (
+    SELECT DISTINCT ON (c.content_hash) c.content_hash, c.embedding
+    FROM ragpipe.chunks c JOIN ragpipe.collections k ON k.id = c.collection_id
+    WHERE k.model = %(model)s AND c.content_hash = ANY(%(hashes)s)),
+cached AS (
+    UPDATE ragpipe.embedding_cache e SET used_at = now()
+    WHERE e.model = %(model)s AND e.content_hash = ANY(%(hashes)s)
+      AND e.content_hash NOT IN (SELECT content_hash FROM stored)
+    RETURNING e.content_hash, e.embedding)
+SELECT * FROM stored UNION ALL SELECT * FROM cached;
 
 -- name: delete_chunks_of
-DELETE FROM ragpipe.chunks c USING ragpipe.documents d
-WHERE c.collection_id = %(collection_id)s AND c.document_id = d.id
-  AND d.collection_id = %(collection_id)s AND d.source_id = ANY(%(source_ids)s);
+-- The chunks of documents being replaced or deleted; their vectors go to the embedding cache.
+WITH gone AS (
+    DELETE FROM ragpipe.chunks c USING ragpipe.documents d
+    WHERE c.collection_id = %(collection_id)s AND c.document_id = d.id
+      AND d.collection_id = %(collection_id)s AND d.source_id = ANY(%(source_ids)s)
+    RETURNING c.content_hash, c.embedding)
+INSERT INTO ragpipe.embedding_cache (model, content_hash, embedding)
+SELECT DISTINCT ON (content_hash) %(model)s, content_hash, embedding FROM gone
+ON CONFLICT (model, content_hash) DO UPDATE SET used_at = now();
 
 -- name: upsert_documents
 INSERT INTO ragpipe.documents AS d
