@@ -322,6 +322,10 @@ def status(collection: str | None, failures: bool, as_json: bool) -> None:
         click.echo(f"{row['collection']}: {row['documents']} documents, {row['chunks']} chunks, "
                    f"model {row['model']} ({row['dimension']}d); last run {run.get('status', '-')} "
                    f"{run.get('finished_at') or ''} failed {run.get('failed', 0)}")
+        for b in row["building"]:
+            click.echo(f"  building version {b['version']} ({b['model']}, chunk_tokens={b['chunk_tokens']}, "
+                       f"overlap={b['chunk_overlap']}): {b['documents']}/{b['of'] or '?'} documents; "
+                       f"version {row['version']} serves searches meanwhile")
         if failures:
             for f in row["failures"]:
                 click.echo(f"  {f['source_id']} [{f['stage']}] {f['error']}")

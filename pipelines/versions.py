@@ -25,9 +25,9 @@ from pipelines.embed import Embedder, get_embedder
 log = logging.getLogger(__name__)
 REBUILD_INDEX_KEYS = ("m", "ef_construction")
 """Index settings that only a new build can change."""
-AUTO_PROMOTE = ("building", "previous")
-"""States a run promotes on its own once the gate passes (a `ready` or `rejected` version waits for
-`ragpipe promote`)."""
+AUTO_PROMOTE = ("building", "ready", "previous")
+"""States a run in `promote: auto` promotes once the gate passes (`ready`: built by a manual run). A
+`rejected` version (scored worse, or rolled back) waits for `ragpipe promote`."""
 
 
 @dataclass(frozen=True)
@@ -114,7 +114,7 @@ def plan_versions(conn: psycopg.Connection, spec: CollectionSpec) -> Targets:
     note = None
     if same:
         name, state, version = same[-1]["name"], same[-1]["state"], same[-1]["version"]
-        if state in ("ready", "rejected"):
+        if state == "rejected":
             note = (f"version {version} of {spec.name!r} has the settings of collections.yml and is {state}; "
                     f"it is kept in step, and `ragpipe promote {spec.name} {version}` makes it active")
     else:

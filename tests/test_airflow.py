@@ -149,6 +149,31 @@ def test_params_dry_run_limit_full_refresh(airflow, corpus, name, conn):
     assert_same_chunks(chunk_state(conn, name), before)
 
 
+def task_states(dag_run) -> dict[str, str]:
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        return {ti.task_id: ti.state for ti in session.query(TaskInstance).filter_by(
+            dag_id=dag_run.dag_id, run_id=dag_run.run_id, map_index=-1)}
+
+
+def test_a_chunking_change_is_built_by_the_build_version_group(airflow, corpus, name, conn):
+    write_collections(corpus, name, chunk_tokens=128)
+    plain = run_dag(name)
+    assert plain.state == "success" and task_states(plain)["build_version.finalize"] == "skipped"
+    write_collections(corpus, name, chunk_tokens=96)
+    manual = run_dag(name, promote="manual")
+    assert manual.state == "success" and task_states(manual)["build_version.finalize"] == "success"
+    assert store.get_collection(conn, name).chunk_tokens == 128, "manual: the active version still serves"
+    assert store.get_collection(conn, f"{name}@v2").state == "ready"
+    auto = run_dag(name)
+    assert auto.state == "success"
+    active = store.get_collection(conn, name)
+    assert (active.version, active.chunk_tokens) == (2, 96), "promoted"
+    assert last_run(conn, name)["unchanged"] == 30, "the finished build was not redone"
+
+
 @pytest.mark.parametrize("fault", ["batch_after_commit", "load_before_commit"])
 def test_batch_that_dies_halfway_is_retried_to_a_clean_result(airflow, corpus, name, conn, tmp_path, fault):
     reference = parse_collection({"name": f"{name}_ref", "source": {"kind": "folder", "path": str(corpus)}},

@@ -124,6 +124,8 @@ def test_kill_9_during_a_version_build_then_rerun_equals_a_clean_build(tmp_path,
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert states(conn, name) == {1: "active", 2: "building"}, "killed mid-build: the active version still serves"
+    status = ragpipe("status", "-c", name).stdout
+    assert "building version 2 (" in status and "/200 documents; version 1 serves searches" in status, status
     final = json.loads(ragpipe("ingest", str(folder), "-c", name, "--chunk-tokens", "96", "--json").stdout)
     resumed = final["new_version"]
     assert resumed["promoted"] and resumed["version"] == 2, "the rerun resumed version 2"

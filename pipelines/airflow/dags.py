@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from airflow.sdk import DAG, Asset, Param, dag, task
+from airflow.sdk import DAG, Asset, Param, TaskGroup, dag, task
 
 from pipelines.config import CollectionSpec, load_collections
 from pipelines.settings import Settings, load_settings
@@ -57,6 +57,11 @@ def collection_asset(name: str) -> Asset:
 
 
 def ingest_dag(spec: CollectionSpec, settings: Settings) -> Any:
+    params = dict(PARAMS, promote=Param(
+        spec.promote["mode"], enum=["auto", "manual"],
+        description="A new version (model or chunking changed in collections.yml): auto promotes it when its "
+                    "scores hold; manual leaves it for `ragpipe promote`."))
+
     @dag(
         dag_id=f"ragpipe_ingest_{spec.name}",
         schedule=spec.schedule,
@@ -64,7 +69,7 @@ def ingest_dag(spec: CollectionSpec, settings: Settings) -> Any:
         catchup=False,
         max_active_runs=1,
         default_args=default_args(settings),
-        params=PARAMS,
+        params=params,
         tags=["ragpipe", "ingest", spec.source["kind"]],
         doc_md=f"""### Ingest collection `{spec.name}`
 {spec.description}
@@ -72,76 +77,104 @@ def ingest_dag(spec: CollectionSpec, settings: Settings) -> Any:
 plan (list `{spec.source['kind']}` source, diff fingerprints) → `process_batch` mapped over batches of
 {spec.docs_per_batch} document references → finalize (deletions, HNSW index, statistics, run record)
 → Asset `ragpipe_{spec.name}`. Trigger with `full_refresh`, `limit` or `dry_run` from the UI.
+
+When collections.yml changes the model, chunking or HNSW build settings, the task group
+`build_version` then builds the new version the same way beside the active one (which keeps
+serving searches), scores it and promotes it (`promote`: auto or manual); otherwise it is skipped.
 """,
     )
     def ingest() -> None:
-        @task(execution_timeout=timeout(settings, "plan"))
-        def plan(params: dict[str, Any] | None = None, ti: Any = None) -> list[dict[str, Any]]:
-            """List the source and decide what to process; returns one entry per batch to map over."""
-            from pipelines.airflow.connections import explained_timeout, vector_db_url
-            from pipelines.ingest import plan_step
-
-            params = params or {}
-            dry_run, full_refresh = bool(params.get("dry_run")), bool(params.get("full_refresh"))
-            with explained_timeout("plan"):
-                p = plan_step(spec, vector_db_url(), full_refresh, params.get("limit"), dry_run)
-            batches = [] if dry_run else p.batches(spec.docs_per_batch)
-            print(f"listed {p.listed} (complete: {p.listing_complete}): new {p.new}, changed {p.changed}, "
-                  f"unchanged {p.unchanged}, to delete {len(p.deleted)}; processing "
-                  f"{sum(map(len, batches))} documents in {len(batches)} batches")
-            for problem in p.problems:
-                print(f"listing problem (no deletions this run): {problem}")
-            ti.xcom_push(key="plan", value={"ingest_run_id": p.run_id, "dry_run": dry_run, "deleted": p.deleted,
-                                            "documents": sum(map(len, batches)), "would_process": len(p.todo)})
-            return [{"refs": [vars(r) for r in b], "ingest_run_id": p.run_id, "full_refresh": full_refresh}
-                    for b in batches]
-
-        @task(queue=settings.embed_queue, execution_timeout=timeout(settings, "batch"))
-        def process_batch(refs: list[dict[str, str]], ingest_run_id: int, full_refresh: bool) -> dict[str, int]:
-            """Read, extract, chunk, embed and load one batch (document references only in XCom)."""
-            from pipelines.airflow.connections import explained_timeout, vector_db_url
-            from pipelines.ingest import batch_step
-            from pipelines.sources import DocumentRef
-
-            with explained_timeout("batch"):
-                result = batch_step(spec, ingest_run_id, [DocumentRef(**r) for r in refs], vector_db_url(),
-                                    full_refresh)
-            print("batch: " + ", ".join(f"{k} {v}" for k, v in result.counts().items()))
-            for source_id, stage, reason in result.failures:
-                print(f"FAILED {source_id} ({stage}): {reason}")
-            return dict(result.counts(), processed=result.processed)
-
-        @task(trigger_rule="all_done", outlets=[collection_asset(spec.name)],
-              execution_timeout=timeout(settings, "finalize"))
-        def finalize(planned: dict[str, Any], results: Any) -> dict[str, Any]:
-            """Delete what disappeared, build the index, record the run; fail if a batch failed."""
-            from airflow.sdk.exceptions import AirflowSkipException
-
-            from pipelines.airflow.connections import explained_timeout, vector_db_url
-            from pipelines.ingest import finalize_step, format_summary
-
-            if planned["dry_run"]:
-                raise AirflowSkipException(f"dry run: would process {planned['would_process']} documents "
-                                           f"and delete {len(planned['deleted'])}")
-            done = [r for r in (results or []) if r]
-            missing = planned["documents"] - sum(r["processed"] for r in done)
-            with explained_timeout("finalize"):
-                summary = finalize_step(spec, planned["ingest_run_id"], planned["deleted"], vector_db_url(),
-                                        failed_batches=int(missing > 0))
-            print(format_summary(summary))
-            if missing:
-                raise RuntimeError(f"{missing} documents were not processed because a batch failed; "
-                                   "nothing was deleted. Clear the failed batch to retry it.")
-            if summary["status"] == "failed":
-                raise RuntimeError(f"run {summary['id']}: every document it read failed; nothing was deleted. "
-                                   "See `ragpipe status --failures`")
-            return summary
-
-        batches = plan()
-        results = process_batch.expand_kwargs(batches)
-        finalize(batches["plan"], results)
+        synced = sync_stage(spec, settings, "active")
+        with TaskGroup("build_version", tooltip="Build, score and promote a new version of the collection") as build:
+            sync_stage(spec, settings, "candidate")
+        synced >> build
 
     return ingest()
+
+
+def sync_stage(spec: CollectionSpec, settings: Settings, target: str) -> Any:
+    """plan → process_batch (mapped) → finalize, for the active version or the one being built."""
+
+    # The build starts after the active version's finalize, also when that was skipped (a dry run).
+    @task(execution_timeout=timeout(settings, "plan"), trigger_rule="none_failed" if target == "candidate"
+          else "all_success")
+    def plan(params: dict[str, Any] | None = None, ti: Any = None) -> list[dict[str, Any]]:
+        """List the source and decide what to process; returns one entry per batch to map over."""
+        from pipelines.airflow.connections import explained_timeout, vector_db_url
+        from pipelines.ingest import plan_step
+
+        params = params or {}
+        dry_run, full_refresh = bool(params.get("dry_run")), bool(params.get("full_refresh"))
+        with explained_timeout("plan"):
+            p = plan_step(spec, vector_db_url(), full_refresh, params.get("limit"), dry_run, target=target)
+        if p is None:
+            print("no new version to build: collections.yml has the active version's settings")
+            ti.xcom_push(key="plan", value={"version": None})
+            return []
+        batches = [] if dry_run else p.batches(spec.docs_per_batch)
+        print(f"{p.collection}: listed {p.listed} (complete: {p.listing_complete}): new {p.new}, changed {p.changed}, "
+              f"unchanged {p.unchanged}, to delete {len(p.deleted)}; processing "
+              f"{sum(map(len, batches))} documents in {len(batches)} batches")
+        for problem in p.problems:
+            print(f"listing problem (no deletions this run): {problem}")
+        ti.xcom_push(key="plan", value={"ingest_run_id": p.run_id, "dry_run": dry_run, "deleted": p.deleted,
+                                        "documents": sum(map(len, batches)), "would_process": len(p.todo),
+                                        "version": p.collection, "complete": params.get("limit") is None})
+        return [{"refs": [vars(r) for r in b], "ingest_run_id": p.run_id, "full_refresh": full_refresh,
+                 "version": p.collection} for b in batches]
+
+    @task(queue=settings.embed_queue, execution_timeout=timeout(settings, "batch"))
+    def process_batch(refs: list[dict[str, str]], ingest_run_id: int, full_refresh: bool,
+                      version: str | None = None) -> dict[str, int]:
+        """Read, extract, chunk, embed and load one batch (document references only in XCom)."""
+        from pipelines.airflow.connections import explained_timeout, vector_db_url
+        from pipelines.ingest import batch_step
+        from pipelines.sources import DocumentRef
+
+        with explained_timeout("batch"):
+            result = batch_step(spec, ingest_run_id, [DocumentRef(**r) for r in refs], vector_db_url(),
+                                full_refresh, version)
+        print("batch: " + ", ".join(f"{k} {v}" for k, v in result.counts().items()))
+        for source_id, stage, reason in result.failures:
+            print(f"FAILED {source_id} ({stage}): {reason}")
+        return dict(result.counts(), processed=result.processed)
+
+    @task(trigger_rule="all_done", outlets=[collection_asset(spec.name)],
+          execution_timeout=timeout(settings, "finalize"))
+    def finalize(planned: dict[str, Any], results: Any, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Delete what disappeared, build the index, record the run; fail if a batch failed. A new
+        version is then scored and promoted."""
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        from pipelines.airflow.connections import explained_timeout, vector_db_url
+        from pipelines.ingest import finalize_step, format_summary
+
+        if planned.get("version") is None:
+            raise AirflowSkipException("no new version to build")
+        if planned["dry_run"]:
+            raise AirflowSkipException(f"dry run: would process {planned['would_process']} documents "
+                                       f"and delete {len(planned['deleted'])}")
+        done = [r for r in (results or []) if r]
+        missing = planned["documents"] - sum(r["processed"] for r in done)
+        with explained_timeout("finalize"):
+            summary = finalize_step(spec, planned["ingest_run_id"], planned["deleted"], vector_db_url(),
+                                    failed_batches=int(missing > 0), version=planned["version"],
+                                    promote=(params or {}).get("promote"), complete=planned["complete"])
+        print(f"{planned['version']}: {format_summary(summary)}")
+        if "promoted" in summary:
+            verdict = summary.get("evaluation") or {}
+            print(f"version {summary['version']}: {summary['state']}; {verdict.get('reason', '')}")
+        if missing:
+            raise RuntimeError(f"{missing} documents were not processed because a batch failed; "
+                               "nothing was deleted. Clear the failed batch to retry it.")
+        if summary["status"] == "failed":
+            raise RuntimeError(f"run {summary['id']}: every document it read failed; nothing was deleted. "
+                               "See `ragpipe status --failures`")
+        return summary
+
+    batches = plan()
+    results = process_batch.expand_kwargs(batches)
+    return finalize(batches["plan"], results)
 
 
 def smoke_check_dag(spec: CollectionSpec, settings: Settings) -> Any:

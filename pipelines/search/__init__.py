@@ -24,6 +24,7 @@ from pipelines.embed import get_embedder
 from pipelines.ingest import open_database
 from pipelines.store.database import connect
 from pipelines.store.sqlfiles import query
+from pipelines.versions import version_name
 
 Mode = Literal["semantic", "keyword", "hybrid"]
 MODES: tuple[Mode, ...] = ("hybrid", "semantic", "keyword")
@@ -60,17 +61,20 @@ class UnknownCollection(LookupError):
     pass
 
 
-def collection_model(collection: str, url: str | None = None) -> str:
+def pinned_version(collection: str, url: str | None = None) -> tuple[str, str]:
+    """(model, `name@vN`) of the version `collection` names now: a search embeds its query with that
+    model and reads that version, even if another is promoted in between (never a mix)."""
     with connect(open_database(url)) as conn:
         found = store.get_collection(conn, collection)
     if found is None:
         raise UnknownCollection(f"no collection named {collection!r}; `ragpipe status` lists them")
-    return found.model
+    return found.model, version_name(found.family, found.version)
 
 
-def embed_query(collection: str, text: str, url: str | None = None) -> np.ndarray:
-    """Embed `text` with the model the collection was built with."""
-    return get_embedder(collection_model(collection, url)).encode([text])[0]
+def embed_query(collection: str, text: str, url: str | None = None) -> tuple[np.ndarray, str]:
+    """Embed `text` with the model of the collection's active version; returns it and the version's name."""
+    model, version = pinned_version(collection, url)
+    return get_embedder(model).encode([text])[0], version
 
 
 def search(text: str, collection: str, k: int = 10, filter: dict[str, Any] | None = None,
@@ -80,9 +84,10 @@ def search(text: str, collection: str, k: int = 10, filter: dict[str, Any] | Non
     """The k chunks that best match `text`, best first. The fusion arguments apply to mode="hybrid"."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    embedding = embed_query(collection, text, url) if mode != "keyword" else None
     if mode == "keyword":
-        collection_model(collection, url)  # a clear error for unknown collections
+        embedding, collection = None, pinned_version(collection, url)[1]  # a clear error for unknown names
+    else:
+        embedding, collection = embed_query(collection, text, url)
     params = dict(collection=collection, embedding=embedding, text=text, k=k, filter=jsonb_filter(filter),
                   semantic_weight=semantic_weight, keyword_weight=keyword_weight, rrf_k=rrf_k, fusion=fusion,
                   alpha=alpha)
@@ -105,7 +110,7 @@ def similar_documents(collection: str, source_id: str, k: int = 10, filter: dict
 def rag_context(question: str, collection: str, k: int = 8, max_tokens: int = 1500,
                 filter: dict[str, Any] | None = None, url: str | None = None) -> RagContext:
     """The best passages for `question` as one numbered context, with citations."""
-    embedding = embed_query(collection, question, url)
+    embedding, collection = embed_query(collection, question, url)
     with connect(open_database(url)) as conn:
         return rag_context_row(conn, dict(collection=collection, text=question, embedding=embedding, k=k,
                                           max_tokens=max_tokens, filter=jsonb_filter(filter)))

@@ -29,6 +29,7 @@ from pipelines.service.access import Access, Unauthorized
 from pipelines.service.database import Busy, ServiceDatabase
 from pipelines.settings import Settings, load_settings
 from pipelines.store.database import DatabaseError, database_url, first_line, mask_url
+from pipelines.versions import version_name
 
 log = logging.getLogger(__name__)
 
@@ -106,18 +107,22 @@ class SearchService:
                 "FROM ragpipe.collection_stats ORDER BY collection").fetchall()
         return [dict(r, last_run_at=r["last_run_at"].isoformat() if r["last_run_at"] else None) for r in rows]
 
-    def model_of(self, collection: str) -> str:
+    def version_of(self, collection: str) -> tuple[str, str]:
+        """(model, `name@vN`) of the collection's active version: a request embeds with that model and
+        reads that version, even if another is promoted meanwhile."""
         with self.db.session() as conn:
-            row = conn.execute("SELECT model FROM ragpipe.collection_stats WHERE collection = %s",
+            row = conn.execute("SELECT model, version FROM ragpipe.collection_stats WHERE collection = %s",
                                (collection,)).fetchone()
         if row is None:
             raise NotFound(f"no collection named {collection!r}; GET /api/collections lists them")
-        return row[0]
+        return row[0], version_name(collection, row[1])
 
-    def embed(self, collection: str, text: str):
+    def embed(self, collection: str, text: str) -> tuple[Any, str]:
+        """The query's embedding by the collection's model, and the version it is for."""
         from pipelines.embed import get_embedder
 
-        return get_embedder(self.model_of(collection)).encode([text])[0]
+        model, version = self.version_of(collection)
+        return get_embedder(model).encode([text])[0], version
 
     def search(self, role: str, collection: str, q: str, k: int, mode: Mode,
                filter: dict[str, Any] | None) -> list[SearchResult]:
@@ -125,9 +130,10 @@ class SearchService:
         tenant = self.db.is_tenant(role)
         if tenant and mode != "semantic":
             raise Forbidden("a tenant token searches with mode=semantic only (row-level security applies there)")
-        embedding = self.embed(collection, q) if mode != "keyword" else None
         if mode == "keyword":
-            self.model_of(collection)  # unknown collections are a 404 in every mode
+            embedding, collection = None, self.version_of(collection)[1]  # unknown names: a 404 in every mode
+        else:
+            embedding, collection = self.embed(collection, q)
         params = dict(collection=collection, text=q, embedding=embedding, k=k, filter=jsonb_filter(filter),
                       **HYBRID_DEFAULTS)
         with self.db.session(role) as conn:
@@ -135,7 +141,7 @@ class SearchService:
 
     def similar(self, role: str, collection: str, source_id: str, k: int) -> list[SearchResult]:
         self.forbid_tenant(role, "similar documents")
-        self.model_of(collection)
+        collection = self.version_of(collection)[1]
         with self.db.session(role) as conn:
             return run_search(conn, "similar_documents", dict(collection=collection, source_id=source_id, k=k,
                                                               filter=None))
@@ -143,9 +149,9 @@ class SearchService:
     def rag_context(self, role: str, body: RagContextRequest) -> RagContext:
         check_query(body.q)
         self.forbid_tenant(role, "RAG context")
-        embedding = self.embed(body.collection, body.q)
+        embedding, version = self.embed(body.collection, body.q)
         with self.db.session(role) as conn:
-            return rag_context_row(conn, dict(collection=body.collection, text=body.q, embedding=embedding, k=body.k,
+            return rag_context_row(conn, dict(collection=version, text=body.q, embedding=embedding, k=body.k,
                                               max_tokens=body.max_tokens, filter=jsonb_filter(body.filter)))
 
     def forbid_tenant(self, role: str, what: str) -> None:

@@ -1,11 +1,19 @@
 -- Statements used by pipelines/status.py.
 
 -- name: collections
-SELECT k.id, k.name AS collection, k.model, k.dimension,
+-- Active versions (what searches read), each with the versions of it being built.
+SELECT k.id, k.name AS collection, k.model, k.dimension, k.version,
        (SELECT count(*) FROM ragpipe.documents d WHERE d.collection_id = k.id) AS documents,
-       (SELECT count(*) FROM ragpipe.chunks c WHERE c.collection_id = k.id) AS chunks
+       (SELECT count(*) FROM ragpipe.chunks c WHERE c.collection_id = k.id) AS chunks,
+       coalesce((SELECT jsonb_agg(jsonb_build_object(
+                    'version', b.version, 'model', b.model, 'chunk_tokens', b.chunk_tokens,
+                    'chunk_overlap', b.chunk_overlap,
+                    'documents', (SELECT count(*) FROM ragpipe.documents d WHERE d.collection_id = b.id),
+                    'of', (SELECT r.listed FROM ragpipe.ingest_runs r WHERE r.collection_id = b.id
+                           AND r.status <> 'dry_run' ORDER BY r.id DESC LIMIT 1)) ORDER BY b.version)
+                 FROM ragpipe.collections b WHERE b.family = k.family AND b.state = 'building'), '[]') AS building
 FROM ragpipe.collections k
-WHERE %(name)s::text IS NULL OR k.name = %(name)s
+WHERE k.state = 'active' AND (%(name)s::text IS NULL OR k.name = %(name)s)
 ORDER BY k.name;
 
 -- name: last_run

@@ -68,8 +68,9 @@ SELECT count(*) FROM ragpipe.embedding_cache;
 SELECT pg_advisory_xact_lock(hashtextextended('ragpipe:create-collection', 0));
 
 -- name: get_collection
+-- By its name, or by `family@vN` (names version N, active or not).
 SELECT id, name, model, dimension, chunk_tokens, chunk_overlap, settings, family, version, state
-FROM ragpipe.collections WHERE name = %s;
+FROM ragpipe.collections WHERE %s IN (name, ragpipe.version_name(family, version));
 
 -- name: update_collection_settings
 UPDATE ragpipe.collections
