@@ -27,7 +27,7 @@ import psycopg
 from pipelines import store
 from pipelines.chunking import Chunk, chunk_text, with_context
 from pipelines.config import CollectionSpec, ConfigError
-from pipelines.embed import Embedder, get_embedder
+from pipelines.embed import Embedder, get_embedder, resolve_model
 from pipelines.extract import ExtractionError
 from pipelines.extract.worker import extract_isolated
 from pipelines.faults import armed, failpoint
@@ -122,8 +122,9 @@ def open_collection(conn: psycopg.Connection, spec: CollectionSpec) -> tuple[sto
     """The version's row (a collection's first is created on first use) and its embedder; the model
     loads only when needed. Settings that need no rebuild (search defaults, ef_search) are updated;
     other build settings are a new version (pipelines/versions.plan_versions decides which)."""
-    embedder = get_embedder(spec.model, spec.batch_size)
     existing = store.get_collection(conn, spec.name)
+    spec = dataclasses.replace(spec, model=resolve_model(spec.model, existing.model if existing else None))
+    embedder = get_embedder(spec.model, spec.batch_size)
     settings = stored_settings(spec)
     if existing is not None and existing.model == spec.model and (
             spec.chunk_tokens in (None, existing.chunk_tokens) and spec.chunk_overlap == existing.chunk_overlap

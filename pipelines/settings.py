@@ -3,6 +3,7 @@
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -45,6 +46,8 @@ class Settings(BaseSettings):
                                       validation_alias="RAGPIPE_FINALIZE_TIMEOUT")
     smoke_check_timeout_s: float = Field(TASK_TIMEOUT_DEFAULTS["smoke_check"], gt=0,
                                          validation_alias="RAGPIPE_SMOKE_CHECK_TIMEOUT")
+    auto_backend: Literal["torch", "bf16", "onnx-int8"] | None = Field(None, validation_alias="RAGPIPE_AUTO_BACKEND")
+    """The backend `<model>#auto` builds new versions with (default: chosen from the CPU's flags)."""
     cache_max_rows: int = Field(1_000_000, ge=0, validation_alias="RAGPIPE_CACHE_MAX_ROWS")
     """Embedding cache entries kept (vectors of chunk texts no collection holds any more), newest used first."""
     cache_max_age_days: float = Field(30, ge=0, validation_alias="RAGPIPE_CACHE_MAX_AGE_DAYS")

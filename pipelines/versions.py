@@ -20,7 +20,7 @@ import psycopg
 from pipelines import store
 from pipelines.chunking import CONTEXT_TOKENS, check_chunk_settings
 from pipelines.config import DEFAULT_INDEX, VERSION_MARK, CollectionSpec, ConfigError
-from pipelines.embed import Embedder, get_embedder
+from pipelines.embed import Embedder, get_embedder, resolve_model
 
 log = logging.getLogger(__name__)
 REBUILD_INDEX_KEYS = ("m", "ef_construction")
@@ -103,6 +103,7 @@ def spec_for(conn: psycopg.Connection, spec: CollectionSpec, name: str) -> Colle
 def plan_versions(conn: psycopg.Connection, spec: CollectionSpec) -> Targets:
     """The versions a run of `spec` writes; creates the new version's row when one is needed."""
     active = store.get_collection(conn, spec.name)
+    spec = dataclasses.replace(spec, model=resolve_model(spec.model, active.model if active else None))
     if active is None:
         return Targets(spec)
     embedder = get_embedder(spec.model, spec.batch_size)

@@ -4,6 +4,7 @@ import json
 import os
 import time
 
+import numpy as np
 import pytest
 
 from pipelines import store
@@ -179,8 +180,6 @@ def test_search_is_served_by_the_hnsw_index(name, conn):
     assert len(hits) == 10 and all(h.metadata == {"group": 7} for h in hits)
     # the "exact" query (recall ground truth of eval and bench) is brute force: it ranks as numpy
     # does and never touches the index
-    import numpy as np
-
     from pipelines.store.sqlfiles import query
 
     ids, vectors = zip(*conn.execute("SELECT id, embedding FROM ragpipe.chunks WHERE collection_id = %s",
@@ -334,8 +333,6 @@ def test_table_ids_and_values_are_read_as_written_and_skipped_rows_are_recorded(
 
 
 def test_chunk_context_embeds_the_title_and_headings_but_stores_the_plain_text(corpus, name, conn, embedder):
-    import numpy as np
-
     from pipelines.chunking import with_context
 
     run_ingest(folder_spec(name, corpus, chunk_tokens=128, chunk_context=True))
@@ -352,4 +349,24 @@ def test_chunk_context_embeds_the_title_and_headings_but_stores_the_plain_text(c
     assert hits and hits[0].source_id.startswith("coffee/")
 
     plain = run_ingest(folder_spec(name, corpus, chunk_tokens=128))["new_version"]
-    assert plain["promoted"] and plain["chunks_embedded"] > 0, "switching chunk_context off is a new version"
+    assert plain["promoted"], "switching chunk_context off is a new version"
+    text, embedding = conn.execute(
+        "SELECT c.text, c.embedding FROM ragpipe.chunks c JOIN ragpipe.collections k ON k.id = c.collection_id "
+        "WHERE k.name = %s ORDER BY c.id LIMIT 1", (name,)).fetchone()
+    assert np.allclose(embedding.to_numpy(), embedder.encode([text])[0], atol=1e-5), "embedded without context"
+
+
+def test_bf16_backend_matches_fp32_and_auto_records_its_backend(corpus, name, conn, embedder, monkeypatch):
+    from pipelines.embed import get_embedder
+
+    texts = ["Coffee and endothelial function in healthy adults.", "Tart cherry juice and melatonin levels.",
+             "Walnuts improve semen quality in men consuming a Western-style diet."]
+    bf16 = get_embedder("all-MiniLM-L6-v2#bf16").encode(texts)
+    assert bf16.dtype == np.float32 and np.allclose(np.linalg.norm(bf16, axis=1), 1, atol=1e-5)
+    assert np.min(np.sum(bf16 * embedder.encode(texts), axis=1)) > 0.99, "bf16 vectors are fp32's, to ~1e-3"
+    monkeypatch.setenv("RAGPIPE_AUTO_BACKEND", "bf16")
+    run_ingest(folder_spec(name, corpus, model="all-MiniLM-L6-v2#auto", chunk_tokens=128))
+    assert store.get_collection(conn, name).model == "all-MiniLM-L6-v2#bf16", "the version records its backend"
+    monkeypatch.setenv("RAGPIPE_AUTO_BACKEND", "torch")  # a machine where another backend is best
+    again = run_ingest(folder_spec(name, corpus, model="all-MiniLM-L6-v2#auto", chunk_tokens=128))
+    assert "new_version" not in again and again["chunks_embedded"] == 0, "#auto keeps what it was built with"

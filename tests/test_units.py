@@ -89,3 +89,27 @@ def test_a_bad_setting_is_one_line_naming_its_variable(monkeypatch):
         load_settings()
     message = str(err.value)
     assert "RAGPIPE_BATCH_TIMEOUT" in message.upper() and "'soon'" in message and "\n" not in message
+
+
+@pytest.mark.parametrize("flags, want", [
+    (("avx2", "avx512f", "avx512_vnni", "avx512_bf16"), "bf16"),  # AMD EPYC Zen 4
+    (("avx2", "avx512_vnni", "amx_bf16", "amx_int8"), "bf16"),  # Intel Xeon with AMX
+    (("avx2", "avx_vnni"), "onnx-int8"),
+    (("avx2",), "torch"),
+])
+def test_auto_backend_follows_the_cpu_flags(flags, want, monkeypatch):
+    from pipelines.embed.hardware import best_backend
+
+    monkeypatch.delenv("RAGPIPE_AUTO_BACKEND", raising=False)
+    assert best_backend(flags) == want
+
+
+def test_auto_keeps_the_backend_a_version_was_built_with(monkeypatch):
+    from pipelines.embed import resolve_model
+
+    monkeypatch.setenv("RAGPIPE_AUTO_BACKEND", "onnx-int8")
+    assert resolve_model("m#auto") == "m#onnx-int8"
+    assert resolve_model("m#auto", built_with="m#bf16") == "m#bf16", "another machine's runs keep it"
+    assert resolve_model("m#auto", built_with="other") == "m#onnx-int8"
+    monkeypatch.setenv("RAGPIPE_AUTO_BACKEND", "torch")
+    assert resolve_model("m#auto") == "m" and resolve_model("m#bf16") == "m#bf16"

@@ -50,7 +50,8 @@ def saved_model(tmp_path: Path, scramble: bool = False) -> str:
     return str(path)
 
 
-def test_overlap_change_builds_a_version_embedding_only_new_chunk_texts(corpus, name, conn, embedder):
+def test_overlap_change_builds_a_version_embedding_only_new_chunk_texts(tmp_path, name, conn, embedder):
+    corpus = write_folder(tmp_path / "docs", 30, seed=101)  # texts no other test embeds
     first = run_ingest(folder_spec(name, corpus, chunk_tokens=64, chunk_overlap=16))
     before = top(conn, name, embedder)
     summary = run_ingest(folder_spec(name, corpus, chunk_tokens=64, chunk_overlap=24))
@@ -134,7 +135,8 @@ def test_kill_9_during_a_version_build_then_rerun_equals_a_clean_build(tmp_path,
     assert_same_chunks(chunk_state(conn, name), chunk_state(conn, f"{name}_ref"))
 
 
-def test_rollback_brings_the_previous_results_back_exactly(corpus, name, conn, embedder):
+def test_rollback_brings_the_previous_results_back_exactly(tmp_path, name, conn, embedder):
+    corpus = write_folder(tmp_path / "docs", 30, seed=102)  # texts no other test embeds
     run_ingest(folder_spec(name, corpus, chunk_tokens=128))
     before = top(conn, name, embedder)
     run_ingest(folder_spec(name, corpus, chunk_tokens=48, chunk_overlap=8))

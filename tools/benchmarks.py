@@ -2,7 +2,7 @@
 
 BENCH_SCALE=small (default, a few minutes) or large; BENCH_QUALITY=1 adds the NFCorpus nDCG@10 of the
 torch and onnx-int8 backends to a small run (always part of large; ~15 min the first time, cached after).
-BENCH_SECTIONS=embedding,loading,reruns,search,service (the default: all) runs some of them. Results go to
+BENCH_SECTIONS=embedding,loading,reruns,versions,search,service (the default: all) runs some of them. Results go to
 stdout, docs/benchmarks[-large][-SECTIONS].md and the same figures as .json beside it; the report names
 the CPU model and the flags that decide the fastest embedding backend (AVX2, AVX-512 VNNI/BF16, AMX).
 Everything runs through the real pipeline, model and embedded PostgreSQL; synthetic corpora are
@@ -32,6 +32,7 @@ from pipelines import store
 from pipelines.chunking import Chunk, chunk_text
 from pipelines.config import parse_collection
 from pipelines.embed import get_embedder
+from pipelines.embed.hardware import CPU_FLAGS
 from pipelines.ingest import open_database, run_ingest
 from pipelines.search import HYBRID_DEFAULTS
 from pipelines.settings import DEFAULT_MODEL, PROJECT_ROOT
@@ -55,10 +56,15 @@ SCALES = {
                   search_chunks=1_000_000, queries=100),
 }
 results: list[tuple[str, str, str]] = []
+figures: dict[str, float] = {}
+"""Named figures for tools (docs/benchmarks*.json "figures"), e.g. "backend.bf16.over_fp32"."""
 
 
-def record(section: str, metric: str, value: str) -> None:
+def record(section: str, metric: str, value: str, **named: float) -> None:
+    """One line of the report; `named` figures also go to the JSON file under their dotted names
+    (keyword arguments use "__" for ".": embedding__pipeline_over_raw)."""
     results.append((section, metric, value))
+    figures.update({k.replace("__", "."): round(float(v), 4) for k, v in named.items()})
     print(f"{section:<12} {metric:<58} {value}", flush=True)
 
 
@@ -67,7 +73,8 @@ def spec(name: str, source: dict[str, Any], **kw: Any):
 
 
 def drop_collection(conn, name: str) -> None:
-    conn.execute("DELETE FROM ragpipe.collections WHERE name = %s", (name,))
+    """Drop the collection and every version of it."""
+    conn.execute("DELETE FROM ragpipe.collections WHERE family = %s", (name,))
 
 
 def nfcorpus_table(tmp: Path, docs: int) -> Path:
@@ -115,7 +122,8 @@ def bench_embedding(conn, tmp: Path, docs: int) -> None:
            f"{len(chunks) / raw_s:.1f} chunks/s, {tokens / raw_s:.0f} tokens/s")
     record("embedding", f"pipeline ingest of {docs} docs, read+chunk+embed+COPY (best of 2)",
            f"{len(chunks) / pipe_s:.1f} chunks/s, {tokens / pipe_s:.0f} tokens/s")
-    record("embedding", "pipeline / raw encode throughput (target >= 0.9)", f"{raw_s / pipe_s:.2f}x")
+    record("embedding", "pipeline / raw encode throughput (target >= 0.9)", f"{raw_s / pipe_s:.2f}x",
+           embedding__pipeline_over_raw=raw_s / pipe_s)
     record("embedding", f"of which finalize (HNSW build, statistics; {others_gb:.1f} GB of chunks in the database)",
            f"{min(finalize_times):.1f} s of {pipe_s:.1f} s")
     onnx = get_embedder(DEFAULT_MODEL + "#onnx-int8")
@@ -128,9 +136,30 @@ def bench_embedding(conn, tmp: Path, docs: int) -> None:
     onnx_s = min(onnx_times)
     torch_vectors = embedder.model.encode(chunks[:500], batch_size=best, normalize_embeddings=True)
     cosine = float(np.mean(np.sum(torch_vectors * onnx_vectors[:500], axis=1)))
-    record("backend", "onnx-int8 encode throughput (best of 2)", f"{len(chunks) / onnx_s:.1f} chunks/s")
-    record("backend", "onnx-int8 / torch encode throughput (target >= 2)", f"{raw_s / onnx_s:.2f}x")
+    record("backend", "torch fp32 encode throughput (best of 2)", f"{len(chunks) / raw_s:.1f} chunks/s",
+           **{"backend.torch.chunks_per_s": len(chunks) / raw_s, "backend.torch.over_fp32": 1.0})
+    record("backend", "onnx-int8 encode throughput (best of 2)", f"{len(chunks) / onnx_s:.1f} chunks/s",
+           **{"backend.onnx-int8.chunks_per_s": len(chunks) / onnx_s})
+    record("backend", "onnx-int8 / torch encode throughput (target >= 2)", f"{raw_s / onnx_s:.2f}x",
+           **{"backend.onnx-int8.over_fp32": raw_s / onnx_s})
     record("backend", "mean cosine(onnx-int8, torch) on 500 chunks", f"{cosine:.4f}")
+    bf16 = get_embedder(DEFAULT_MODEL + "#bf16", best)
+    bf16.encode(sample[:8])
+    bf16_times = []
+    for _ in range(2):
+        start = time.perf_counter()
+        bf16_vectors = bf16.encode(chunks)
+        bf16_times.append(time.perf_counter() - start)
+    bf16_s = min(bf16_times)
+    cosine = float(np.mean(np.sum(torch_vectors * bf16_vectors[:500], axis=1)))
+    record("backend", "bf16 (torch autocast) encode throughput (best of 2)", f"{len(chunks) / bf16_s:.1f} chunks/s",
+           **{"backend.bf16.chunks_per_s": len(chunks) / bf16_s})
+    record("backend", "bf16 / torch encode throughput (target >= 2.5 with AMX)", f"{raw_s / bf16_s:.2f}x",
+           **{"backend.bf16.over_fp32": raw_s / bf16_s})
+    record("backend", "mean cosine(bf16, torch) on 500 chunks", f"{cosine:.5f}")
+    from pipelines.embed.hardware import best_backend
+
+    record("backend", "#auto picks on this CPU (from its flags)", best_backend())
 
 
 def bench_backend_quality() -> None:
@@ -138,14 +167,21 @@ def bench_backend_quality() -> None:
     from pipelines.search.evaluate import evaluate
 
     scores = {}
-    for backend, suffix in (("torch", ""), ("onnx-int8", "#onnx-int8")):
+    for backend, suffix in (("torch", ""), ("onnx-int8", "#onnx-int8"), ("bf16", "#bf16")):
         name = "beir_nfcorpus" + suffix.replace("#", "_").replace("-", "_")
-        scores[backend] = evaluate(NFCORPUS, ["semantic"], collection=name, model=DEFAULT_MODEL + suffix)
+        modes = ["semantic", "keyword", "hybrid"] if backend == "torch" else ["semantic"]
+        scores[backend] = evaluate(NFCORPUS, modes, collection=name, model=DEFAULT_MODEL + suffix)
         m = scores[backend]["modes"]["semantic"]
         record("backend", f"{backend}: NFCorpus nDCG@10 / Recall@100, semantic, "
                f"{scores[backend]['queries']} test queries", f"{m['ndcg@10']:.4f} / {m['recall@100']:.4f}")
-    ratio = scores["onnx-int8"]["modes"]["semantic"]["ndcg@10"] / scores["torch"]["modes"]["semantic"]["ndcg@10"]
-    record("backend", "onnx-int8 / torch nDCG@10 (target >= 0.99)", f"{ratio:.3f}")
+    for mode in ("keyword", "hybrid"):
+        m = scores["torch"]["modes"][mode]
+        record("quality", f"NFCorpus nDCG@10 / Recall@100, {mode}, test", f"{m['ndcg@10']:.4f} / {m['recall@100']:.4f}",
+               **{f"quality.nfcorpus.{mode}_ndcg10": m["ndcg@10"]})
+    for backend in ("onnx-int8", "bf16"):
+        ratio = scores[backend]["modes"]["semantic"]["ndcg@10"] / scores["torch"]["modes"]["semantic"]["ndcg@10"]
+        record("backend", f"{backend} / torch nDCG@10 (target >= 0.99)", f"{ratio:.3f}",
+               **{f"backend.{backend}.ndcg_ratio": ratio})
 
 
 def chunk_rows(n: int, dim: int, rng: np.random.Generator) -> list[store.LoadedDocument]:
@@ -275,6 +311,70 @@ def bench_reruns_and_memory(conn, tmp: Path, docs: int, small_docs: int) -> None
     bench_single_line(conn, tmp, mem_small)
 
 
+def bench_versions(conn, tmp: Path, docs: int) -> None:
+    """Issue 16: switch NFCorpus from torch fp32 to onnx-int8 while searches run; embeddings reused when
+    only chunk_overlap changes, and when 1% of the documents are edited."""
+    from pipelines.search import search
+
+    table = nfcorpus_table(tmp, docs)
+    name = "bench_versions"
+    drop_collection(conn, name)
+
+    def collection(**kw: Any):
+        return spec(name, {"kind": "tabular", "path": str(table), "title_column": "title"}, duplicates="keep",
+                    docs_per_batch=256, **kw)
+
+    run_ingest(collection())
+    queries = [q["text"] for q in map(json.loads, (NFCORPUS / "queries.jsonl").open())][:50]
+    answered: list[float] = []
+    failures: list[str] = []
+    done = threading.Event()
+
+    def search_loop() -> None:
+        i = 0
+        while not done.is_set():
+            try:
+                if search(queries[i % len(queries)], collection=name, k=10):
+                    answered.append(time.perf_counter())
+                else:
+                    failures.append("empty")
+            except Exception as exc:  # counted and reported: the measure is that there are none
+                failures.append(f"{type(exc).__name__}: {exc}")
+            i += 1
+
+    loop = threading.Thread(target=search_loop)
+    started = time.perf_counter()
+    loop.start()
+    try:
+        switch = run_ingest(collection(model=DEFAULT_MODEL + "#onnx-int8"))
+    finally:
+        switched_s = time.perf_counter() - started
+        time.sleep(1)
+        done.set()
+        loop.join(timeout=60)
+    built = switch["new_version"]
+    gaps = np.diff([started, *answered])
+    record("versions", f"switch {docs} NFCorpus docs to #onnx-int8: build, score, promote",
+           f"{switched_s:.1f} s, {built['chunks_embedded']} chunks embedded, promoted {built['promoted']}")
+    record("versions", "searches during the switch: answered / failed or empty (target 0)",
+           f"{len(answered)} / {len(failures)}")
+    record("versions", "longest wait between two answered searches during the switch", f"{gaps.max() * 1000:.0f} ms")
+    overlap = run_ingest(collection(model=DEFAULT_MODEL + "#onnx-int8", chunk_overlap=48))["new_version"]
+    total = overlap["chunks_embedded"] + overlap["chunks_reused"]
+    record("versions", "chunk_overlap 32 -> 48: chunk vectors reused / all chunks",
+           f"{overlap['chunks_reused']} / {total} ({100 * overlap['chunks_reused'] / total:.0f}%)")
+    rows = table.read_text().splitlines()
+    edited = set(range(0, len(rows), 100))
+    table.write_text("".join(
+        (json.dumps(dict(r, text=r["text"] + " An added sentence on dietary fibre.")) if i in edited
+         else json.dumps(r)) + "\n" for i, r in enumerate(map(json.loads, rows))))
+    edit = run_ingest(collection(model=DEFAULT_MODEL + "#onnx-int8", chunk_overlap=48))
+    total = edit["chunks_embedded"] + edit["chunks_reused"]
+    record("versions", f"1% of documents edited ({edit['changed']}): chunk vectors reused / chunks of those documents",
+           f"{edit['chunks_reused']} / {total} ({100 * edit['chunks_reused'] / max(total, 1):.0f}%)")
+    drop_collection(conn, name)
+
+
 def bench_single_line(conn, tmp: Path, baseline_mb: float, mb: int = 50) -> None:
     """Peak RSS of ingesting one 50 MB line of text (the size cap): chunking works in bounded windows."""
     folder = tmp / "single-line"
@@ -349,6 +449,7 @@ def bench_search(conn, chunks: int, queries: int) -> None:
         rows = conn.execute(query("search", mode), params).fetchall()
         return [r[0] for r in rows], (time.perf_counter() - start) * 1000
 
+    scale = {100_000: "100k", 1_000_000: "1m"}.get(chunks, str(chunks))
     truth = [run("exact", v, q) for q, v in zip(qs, qvec, strict=True)]
     exact_ms = [t for _, t in truth]
     record("search", f"exact (brute force) semantic, {chunks} chunks: p50", f"{statistics.median(exact_ms):.1f} ms")
@@ -358,13 +459,18 @@ def bench_search(conn, chunks: int, queries: int) -> None:
         got = [run("semantic", v, q) for q, v in zip(qs, qvec, strict=True)]
         recall = np.mean([len(set(g) & set(t)) / 10 for (g, _), (t, _) in zip(got, truth, strict=True)])
         lat = [t for _, t in got]
+        named = {f"search.{scale}.semantic_p50_ms": np.percentile(lat, 50),
+                 f"search.{scale}.semantic_p95_ms": np.percentile(lat, 95),
+                 f"search.{scale}.semantic_recall10": recall} if ef == 40 else {}
         record("search", f"semantic_search ef_search={ef}: p50 / p95, recall@10",
-               f"{np.percentile(lat, 50):.1f} / {np.percentile(lat, 95):.1f} ms, {recall:.3f}")
+               f"{np.percentile(lat, 50):.1f} / {np.percentile(lat, 95):.1f} ms, {recall:.3f}", **named)
     conn.execute("UPDATE ragpipe.collections SET settings = jsonb_set(settings, '{index,ef_search}', '40') "
                  "WHERE name = %s", (name,))
     for mode in ("keyword", "hybrid"):
         lat = [run(mode, v, q)[1] for q, v in zip(qs, qvec, strict=True)]
-        record("search", f"{mode}_search: p50 / p95", f"{np.percentile(lat, 50):.1f} / {np.percentile(lat, 95):.1f} ms")
+        record("search", f"{mode}_search: p50 / p95", f"{np.percentile(lat, 50):.1f} / {np.percentile(lat, 95):.1f} ms",
+               **{f"search.{scale}.{mode}_p50_ms": np.percentile(lat, 50),
+                  f"search.{scale}.{mode}_p95_ms": np.percentile(lat, 95)})
     if chunks <= 100_000:  # two more HNSW builds: at 1M they would double the run
         bench_halfvec(conn, coll.id, qvec, [t for t, _ in truth])
 
@@ -454,21 +560,11 @@ def bench_halfvec(conn, collection_id: int, qvec: np.ndarray, truth: list[list[i
         conn.execute(f"DROP TABLE bench_{kind}")
 
 
-CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
-"""The CPU features that decide which embedding backend is fastest; the report names those present."""
-
-
 def cpu_info() -> dict[str, Any]:
-    fields: dict[str, str] = {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            fields.setdefault(key.strip(), value.strip())
-    except OSError:
-        pass
-    present = set(fields.get("flags", "").split())
-    return {"model": fields.get("model name") or platform.processor(), "cores": os.cpu_count(),
-            "flags": [f for f in CPU_FLAGS if f in present],
+    from pipelines.embed.hardware import cpu_model_and_flags
+
+    model, flags = cpu_model_and_flags()
+    return {"model": model, "cores": os.cpu_count(), "flags": list(flags),
             "ram_gib": round(psutil.virtual_memory().total / 2**30), "os": platform.system()}
 
 
@@ -500,7 +596,7 @@ def write_report(scale: str, seconds: float) -> Path:
     report.write_text("\n".join(lines))
     report.with_suffix(".json").write_text(json.dumps({  # the same figures, for tools
         "cpu": cpu_info(), "date": date.today().isoformat(), "command": f"BENCH_SCALE={scale}{quality} make bench",
-        "minutes": round(seconds / 60, 1),
+        "minutes": round(seconds / 60, 1), "figures": figures,
         "results": [{"section": s, "metric": m, "value": v} for s, m, v in results]}, indent=1) + "\n")
     return report
 
@@ -513,7 +609,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, connect(open_database(), autocommit=True) as conn:
         tmp_path = Path(tmp)
         threading.excepthook = lambda args: print(args, file=sys.stderr)
-        sections = os.environ.get("BENCH_SECTIONS", "embedding,loading,reruns,search,service").split(",")
+        sections = os.environ.get("BENCH_SECTIONS", "embedding,loading,reruns,versions,search,service").split(",")
         if "embedding" in sections:
             bench_embedding(conn, tmp_path, cfg["embed_docs"])
             if scale == "large" or os.environ.get("BENCH_QUALITY") == "1":
@@ -522,6 +618,8 @@ def main() -> None:
             bench_loading(conn, cfg["load_rows"])
         if "reruns" in sections:
             bench_reruns_and_memory(conn, tmp_path, cfg["rerun_docs"], cfg["memory_docs"])
+        if "versions" in sections:
+            bench_versions(conn, tmp_path, 3633)
         if "search" in sections:
             bench_search(conn, cfg["search_chunks"], cfg["queries"])
         if "service" in sections:

@@ -1,8 +1,12 @@
 """Chunks → normalized vectors with sentence-transformers, batched; models are loaded once per process.
 
-Backends: "torch" (default) and "onnx-int8" (pipelines/embed/onnx.py): the same model exported
-locally to ONNX and quantized to int8 (no download), cached under $RAGPIPE_HOME/models. A
-collection's model id names its backend ("<model>#onnx-int8"), so the two never mix in one collection.
+Backends, named in the model id ("<model>#<backend>"), so two never mix in one collection:
+- "torch" (default, no suffix): fp32 on the CPU;
+- "bf16": the same torch model run under bfloat16 autocast (fast on CPUs with AMX-BF16 or AVX512_BF16);
+- "onnx-int8" (pipelines/embed/onnx.py): the model exported locally to ONNX and quantized to int8
+  (no download), cached under $RAGPIPE_HOME/models;
+- "auto": resolved when a version is built to the backend best for this CPU (hardware.best_backend)
+  and recorded in the version's model id; later runs keep what the version was built with.
 """
 
 import os
@@ -14,7 +18,8 @@ from typing import Any
 import numpy as np
 
 PACKAGED_MODELS = {"sentence-transformers/all-MiniLM-L6-v2", "all-MiniLM-L6-v2"}
-BACKENDS = ("torch", "onnx-int8")
+BACKENDS = ("torch", "bf16", "onnx-int8")
+AUTO = "auto"
 
 
 class ModelUnavailable(LookupError):
@@ -25,9 +30,23 @@ def split_model_id(model_id: str) -> tuple[str, str]:
     """"name#backend" → (name, backend); a plain name means the torch backend."""
     name, _, backend = model_id.partition("#")
     backend = backend or "torch"
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown embedding backend {backend!r} in {model_id!r} (use one of {BACKENDS})")
+    if backend not in (*BACKENDS, AUTO):
+        raise ValueError(f"unknown embedding backend {backend!r} in {model_id!r} (use one of {(*BACKENDS, AUTO)})")
     return name, backend
+
+
+def resolve_model(model_id: str, built_with: str | None = None) -> str:
+    """The concrete model id of `model_id`: "<model>#auto" is the backend the existing version was
+    built with (`built_with`, if the same model), else the best backend for this CPU."""
+    name, backend = split_model_id(model_id)
+    if backend != AUTO:
+        return model_id
+    if built_with is not None and split_model_id(built_with)[0] == name:
+        return built_with
+    from pipelines.embed.hardware import best_backend
+
+    best = best_backend()
+    return name if best == "torch" else f"{name}#{best}"
 
 
 def model_location(name: str) -> str:
@@ -42,8 +61,8 @@ def model_location(name: str) -> str:
 
 class Embedder:
     def __init__(self, model: str, batch_size: int = 32) -> None:
-        self.model_id = model
-        self.name, self.backend = split_model_id(model)
+        self.model_id = resolve_model(model)
+        self.name, self.backend = split_model_id(self.model_id)
         self.batch_size = batch_size
         self._encoding = threading.Lock()
         """One encode at a time: a fast tokenizer must not be used by two threads at once, and torch
@@ -97,10 +116,23 @@ class Embedder:
     def encode(self, texts: list[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
+        if self.backend == "bf16":
+            return self._encode_bf16(texts)
         with self._encoding:
             vectors = self.model.encode(texts, batch_size=self.batch_size, normalize_embeddings=True,
                                         convert_to_numpy=True, show_progress_bar=False)
         return vectors.astype(np.float32, copy=False)
+
+    def _encode_bf16(self, texts: list[str]) -> np.ndarray:
+        """Encode under bfloat16 autocast (matrix products in bf16, accumulated in fp32); the pooled
+        vectors are normalised in fp32."""
+        import torch
+
+        with self._encoding, torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+            vectors = self.model.encode(texts, batch_size=self.batch_size, normalize_embeddings=False,
+                                        convert_to_tensor=True, show_progress_bar=False)
+        vectors = vectors.float().cpu().numpy()
+        return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
 
 
 @cache

@@ -81,7 +81,7 @@ def ensure_collection(conn: psycopg.Connection, name: str, model: str, dimension
         if (existing.model, existing.dimension) != (model, dimension):
             raise CollectionMismatch(
                 f"collection {name!r} was built with model {existing.model!r} ({existing.dimension} dims); "
-                f"it cannot take {model!r} ({dimension} dims). Use a new collection name for the new model"
+                f"it cannot take {model!r} ({dimension} dims): a new model is a new version (pipelines.versions)"
             )
         if (existing.chunk_tokens, existing.chunk_overlap, existing.settings) != (
                 chunk_tokens, chunk_overlap, settings):
