@@ -220,3 +220,21 @@ def test_a_model_switch_keeps_row_level_security(tmp_path, name, db_url, conn, e
         pinned = acme.execute("SELECT count(*) FROM ragpipe.tenant_search(%s, %s, 100)",
                               (f"{name}@v1", query)).fetchone()[0]
         assert pinned == len(hits), "the previous version too"
+
+
+def test_a_beir_eval_set_scores_both_versions_by_ndcg(corpus, name, tmp_path):
+    evalset = tmp_path / "eval"
+    (evalset / "qrels").mkdir(parents=True)
+    asked = {"q1": ("coffee and the function of blood vessels",
+                    "coffee/acute-effects-of-coffee-on-endothelial-function-in-healthy-s.md"),
+             "q2": ("tart cherry juice and melatonin",
+                    "sleep/effect-of-tart-cherry-juice-prunus-cerasus-on-melatonin-leve.txt")}
+    (evalset / "queries.jsonl").write_text("".join(json.dumps({"_id": q, "text": t}) + "\n"
+                                                   for q, (t, _) in asked.items()))
+    (evalset / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(
+        f"{q}\t{doc}\t1\n" for q, (_, doc) in asked.items()))
+    run_ingest(folder_spec(name, corpus, eval={"path": str(evalset)}))
+    built = run_ingest(folder_spec(name, corpus, chunk_tokens=128, eval={"path": str(evalset)}))["new_version"]
+    verdict = built["evaluation"]
+    assert verdict["metric"] == "ndcg@10" and 0.5 < verdict["active"] <= 1 and 0.5 < verdict["candidate"] <= 1
+    assert built["promoted"] == (verdict["drop"] <= 0.01)
