@@ -370,3 +370,22 @@ def test_bf16_backend_matches_fp32_and_auto_records_its_backend(corpus, name, co
     monkeypatch.setenv("RAGPIPE_AUTO_BACKEND", "torch")  # a machine where another backend is best
     again = run_ingest(folder_spec(name, corpus, model="all-MiniLM-L6-v2#auto", chunk_tokens=128))
     assert "new_version" not in again and again["chunks_embedded"] == 0, "#auto keeps what it was built with"
+
+
+def test_keyword_postings_follow_every_replace_and_delete(corpus, name, conn):
+    def in_step() -> bool:
+        words, postings = conn.execute(
+            "SELECT (SELECT coalesce(sum(length(c.tsv)), 0) FROM ragpipe.chunks c WHERE c.collection_id = k.id), "
+            "(SELECT count(*) FROM ragpipe.postings p WHERE p.collection_id = k.id) "
+            "FROM ragpipe.collections k WHERE k.name = %s", (name,)).fetchone()
+        return words == postings > 0
+
+    run_ingest(folder_spec(name, corpus))
+    assert in_step()
+    edited = next(corpus.glob("salt/*.md"))
+    edited.write_text(edited.read_text() + "\n\nPhosphate brines and sodium in broiler fillets.\n")
+    next(corpus.glob("sleep/*.txt")).unlink()
+    run_ingest(folder_spec(name, corpus))
+    assert in_step(), "replaced and deleted chunks took their postings with them"
+    hits = search("phosphate brines broiler", collection=name, k=3, mode="keyword")
+    assert hits and hits[0].source_id.startswith("salt/")

@@ -91,22 +91,22 @@ def bm25_reference(conn, collection: str, query_text: str) -> dict[int, float]:
     return scores
 
 
-def test_keyword_search_is_bm25_and_its_candidate_budget_keeps_the_rarest_words(sample, conn):
+def test_keyword_search_is_bm25_and_its_budget_takes_each_words_best_postings(sample, conn):
     text = "Does coffee affect blood vessel function?"
     reference = bm25_reference(conn, sample, text)
     expected = sorted(reference.items(), key=lambda kv: (-kv[1], kv[0]))[:10]
     hits = api.search(text, collection=sample, k=10, mode="keyword")
     assert [h.chunk_id for h in hits] == [c for c, _ in expected]
     assert [h.score for h in hits] == pytest.approx([s for _, s in expected], rel=1e-9)
+    filtered = api.search(text, collection=sample, k=10, mode="keyword", filter={})  # the exact tsvector path
+    assert [h.chunk_id for h in filtered] == [h.chunk_id for h in hits]
+    assert [h.score for h in filtered] == pytest.approx([h.score for h in hits], rel=1e-9)
 
-    rarest = conn.execute(
-        "SELECT w.lexeme FROM unnest(to_tsvector('english', %s)) w JOIN ragpipe.term_stats t ON t.lexeme = w.lexeme "
-        "JOIN ragpipe.collections k ON k.id = t.collection_id AND k.name = %s ORDER BY t.chunks, w.lexeme LIMIT 1",
-        (text, sample)).fetchone()[0]
-    having = {r[0] for r in conn.execute("SELECT c.id FROM ragpipe.chunks c JOIN ragpipe.collections k "
-                                         "ON k.id = c.collection_id WHERE k.name = %s AND c.tsv @@ %s::tsquery",
-                                         (sample, f"'{rarest}'"))}
-    assert 0 < len(having) < len(reference)
+    best = {r[0] for r in conn.execute(  # each query word's best posting by impact
+        "SELECT p.chunk_id FROM unnest(to_tsvector('english', %s)) w CROSS JOIN LATERAL ("
+        "SELECT po.chunk_id FROM ragpipe.postings po JOIN ragpipe.collections k ON k.id = po.collection_id "
+        "WHERE k.name = %s AND po.lexeme = w.lexeme ORDER BY po.impact DESC LIMIT 1) p", (text, sample))}
+    assert 0 < len(best) < len(reference)
     conn.execute("UPDATE ragpipe.collections SET settings = jsonb_set(settings, '{index,keyword_candidates}', '1') "
                  "WHERE name = %s", (sample,))
     try:
@@ -114,8 +114,9 @@ def test_keyword_search_is_bm25_and_its_candidate_budget_keeps_the_rarest_words(
     finally:
         conn.execute("UPDATE ragpipe.collections SET settings = jsonb_set(settings, '{index,keyword_candidates}', "
                      "'10000') WHERE name = %s", (sample,))
-    expected = sorted(((c, s) for c, s in reference.items() if c in having), key=lambda kv: (-kv[1], kv[0]))[:10]
-    assert [h.chunk_id for h in budgeted] == [c for c, _ in expected]
+    expected = sorted(((c, s) for c, s in reference.items() if c in best), key=lambda kv: (-kv[1], kv[0]))[:10]
+    assert [h.chunk_id for h in budgeted] == [c for c, _ in expected], "the candidates, scored exactly"
+    assert [h.score for h in budgeted] == pytest.approx([s for _, s in expected], rel=1e-9)
 
 
 def test_similar_chunks_and_documents(sample):

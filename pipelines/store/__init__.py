@@ -210,6 +210,7 @@ def copy_chunks(conn: psycopg.Connection, collection_id: int, doc_ids: dict[str,
                                 meta, vector))
     if staged:
         conn.execute(_q("insert_chunk_stage"))
+    conn.execute(_q("add_postings"), (collection_id, list(doc_ids.values())))
 
 
 def record_failure(conn: psycopg.Connection, run_id: int | None, collection_id: int, source_id: str,

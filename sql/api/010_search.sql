@@ -213,6 +213,39 @@ BEGIN
     IF words IS NULL THEN
         RETURN;
     END IF;
+    IF filter IS NULL THEN
+        -- Impact postings (008_postings.sql): each word's `budget` best postings (an index scan that
+        -- stops early) give every candidate a partial BM25 from its stored impacts; the best
+        -- max(100, 4k) are then scored exactly from tf and len. A word with at most `budget`
+        -- postings is seen in full; beyond that, a chunk that is in no word's best `budget` is not
+        -- considered (docs/keyword-search.md). Filtered queries take the exact path below.
+        RETURN QUERY
+        WITH q AS MATERIALIZED (
+            SELECT x.w AS lexeme, ln(1 + (greatest(coalesce(n, 0), x.c) - x.c + 0.5) / (x.c + 0.5)) AS idf
+            FROM unnest(words, counts) AS x(w, c)),
+        partial AS MATERIALIZED (
+            SELECT p.chunk_id, sum(q.idf * p.impact) AS bound
+            FROM q CROSS JOIN LATERAL (
+                SELECT po.chunk_id, po.impact FROM ragpipe.postings po
+                WHERE po.collection_id = coll.id AND po.lexeme = q.lexeme
+                ORDER BY po.impact DESC LIMIT budget) p
+            GROUP BY p.chunk_id
+            ORDER BY 2 DESC, 1
+            LIMIT greatest(100, 4 * k)),
+        scored AS (
+            SELECT c.chunk_id AS id, sum(q.idf * p.tf * 2.2
+                   / (p.tf + 1.2 * (0.25 + 0.75 * p.len / coalesce(nullif(avg_len, 0), 1)))) AS score
+            FROM partial c CROSS JOIN q
+            JOIN ragpipe.postings p ON p.collection_id = coll.id AND p.chunk_id = c.chunk_id AND p.lexeme = q.lexeme
+            GROUP BY c.chunk_id
+            ORDER BY 2 DESC, 1
+            LIMIT k)
+        SELECT ch.id, d.source_id, d.uri, d.title, ch.text, d.metadata, s.score
+        FROM scored s JOIN ragpipe.chunks ch ON ch.id = s.id AND ch.collection_id = coll.id
+        JOIN ragpipe.documents d ON d.id = ch.document_id
+        ORDER BY s.score DESC, s.id;
+        RETURN;
+    END IF;
     total := counts[1];
     WHILE used < cardinality(words)  -- words no chunk had at the last refresh count as 0
           AND (counts[used] = 0 OR total + counts[used + 1] <= budget) LOOP

@@ -66,6 +66,8 @@ BEGIN
     EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON ragpipe.collections, ragpipe.documents, '
                    'ragpipe.chunks, ragpipe.ingest_runs, ragpipe.ingest_failures, ragpipe.embedding_cache TO %I',
                    role_name);
+    EXECUTE format('GRANT SELECT, DELETE ON ragpipe.postings TO %I', role_name);
+    EXECUTE format('GRANT EXECUTE ON FUNCTION ragpipe.add_postings(int, bigint[]) TO %I', role_name);
     EXECUTE format('GRANT EXECUTE ON FUNCTION ragpipe.promote_version(text, int), ragpipe.rollback_version(text), '
                    'ragpipe.version_name(text, int) TO %I', role_name);
     EXECUTE format('GRANT SELECT ON ragpipe.schema_migrations TO %I', role_name);

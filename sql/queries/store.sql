@@ -157,7 +157,10 @@ WITH gone AS (
     DELETE FROM ragpipe.chunks c USING ragpipe.documents d
     WHERE c.collection_id = %(collection_id)s AND c.document_id = d.id
       AND d.collection_id = %(collection_id)s AND d.source_id = ANY(%(source_ids)s)
-    RETURNING c.content_hash, c.embedding)
+    RETURNING c.id, c.content_hash, c.embedding),
+unposted AS (
+    DELETE FROM ragpipe.postings p
+    WHERE p.collection_id = %(collection_id)s AND p.chunk_id IN (SELECT id FROM gone))
 INSERT INTO ragpipe.embedding_cache (model, content_hash, embedding)
 SELECT DISTINCT ON (content_hash) %(model)s, content_hash, embedding FROM gone
 ON CONFLICT (model, content_hash) DO UPDATE SET used_at = now();
@@ -226,3 +229,6 @@ SELECT ragpipe.analyze_collection(%s);
 
 -- name: refresh_text_stats
 SELECT ragpipe.refresh_text_stats(%(collection)s, %(run)s, %(min_change)s);
+
+-- name: add_postings
+SELECT ragpipe.add_postings(%s, %s);
