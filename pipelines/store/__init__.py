@@ -187,6 +187,7 @@ def replace_documents(conn: psycopg.Connection, collection: Collection, run_id: 
         [d.body_hash for d in docs],
     )).fetchall()
     copy_chunks(conn, collection.id, dict(rows), docs)
+    add_postings(conn, collection.id, [doc_id for _, doc_id in rows])
 
 
 def copy_chunks(conn: psycopg.Connection, collection_id: int, doc_ids: dict[str, int],
@@ -210,7 +211,12 @@ def copy_chunks(conn: psycopg.Connection, collection_id: int, doc_ids: dict[str,
                                 meta, vector))
     if staged:
         conn.execute(_q("insert_chunk_stage"))
-    conn.execute(_q("add_postings"), (collection_id, list(doc_ids.values())))
+
+
+def add_postings(conn: psycopg.Connection, collection_id: int, document_ids: list[int]) -> None:
+    """Write the BM25 impact postings of these documents' chunks (ragpipe.add_postings), which
+    keyword_search reads."""
+    conn.execute(_q("add_postings"), (collection_id, document_ids))
 
 
 def record_failure(conn: psycopg.Connection, run_id: int | None, collection_id: int, source_id: str,

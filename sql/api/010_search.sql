@@ -173,7 +173,8 @@ $fn$;
 
 DROP FUNCTION IF EXISTS ragpipe.any_word_query(text);  -- replaced by words_query
 
--- keyword_search: BM25 (k1 = 1.2, b = 0.75) over the chunks' tsvector; any query word may match.
+-- keyword_search: BM25 (k1 = 1.2, b = 0.75); any query word may match. Without a filter it reads the
+-- impact postings (below). With one, it scores the chunks' tsvectors as follows.
 -- Word frequencies come from ragpipe.term_stats, term frequencies from the tsvector (ts_rank_cd of a
 -- one-word query with unit weights counts its occurrences), a chunk's length is its number of
 -- distinct words. Candidates come from the GIN index for the rarest query words whose chunk counts
