@@ -106,6 +106,11 @@ def plan_versions(conn: psycopg.Connection, spec: CollectionSpec) -> Targets:
     spec = dataclasses.replace(spec, model=resolve_model(spec.model, active.model if active else None))
     if active is None:
         return Targets(spec)
+    # Unchanged build settings (every plain re-run) are decided without loading the model: the model
+    # is part of the key, so with the same model an unset chunk_tokens means the active version's.
+    if key_of(active) == build_key(spec.model, spec.chunk_tokens or active.chunk_tokens, spec.chunk_overlap,
+                                   stored_settings(spec)):
+        return Targets(spec)
     embedder = get_embedder(spec.model, spec.batch_size)
     chunk_tokens = chunk_tokens_for(spec, embedder, active)
     wanted = build_key(spec.model, chunk_tokens, spec.chunk_overlap, stored_settings(spec))
