@@ -46,8 +46,11 @@ class Settings(BaseSettings):
                                       validation_alias="RAGPIPE_FINALIZE_TIMEOUT")
     smoke_check_timeout_s: float = Field(TASK_TIMEOUT_DEFAULTS["smoke_check"], gt=0,
                                          validation_alias="RAGPIPE_SMOKE_CHECK_TIMEOUT")
-    auto_backend: Literal["torch", "bf16", "onnx-int8"] | None = Field(None, validation_alias="RAGPIPE_AUTO_BACKEND")
-    """The backend `<model>#auto` builds new versions with (default: chosen from the CPU's flags)."""
+    auto_backend: Literal["torch", "bf16", "fp16", "onnx-int8"] | None = Field(
+        None, validation_alias="RAGPIPE_AUTO_BACKEND")
+    """The backend `<model>#auto` builds new versions with (default: chosen from the CPU's flags, or a GPU)."""
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", validation_alias="RAGPIPE_DEVICE")
+    """Where the torch backends run: auto is a visible CUDA GPU, else the CPU."""
     cache_max_rows: int = Field(1_000_000, ge=0, validation_alias="RAGPIPE_CACHE_MAX_ROWS")
     """Embedding cache entries kept (vectors of chunk texts no collection holds any more), newest used first."""
     cache_max_age_days: float = Field(30, ge=0, validation_alias="RAGPIPE_CACHE_MAX_AGE_DAYS")

@@ -372,6 +372,22 @@ def test_bf16_backend_matches_fp32_and_auto_records_its_backend(corpus, name, co
     assert "new_version" not in again and again["chunks_embedded"] == 0, "#auto keeps what it was built with"
 
 
+def cuda_visible() -> bool:
+    from pipelines.embed.hardware import cuda_visible
+
+    return cuda_visible()
+
+
+@pytest.mark.skipif(not cuda_visible(), reason="no CUDA GPU on this machine")
+def test_fp16_backend_on_a_gpu_matches_fp32(embedder):
+    from pipelines.embed import get_embedder
+
+    texts = ["fp16 on a GPU", "its vectors agree with fp32's to a cosine near 1"]
+    fp16 = get_embedder("all-MiniLM-L6-v2#fp16")
+    assert fp16.device == "cuda" and embedder.device == "cuda", "RAGPIPE_DEVICE=auto uses the GPU"
+    assert np.min(np.sum(fp16.encode(texts) * embedder.encode(texts), axis=1)) > 0.999
+
+
 def test_keyword_postings_follow_every_replace_and_delete(corpus, name, conn):
     def in_step() -> bool:
         words, postings = conn.execute(

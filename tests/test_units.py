@@ -101,7 +101,7 @@ def test_auto_backend_follows_the_cpu_flags(flags, want, monkeypatch):
     from pipelines.embed.hardware import best_backend
 
     monkeypatch.delenv("RAGPIPE_AUTO_BACKEND", raising=False)
-    assert best_backend(flags) == want
+    assert best_backend(flags, cuda=False) == want
 
 
 def test_auto_keeps_the_backend_a_version_was_built_with(monkeypatch):
@@ -113,3 +113,23 @@ def test_auto_keeps_the_backend_a_version_was_built_with(monkeypatch):
     assert resolve_model("m#auto", built_with="other") == "m#onnx-int8"
     monkeypatch.setenv("RAGPIPE_AUTO_BACKEND", "torch")
     assert resolve_model("m#auto") == "m" and resolve_model("m#bf16") == "m#bf16"
+
+
+def test_device_follows_ragpipe_device_and_says_what_to_do_without_a_gpu(monkeypatch):
+    from pipelines.embed import ModelUnavailable
+    from pipelines.embed.hardware import best_backend, choose_device
+
+    monkeypatch.delenv("RAGPIPE_AUTO_BACKEND", raising=False)
+    assert choose_device("torch", "auto", cuda=True) == "cuda"
+    assert choose_device("torch", "auto", cuda=False) == "cpu"
+    assert choose_device("bf16", "cpu", cuda=True) == "cpu"
+    assert choose_device("onnx-int8", "cuda", cuda=True) == "cpu", "the int8 export runs on the CPU"
+    assert choose_device("fp16", "auto", cuda=True) == "cuda"
+    with pytest.raises(ModelUnavailable, match="RAGPIPE_DEVICE=cuda but torch sees no CUDA GPU"):
+        choose_device("torch", "cuda", cuda=False)
+    with pytest.raises(ModelUnavailable, match="fp16 backend runs on a CUDA GPU"):
+        choose_device("fp16", "auto", cuda=False)
+    assert best_backend(("avx2",), cuda=True) == "fp16"
+    monkeypatch.setenv("RAGPIPE_DEVICE", "cpu")
+    assert best_backend(("avx2",), cuda=True) == "torch", "RAGPIPE_DEVICE=cpu keeps #auto on the CPU"
+

@@ -159,7 +159,11 @@ def bench_embedding(conn, tmp: Path, docs: int) -> None:
     record("backend", "mean cosine(bf16, torch) on 500 chunks", f"{cosine:.5f}")
     from pipelines.embed.hardware import best_backend
 
-    record("backend", "#auto picks on this CPU (from its flags)", best_backend())
+    record("backend", "#auto picks on this machine (from its CPU flags, or a GPU)", best_backend())
+    import torch
+
+    record("backend", "CUDA GPU for #fp16", torch.cuda.get_device_name(0) if torch.cuda.is_available()
+           else "none visible: fp16 not measured")
 
 
 def bench_backend_quality() -> None:

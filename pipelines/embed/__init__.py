@@ -3,10 +3,12 @@
 Backends, named in the model id ("<model>#<backend>"), so two never mix in one collection:
 - "torch" (default, no suffix): fp32 on the CPU;
 - "bf16": the same torch model run under bfloat16 autocast (fast on CPUs with AMX-BF16 or AVX512_BF16);
+- "fp16": the torch model run under float16 autocast on a CUDA GPU (only there);
 - "onnx-int8" (pipelines/embed/onnx.py): the model exported locally to ONNX and quantized to int8
-  (no download), cached under $RAGPIPE_HOME/models;
-- "auto": resolved when a version is built to the backend best for this CPU (hardware.best_backend)
+  (no download), cached under $RAGPIPE_HOME/models; CPU only;
+- "auto": resolved when a version is built to the backend best for this machine (hardware.best_backend)
   and recorded in the version's model id; later runs keep what the version was built with.
+The torch backends run on RAGPIPE_DEVICE (auto: a visible CUDA GPU, else the CPU; hardware.choose_device).
 """
 
 import os
@@ -18,8 +20,10 @@ from typing import Any
 import numpy as np
 
 PACKAGED_MODELS = {"sentence-transformers/all-MiniLM-L6-v2", "all-MiniLM-L6-v2"}
-BACKENDS = ("torch", "bf16", "onnx-int8")
+BACKENDS = ("torch", "bf16", "fp16", "onnx-int8")
 AUTO = "auto"
+AUTOCAST = {"bf16": "bfloat16", "fp16": "float16"}
+"""The backends that run the torch model under autocast, and the dtype of each."""
 
 
 class ModelUnavailable(LookupError):
@@ -69,6 +73,13 @@ class Embedder:
         already uses every core for one call (the search service's request threads share it)."""
 
     @cached_property
+    def device(self) -> str:
+        """"cpu" or "cuda", resolved when first needed (it imports torch)."""
+        from pipelines.embed.hardware import choose_device
+
+        return choose_device(self.backend)
+
+    @cached_property
     def model(self) -> Any:
         from transformers.utils import logging as hf_logging
 
@@ -82,7 +93,7 @@ class Embedder:
                 return OnnxInt8Encoder(model_location(self.name), load_settings().home / "models")
             from sentence_transformers import SentenceTransformer
 
-            return SentenceTransformer(model_location(self.name), device="cpu")
+            return SentenceTransformer(model_location(self.name), device=self.device)
         except (OSError, ValueError) as exc:
             from pipelines.store.database import first_line
 
@@ -116,19 +127,20 @@ class Embedder:
     def encode(self, texts: list[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
-        if self.backend == "bf16":
-            return self._encode_bf16(texts)
+        if self.backend in AUTOCAST:
+            return self._encode_autocast(texts)
         with self._encoding:
             vectors = self.model.encode(texts, batch_size=self.batch_size, normalize_embeddings=True,
                                         convert_to_numpy=True, show_progress_bar=False)
         return vectors.astype(np.float32, copy=False)
 
-    def _encode_bf16(self, texts: list[str]) -> np.ndarray:
-        """Encode under bfloat16 autocast (matrix products in bf16, accumulated in fp32); the pooled
+    def _encode_autocast(self, texts: list[str]) -> np.ndarray:
+        """Encode under autocast (bf16 or fp16 matrix products, accumulated in fp32); the pooled
         vectors are normalised in fp32."""
         import torch
 
-        with self._encoding, torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        dtype = getattr(torch, AUTOCAST[self.backend])
+        with self._encoding, torch.inference_mode(), torch.autocast(self.device, dtype=dtype):
             vectors = self.model.encode(texts, batch_size=self.batch_size, normalize_embeddings=False,
                                         convert_to_tensor=True, show_progress_bar=False)
         vectors = vectors.float().cpu().numpy()
