@@ -159,6 +159,25 @@ def test_tabular_rows_become_documents_with_metadata(name, conn, tmp_path):
     assert row[0]["topic"] == "milk"
 
 
+def test_a_tables_title_is_embedded_and_searched_with_its_text(name, conn, tmp_path):
+    path = tmp_path / "titled.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in [
+        {"id": "a", "title": "Quinoa harvest yields", "text": "Farmers in the Andes reported the season's figures."},
+        {"id": "b", "title": "Coffee and sleep", "text": "Evening caffeine delays the onset of sleep."}]) + "\n")
+
+    def load(coll: str, **source) -> None:
+        run_ingest(parse_collection({"name": coll, "source": {"kind": "tabular", "path": str(path),
+                                                              "title_column": "title", **source}},
+                                    where=coll, base=tmp_path))
+
+    load(name)
+    hits = search("quinoa", collection=name, k=2, mode="keyword")
+    assert [h.source_id for h in hits] == ["a"] and hits[0].title == "Quinoa harvest yields"
+    assert hits[0].text.startswith("Quinoa harvest yields\n\nFarmers"), "the title is the text's first paragraph"
+    load(f"{name}_plain", title_in_text=False)
+    assert search("quinoa", collection=f"{name}_plain", k=2, mode="keyword") == []
+
+
 
 
 def test_search_is_served_by_the_hnsw_index(name, conn):

@@ -28,13 +28,13 @@ CHUNK_DEPTH = 300
 
 
 def prepare_corpus(dataset: Path, out: Path) -> Path:
-    """corpus.jsonl → a JSONL table with id, title, text = title + " " + text (rewritten only if changed)."""
+    """corpus.jsonl → a JSONL table with id, title and text (rewritten only if changed), ingested as a
+    user's table with a title_column is: the title is embedded and searched as the text's first paragraph."""
     lines = []
     with (dataset / "corpus.jsonl").open() as f:
         for line in f:
             doc = json.loads(line)
-            text = f"{doc.get('title', '')} {doc.get('text', '')}".strip()
-            lines.append(json.dumps({"id": doc["_id"], "title": doc.get("title") or None, "text": text}))
+            lines.append(json.dumps({"id": doc["_id"], "title": doc.get("title") or None, "text": doc.get("text", "")}))
     data = "\n".join(lines) + "\n"
     if not out.exists() or out.read_text() != data:
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -82,6 +82,22 @@ class Source(Protocol):
         ...
 
 
+def row_document(ref: DocumentRef, row: dict[str, Any], id_column: str, text_column: str,
+                 title_column: str | None, title_in_text: bool) -> RawDocument | SourceError:
+    """A table row as a document: its text column (after its title, as a first paragraph, when
+    title_in_text, so the title is embedded and keyword-searchable), the title, the other columns
+    as metadata."""
+    text = row.get(text_column)
+    if not isinstance(text, str):
+        return SourceError(f"row {ref.source_id!r}: column {text_column!r} is empty or not text")
+    title = row.get(title_column) if title_column else None
+    title = " ".join(str(title).split()) if title is not None else ""
+    if title and title_in_text:
+        text = f"{title}\n\n{text}"
+    metadata = {k: v for k, v in row.items() if k not in {id_column, text_column, title_column}}
+    return RawDocument(ref, text.encode(), ".txt", title or None, metadata)
+
+
 def source_classes() -> dict[str, type]:
     """Each source kind's class: its dataclass fields are the kind's options in collections.yml
     (types and bounds included; pipelines/config.py validates against them)."""

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
-from pipelines.sources import DocumentRef, Listing, RawDocument, SourceError
+from pipelines.sources import DocumentRef, Listing, RawDocument, SourceError, row_document
 from pipelines.store.database import first_line, mask_url
 
 
@@ -24,6 +24,8 @@ class SqlSource:
     id_column: str = "id"
     text_column: str = "text"
     title_column: str | None = None
+    title_in_text: bool = True
+    """Put the title before the text, as its first paragraph: embedded and searched with it."""
     updated_at_column: str | None = None
     kind: str = "sql"
 
@@ -72,16 +74,10 @@ class SqlSource:
             for ref in refs:
                 yield ref, error
             return
-        skip = {self.id_column, self.text_column, self.title_column}
         for ref in refs:
             row = rows.get(ref.source_id)
             if row is None:
                 yield ref, SourceError("row disappeared after listing; it will be removed on the next run")
                 continue
-            text = row.get(self.text_column)
-            if not isinstance(text, str):
-                yield ref, SourceError(f"column {self.text_column!r} is empty or not text")
-                continue
-            title = row.get(self.title_column) if self.title_column else None
-            metadata = {k: v for k, v in row.items() if k not in skip}
-            yield ref, RawDocument(ref, text.encode(), ".txt", str(title) if title else None, metadata)
+            yield ref, row_document(ref, row, self.id_column, self.text_column, self.title_column,
+                                    self.title_in_text)

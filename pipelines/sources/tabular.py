@@ -10,7 +10,7 @@ from typing import Any
 
 import pandas as pd
 
-from pipelines.sources import DocumentRef, Listing, RawDocument, SourceError
+from pipelines.sources import DocumentRef, Listing, RawDocument, SourceError, row_document
 
 
 def _csv(path: Path) -> list[Any]:
@@ -44,6 +44,8 @@ class TabularSource:
     id_column: str = "id"
     text_column: str = "text"
     title_column: str | None = None
+    title_in_text: bool = True
+    """Put the title before the text, as its first paragraph: embedded and searched with it."""
     kind: str = "tabular"
 
     def __post_init__(self) -> None:
@@ -93,14 +95,8 @@ class TabularSource:
             if row is None:
                 yield ref, SourceError(f"row {ref.source_id!r} is no longer in {self.file.name}")
                 continue
-            text = row.get(self.text_column)
-            if not isinstance(text, str):
-                yield ref, SourceError(f"row {ref.source_id!r}: column {self.text_column!r} is empty")
-                continue
-            skip = {self.id_column, self.text_column, self.title_column}
-            metadata = {k: v for k, v in row.items() if k not in skip}
-            title = row.get(self.title_column) if self.title_column else None
-            yield ref, RawDocument(ref, text.encode(), ".txt", str(title) if title else None, metadata)
+            yield ref, row_document(ref, row, self.id_column, self.text_column, self.title_column,
+                                    self.title_in_text)
 
 
 def _row_id(value: Any, column: str) -> tuple[str, None] | tuple[None, str]:
