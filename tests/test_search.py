@@ -354,3 +354,35 @@ def test_null_nan_and_unbounded_arguments_are_clear_errors(sample, conn, embedde
 def test_out_of_range_k_is_one_clear_line_in_the_cli(args, sample):
     result = ragpipe(*args, "-c", sample, check=False)
     assert result.returncode == 2 and "Traceback" not in result.stderr and "1<=x<=1000" in result.stderr
+
+
+def test_tune_measures_the_recall_curve_and_changes_nothing(conn, name):
+    import numpy as np
+
+    from pipelines.search.tuning import choose_ef_search, recall_curve, sample_queries
+
+    coll = load_random_collection(conn, name, documents=2000, chunks_per_doc=5)  # random 384-d: a hard set
+    before = conn.execute("SELECT settings FROM ragpipe.collections WHERE id = %s", (coll.id,)).fetchone()[0]
+    curve = recall_curve(conn, name, queries=20, ladder=(10, 40, 1000))
+    assert [p.ef_search for p in curve] == [10, 40, 1000]
+    assert curve[0].recall < curve[-1].recall and curve[-1].recall >= 0.99
+    # the recall at ef 10 recomputed independently: numpy's exact top 10 against the SQL function's answers
+    asked = sample_queries(conn, coll.id, 20)
+    ids, vectors = zip(*conn.execute("SELECT id, embedding FROM ragpipe.chunks WHERE collection_id = %s",
+                                     (coll.id,)).fetchall(), strict=True)
+    matrix, ids = np.stack([v.to_numpy() for v in vectors]), np.array(ids)
+    hits = []
+    with conn.transaction() as tx:
+        conn.execute("UPDATE ragpipe.collections SET settings = jsonb_set(settings, '{index,ef_search}', '10') "
+                     "WHERE id = %s", (coll.id,))
+        for chunk_id, v in asked:
+            order = [i for i in ids[np.argsort(-(matrix @ v))][:11] if i != chunk_id][:10]
+            got = [r[0] for r in conn.execute("SELECT chunk_id FROM ragpipe.semantic_search(%s, %s, 11)",
+                                              (name, v)).fetchall() if r[0] != chunk_id][:10]
+            hits.append(len(set(order) & set(got)) / 10)
+        raise psycopg.Rollback(tx)
+    assert abs(np.mean(hits) - curve[0].recall) < 1e-6
+    assert choose_ef_search(curve, 0.99).ef_search == 1000 and choose_ef_search(curve, 1.01) is None
+    assert conn.execute("SELECT settings FROM ragpipe.collections WHERE id = %s", (coll.id,)).fetchone()[0] == before
+    out = ragpipe("tune", name, "--recall", "0.99", "--queries", "5", "--json")
+    assert json.loads(out.stdout)["ef_search"] in (40, 64, 100, 160, 240, 320, 480, 640, 1000)
