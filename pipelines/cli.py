@@ -271,12 +271,15 @@ def serve(host: str, port: int) -> None:
 @click.option("--max-queries", type=int, help="Score only the first N queries.")
 @click.option("--chunk-context", is_flag=True,
               help="Evaluate a collection that embeds each chunk after its title (beir_<dataset>_ctx).")
+@click.option("--chunk-tokens", type=click.IntRange(16), default=None,
+              help="Evaluate a collection chunked to this many tokens (beir_<dataset>_t<N>) "
+                   "[default: the model's limit].")
 @click.option("--sweep", is_flag=True,
               help="Also score hybrid under each fusion setting (rrf_k 10/30/60, convex alpha 0.3-0.7). "
                    "Choose on --split dev, then report once on test.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def eval_(dataset_dir: Path, modes: str, split: str, collection: str | None, max_queries: int | None,
-          chunk_context: bool, sweep: bool, as_json: bool) -> None:
+          chunk_context: bool, chunk_tokens: int | None, sweep: bool, as_json: bool) -> None:
     """Retrieval quality on a BEIR data set (corpus.jsonl, queries.jsonl, qrels/test.tsv).
 
     Ingests the corpus through the normal pipeline (incrementally: re-runs are cheap), runs every
@@ -292,7 +295,7 @@ def eval_(dataset_dir: Path, modes: str, split: str, collection: str | None, max
     if unknown:
         _fail(f"unknown mode(s) {sorted(unknown)}")
     report = evaluate(dataset_dir, wanted, collection=collection, split=split, max_queries=max_queries, sweep=sweep,
-                      chunk_context=chunk_context)
+                      chunk_context=chunk_context, chunk_tokens=chunk_tokens)
     if as_json:
         _emit(report)
         return
