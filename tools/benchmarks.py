@@ -451,11 +451,21 @@ def search_collection(conn, chunks: int, queries: int) -> tuple[str, list[str]]:
             with conn.transaction():
                 store.replace_documents(conn, coll, None, docs)
         record("search", f"COPY load of {chunks} synthetic chunks", f"{time.perf_counter() - start:.1f} s")
-        with conn.transaction():
-            store.ensure_hnsw_index(conn, coll)
         store.refresh_text_stats(conn, coll.id, min_change=0)
         store.analyze_collection(conn, coll.id)
+    if hnsw_index(conn, coll.id) is None:
+        start = time.perf_counter()
+        with conn.transaction():
+            store.ensure_hnsw_index(conn, coll)
+        record("search", f"HNSW build, {chunks} chunks (m=16, ef_construction=64)",
+               f"{time.perf_counter() - start:.1f} s")
     return name, qs
+
+
+def hnsw_index(conn, collection_id: int) -> str | None:
+    """The collection's HNSW index (schema-qualified), or None while it has none."""
+    return conn.execute("SELECT to_regclass('ragpipe.' || ragpipe.hnsw_index_name(%s))::text",
+                        (collection_id,)).fetchone()[0]
 
 
 def set_ef_search(conn, name: str, ef: int) -> None:
@@ -468,11 +478,9 @@ def bench_search(conn, chunks: int, queries: int) -> None:
     name, qs = search_collection(conn, chunks, queries)
     coll = store.get_collection(conn, name)
     qvec = get_embedder(DEFAULT_MODEL).encode(qs)
-    conn.execute(f"DROP INDEX IF EXISTS ragpipe.chunks_hnsw_c{coll.id}")  # time the build on every run
-    start = time.perf_counter()
-    with conn.transaction():
-        store.ensure_hnsw_index(conn, coll)
-    record("search", f"HNSW build, {chunks} chunks (m=16, ef_construction=64)", f"{time.perf_counter() - start:.1f} s")
+    if not any(metric.startswith("HNSW build") for _, metric, _ in results):  # time the build on every run
+        conn.execute(f"DROP INDEX {hnsw_index(conn, coll.id)}")
+        name, qs = search_collection(conn, chunks, queries)
     start = time.perf_counter()
     store.refresh_text_stats(conn, coll.id, min_change=0)
     record("search", f"keyword statistics (BM25 word counts), {chunks} chunks", f"{time.perf_counter() - start:.1f} s")
