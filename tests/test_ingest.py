@@ -415,12 +415,33 @@ def test_keyword_postings_follow_every_replace_and_delete(corpus, name, conn):
             "FROM ragpipe.collections k WHERE k.name = %s", (name,)).fetchone()
         return words == postings > 0
 
+    def impacts_use_one_mean_length() -> float:
+        """Every posting's impact is BM25's tf part (computed here) at the collection's impact_length,
+        which is within 20% of its mean length; returns that length."""
+        rows = conn.execute(
+            "SELECT p.tf, p.len, p.impact, s.impact_length, s.avg_length FROM ragpipe.postings p "
+            "JOIN ragpipe.collections k ON k.id = p.collection_id JOIN ragpipe.text_stats s ON s.collection_id = k.id "
+            "WHERE k.name = %s", (name,)).fetchall()
+        mean, avg = rows[0][3], rows[0][4]
+        assert abs(avg / mean - 1) <= 0.2 and len({r[1] for r in rows}) > 10
+        for tf, length, impact, _, _ in rows:
+            assert impact == pytest.approx(tf * 2.2 / (tf + 1.2 * (0.25 + 0.75 * length / mean)), rel=1e-5)
+        return mean
+
     run_ingest(folder_spec(name, corpus))
     assert in_step()
+    impacts_use_one_mean_length()  # a first load too: it has no statistics until its end
+    coll_id = store.get_collection(conn, name).id
+    conn.execute("UPDATE ragpipe.text_stats SET impact_length = avg_length * 2 WHERE collection_id = %s", (coll_id,))
+    assert conn.execute("SELECT ragpipe.refresh_impacts(%s)", (coll_id,)).fetchone()[0], "drifted: recomputed"
+    assert not conn.execute("SELECT ragpipe.refresh_impacts(%s)", (coll_id,)).fetchone()[0]
+    assert impacts_use_one_mean_length() == conn.execute(
+        "SELECT avg_length FROM ragpipe.text_stats WHERE collection_id = %s", (coll_id,)).fetchone()[0]
     edited = next(corpus.glob("salt/*.md"))
     edited.write_text(edited.read_text() + "\n\nPhosphate brines and sodium in broiler fillets.\n")
     next(corpus.glob("sleep/*.txt")).unlink()
     run_ingest(folder_spec(name, corpus))
     assert in_step(), "replaced and deleted chunks took their postings with them"
+    impacts_use_one_mean_length()
     hits = search("phosphate brines broiler", collection=name, k=3, mode="keyword")
     assert hits and hits[0].source_id.startswith("salt/")

@@ -497,7 +497,7 @@ def bench_search(conn, chunks: int, queries: int) -> None:
     exact_ms = [t for _, t in truth]
     record("search", f"exact (brute force) semantic, {chunks} chunks: p50", f"{statistics.median(exact_ms):.1f} ms")
     curve = {}
-    for ef in (40, 80, 160, 240, 320, 480):
+    for ef in (40, 80, 160, 240, 320, 480, 640, 800):
         set_ef_search(conn, name, ef)
         got = [run("semantic", v, q) for q, v in zip(qs, qvec, strict=True)]
         recall = np.mean([len(set(g) & set(t)) / 10 for (g, _), (t, _) in zip(got, truth, strict=True)])

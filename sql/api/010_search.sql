@@ -173,8 +173,8 @@ $fn$;
 
 DROP FUNCTION IF EXISTS ragpipe.any_word_query(text);  -- replaced by words_query
 
--- keyword_search: BM25 (k1 = 1.2, b = 0.75); any query word may match. Without a filter it reads the
--- impact postings (below). With one, it scores the chunks' tsvectors as follows.
+-- keyword_search: BM25 (ragpipe.bm25_tf: k1 = 1.2, b = 0.75); any query word may match. Without a
+-- filter it reads the impact postings (below). With one, it scores the chunks' tsvectors as follows.
 -- Word frequencies come from ragpipe.term_stats, term frequencies from the tsvector (ts_rank_cd of a
 -- one-word query with unit weights counts its occurrences), a chunk's length is its number of
 -- distinct words. Candidates come from the GIN index for the rarest query words whose chunk counts
@@ -234,8 +234,7 @@ BEGIN
             ORDER BY 2 DESC, 1
             LIMIT greatest(100, 4 * k)),
         scored AS (
-            SELECT c.chunk_id AS id, sum(q.idf * p.tf * 2.2
-                   / (p.tf + 1.2 * (0.25 + 0.75 * p.len / coalesce(nullif(avg_len, 0), 1)))) AS score
+            SELECT c.chunk_id AS id, sum(q.idf * ragpipe.bm25_tf(p.tf, p.len, avg_len)) AS score
             FROM partial c CROSS JOIN q
             JOIN ragpipe.postings p ON p.collection_id = coll.id AND p.chunk_id = c.chunk_id AND p.lexeme = q.lexeme
             GROUP BY c.chunk_id
@@ -265,8 +264,7 @@ BEGIN
           AND (filter IS NULL OR ch.metadata @> filter)),
     scored AS (  -- @@ first: most (chunk, word) pairs do not match, and ts_rank_cd costs more than @@;
                  -- OFFSET 0 computes each tf once (inlined, it would be computed once per use)
-        SELECT c.id, sum(q.idf * f.tf * 2.2
-                         / (f.tf + 1.2 * (0.25 + 0.75 * c.len / coalesce(nullif(avg_len, 0), 1)))) AS score
+        SELECT c.id, sum(q.idf * ragpipe.bm25_tf(f.tf, c.len, avg_len)) AS score
         FROM candidate c JOIN q ON c.tsv @@ q.word
         CROSS JOIN LATERAL (SELECT ts_rank_cd('{1,1,1,1}', c.tsv, q.word, 0)::float8 AS tf OFFSET 0) f
         GROUP BY c.id
