@@ -267,9 +267,13 @@ def analyze_collection(conn: psycopg.Connection, collection_id: int) -> None:
 
 def refresh_text_stats(conn: psycopg.Connection, collection_id: int, run_id: int | None = None,
                        min_change: float = 0.1) -> bool:
-    """Refresh the collection's keyword (BM25) statistics if missing or `min_change` of it changed since."""
+    """Refresh the collection's keyword (BM25) statistics if missing or `min_change` of it changed since,
+    and then its postings' impacts if the mean chunk length drifted (ragpipe.refresh_impacts)."""
     params = dict(collection=collection_id, run=run_id, min_change=min_change)
-    return bool(conn.execute(_q("refresh_text_stats"), params).fetchone()[0])
+    refreshed = bool(conn.execute(_q("refresh_text_stats"), params).fetchone()[0])
+    if refreshed and conn.execute(_q("refresh_impacts"), params).fetchone()[0]:
+        log.info("recomputed the keyword impacts of collection %s for its new mean chunk length", collection_id)
+    return refreshed
 
 
 def run_wrote(conn: psycopg.Connection, run_id: int) -> bool:

@@ -74,8 +74,8 @@ BEGIN
     EXECUTE format('GRANT USAGE ON ALL SEQUENCES IN SCHEMA ragpipe TO %I', role_name);
     EXECUTE format('GRANT EXECUTE ON FUNCTION ragpipe.build_hnsw_index(int), '
                    'ragpipe.analyze_collection(int) TO %I', role_name);
-    EXECUTE format('GRANT EXECUTE ON FUNCTION ragpipe.refresh_text_stats(int, bigint, double precision) TO %I',
-                   role_name);
+    EXECUTE format('GRANT EXECUTE ON FUNCTION ragpipe.refresh_text_stats(int, bigint, double precision), '
+                   'ragpipe.refresh_impacts(int, double precision) TO %I', role_name);
 END
 $fn$;
 REVOKE ALL ON FUNCTION ragpipe.grant_loader(text) FROM PUBLIC;

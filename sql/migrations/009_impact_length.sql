@@ -42,7 +42,7 @@ $fn$;
 REVOKE ALL ON FUNCTION ragpipe.add_postings(int, bigint[]) FROM PUBLIC;
 
 -- Recompute a collection's impacts with its current mean length if that drifted more than
--- max_drift from the one they use. True if recomputed.
+-- max_drift from the one they use (called after each refresh_text_stats). True if recomputed.
 CREATE FUNCTION ragpipe.refresh_impacts(collection int, max_drift double precision DEFAULT 0.2)
 RETURNS boolean LANGUAGE plpgsql SECURITY DEFINER SET search_path = ragpipe, public, pg_temp
 AS $fn$
@@ -62,39 +62,17 @@ END
 $fn$;
 REVOKE ALL ON FUNCTION ragpipe.refresh_impacts(int, double precision) FROM PUBLIC;
 
--- refresh_text_stats (004) now also keeps the impacts in step with the mean length.
-CREATE OR REPLACE FUNCTION ragpipe.refresh_text_stats(collection int, run bigint DEFAULT NULL,
-                                                      min_change double precision DEFAULT 0.1)
-RETURNS boolean LANGUAGE plpgsql SECURITY DEFINER SET search_path = ragpipe, public, pg_temp
-AS $fn$
+DO $$
 DECLARE
-    current ragpipe.text_stats;
-    changed bigint;
-BEGIN
-    SELECT * INTO current FROM ragpipe.text_stats s WHERE s.collection_id = collection;
-    IF FOUND THEN
-        SELECT coalesce(sum(r.chunks_embedded + r.chunks_reused + r.deleted), 0) INTO changed
-        FROM ragpipe.ingest_runs r
-        WHERE r.collection_id = collection AND r.id > coalesce(current.run_id, 0)
-          AND r.id <= coalesce(run, r.id);
-        IF changed < min_change * current.chunks THEN
-            RETURN false;
-        END IF;
-    END IF;
-    DELETE FROM ragpipe.term_stats WHERE collection_id = collection;
-    INSERT INTO ragpipe.term_stats (collection_id, lexeme, chunks)
-    SELECT collection, s.word, s.ndoc
-    FROM ts_stat(format('SELECT tsv FROM ragpipe.chunks WHERE collection_id = %s', collection)) s;
-    INSERT INTO ragpipe.text_stats (collection_id, chunks, avg_length, run_id)
-    SELECT collection, count(*), coalesce(avg(length(c.tsv)), 0), run
-    FROM ragpipe.chunks c WHERE c.collection_id = collection
-    ON CONFLICT (collection_id) DO UPDATE
-        SET chunks = excluded.chunks, avg_length = excluded.avg_length,
-            run_id = coalesce(excluded.run_id, ragpipe.text_stats.run_id), refreshed_at = now();
-    PERFORM ragpipe.refresh_impacts(collection);
-    RETURN true;
+    r name;
+BEGIN  -- loader roles granted before this migration (ragpipe.grant_loader grants it from now on)
+    FOR r IN SELECT DISTINCT grantee FROM information_schema.routine_privileges
+             WHERE routine_schema = 'ragpipe' AND routine_name = 'refresh_text_stats'
+               AND grantee NOT IN (current_user, 'PUBLIC') LOOP
+        EXECUTE format('GRANT EXECUTE ON FUNCTION ragpipe.refresh_impacts(int, double precision) TO %I', r);
+    END LOOP;
 END
-$fn$;
+$$;
 
 -- Existing collections: impacts recomputed with their current mean length.
 SELECT ragpipe.refresh_impacts(collection_id, 0) FROM ragpipe.text_stats;

@@ -230,5 +230,8 @@ SELECT ragpipe.analyze_collection(%s);
 -- name: refresh_text_stats
 SELECT ragpipe.refresh_text_stats(%(collection)s, %(run)s, %(min_change)s);
 
+-- name: refresh_impacts
+SELECT ragpipe.refresh_impacts(%(collection)s);
+
 -- name: add_postings
 SELECT ragpipe.add_postings(%s, %s);
