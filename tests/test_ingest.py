@@ -431,6 +431,9 @@ def test_keyword_postings_follow_every_replace_and_delete(corpus, name, conn):
     run_ingest(folder_spec(name, corpus))
     assert in_step()
     impacts_use_one_mean_length()  # a first load too: it has no statistics until its end
+    assert conn.execute(  # vacuumed at the end of the run: keyword_search's index-only scans skip the heap
+        "SELECT relallvisible = relpages AND relpages > 0 FROM pg_class WHERE oid = "
+        "('ragpipe.' || ragpipe.postings_partition((ragpipe.get_collection(%s)).id))::regclass", (name,)).fetchone()[0]
     coll_id = store.get_collection(conn, name).id
     conn.execute("UPDATE ragpipe.text_stats SET impact_length = avg_length * 2 WHERE collection_id = %s", (coll_id,))
     assert conn.execute("SELECT ragpipe.refresh_impacts(%s)", (coll_id,)).fetchone()[0], "drifted: recomputed"

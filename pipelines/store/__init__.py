@@ -261,7 +261,18 @@ def ensure_hnsw_index(conn: psycopg.Connection, collection: Collection) -> bool:
 
 
 def analyze_collection(conn: psycopg.Connection, collection_id: int) -> None:
-    """Refresh the planner statistics of the collection's chunk partition and of the documents table."""
+    """VACUUM the collection's chunk and postings partitions, then refresh their planner statistics
+    and the documents table's. The VACUUM sets the visibility map, without which keyword_search's
+    index-only scans read the heap for every posting (4x slower at 1M chunks just after a load). It
+    needs an autocommit connection and the tables' owner (or MAINTAIN); a role without either
+    leaves it to autovacuum."""
+    if conn.autocommit:
+        names = conn.execute(_q("collection_partitions"), (collection_id, collection_id)).fetchone()
+        try:
+            conn.execute(sql.SQL("VACUUM (SKIP_LOCKED) {}").format(
+                sql.SQL(", ").join(sql.Identifier("ragpipe", n) for n in names)))
+        except psycopg.Error as exc:
+            log.info("VACUUM of collection %s left to autovacuum: %s", collection_id, str(exc).strip())
     conn.execute(_q("analyze_collection"), (collection_id,))
 
 

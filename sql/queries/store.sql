@@ -224,6 +224,9 @@ SELECT count(*) FROM ragpipe.chunks WHERE collection_id = %s;
 -- name: build_hnsw_index
 SELECT * FROM ragpipe.build_hnsw_index(%s);
 
+-- name: collection_partitions
+SELECT ragpipe.chunk_partition(%s), ragpipe.postings_partition(%s);
+
 -- name: analyze_collection
 SELECT ragpipe.analyze_collection(%s);
 
