@@ -147,3 +147,17 @@ def test_user_errors_are_one_clear_line_not_a_traceback(args, env, message, name
     result = ragpipe(*args, check=False, env=env)
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_the_embedded_server_is_sized_from_the_machines_ram(conn, ragpipe_home):
+    import os
+
+    from pipelines.store.database import server_settings
+
+    want = server_settings(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    conf = (ragpipe_home / "pgdata" / "ragpipe.conf").read_text()
+    assert all(f"{k} = '{v}'" in conf for k, v in want.items()), conf
+    mb = conn.execute("SELECT setting::bigint * 8192 / 1048576 FROM pg_settings WHERE name = 'shared_buffers'"
+                      ).fetchone()[0]
+    assert f"{mb}MB" == want["shared_buffers"], "written before the first start, so in effect"
+    assert server_settings(2**30)["shared_buffers"] == "256MB" and server_settings(2**36)["shared_buffers"] == "4096MB"
