@@ -267,8 +267,8 @@ def analyze_collection(conn: psycopg.Connection, collection_id: int) -> None:
     needs an autocommit connection and the tables' owner (or MAINTAIN); a role without either
     leaves it to autovacuum."""
     if conn.autocommit:
-        names = conn.execute(_q("collection_partitions"), (collection_id, collection_id)).fetchone()
         try:
+            names = conn.execute(_q("collection_partitions"), (collection_id, collection_id)).fetchone()
             conn.execute(sql.SQL("VACUUM (SKIP_LOCKED) {}").format(
                 sql.SQL(", ").join(sql.Identifier("ragpipe", n) for n in names)))
         except psycopg.Error as exc:
