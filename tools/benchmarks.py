@@ -35,6 +35,7 @@ from pipelines.embed import get_embedder
 from pipelines.embed.hardware import CPU_FLAGS
 from pipelines.ingest import open_database, run_ingest
 from pipelines.search import HYBRID_DEFAULTS
+from pipelines.search.tuning import CurvePoint, choose_ef_search
 from pipelines.settings import DEFAULT_MODEL, PROJECT_ROOT
 from pipelines.store.database import connect
 from pipelines.store.sqlfiles import query
@@ -468,11 +469,6 @@ def hnsw_index(conn, collection_id: int) -> str | None:
                         (collection_id,)).fetchone()[0]
 
 
-def set_ef_search(conn, name: str, ef: int) -> None:
-    conn.execute("UPDATE ragpipe.collections SET settings = jsonb_set(settings, '{index,ef_search}', %s) "
-                 "WHERE name = %s", (json.dumps(ef), name))
-
-
 def bench_search(conn, chunks: int, queries: int) -> None:
     """Latency and HNSW recall@10 vs exact search on `chunks` synthetic-but-realistic chunks."""
     name, qs = search_collection(conn, chunks, queries)
@@ -496,23 +492,22 @@ def bench_search(conn, chunks: int, queries: int) -> None:
     truth = [run("exact", v, q) for q, v in zip(qs, qvec, strict=True)]
     exact_ms = [t for _, t in truth]
     record("search", f"exact (brute force) semantic, {chunks} chunks: p50", f"{statistics.median(exact_ms):.1f} ms")
-    curve = {}
+    curve = []
     for ef in (40, 80, 160, 240, 320, 480, 640, 800):
-        set_ef_search(conn, name, ef)
+        store.set_ef_search(conn, coll.id, ef)
         got = [run("semantic", v, q) for q, v in zip(qs, qvec, strict=True)]
-        recall = np.mean([len(set(g) & set(t)) / 10 for (g, _), (t, _) in zip(got, truth, strict=True)])
+        recall = float(np.mean([len(set(g) & set(t)) / 10 for (g, _), (t, _) in zip(got, truth, strict=True)]))
         lat = [t for _, t in got]
-        curve[ef] = (recall, np.percentile(lat, 50), np.percentile(lat, 95))
+        curve.append(CurvePoint(ef, recall, float(np.percentile(lat, 50)), float(np.percentile(lat, 95))))
         record("search", f"semantic_search ef_search={ef}: p50 / p95, recall@10",
-               f"{curve[ef][1]:.1f} / {curve[ef][2]:.1f} ms, {recall:.3f}")
-    # The collection's ef_search chosen from the measured curve: the smallest reaching recall 0.95.
-    ef = next((e for e, (r, _, _) in curve.items() if r >= 0.95), max(curve))
-    recall, p50, p95 = curve[ef]
+               f"{curve[-1].p50_ms:.1f} / {curve[-1].p95_ms:.1f} ms, {recall:.3f}")
+    # The collection's ef_search chosen from the measured curve, as `ragpipe tune` chooses it.
+    best = choose_ef_search(curve, 0.95) or curve[-1]
     record("search", "semantic_search at the ef_search chosen from the curve (recall@10 >= 0.95)",
-           f"ef_search={ef}: {p50:.1f} / {p95:.1f} ms, {recall:.3f}",
-           **{f"search.{scale}.semantic_ef_search": ef, f"search.{scale}.semantic_p50_ms": p50,
-              f"search.{scale}.semantic_p95_ms": p95, f"search.{scale}.semantic_recall10": recall})
-    set_ef_search(conn, name, ef)  # keyword and hybrid below run as the tuned collection would
+           f"ef_search={best.ef_search}: {best.p50_ms:.1f} / {best.p95_ms:.1f} ms, {best.recall:.3f}",
+           **{f"search.{scale}.semantic_ef_search": best.ef_search, f"search.{scale}.semantic_p50_ms": best.p50_ms,
+              f"search.{scale}.semantic_p95_ms": best.p95_ms, f"search.{scale}.semantic_recall10": best.recall})
+    store.set_ef_search(conn, coll.id, best.ef_search)  # keyword and hybrid below run as the tuned collection would
     conn.execute("UPDATE ragpipe.collections SET settings = jsonb_set(settings, '{index,keyword_candidates}', "
                  "'100000000') WHERE name = %s", (name,))
     exact_bm25 = [[r[0] for r in conn.execute("SELECT chunk_id FROM ragpipe.keyword_search(%s, %s, 10, '{}')",

@@ -64,8 +64,7 @@ def recall_curve(conn: psycopg.Connection, name: str, queries: int = 30, k: int 
     curve = []
     for ef in ladder:
         with conn.transaction() as tx:
-            conn.execute("UPDATE ragpipe.collections SET settings = jsonb_set(settings, '{index,ef_search}', "
-                         "to_jsonb(%s::int)) WHERE id = %s", (ef, coll.id))
+            store.set_ef_search(conn, coll.id, ef)
             got = [_ranked(conn, "semantic", name, v, k, chunk_id) for chunk_id, v in asked]
             raise psycopg.Rollback(tx)
         recall = statistics.mean(len(set(ids) & t) / max(len(t), 1) for (ids, _), t in zip(got, truth, strict=True))

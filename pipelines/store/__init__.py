@@ -276,6 +276,12 @@ def analyze_collection(conn: psycopg.Connection, collection_id: int) -> None:
     conn.execute(_q("analyze_collection"), (collection_id,))
 
 
+def set_ef_search(conn: psycopg.Connection, collection_id: int, ef_search: int) -> None:
+    """Store the collection's index.ef_search (read by semantic_search; the next run resets it from
+    collections.yml)."""
+    conn.execute(_q("set_ef_search"), (ef_search, collection_id))
+
+
 def refresh_text_stats(conn: psycopg.Connection, collection_id: int, run_id: int | None = None,
                        min_change: float = 0.1) -> bool:
     """Refresh the collection's keyword (BM25) statistics if missing or `min_change` of it changed since,
