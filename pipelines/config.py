@@ -14,7 +14,8 @@ from pipelines.settings import DEFAULT_MODEL
 SCHEDULE_PRESETS = {"@once", "@hourly", "@daily", "@weekly", "@monthly", "@yearly", "@continuous"}
 VERSION_MARK = "@v"
 """A version that is not the active one is named `<collection>@v<N>` (ragpipe.version_name in SQL)."""
-DEFAULT_INDEX = {"m": 16, "ef_construction": 64, "ef_search": 40, "keyword_candidates": 10_000}
+DEFAULT_INDEX = {"m": 16, "ef_construction": 64, "ef_search": 40, "keyword_candidates": 10_000,
+                 "keyword_rescore": 200}
 
 
 class ConfigError(ValueError):
@@ -69,6 +70,7 @@ class IndexOptions(BaseModel):
     ef_construction: Annotated[int, Field(ge=4, le=1000)] = DEFAULT_INDEX["ef_construction"]
     ef_search: Annotated[int, Field(ge=1, le=1000)] = DEFAULT_INDEX["ef_search"]
     keyword_candidates: Annotated[int, Field(ge=1)] = DEFAULT_INDEX["keyword_candidates"]
+    keyword_rescore: Annotated[int, Field(ge=1, le=100_000)] = DEFAULT_INDEX["keyword_rescore"]
     maintenance_work_mem_cap_mb: Annotated[int, Field(ge=64)] | None = None
 
 

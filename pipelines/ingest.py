@@ -59,6 +59,9 @@ log = logging.getLogger(__name__)
 _migrated: set[str] = set()
 COMMIT_EVERY = 16
 """Documents per load transaction inside a batch."""
+EMBED_AT_LEAST = 1024
+"""Chunk texts an in-process run gathers, from as many batches as it takes, before one encode call:
+the model sorts a call's texts by length, so small calls pad more and leave more partial batches."""
 
 
 @dataclass
@@ -177,7 +180,7 @@ def process_batch(conn: psycopg.Connection, spec: CollectionSpec, run_id: int, r
     collection, embedder = open_collection(conn, spec)
     work = read_batch(conn, collection, embedder, make_source(spec.source), refs, run_id, full_refresh,
                       spec.duplicates == "skip")
-    embed_batch(work, embedder)
+    embed_batch(work, embedder=embedder)
     return write_batch(conn, collection, run_id, work)
 
 
@@ -288,15 +291,35 @@ def _prepare_or_fail(raw: RawDocument, digest: str, embedder: Embedder, collecti
         return Failure("extract", f"{type(exc).__name__}: {exc}")
 
 
-def embed_batch(work: BatchWork, embedder: Embedder) -> None:
-    """Embed the batch's new chunk texts in one call (the model sorts them by length)."""
-    texts: dict[str, str] = {}
-    for p in work.prepared():
-        for c in p.chunks:
-            if c.content_hash not in work.vectors:
-                texts.setdefault(c.content_hash, c.embed_text)
-    work.vectors.update(zip(texts, embedder.encode(list(texts.values())), strict=True))
-    work.fresh = set(texts)
+def new_texts(work: BatchWork) -> dict[str, str]:
+    """The batch's chunk texts with no stored vector, by content hash."""
+    return {c.content_hash: c.embed_text for p in work.prepared() for c in p.chunks
+            if c.content_hash not in work.vectors}
+
+
+def embed_batch(*works: BatchWork, embedder: Embedder) -> None:
+    """Embed the batches' new chunk texts in one call (the model sorts them by length); a text new
+    to several of them is embedded once and counts as fresh in the first."""
+    needed = [new_texts(work) for work in works]
+    texts = {h: t for batch in needed for h, t in batch.items()}
+    vectors = dict(zip(texts, embedder.encode(list(texts.values())), strict=True))
+    for work, batch in zip(works, needed, strict=True):
+        work.vectors.update((h, vectors[h]) for h in batch)
+        work.fresh = {h for h in batch if texts.pop(h, None) is not None}
+
+
+def embedding_groups(works: Iterator[BatchWork], at_least: int = EMBED_AT_LEAST) -> Iterator[list[BatchWork]]:
+    """Consecutive batches whose new chunk texts add up to `at_least` (the last group may have fewer)."""
+    group: list[BatchWork] = []
+    texts = 0
+    for work in works:
+        group.append(work)
+        texts += len(new_texts(work))
+        if texts >= at_least:
+            yield group
+            group, texts = [], 0
+    if group:
+        yield group
 
 
 def write_batch(conn: psycopg.Connection, collection: store.Collection, run_id: int, work: BatchWork) -> BatchResult:
@@ -431,12 +454,13 @@ def sync_version(conn: psycopg.Connection, url: str, spec: CollectionSpec, full_
     done = 0
     try:
         collection, embedder = open_collection(conn, spec)
-        for work in _read_ahead(url, collection, embedder, spec, plan, full_refresh):
-            embed_batch(work, embedder)
-            write_batch(conn, collection, plan.run_id, work)
-            done += len(work.refs)
-            if progress:
-                progress(done, len(plan.todo))
+        for group in embedding_groups(_read_ahead(url, collection, embedder, spec, plan, full_refresh)):
+            embed_batch(*group, embedder=embedder)
+            for work in group:
+                write_batch(conn, collection, plan.run_id, work)
+                done += len(work.refs)
+                if progress:
+                    progress(done, len(plan.todo))
     except BaseException as exc:
         if not conn.broken:
             store.finish_run(conn, plan.run_id, "failed", f"{type(exc).__name__}: {exc}")

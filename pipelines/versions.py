@@ -6,7 +6,7 @@ its own documents, chunk partition and HNSW index, with every vector of the same
 chunk text (pipelines/store cached_embeddings). The active version keeps serving, and is kept in
 step by the same run, until the new one is built, scored (`eval:` and `smoke_queries`) and promoted:
 two rows renamed in one transaction (ragpipe.promote_version). Nothing else is a new version:
-search defaults, ef_search or keyword_candidates change in place.
+search defaults, ef_search, keyword_candidates or keyword_rescore change in place.
 """
 
 import dataclasses

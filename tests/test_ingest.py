@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import time
 
 import numpy as np
@@ -65,6 +66,31 @@ def test_rerun_without_changes_embeds_nothing(corpus, name, conn):
     assert (again["new"], again["changed"], again["deleted"], again["chunks_embedded"]) == (0, 0, 0, 0)
     assert again["unchanged"] == 30
     assert chunk_state(conn, name) == before
+
+
+def test_small_batches_are_embedded_together_and_a_shared_text_once(name, conn, tmp_path, monkeypatch, embedder):
+    """docs_per_batch 4 makes 10 batches; an in-process run gathers them into one encode call (fewer
+    than EMBED_AT_LEAST texts), and a text new to two batches is embedded and counted once."""
+    from pipelines.embed import Embedder
+    from pipelines.ingest import EMBED_AT_LEAST
+    from tools.synthetic import write_folder
+
+    folder = write_folder(tmp_path / "docs", 39, seed=31)  # texts no other test embeds
+    shutil.copy(folder / "part0000" / "doc000000.md", folder / "part0000" / "doc999999.md")  # a later batch
+    calls: list[int] = []
+    encode = Embedder.encode
+    monkeypatch.setattr(Embedder, "encode", lambda self, texts: calls.append(len(texts)) or encode(self, texts))
+    summary = run_ingest(folder_spec(name, folder, docs_per_batch=4, duplicates="keep"))
+    distinct, stored = conn.execute(
+        "SELECT count(DISTINCT c.content_hash), count(*) FROM ragpipe.chunks c "
+        "JOIN ragpipe.collections k ON k.id = c.collection_id WHERE k.name = %s", (name,)).fetchone()
+    assert summary["new"] == 40 and distinct < stored < EMBED_AT_LEAST
+    assert calls == [distinct] and summary["chunks_embedded"] == distinct
+    assert summary["chunks_embedded"] + summary["chunks_reused"] == stored
+    rows = conn.execute("SELECT c.text, c.embedding FROM ragpipe.chunks c JOIN ragpipe.collections k "
+                        "ON k.id = c.collection_id WHERE k.name = %s", (name,)).fetchall()
+    again = encode(embedder, [text for text, _ in rows])  # each vector is its own text's
+    assert np.min(np.sum(again * np.stack([v.to_numpy() for _, v in rows]), axis=1)) > 0.9999
 
 
 def test_edit_touch_delete_and_full_refresh(corpus, name, conn):

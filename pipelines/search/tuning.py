@@ -50,7 +50,7 @@ def recall_curve(conn: psycopg.Connection, name: str, queries: int = 30, k: int 
                  ladder: tuple[int, ...] = EF_LADDER, target: float | None = None,
                  progress: Callable[[str], None] = lambda _: None) -> list[CurvePoint]:
     """Recall@k and latency of semantic_search at each ef_search of `ladder`, against exact search
-    (stops after the first value reaching `target`)."""
+    (stops after the first value reaching `target`), after one untimed pass at the ladder's top."""
     coll = store.get_collection(conn, name)
     if coll is None:
         raise LookupError(f"collection {name!r} does not exist (see `ragpipe status`)")
@@ -61,6 +61,11 @@ def recall_curve(conn: psycopg.Connection, name: str, queries: int = 30, k: int 
     for i, (chunk_id, vector) in enumerate(asked):
         truth.append(set(_ranked(conn, "exact", name, vector, k, chunk_id)[0]))
         progress(f"exact search {i + 1}/{len(asked)}")
+    with conn.transaction() as tx:  # untimed: a fresh index is read into shared buffers by its first searches
+        store.set_ef_search(conn, coll.id, ladder[-1])
+        for chunk_id, vector in asked:
+            _ranked(conn, "semantic", name, vector, k, chunk_id)
+        raise psycopg.Rollback(tx)
     curve = []
     for ef in ladder:
         with conn.transaction() as tx:

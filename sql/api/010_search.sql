@@ -192,6 +192,7 @@ AS $fn$
 DECLARE
     coll ragpipe.collections := ragpipe.get_collection(collection);
     budget bigint := coalesce((coll.settings #>> '{index,keyword_candidates}')::bigint, 10000);
+    rescore bigint := coalesce((coll.settings #>> '{index,keyword_rescore}')::bigint, 200);
     n double precision;
     avg_len double precision;
     words text[];
@@ -217,9 +218,11 @@ BEGIN
     IF filter IS NULL THEN
         -- Impact postings (008_postings.sql): each word's `budget` best postings (an index scan that
         -- stops early) give every candidate a partial BM25 from its stored impacts; the best
-        -- max(100, 4k) are then scored exactly from tf and len. A word with at most `budget`
-        -- postings is seen in full; beyond that, a chunk that is in no word's best `budget` is not
-        -- considered (docs/keyword-search.md). Filtered queries take the exact path below.
+        -- max(`rescore`, 4k) (collection setting index.keyword_rescore, default 200) are then scored
+        -- exactly from tf and len. A word with at most `budget` postings is seen in full; beyond
+        -- that, a chunk that is in no word's best `budget`, or whose partial score ranks below the
+        -- rescored ones, is not returned (docs/keyword-search.md). Filtered queries take the exact
+        -- path below.
         RETURN QUERY
         WITH q AS MATERIALIZED (
             SELECT x.w AS lexeme, ln(1 + (greatest(coalesce(n, 0), x.c) - x.c + 0.5) / (x.c + 0.5)) AS idf
@@ -232,7 +235,7 @@ BEGIN
                 ORDER BY po.impact DESC LIMIT budget) p
             GROUP BY p.chunk_id
             ORDER BY 2 DESC, 1
-            LIMIT greatest(100, 4 * k)),
+            LIMIT greatest(rescore, 4 * k)),
         scored AS (
             SELECT c.chunk_id AS id, sum(q.idf * ragpipe.bm25_tf(p.tf, p.len, avg_len)) AS score
             FROM partial c CROSS JOIN q
