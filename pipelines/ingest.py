@@ -12,11 +12,13 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import os
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -62,6 +64,8 @@ COMMIT_EVERY = 16
 EMBED_AT_LEAST = 1024
 """Chunk texts an in-process run gathers, from as many batches as it takes, before one encode call:
 the model sorts a call's texts by length, so small calls pad more and leave more partial batches."""
+READ_AHEAD_MAX = 16
+"""Batches an in-process run reads ahead at most (the memory they hold is the bound)."""
 
 
 @dataclass
@@ -479,8 +483,10 @@ def dry_run_plan(conn: psycopg.Connection, spec: CollectionSpec, full_refresh: b
 
 def _read_ahead(url: str, collection: store.Collection, embedder: Embedder, spec: CollectionSpec, plan: Plan,
                 full_refresh: bool) -> Iterator[BatchWork]:
-    """Yield the plan's batches read and chunked, reading batch i+1 in a thread (on its own
-    connection) while the caller embeds and loads batch i: extraction overlaps embedding."""
+    """Yield the plan's batches read and chunked, reading the following ones in a thread (on its
+    own connection) while the caller embeds and loads: extraction overlaps embedding. The thread
+    keeps as many batches ahead as the next encode call takes (EMBED_AT_LEAST new chunk texts, by
+    the batches read so far), at least one and at most READ_AHEAD_MAX."""
     batches = plan.batches(spec.docs_per_batch)
     if not batches:
         return
@@ -491,12 +497,23 @@ def _read_ahead(url: str, collection: store.Collection, embedder: Embedder, spec
             return read_batch(reader, collection, embedder, source, refs, plan.run_id, full_refresh,
                               spec.duplicates == "skip")
 
-        pending = pool.submit(read, batches[0])
-        for following in [*batches[1:], None]:
-            work = pending.result()
-            if following is not None:
-                pending = pool.submit(read, following)
-            yield work
+        pending: deque[Future[BatchWork]] = deque()
+        following = iter(batches)
+        read_count = texts = 0
+        try:
+            while True:
+                per_batch = texts / read_count if read_count else 0
+                ahead = min(READ_AHEAD_MAX, math.ceil(EMBED_AT_LEAST / per_batch)) if per_batch else 1
+                while len(pending) < ahead and (refs := next(following, None)) is not None:
+                    pending.append(pool.submit(read, refs))
+                if not pending:
+                    return
+                work = pending.popleft().result()
+                read_count, texts = read_count + 1, texts + len(new_texts(work))
+                yield work
+        finally:  # a run that stops early waits for the batch being read, not for the ones queued
+            for future in pending:
+                future.cancel()
 
 
 def _yield_to_embedding() -> None:

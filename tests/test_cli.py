@@ -160,4 +160,4 @@ def test_the_embedded_server_is_sized_from_the_machines_ram(conn, ragpipe_home):
     mb = conn.execute("SELECT setting::bigint * 8192 / 1048576 FROM pg_settings WHERE name = 'shared_buffers'"
                       ).fetchone()[0]
     assert f"{mb}MB" == want["shared_buffers"], "written before the first start, so in effect"
-    assert server_settings(2**30)["shared_buffers"] == "256MB" and server_settings(2**36)["shared_buffers"] == "4096MB"
+    assert server_settings(2**30)["shared_buffers"] == "256MB" and server_settings(2**36)["shared_buffers"] == "8192MB"
