@@ -491,23 +491,22 @@ def bench_search(conn, chunks: int, queries: int) -> None:
     scale = {100_000: "100k", 1_000_000: "1m"}.get(chunks, str(chunks))
     truth = [run("exact", v, q) for q, v in zip(qs, qvec, strict=True)]
     exact_ms = [t for _, t in truth]
+    record("search", f"exact (brute force) semantic, {chunks} chunks: p50", f"{statistics.median(exact_ms):.1f} ms")
     # Exact BM25 (the tsvector path, unlimited) reads much of the chunks table: done first, so that
     # it does not push the index pages measured below out of shared buffers.
-    conn.execute("UPDATE ragpipe.collections SET settings = jsonb_set(settings, '{index,keyword_candidates}', "
-                 "'100000000') WHERE name = %s", (name,))
+    store.set_index_settings(conn, coll.id, keyword_candidates=100_000_000)
     exact_bm25 = [[r[0] for r in conn.execute("SELECT chunk_id FROM ragpipe.keyword_search(%s, %s, 10, '{}')",
                                               (name, q)).fetchall()] for q in qs]  # a filter: the tsvector path
-    record("search", f"exact (brute force) semantic, {chunks} chunks: p50", f"{statistics.median(exact_ms):.1f} ms")
     # A fresh index is written around shared buffers: the first searches read it in. That pass is
     # reported on its own; the curve below measures the warm index, as a serving collection has it.
-    store.set_ef_search(conn, coll.id, EF_LADDER[-1])
+    store.set_index_settings(conn, coll.id, ef_search=EF_LADDER[-1])
     cold = [run("semantic", v, q)[1] for q, v in zip(qs, qvec, strict=True)]
     record("search", f"semantic_search, first pass over a fresh index (ef_search={EF_LADDER[-1]}): p50 / p95",
            f"{np.percentile(cold, 50):.1f} / {np.percentile(cold, 95):.1f} ms",
            **{f"search.{scale}.semantic_cold_p50_ms": np.percentile(cold, 50)})
     curve = []
     for ef in EF_LADDER:
-        store.set_ef_search(conn, coll.id, ef)
+        store.set_index_settings(conn, coll.id, ef_search=ef)
         got = [run("semantic", v, q) for q, v in zip(qs, qvec, strict=True)]
         recall = float(np.mean([len(set(g) & set(t)) / 10 for (g, _), (t, _) in zip(got, truth, strict=True)]))
         lat = [t for _, t in got]
@@ -520,12 +519,10 @@ def bench_search(conn, chunks: int, queries: int) -> None:
            f"ef_search={best.ef_search}: {best.p50_ms:.1f} / {best.p95_ms:.1f} ms, {best.recall:.3f}",
            **{f"search.{scale}.semantic_ef_search": best.ef_search, f"search.{scale}.semantic_p50_ms": best.p50_ms,
               f"search.{scale}.semantic_p95_ms": best.p95_ms, f"search.{scale}.semantic_recall10": best.recall})
-    store.set_ef_search(conn, coll.id, best.ef_search)  # keyword and hybrid below run as the tuned collection would
+    store.set_index_settings(conn, coll.id, ef_search=best.ef_search)  # keyword and hybrid below: as tuned
     default = (DEFAULT_INDEX["keyword_candidates"], DEFAULT_INDEX["keyword_rescore"])
     for depth, rescore in ((30000, default[1]), (default[0], 100), default):  # the default last, for the below
-        conn.execute("UPDATE ragpipe.collections SET settings = settings || jsonb_build_object('index', "
-                     "settings -> 'index' || jsonb_build_object('keyword_candidates', %s::int, "
-                     "'keyword_rescore', %s::int)) WHERE name = %s", (depth, rescore, name))
+        store.set_index_settings(conn, coll.id, keyword_candidates=depth, keyword_rescore=rescore)
         got = [run("keyword", v, q) for q, v in zip(qs, qvec, strict=True)]
         recall = np.mean([len(set(g) & set(e)) / max(len(e), 1) for (g, _), e in zip(got, exact_bm25, strict=True)])
         record("search", f"keyword_search (impact postings, {depth} per word, best {rescore} scored exactly): "

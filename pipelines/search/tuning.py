@@ -62,14 +62,14 @@ def recall_curve(conn: psycopg.Connection, name: str, queries: int = 30, k: int 
         truth.append(set(_ranked(conn, "exact", name, vector, k, chunk_id)[0]))
         progress(f"exact search {i + 1}/{len(asked)}")
     with conn.transaction() as tx:  # untimed: a fresh index is read into shared buffers by its first searches
-        store.set_ef_search(conn, coll.id, ladder[-1])
+        store.set_index_settings(conn, coll.id, ef_search=ladder[-1])
         for chunk_id, vector in asked:
             _ranked(conn, "semantic", name, vector, k, chunk_id)
         raise psycopg.Rollback(tx)
     curve = []
     for ef in ladder:
         with conn.transaction() as tx:
-            store.set_ef_search(conn, coll.id, ef)
+            store.set_index_settings(conn, coll.id, ef_search=ef)
             got = [_ranked(conn, "semantic", name, v, k, chunk_id) for chunk_id, v in asked]
             raise psycopg.Rollback(tx)
         recall = statistics.mean(len(set(ids) & t) / max(len(t), 1) for (ids, _), t in zip(got, truth, strict=True))

@@ -276,10 +276,10 @@ def analyze_collection(conn: psycopg.Connection, collection_id: int) -> None:
     conn.execute(_q("analyze_collection"), (collection_id,))
 
 
-def set_ef_search(conn: psycopg.Connection, collection_id: int, ef_search: int) -> None:
-    """Store the collection's index.ef_search (read by semantic_search; the next run resets it from
-    collections.yml)."""
-    conn.execute(_q("set_ef_search"), (ef_search, collection_id))
+def set_index_settings(conn: psycopg.Connection, collection_id: int, **index: int) -> None:
+    """Store some of the collection's `index` settings that searches read (ef_search,
+    keyword_candidates, keyword_rescore); the next run resets them from collections.yml."""
+    conn.execute(_q("set_index_settings"), (Jsonb(index), collection_id))
 
 
 def refresh_text_stats(conn: psycopg.Connection, collection_id: int, run_id: int | None = None,

@@ -233,8 +233,10 @@ SELECT ragpipe.analyze_collection(%s);
 -- name: refresh_text_stats
 SELECT ragpipe.refresh_text_stats(%(collection)s, %(run)s, %(min_change)s);
 
--- name: set_ef_search
-UPDATE ragpipe.collections SET settings = jsonb_set(settings, '{index,ef_search}', to_jsonb(%s::int)) WHERE id = %s;
+-- name: set_index_settings
+UPDATE ragpipe.collections
+SET settings = settings || jsonb_build_object('index', coalesce(settings -> 'index', '{}') || %s::jsonb)
+WHERE id = %s;
 
 -- name: refresh_impacts
 SELECT ragpipe.refresh_impacts(%(collection)s);
