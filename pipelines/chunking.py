@@ -137,11 +137,11 @@ def count_tokens(text: str, tokenizer: Any) -> int:
 def _token_spans(text: str, tokenizer: Any) -> list[tuple[int, int]]:
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True,
                     truncation=False, verbose=False)
-    spans = []
-    for s, e in enc["offset_mapping"]:
-        # A run of text longer than any word becomes one [UNK]; cut it so chunks stay bounded.
-        spans.extend((p, min(p + MAX_SPAN_CHARS, e)) for p in range(s, e, MAX_SPAN_CHARS))
-    return spans
+    spans = enc["offset_mapping"]
+    if all(e - s <= MAX_SPAN_CHARS for s, e in spans):
+        return spans
+    # A run of text longer than any word becomes one [UNK]; cut it so chunks stay bounded.
+    return [(p, min(p + MAX_SPAN_CHARS, e)) for s, e in spans for p in range(s, e, MAX_SPAN_CHARS)]
 
 
 def _boundary_scores(text: str, spans: list[tuple[int, int]]) -> list[int]:

@@ -18,7 +18,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -313,17 +313,21 @@ def embed_batch(*works: BatchWork, embedder: Embedder) -> None:
 
 
 def embedding_groups(works: Iterator[BatchWork], at_least: int = EMBED_AT_LEAST) -> Iterator[list[BatchWork]]:
-    """Consecutive batches whose new chunk texts add up to `at_least` (the last group may have fewer)."""
+    """Consecutive batches whose new chunk texts add up to `at_least`; but the first batch and the
+    last go alone, so that the model starts while the next batches are read, and the last load
+    (the one no encoding overlaps) is a single batch's."""
     group: list[BatchWork] = []
     texts = 0
-    for work in works:
+    for i, work in enumerate(works):
         group.append(work)
         texts += len(new_texts(work))
-        if texts >= at_least:
+        if texts >= at_least or i == 0:
             yield group
             group, texts = [], 0
+    if len(group) > 1:
+        yield group[:-1]
     if group:
-        yield group
+        yield group[-1:]
 
 
 def write_batch(conn: psycopg.Connection, collection: store.Collection, run_id: int, work: BatchWork) -> BatchResult:
@@ -456,20 +460,33 @@ def sync_version(conn: psycopg.Connection, url: str, spec: CollectionSpec, full_
     """One version's run: plan, batches (read ahead, embed, load), finalize."""
     plan = plan_run(conn, spec, full_refresh, limit, trigger)
     done = 0
-    try:
-        collection, embedder = open_collection(conn, spec)
-        for group in embedding_groups(_read_ahead(url, collection, embedder, spec, plan, full_refresh)):
-            embed_batch(*group, embedder=embedder)
-            for work in group:
-                write_batch(conn, collection, plan.run_id, work)
-                done += len(work.refs)
-                if progress:
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ragpipe-load") as loader:
+        loading: Future[int] | None = None  # the previous group's load, on `conn`, while this one encodes
+        try:
+            collection, embedder = open_collection(conn, spec)
+            for group in embedding_groups(_read_ahead(url, collection, embedder, spec, plan, full_refresh)):
+                embed_batch(*group, embedder=embedder)
+                done += loading.result() if loading else 0
+                if progress and loading:
                     progress(done, len(plan.todo))
-    except BaseException as exc:
-        if not conn.broken:
-            store.finish_run(conn, plan.run_id, "failed", f"{type(exc).__name__}: {exc}")
-        raise
+                loading = loader.submit(write_group, conn, collection, plan.run_id, group)
+            done += loading.result() if loading else 0
+            if progress and loading:
+                progress(done, len(plan.todo))
+        except BaseException as exc:
+            if loading:  # a load in flight ends (commits or rolls back) before the run is closed
+                wait([loading])
+            if not conn.broken:
+                store.finish_run(conn, plan.run_id, "failed", f"{type(exc).__name__}: {exc}")
+            raise
     return dict(finalize_run(conn, spec, plan.run_id, plan.deleted), collection=spec.name)
+
+
+def write_group(conn: psycopg.Connection, collection: store.Collection, run_id: int, group: list[BatchWork]) -> int:
+    """Load embedded batches in order; returns the documents they held."""
+    for work in group:
+        write_batch(conn, collection, run_id, work)
+    return sum(len(work.refs) for work in group)
 
 
 def dry_run_plan(conn: psycopg.Connection, spec: CollectionSpec, full_refresh: bool = False,
@@ -500,16 +517,19 @@ def _read_ahead(url: str, collection: store.Collection, embedder: Embedder, spec
         pending: deque[Future[BatchWork]] = deque()
         following = iter(batches)
         read_count = texts = 0
+
+        def top_up() -> None:  # before each yield: the reads go on while the caller embeds
+            per_batch = texts / read_count if read_count else 0
+            ahead = min(READ_AHEAD_MAX, math.ceil(EMBED_AT_LEAST / per_batch)) if per_batch else 1
+            while len(pending) < ahead and (refs := next(following, None)) is not None:
+                pending.append(pool.submit(read, refs))
+
         try:
-            while True:
-                per_batch = texts / read_count if read_count else 0
-                ahead = min(READ_AHEAD_MAX, math.ceil(EMBED_AT_LEAST / per_batch)) if per_batch else 1
-                while len(pending) < ahead and (refs := next(following, None)) is not None:
-                    pending.append(pool.submit(read, refs))
-                if not pending:
-                    return
+            top_up()
+            while pending:
                 work = pending.popleft().result()
                 read_count, texts = read_count + 1, texts + len(new_texts(work))
+                top_up()
                 yield work
         finally:  # a run that stops early waits for the batch being read, not for the ones queued
             for future in pending:

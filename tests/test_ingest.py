@@ -69,14 +69,15 @@ def test_rerun_without_changes_embeds_nothing(corpus, name, conn):
 
 
 def test_small_batches_are_embedded_together_and_a_shared_text_once(name, conn, tmp_path, monkeypatch, embedder):
-    """docs_per_batch 4 makes 10 batches; an in-process run gathers them into one encode call (fewer
-    than EMBED_AT_LEAST texts), and a text new to two batches is embedded and counted once."""
+    """docs_per_batch 4 makes 10 batches; an in-process run encodes the first and the last alone and
+    gathers the 8 between into one call (fewer than EMBED_AT_LEAST texts); a text new to two of
+    those batches is embedded and counted once."""
     from pipelines.embed import Embedder
     from pipelines.ingest import EMBED_AT_LEAST
     from tools.synthetic import write_folder
 
     folder = write_folder(tmp_path / "docs", 39, seed=31)  # texts no other test embeds
-    shutil.copy(folder / "part0000" / "doc000000.md", folder / "part0000" / "doc999999.md")  # a later batch
+    shutil.copy(folder / "part0000" / "doc000010.md", folder / "part0000" / "doc000011a.md")  # batch 3 → 4
     calls: list[int] = []
     encode = Embedder.encode
     monkeypatch.setattr(Embedder, "encode", lambda self, texts: calls.append(len(texts)) or encode(self, texts))
@@ -85,7 +86,12 @@ def test_small_batches_are_embedded_together_and_a_shared_text_once(name, conn, 
         "SELECT count(DISTINCT c.content_hash), count(*) FROM ragpipe.chunks c "
         "JOIN ragpipe.collections k ON k.id = c.collection_id WHERE k.name = %s", (name,)).fetchone()
     assert summary["new"] == 40 and distinct < stored < EMBED_AT_LEAST
-    assert calls == [distinct] and summary["chunks_embedded"] == distinct
+    assert len(calls) == 3 and sum(calls) == distinct and summary["chunks_embedded"] == distinct
+    first = conn.execute(  # the first batch: the first 4 files of the listing
+        "SELECT count(DISTINCT c.content_hash) FROM ragpipe.chunks c JOIN ragpipe.documents d ON d.id = c.document_id "
+        "JOIN ragpipe.collections k ON k.id = c.collection_id WHERE k.name = %s AND d.source_id ~ 'doc00000[0-3]'",
+        (name,)).fetchone()[0]
+    assert calls[0] == first > 0
     assert summary["chunks_embedded"] + summary["chunks_reused"] == stored
     rows = conn.execute("SELECT c.text, c.embedding FROM ragpipe.chunks c JOIN ragpipe.collections k "
                         "ON k.id = c.collection_id WHERE k.name = %s", (name,)).fetchall()

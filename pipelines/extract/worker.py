@@ -43,8 +43,10 @@ class WorkerUnavailable(ExtractionError):
 
 def extract_isolated(data: bytes, suffix: str) -> Extracted:
     """extract() in the worker; a timeout, crash or memory blow-up becomes an ExtractionError."""
+    if suffix.lower() not in PARSED:  # plain text: nothing to isolate
+        return extract(data, suffix)
     settings = load_settings()
-    if settings.extract_timeout_s <= 0 or suffix.lower() not in PARSED:
+    if settings.extract_timeout_s <= 0:
         return extract(data, suffix)
     return _client(settings.extract_memory_mb).extract(data, suffix, settings.extract_timeout_s)
 
