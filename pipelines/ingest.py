@@ -436,7 +436,9 @@ def run_ingest(spec: CollectionSpec, full_refresh: bool = False, limit: int | No
     """A whole run in this process, holding the collection's write lock throughout: the active
     version is synced; when collections.yml asks for new build settings, the new version is then
     built (or resumed), scored and promoted (`promote`: auto, manual, force; default collections.yml).
-    Returns the active version's run summary, with the new version's under "new_version"."""
+    `progress(documents done, documents planned)` is called after each batch commits, from the
+    thread that loads. Returns the active version's run summary, with the new version's under
+    "new_version"."""
     url = open_database(url)
     with locked_connection(spec, url) as conn:
         if dry_run:
@@ -460,19 +462,24 @@ def sync_version(conn: psycopg.Connection, url: str, spec: CollectionSpec, full_
     """One version's run: plan, batches (read ahead, embed, load), finalize."""
     plan = plan_run(conn, spec, full_refresh, limit, trigger)
     done = 0
+
+    def loaded(work: BatchWork) -> None:  # in the loading thread, after each batch's commit
+        nonlocal done
+        done += len(work.refs)
+        if progress:
+            progress(done, len(plan.todo))
+
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ragpipe-load") as loader:
-        loading: Future[int] | None = None  # the previous group's load, on `conn`, while this one encodes
+        loading: Future[None] | None = None  # the previous group's load, on `conn`, while this one encodes
         try:
             collection, embedder = open_collection(conn, spec)
             for group in embedding_groups(_read_ahead(url, collection, embedder, spec, plan, full_refresh)):
                 embed_batch(*group, embedder=embedder)
-                done += loading.result() if loading else 0
-                if progress and loading:
-                    progress(done, len(plan.todo))
-                loading = loader.submit(write_group, conn, collection, plan.run_id, group)
-            done += loading.result() if loading else 0
-            if progress and loading:
-                progress(done, len(plan.todo))
+                if loading:
+                    loading.result()
+                loading = loader.submit(write_group, conn, collection, plan.run_id, group, loaded)
+            if loading:
+                loading.result()
         except BaseException as exc:
             if loading:  # a load in flight ends (commits or rolls back) before the run is closed
                 wait([loading])
@@ -482,11 +489,12 @@ def sync_version(conn: psycopg.Connection, url: str, spec: CollectionSpec, full_
     return dict(finalize_run(conn, spec, plan.run_id, plan.deleted), collection=spec.name)
 
 
-def write_group(conn: psycopg.Connection, collection: store.Collection, run_id: int, group: list[BatchWork]) -> int:
-    """Load embedded batches in order; returns the documents they held."""
+def write_group(conn: psycopg.Connection, collection: store.Collection, run_id: int, group: list[BatchWork],
+                loaded: Callable[[BatchWork], None]) -> None:
+    """Load embedded batches in order, calling `loaded` after each."""
     for work in group:
         write_batch(conn, collection, run_id, work)
-    return sum(len(work.refs) for work in group)
+        loaded(work)
 
 
 def dry_run_plan(conn: psycopg.Connection, spec: CollectionSpec, full_refresh: bool = False,

@@ -81,7 +81,10 @@ def test_small_batches_are_embedded_together_and_a_shared_text_once(name, conn, 
     calls: list[int] = []
     encode = Embedder.encode
     monkeypatch.setattr(Embedder, "encode", lambda self, texts: calls.append(len(texts)) or encode(self, texts))
-    summary = run_ingest(folder_spec(name, folder, docs_per_batch=4, duplicates="keep"))
+    reported: list[tuple[int, int]] = []
+    summary = run_ingest(folder_spec(name, folder, docs_per_batch=4, duplicates="keep"),
+                         progress=lambda done, total: reported.append((done, total)))
+    assert reported == [(4 * i, 40) for i in range(1, 11)], "progress after each batch's commit"
     distinct, stored = conn.execute(
         "SELECT count(DISTINCT c.content_hash), count(*) FROM ragpipe.chunks c "
         "JOIN ragpipe.collections k ON k.id = c.collection_id WHERE k.name = %s", (name,)).fetchone()
