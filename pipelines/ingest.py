@@ -232,6 +232,7 @@ class BatchWork:
     vectors: dict[str, np.ndarray]
     fresh: set[str] = field(default_factory=set)
     """Chunk hashes embedded in this batch (the rest came from the database)."""
+    skip_duplicates: bool = True
 
     def prepared(self) -> list[Prepared]:
         return [o for o in self.outcome.values() if isinstance(o, Prepared)]
@@ -260,7 +261,7 @@ def read_batch(conn: psycopg.Connection, collection: store.Collection, embedder:
             outcome[sid] = _prepare_or_fail(read, digest, embedder, collection, body)
             if isinstance(outcome[sid], Prepared):  # copies of a failed file fail on their own
                 bodies.setdefault(body, sid)
-    work = BatchWork(refs, existing, outcome, {})
+    work = BatchWork(refs, existing, outcome, {}, skip_duplicates=skip_duplicates)
     hashes = [c.content_hash for p in work.prepared() for c in p.chunks]
     if hashes and not full_refresh:
         work.vectors = store.cached_embeddings(conn, collection.model, hashes)
@@ -338,8 +339,9 @@ def write_batch(conn: psycopg.Connection, collection: store.Collection, run_id: 
         group = work.refs[i:i + COMMIT_EVERY]
         result = BatchResult(processed=len(group))
         docs, touched, gone, duplicates = [], {}, [], []
+        late = copies_written_since_read(conn, collection, run_id, work, group)
         for ref in group:
-            outcome = work.outcome.get(ref.source_id)
+            outcome = late.get(ref.source_id) or work.outcome.get(ref.source_id)
             if isinstance(outcome, Prepared):
                 vectors = np.stack([work.vectors[c.content_hash] for c in outcome.chunks])
                 docs.append(store.LoadedDocument(ref.source_id, outcome.raw.ref.uri, outcome.title,
@@ -385,6 +387,17 @@ def write_batch(conn: psycopg.Connection, collection: store.Collection, run_id: 
         total.add(result)
         failpoint("batch_after_commit")
     return total
+
+
+def copies_written_since_read(conn: psycopg.Connection, collection: store.Collection, run_id: int, work: BatchWork,
+                              refs: list[DocumentRef]) -> dict[str, Duplicate]:
+    """The batch's documents that copy one an earlier batch of this run loaded after this batch was
+    read (batches are read ahead of loading): they are recorded as duplicates, not indexed twice."""
+    if not work.skip_duplicates:
+        return {}
+    bodies = {r.source_id: o.body_hash for r in refs
+              if isinstance(o := work.outcome.get(r.source_id), Prepared) and o.body_hash}
+    return {sid: Duplicate(of) for sid, of in store.duplicates_of(conn, collection.id, run_id, bodies).items()}
 
 
 def finalize_run(conn: psycopg.Connection, spec: CollectionSpec, run_id: int, deleted: list[str],

@@ -5,6 +5,7 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import subprocess
 import time
@@ -305,6 +306,19 @@ def test_duplicate_documents_under_other_names_are_recorded_and_indexed_once(tmp
     summary = run_ingest(spec)
     assert (summary["deleted"], summary["duplicates"]) == (1, 1)
     assert len(names & {r[0] for r in chunk_state(conn, name)}) == 1
+
+
+def test_a_copy_read_before_its_original_is_loaded_is_still_indexed_once(tmp_path, name, conn):
+    """Batches are read ahead of loading: the copy's batch is read while the original's is still
+    being embedded, so the copy is caught when it is loaded."""
+    folder = write_folder(tmp_path / "docs", 12, seed=15)
+    shutil.copy(folder / "part0000" / "doc000001.md", folder / "part0000" / "doc000005a.md")  # batch 1 → 2
+    summary = run_ingest(folder_spec(name, folder, docs_per_batch=4))
+    assert (summary["new"], summary["duplicates"]) == (12, 1)
+    loaded = {r[0] for r in chunk_state(conn, name)} & {"part0000/doc000001.md", "part0000/doc000005a.md"}
+    assert loaded == {"part0000/doc000001.md"}
+    assert conn.execute("SELECT error FROM ragpipe.ingest_failures WHERE run_id = %s AND stage = 'duplicate'",
+                        (summary["id"],)).fetchall() == [("same content as part0000/doc000001.md; indexed once",)]
 
 
 def test_row_level_security_gives_a_tenant_role_its_own_rows_only(tmp_path, name, db_url, conn, embedder):

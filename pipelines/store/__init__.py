@@ -234,6 +234,15 @@ def duplicate_of(conn: psycopg.Connection, collection_id: int, run_id: int, body
     return row[0] if row else None
 
 
+def duplicates_of(conn: psycopg.Connection, collection_id: int, run_id: int, bodies: dict[str, str]) -> dict[str, str]:
+    """duplicate_of for many documents (source id → body hash): source id → the document it copies."""
+    if not bodies:
+        return {}
+    return dict(conn.execute(_q("duplicates_of"), dict(
+        collection_id=collection_id, run_id=run_id, source_ids=list(bodies), body_hashes=list(bodies.values()),
+    )).fetchall())
+
+
 def delete_chunks_of(conn: psycopg.Connection, collection: Collection, source_ids: list[str]) -> None:
     """Delete the documents' chunks, keeping their vectors in the embedding cache."""
     conn.execute(_q("delete_chunks_of"), dict(collection_id=collection.id, source_ids=source_ids,

@@ -215,6 +215,16 @@ WHERE d.collection_id = %(collection_id)s AND d.body_hash = %(body_hash)s AND d.
                   AND d.run_id IS DISTINCT FROM r.id)
 ORDER BY d.source_id LIMIT 1;
 
+-- name: duplicates_of
+-- duplicate_of for many documents at once: (source_id, the document it copies) for those that copy one
+SELECT DISTINCT ON (x.source_id) x.source_id, d.source_id
+FROM unnest(%(source_ids)s::text[], %(body_hashes)s::text[]) AS x (source_id, body_hash)
+JOIN ragpipe.documents d ON d.collection_id = %(collection_id)s AND d.body_hash = x.body_hash
+                         AND d.source_id <> x.source_id
+WHERE NOT EXISTS (SELECT FROM ragpipe.ingest_runs r WHERE r.id = %(run_id)s AND d.source_id = ANY (r.leaving)
+                  AND d.run_id IS DISTINCT FROM r.id)
+ORDER BY x.source_id, d.source_id;
+
 -- name: delete_documents
 DELETE FROM ragpipe.documents WHERE collection_id = %s AND source_id = ANY(%s);
 
