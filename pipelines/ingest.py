@@ -339,36 +339,36 @@ def write_batch(conn: psycopg.Connection, collection: store.Collection, run_id: 
         group = work.refs[i:i + COMMIT_EVERY]
         result = BatchResult(processed=len(group))
         docs, touched, gone, duplicates = [], {}, [], []
-        late = copies_written_since_read(conn, collection, run_id, work, group)
-        for ref in group:
-            outcome = late.get(ref.source_id) or work.outcome.get(ref.source_id)
-            if isinstance(outcome, Prepared):
-                vectors = np.stack([work.vectors[c.content_hash] for c in outcome.chunks])
-                docs.append(store.LoadedDocument(ref.source_id, outcome.raw.ref.uri, outcome.title,
-                                                 outcome.content_hash, outcome.raw.ref.fingerprint,
-                                                 outcome.raw.metadata, outcome.chunks, vectors, outcome.body_hash))
-                if ref.source_id in work.existing:
-                    result.changed += 1
-                else:
-                    result.new += 1
-                for c in outcome.chunks:
-                    fresh = c.content_hash in work.fresh and c.content_hash not in counted
-                    counted.add(c.content_hash)
-                    result.chunks_embedded += fresh
-                    result.chunks_reused += not fresh
-            elif isinstance(outcome, Touched):
-                touched[ref.source_id] = outcome.fingerprint
-            elif isinstance(outcome, Failure):
-                result.failures.append((ref.source_id, outcome.stage, outcome.reason))
-            elif isinstance(outcome, Duplicate):
-                duplicates.append((ref.source_id, outcome.of))
-                if ref.source_id in work.existing:  # it changed into a copy of another document
+        with conn.transaction():  # the copy check and the load, under the bodies' locks
+            late = copies_written_since_read(conn, collection, run_id, work, group)
+            for ref in group:
+                outcome = late.get(ref.source_id) or work.outcome.get(ref.source_id)
+                if isinstance(outcome, Prepared):
+                    vectors = np.stack([work.vectors[c.content_hash] for c in outcome.chunks])
+                    docs.append(store.LoadedDocument(ref.source_id, outcome.raw.ref.uri, outcome.title,
+                                                     outcome.content_hash, outcome.raw.ref.fingerprint,
+                                                     outcome.raw.metadata, outcome.chunks, vectors, outcome.body_hash))
+                    if ref.source_id in work.existing:
+                        result.changed += 1
+                    else:
+                        result.new += 1
+                    for c in outcome.chunks:
+                        fresh = c.content_hash in work.fresh and c.content_hash not in counted
+                        counted.add(c.content_hash)
+                        result.chunks_embedded += fresh
+                        result.chunks_reused += not fresh
+                elif isinstance(outcome, Touched):
+                    touched[ref.source_id] = outcome.fingerprint
+                elif isinstance(outcome, Failure):
+                    result.failures.append((ref.source_id, outcome.stage, outcome.reason))
+                elif isinstance(outcome, Duplicate):
+                    duplicates.append((ref.source_id, outcome.of))
+                    if ref.source_id in work.existing:  # it changed into a copy of another document
+                        gone.append(ref.source_id)
+                elif isinstance(outcome, Vanished):
                     gone.append(ref.source_id)
-            elif isinstance(outcome, Vanished):
-                gone.append(ref.source_id)
-        result.unchanged = len(touched)
-        uris = {r.source_id: r.uri for r in group}
-        with conn.transaction():
+            result.unchanged = len(touched)
+            uris = {r.source_id: r.uri for r in group}
             store.replace_documents(conn, collection, run_id, docs)
             failpoint("load_before_commit")
             store.touch_documents(conn, collection.id, run_id, touched)
@@ -392,11 +392,13 @@ def write_batch(conn: psycopg.Connection, collection: store.Collection, run_id: 
 def copies_written_since_read(conn: psycopg.Connection, collection: store.Collection, run_id: int, work: BatchWork,
                               refs: list[DocumentRef]) -> dict[str, Duplicate]:
     """The batch's documents that copy one an earlier batch of this run loaded after this batch was
-    read (batches are read ahead of loading): they are recorded as duplicates, not indexed twice."""
+    read (batches are read ahead of loading, and Airflow loads batches in parallel): they are
+    recorded as duplicates, not indexed twice. Call inside the load's transaction."""
     if not work.skip_duplicates:
         return {}
     bodies = {r.source_id: o.body_hash for r in refs
               if isinstance(o := work.outcome.get(r.source_id), Prepared) and o.body_hash}
+    store.lock_bodies(conn, collection.id, list(bodies.values()))  # parallel batches (Airflow) load copies in turn
     return {sid: Duplicate(of) for sid, of in store.duplicates_of(conn, collection.id, run_id, bodies).items()}
 
 

@@ -8,6 +8,7 @@ import re
 import shutil
 import signal
 import subprocess
+import threading
 import time
 import zipfile
 from pathlib import Path
@@ -319,6 +320,46 @@ def test_a_copy_read_before_its_original_is_loaded_is_still_indexed_once(tmp_pat
     assert loaded == {"part0000/doc000001.md"}
     assert conn.execute("SELECT error FROM ragpipe.ingest_failures WHERE run_id = %s AND stage = 'duplicate'",
                         (summary["id"],)).fetchall() == [("same content as part0000/doc000001.md; indexed once",)]
+
+
+def test_two_batches_loading_at_once_index_identical_files_once(tmp_path, name, conn, db_url, monkeypatch):
+    """Airflow's mapped tasks load batches of one run in parallel. Two identical files in two
+    batches, both read before either loads: the second load waits for the first to commit, then
+    records its file as a duplicate."""
+    from concurrent.futures import ThreadPoolExecutor, wait
+
+    from pipelines import ingest
+    from pipelines.sources import make_source
+    from pipelines.store.database import connect
+
+    folder = write_folder(tmp_path / "docs", 1, seed=16)
+    shutil.copy(folder / "part0000" / "doc000000.md", folder / "part0000" / "doc000000b.md")
+    spec = folder_spec(name, folder, docs_per_batch=1)
+    plan = ingest.plan_step(spec, url=db_url)
+    assert len(plan.todo) == 2
+    paused, release = threading.Event(), threading.Event()
+
+    def hold_the_first_load(point: str) -> None:  # the first load to get here waits before its commit
+        if point == "load_before_commit" and not paused.is_set():
+            paused.set()
+            assert release.wait(30)
+
+    monkeypatch.setattr(ingest, "failpoint", hold_the_first_load)
+    with connect(db_url, autocommit=True) as a, connect(db_url, autocommit=True) as b, \
+            ThreadPoolExecutor(max_workers=2) as pool:
+        collection, embedder = ingest.open_collection(a, spec)
+        works = [ingest.read_batch(c, collection, embedder, make_source(spec.source), refs, plan.run_id, False)
+                 for c, refs in zip((a, b), plan.batches(1), strict=True)]
+        for work in works:
+            ingest.embed_batch(work, embedder=embedder)
+        first = pool.submit(ingest.write_batch, a, collection, plan.run_id, works[0])
+        assert paused.wait(30), "the first load reached its commit"
+        second = pool.submit(ingest.write_batch, b, collection, plan.run_id, works[1])
+        assert not wait([second], timeout=2).done, "the second load waits for the first one's commit"
+        release.set()
+        results = [first.result(timeout=60), second.result(timeout=60)]
+    assert [(r.new, r.duplicates) for r in results] == [(1, 0), (0, 1)]
+    assert [r[0] for r in chunk_state(conn, name)] == ["part0000/doc000000.md"] * len(chunk_state(conn, name))
 
 
 def test_row_level_security_gives_a_tenant_role_its_own_rows_only(tmp_path, name, db_url, conn, embedder):

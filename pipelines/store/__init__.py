@@ -234,6 +234,13 @@ def duplicate_of(conn: psycopg.Connection, collection_id: int, run_id: int, body
     return row[0] if row else None
 
 
+def lock_bodies(conn: psycopg.Connection, collection_id: int, body_hashes: list[str]) -> None:
+    """Hold, until the transaction ends, a lock on each content in the collection: a parallel load of
+    the same content waits, then sees this one. Call inside a transaction."""
+    if body_hashes:
+        conn.execute(_q("lock_bodies"), (collection_id, body_hashes))
+
+
 def duplicates_of(conn: psycopg.Connection, collection_id: int, run_id: int, bodies: dict[str, str]) -> dict[str, str]:
     """duplicate_of for many documents (source id → body hash): source id → the document it copies."""
     if not bodies:

@@ -215,6 +215,12 @@ WHERE d.collection_id = %(collection_id)s AND d.body_hash = %(body_hash)s AND d.
                   AND d.run_id IS DISTINCT FROM r.id)
 ORDER BY d.source_id LIMIT 1;
 
+-- name: lock_bodies
+-- One lock per (collection, body hash), taken in a fixed order so that two loads never deadlock;
+-- the (int, int) keys do not overlap the bigint keys of the collection and migration locks.
+SELECT count(pg_advisory_xact_lock(%s, hashtext(b)))
+FROM (SELECT DISTINCT b FROM unnest(%s::text[]) AS b ORDER BY b) AS bodies;
+
 -- name: duplicates_of
 -- duplicate_of for many documents at once: (source_id, the document it copies) for those that copy one
 SELECT DISTINCT ON (x.source_id) x.source_id, d.source_id
