@@ -254,7 +254,8 @@ def read_batch(conn: psycopg.Connection, collection: store.Collection, embedder:
             outcome[sid] = decided
             continue
         body = body_hash(read)
-        original = skip_duplicates and (bodies.get(body) or store.duplicate_of(conn, collection.id, run_id, body, sid))
+        original = skip_duplicates and (bodies.get(body)
+                                        or store.duplicates_of(conn, collection.id, run_id, {sid: body}).get(sid))
         if original:
             outcome[sid] = Duplicate(original)
         else:

@@ -226,14 +226,6 @@ def record_failure(conn: psycopg.Connection, run_id: int | None, collection_id: 
                         ).fetchone() is not None
 
 
-def duplicate_of(conn: psycopg.Connection, collection_id: int, run_id: int, body_hash: str,
-                 source_id: str) -> str | None:
-    """Another document of the collection with exactly this content that this run keeps, if any."""
-    row = conn.execute(_q("duplicate_of"), dict(collection_id=collection_id, run_id=run_id, body_hash=body_hash,
-                                                source_id=source_id)).fetchone()
-    return row[0] if row else None
-
-
 def lock_bodies(conn: psycopg.Connection, collection_id: int, body_hashes: list[str]) -> None:
     """Hold, until the transaction ends, a lock on each content in the collection: a parallel load of
     the same content waits, then sees this one. Call inside a transaction."""
@@ -242,7 +234,8 @@ def lock_bodies(conn: psycopg.Connection, collection_id: int, body_hashes: list[
 
 
 def duplicates_of(conn: psycopg.Connection, collection_id: int, run_id: int, bodies: dict[str, str]) -> dict[str, str]:
-    """duplicate_of for many documents (source id → body hash): source id → the document it copies."""
+    """For documents (source id → body hash), the other document of the collection with exactly the
+    same content that this run keeps, for those that have one: source id → that document."""
     if not bodies:
         return {}
     return dict(conn.execute(_q("duplicates_of"), dict(

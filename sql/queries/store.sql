@@ -207,14 +207,6 @@ VALUES (%s, %s, %s, %s, %s, %s)
 ON CONFLICT (run_id, source_id) DO NOTHING
 RETURNING id;
 
--- name: duplicate_of
-SELECT d.source_id FROM ragpipe.documents d
-WHERE d.collection_id = %(collection_id)s AND d.body_hash = %(body_hash)s AND d.source_id <> %(source_id)s
-  -- not a document this run deletes, or replaces and has not yet rewritten (its stored text is going away)
-  AND NOT EXISTS (SELECT FROM ragpipe.ingest_runs r WHERE r.id = %(run_id)s AND d.source_id = ANY (r.leaving)
-                  AND d.run_id IS DISTINCT FROM r.id)
-ORDER BY d.source_id LIMIT 1;
-
 -- name: lock_bodies
 -- One lock per (collection, body hash), taken in a fixed order so that two loads never deadlock;
 -- the (int, int) keys do not overlap the bigint keys of the collection and migration locks.
@@ -222,11 +214,12 @@ SELECT count(pg_advisory_xact_lock(%s, hashtext(b)))
 FROM (SELECT DISTINCT b FROM unnest(%s::text[]) AS b ORDER BY b) AS bodies;
 
 -- name: duplicates_of
--- duplicate_of for many documents at once: (source_id, the document it copies) for those that copy one
+-- (source_id, the first other document with the same content) for the documents that copy one
 SELECT DISTINCT ON (x.source_id) x.source_id, d.source_id
 FROM unnest(%(source_ids)s::text[], %(body_hashes)s::text[]) AS x (source_id, body_hash)
 JOIN ragpipe.documents d ON d.collection_id = %(collection_id)s AND d.body_hash = x.body_hash
                          AND d.source_id <> x.source_id
+  -- not a document this run deletes, or replaces and has not yet rewritten (its stored text is going away)
 WHERE NOT EXISTS (SELECT FROM ragpipe.ingest_runs r WHERE r.id = %(run_id)s AND d.source_id = ANY (r.leaving)
                   AND d.run_id IS DISTINCT FROM r.id)
 ORDER BY x.source_id, d.source_id;
