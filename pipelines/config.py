@@ -22,6 +22,11 @@ class ConfigError(ValueError):
     """collections.yml (or a command line) describes a collection that cannot work."""
 
 
+def version_name(family: str, version: int) -> str:
+    """The name that reads version `version` of collection `family`, whatever its state."""
+    return f"{family}{VERSION_MARK}{version}"
+
+
 @dataclass(frozen=True)
 class CollectionSpec:
     """A validated collection (built by parse_collection from the `Collection` model, whose defaults apply)."""

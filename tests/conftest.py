@@ -64,7 +64,7 @@ def ragpipe_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def db_url(ragpipe_home: Path) -> str:
-    from pipelines.ingest import open_database
+    from pipelines.store.connection import open_database
 
     return open_database()
 

@@ -73,7 +73,7 @@ def test_small_batches_are_embedded_together_and_a_shared_text_once(name, conn, 
     gathers the 8 between into one call (fewer than EMBED_AT_LEAST texts); a text new to two of
     those batches is embedded and counted once."""
     from pipelines.embed import Embedder
-    from pipelines.ingest import EMBED_AT_LEAST
+    from pipelines.sync.encode import EMBED_AT_LEAST
     from tools.synthetic import write_folder
 
     folder = write_folder(tmp_path / "docs", 39, seed=31)  # texts no other test embeds

@@ -84,8 +84,8 @@ def test_database_restart_mid_run_fails_clearly_then_recovers(tmp_path, name, db
 
 
 def test_file_vanishing_between_listing_and_reading_is_recorded(tmp_path, name, conn):
-    from pipelines.ingest import plan_run, process_batch
     from pipelines.sources import make_source
+    from pipelines.sync import plan_run, process_batch
 
     folder = write_folder(tmp_path / "docs", 10, seed=9)
     spec = folder_spec(name, folder)
@@ -328,14 +328,18 @@ def test_two_batches_loading_at_once_index_identical_files_once(tmp_path, name, 
     records its file as a duplicate."""
     from concurrent.futures import ThreadPoolExecutor, wait
 
-    from pipelines import ingest
+    from pipelines.airflow.steps import plan_step
+    from pipelines.collection import open_collection
     from pipelines.sources import make_source
     from pipelines.store.database import connect
+    from pipelines.sync import load
+    from pipelines.sync.encode import embed_batch
+    from pipelines.sync.read import read_batch
 
     folder = write_folder(tmp_path / "docs", 1, seed=16)
     shutil.copy(folder / "part0000" / "doc000000.md", folder / "part0000" / "doc000000b.md")
     spec = folder_spec(name, folder, docs_per_batch=1)
-    plan = ingest.plan_step(spec, url=db_url)
+    plan = plan_step(spec, url=db_url)
     assert len(plan.todo) == 2
     paused, release = threading.Event(), threading.Event()
 
@@ -344,17 +348,17 @@ def test_two_batches_loading_at_once_index_identical_files_once(tmp_path, name, 
             paused.set()
             assert release.wait(30)
 
-    monkeypatch.setattr(ingest, "failpoint", hold_the_first_load)
+    monkeypatch.setattr(load, "failpoint", hold_the_first_load)
     with connect(db_url, autocommit=True) as a, connect(db_url, autocommit=True) as b, \
             ThreadPoolExecutor(max_workers=2) as pool:
-        collection, embedder = ingest.open_collection(a, spec)
-        works = [ingest.read_batch(c, collection, embedder, make_source(spec.source), refs, plan.run_id, False)
+        collection, embedder = open_collection(a, spec)
+        works = [read_batch(c, collection, embedder, make_source(spec.source), refs, plan.run_id, False)
                  for c, refs in zip((a, b), plan.batches(1), strict=True)]
         for work in works:
-            ingest.embed_batch(work, embedder=embedder)
-        first = pool.submit(ingest.write_batch, a, collection, plan.run_id, works[0])
+            embed_batch(work, embedder=embedder)
+        first = pool.submit(load.write_batch, a, collection, plan.run_id, works[0])
         assert paused.wait(30), "the first load reached its commit"
-        second = pool.submit(ingest.write_batch, b, collection, plan.run_id, works[1])
+        second = pool.submit(load.write_batch, b, collection, plan.run_id, works[1])
         assert not wait([second], timeout=2).done, "the second load waits for the first one's commit"
         release.set()
         results = [first.result(timeout=60), second.result(timeout=60)]

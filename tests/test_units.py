@@ -2,9 +2,12 @@
 
 import pytest
 
-from pipelines.ingest import (
+from pipelines.settings import SettingsError, load_settings
+from pipelines.sources import DocumentRef, Gone, NotModified, RawDocument, same_fingerprint
+from pipelines.store.database import mask_url
+from pipelines.sync.load import BatchResult
+from pipelines.sync.read import (
     AlreadyWritten,
-    BatchResult,
     Failure,
     Touched,
     Vanished,
@@ -13,9 +16,6 @@ from pipelines.ingest import (
     content_hash,
     storable,
 )
-from pipelines.settings import SettingsError, load_settings
-from pipelines.sources import DocumentRef, Gone, NotModified, RawDocument, same_fingerprint
-from pipelines.store.database import mask_url
 
 pytestmark = pytest.mark.unit
 

@@ -33,10 +33,11 @@ from pipelines.chunking import Chunk, chunk_text
 from pipelines.config import DEFAULT_INDEX, parse_collection
 from pipelines.embed import get_embedder
 from pipelines.embed.hardware import CPU_FLAGS
-from pipelines.ingest import open_database, run_ingest
+from pipelines.ingest import run_ingest
 from pipelines.search import HYBRID_DEFAULTS
 from pipelines.search.tuning import EF_LADDER, CurvePoint, choose_ef_search
 from pipelines.settings import DEFAULT_MODEL, PROJECT_ROOT
+from pipelines.store.connection import open_database
 from pipelines.store.database import connect
 from pipelines.store.sqlfiles import query
 from tools.service import RAGPIPE, ragpipe_serve

@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from pipelines.ingest import open_database
+from pipelines.store.connection import open_database
 from pipelines.store.database import connect
 from tools.synthetic import NFCORPUS
 

@@ -19,9 +19,9 @@ from pathlib import Path
 from pipelines.airflow import SEARCH_URL_PREFIX as URL_PREFIX
 from pipelines.airflow.environment import airflow_environment
 from pipelines.airflow.rest import AirflowAPI, RunFailed, wait_for, wait_for_runs
-from pipelines.ingest import open_database
 from pipelines.proctree import ProcessTree
 from pipelines.settings import load_settings
+from pipelines.store.connection import open_database
 from pipelines.store.database import database_url
 
 SAMPLE_DAGS = tuple(f"ragpipe_ingest_{name}" for name in

@@ -101,7 +101,7 @@ def sync_stage(spec: CollectionSpec, settings: Settings, target: str) -> Any:
     def plan(params: dict[str, Any] | None = None, ti: Any = None) -> list[dict[str, Any]]:
         """List the source and decide what to process; returns one entry per batch to map over."""
         from pipelines.airflow.connections import explained_timeout, vector_db_url
-        from pipelines.ingest import plan_step
+        from pipelines.airflow.steps import plan_step
 
         params = params or {}
         dry_run, full_refresh = bool(params.get("dry_run")), bool(params.get("full_refresh"))
@@ -128,7 +128,7 @@ def sync_stage(spec: CollectionSpec, settings: Settings, target: str) -> Any:
                       version: str | None = None) -> dict[str, int]:
         """Read, extract, chunk, embed and load one batch (document references only in XCom)."""
         from pipelines.airflow.connections import explained_timeout, vector_db_url
-        from pipelines.ingest import batch_step
+        from pipelines.airflow.steps import batch_step
         from pipelines.sources import DocumentRef
 
         with explained_timeout("batch"):
@@ -147,7 +147,8 @@ def sync_stage(spec: CollectionSpec, settings: Settings, target: str) -> Any:
         from airflow.sdk.exceptions import AirflowSkipException
 
         from pipelines.airflow.connections import explained_timeout, vector_db_url
-        from pipelines.ingest import finalize_step, format_summary
+        from pipelines.airflow.steps import finalize_step
+        from pipelines.ingest import format_summary
 
         if planned.get("version") is None:
             raise AirflowSkipException("no new version to build")

@@ -19,15 +19,13 @@ from typing import Any
 
 import numpy as np
 
+from pipelines.embed.errors import ModelUnavailable
+
 PACKAGED_MODELS = {"sentence-transformers/all-MiniLM-L6-v2", "all-MiniLM-L6-v2"}
 BACKENDS = ("torch", "bf16", "fp16", "onnx-int8")
 AUTO = "auto"
 AUTOCAST = {"bf16": "bfloat16", "fp16": "float16"}
 """The backends that run the torch model under autocast, and the dtype of each."""
-
-
-class ModelUnavailable(LookupError):
-    """The embedding model cannot be loaded here; the message says what to use instead."""
 
 
 def split_model_id(model_id: str) -> tuple[str, str]:

@@ -33,7 +33,7 @@ def cuda_visible() -> bool:
 def choose_device(backend: str, setting: str | None = None, cuda: bool | None = None) -> str:
     """The device a backend's model runs on: RAGPIPE_DEVICE (auto, cpu or cuda; auto means a visible
     CUDA GPU, else the CPU). onnx-int8 runs on the CPU; fp16 needs a GPU. Raises with what to do."""
-    from pipelines.embed import ModelUnavailable
+    from pipelines.embed.errors import ModelUnavailable
     from pipelines.settings import load_settings
 
     setting = setting or load_settings().device

@@ -20,11 +20,11 @@ from psycopg.rows import class_row
 from psycopg.types.json import Jsonb
 
 from pipelines import store
+from pipelines.config import version_name
 from pipelines.embed import get_embedder
-from pipelines.ingest import open_database
+from pipelines.store.connection import open_database
 from pipelines.store.database import connect
 from pipelines.store.sqlfiles import query
-from pipelines.versions import version_name
 
 Mode = Literal["semantic", "keyword", "hybrid"]
 MODES: tuple[Mode, ...] = ("hybrid", "semantic", "keyword")

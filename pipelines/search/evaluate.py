@@ -6,8 +6,6 @@ score is its best chunk's score. Metrics come from ranx: nDCG@10, Recall@100, MR
 is semantic search with index scans disabled (brute force), to show what HNSW costs in recall.
 """
 
-import csv
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -16,46 +14,17 @@ import numpy as np
 
 from pipelines.config import parse_collection
 from pipelines.embed import get_embedder
-from pipelines.ingest import open_database, run_ingest
+from pipelines.ingest import run_ingest
 from pipelines.search import HYBRID_DEFAULTS
+from pipelines.search.beir import load_qrels, load_queries, prepare_corpus
 from pipelines.settings import DEFAULT_MODEL, load_settings
+from pipelines.store.connection import open_database
 from pipelines.store.database import connect
 from pipelines.store.sqlfiles import query
 
 METRICS = ["ndcg@10", "recall@100", "mrr@10"]
 CHUNK_DEPTH = 300
 """Chunks fetched per query: enough for a ranking of 100 distinct documents."""
-
-
-def prepare_corpus(dataset: Path, out: Path) -> Path:
-    """corpus.jsonl → a JSONL table with id, title and text (rewritten only if changed), ingested as a
-    user's table with a title_column is: the title is embedded and searched as the text's first paragraph."""
-    lines = []
-    with (dataset / "corpus.jsonl").open() as f:
-        for line in f:
-            doc = json.loads(line)
-            lines.append(json.dumps({"id": doc["_id"], "title": doc.get("title") or None, "text": doc.get("text", "")}))
-    data = "\n".join(lines) + "\n"
-    if not out.exists() or out.read_text() != data:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(data)
-    return out
-
-
-def load_qrels(dataset: Path, split: str) -> dict[str, dict[str, int]]:
-    qrels: dict[str, dict[str, int]] = {}
-    with (dataset / "qrels" / f"{split}.tsv").open(newline="") as f:
-        for row in csv.DictReader((line.replace("\r", "") for line in f), delimiter="\t"):
-            if int(row["score"]) > 0:
-                qrels.setdefault(row["query-id"], {})[row["corpus-id"]] = int(row["score"])
-    return qrels
-
-
-def load_queries(dataset: Path, ids: set[str]) -> dict[str, str]:
-    with (dataset / "queries.jsonl").open() as f:
-        return {q["_id"]: q["text"] for q in map(json.loads, f) if q["_id"] in ids}
-
-
 SWEEP: list[dict[str, Any]] = ([{"fusion": "rrf", "rrf_k": k} for k in (10, 30, 60)]
                                 + [{"fusion": "convex", "alpha": a} for a in (0.3, 0.4, 0.5, 0.6, 0.7)])
 """The hybrid fusion settings `ragpipe eval --sweep` scores (choose on a dev split, report on test)."""

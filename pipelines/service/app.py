@@ -2,7 +2,6 @@
 
 import json
 import logging
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import asynccontextmanager
@@ -13,176 +12,30 @@ from fastapi import FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
-from pydantic import BaseModel, Field
 
-from pipelines.search import (
-    HYBRID_DEFAULTS,
-    MODES,
-    Mode,
-    RagContext,
-    SearchResult,
-    jsonb_filter,
-    rag_context_row,
-    run_search,
+from pipelines.search import MODES, Mode
+from pipelines.service.access import Unauthorized
+from pipelines.service.backend import SearchService
+from pipelines.service.database import Busy
+from pipelines.service.page import render_page
+from pipelines.service.requests import (
+    MAX_K,
+    BadRequest,
+    Forbidden,
+    NotFound,
+    RagContextRequest,
+    error_status,
+    parse_filter,
 )
-from pipelines.service.access import Access, Unauthorized
-from pipelines.service.database import Busy, ServiceDatabase
 from pipelines.settings import Settings, load_settings
-from pipelines.store.database import DatabaseError, database_url, first_line, mask_url
-from pipelines.versions import version_name
+from pipelines.store.database import DatabaseError, first_line, mask_url
 
 log = logging.getLogger(__name__)
-
-MAX_K = 1000
-MAX_QUERY_BYTES = 8192
-
-
-class NotFound(LookupError):
-    pass
-
-
-class BadRequest(ValueError):
-    pass
-
-
-class Forbidden(PermissionError):
-    pass
-
-
-class RagContextRequest(BaseModel):
-    collection: str = Field(min_length=1, max_length=200)
-    q: str = Field(min_length=1)
-    k: int = Field(8, ge=1, le=MAX_K)
-    max_tokens: int = Field(1500, ge=1, le=100_000)
-    filter: dict[str, Any] | None = None
-
-
-class SearchService:
-    """What the routes share: the database, who may do what, and query embedding."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.access = Access.from_settings(settings)
-        self.url = settings.serve_database_url or database_url(settings)
-        self.db = ServiceDatabase(self.url, settings.serve_role, settings.serve_pool_size,
-                                  settings.serve_pool_wait_s, int(settings.serve_statement_timeout_s * 1000))
-        self._opened = False
-        self._opening = threading.Lock()
-
-    def open(self) -> None:
-        """Open the pool and check the roles. On the main database, migrate first (starting the embedded
-        server when that is the database); a login of its own (RAGPIPE_SERVE_DATABASE_URL) may not
-        migrate, so there the owner must have run `ragpipe db migrate`."""
-        if self._opened:  # every request passes here: no lock once open
-            return
-        with self._opening:
-            if self._opened:
-                return
-            if not self.settings.serve_database_url:
-                from pipelines.ingest import open_database
-
-                open_database(self.url)
-            self.db.open()
-            for role in self.access.roles() - {self.settings.serve_role}:
-                self.db.check_role(role)
-            self._opened = True
-            log.info("search service: %s as role %s, pool of %d", mask_url(self.url), self.settings.serve_role,
-                     self.settings.serve_pool_size)
-
-    def warm(self) -> None:
-        """Load every collection's model now, so that the first search is not the slow one."""
-        from pipelines.embed import get_embedder
-
-        for c in self.collections(self.settings.serve_role):
-            get_embedder(c["model"]).encode(["warm up"])
-
-    def role(self, authorization: str | None) -> str:
-        self.open()
-        return self.access.role_for(authorization)
-
-    def collections(self, role: str) -> list[dict[str, Any]]:
-        with self.db.session() as conn:
-            rows = conn.cursor(row_factory=psycopg.rows.dict_row).execute(
-                "SELECT collection AS name, model, documents, chunks, last_run_status, last_run_at "
-                "FROM ragpipe.collection_stats ORDER BY collection").fetchall()
-        return [dict(r, last_run_at=r["last_run_at"].isoformat() if r["last_run_at"] else None) for r in rows]
-
-    def version_of(self, collection: str) -> tuple[str, str]:
-        """(model, `name@vN`) of the collection's active version: a request embeds with that model and
-        reads that version, even if another is promoted meanwhile."""
-        with self.db.session() as conn:
-            row = conn.execute("SELECT model, version FROM ragpipe.collection_stats WHERE collection = %s",
-                               (collection,)).fetchone()
-        if row is None:
-            raise NotFound(f"no collection named {collection!r}; GET /api/collections lists them")
-        return row[0], version_name(collection, row[1])
-
-    def embed(self, collection: str, text: str) -> tuple[Any, str]:
-        """The query's embedding by the collection's model, and the version it is for."""
-        from pipelines.embed import get_embedder
-
-        model, version = self.version_of(collection)
-        return get_embedder(model).encode([text])[0], version
-
-    def search(self, role: str, collection: str, q: str, k: int, mode: Mode,
-               filter: dict[str, Any] | None) -> list[SearchResult]:
-        check_query(q)
-        tenant = self.db.is_tenant(role)
-        if tenant and mode != "semantic":
-            raise Forbidden("a tenant token searches with mode=semantic only (row-level security applies there)")
-        if mode == "keyword":
-            embedding, collection = None, self.version_of(collection)[1]  # unknown names: a 404 in every mode
-        else:
-            embedding, collection = self.embed(collection, q)
-        params = dict(collection=collection, text=q, embedding=embedding, k=k, filter=jsonb_filter(filter),
-                      **HYBRID_DEFAULTS)
-        with self.db.session(role) as conn:
-            return run_search(conn, "tenant" if tenant else mode, params)
-
-    def similar(self, role: str, collection: str, source_id: str, k: int) -> list[SearchResult]:
-        self.forbid_tenant(role, "similar documents")
-        collection = self.version_of(collection)[1]
-        with self.db.session(role) as conn:
-            return run_search(conn, "similar_documents", dict(collection=collection, source_id=source_id, k=k,
-                                                              filter=None))
-
-    def rag_context(self, role: str, body: RagContextRequest) -> RagContext:
-        check_query(body.q)
-        self.forbid_tenant(role, "RAG context")
-        embedding, version = self.embed(body.collection, body.q)
-        with self.db.session(role) as conn:
-            return rag_context_row(conn, dict(collection=version, text=body.q, embedding=embedding, k=body.k,
-                                              max_tokens=body.max_tokens, filter=jsonb_filter(body.filter)))
-
-    def forbid_tenant(self, role: str, what: str) -> None:
-        if self.db.is_tenant(role):
-            raise Forbidden(f"a tenant token cannot ask for {what}: it searches with mode=semantic only")
-
-
-def check_query(q: str) -> None:
-    if not q.strip():
-        raise BadRequest("q is empty: give the text to search for")
-    if len(q.encode()) > MAX_QUERY_BYTES:
-        raise BadRequest(f"q is longer than {MAX_QUERY_BYTES} bytes")
-
-
-def parse_filter(raw: str | None) -> dict[str, Any] | None:
-    if raw is None or not raw.strip():
-        return None
-    try:
-        value = json.loads(raw)
-    except ValueError:
-        raise BadRequest('filter must be a JSON object, e.g. {"topic": "soy"}') from None
-    if not isinstance(value, dict):
-        raise BadRequest('filter must be a JSON object, e.g. {"topic": "soy"}')
-    return value
 
 
 def create_app(settings: Settings | None = None, warm: bool = False) -> FastAPI:
     """The search service as an ASGI app. Nothing connects or loads a model until the first request
     (or start-up, with warm=True), so mounting it in Airflow costs nothing at import time."""
-    from pipelines.service.page import render_page
-
     service = SearchService(settings or load_settings())
 
     @asynccontextmanager
@@ -287,25 +140,6 @@ def _ms(started: float) -> float:
 
 def _sse(event: str, data: dict[str, Any]) -> str:
     return f"event: {event}\ndata: {json.dumps(data)}\n\n"
-
-
-def error_status(exc: BaseException) -> tuple[int, str]:
-    """The HTTP status and one-line message of an error; the page and the API share it."""
-    if isinstance(exc, Unauthorized):
-        return 401, str(exc)
-    if isinstance(exc, Forbidden):
-        return 403, str(exc)
-    if isinstance(exc, NotFound | psycopg.errors.UndefinedObject | psycopg.errors.NoDataFound):
-        return 404, first_line(exc).removeprefix("ragpipe: ")
-    if isinstance(exc, BadRequest | psycopg.DataError):
-        return 400, first_line(exc).removeprefix("ragpipe: ")
-    if isinstance(exc, psycopg.errors.InsufficientPrivilege):
-        return 403, "this role may not run that search: " + first_line(exc)
-    if isinstance(exc, psycopg.errors.QueryCanceled):
-        return 504, "the search took longer than RAGPIPE_SERVE_STATEMENT_TIMEOUT and was stopped"
-    if isinstance(exc, Busy | DatabaseError):
-        return 503, mask_url(str(exc))
-    return 500, "internal error; the service log has the details"
 
 
 def _add_error_handlers(app: FastAPI) -> None:

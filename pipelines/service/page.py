@@ -10,7 +10,7 @@ from markupsafe import Markup, escape
 from starlette.datastructures import QueryParams
 
 from pipelines.search import MODES
-from pipelines.service.app import MAX_K, BadRequest, error_status, parse_filter
+from pipelines.service.requests import MAX_K, BadRequest, error_status, parse_filter
 
 DEFAULT_K = 10
 log = logging.getLogger(__name__)

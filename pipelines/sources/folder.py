@@ -11,7 +11,7 @@ from typing import Annotated
 from pydantic import Field
 
 from pipelines.extract import EXTRACTORS
-from pipelines.sources import DocumentRef, Listing, RawDocument, SourceError
+from pipelines.sources.base import DocumentRef, Listing, RawDocument, SourceError
 
 DEFAULT_MAX_BYTES = 50 * 1024 * 1024
 

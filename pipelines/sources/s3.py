@@ -8,7 +8,7 @@ from functools import cached_property
 from pathlib import PurePosixPath
 from typing import Any
 
-from pipelines.sources import DocumentRef, Listing, RawDocument, SourceError
+from pipelines.sources.base import DocumentRef, Listing, RawDocument, SourceError
 from pipelines.sources.folder import FileFilters
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
-from pipelines.sources import DocumentRef, Listing, RawDocument, SourceError, row_document
+from pipelines.sources.base import DocumentRef, Listing, RawDocument, SourceError, row_document
 from pipelines.store.database import first_line, mask_url
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import pandas as pd
 
-from pipelines.sources import DocumentRef, Listing, RawDocument, SourceError, row_document
+from pipelines.sources.base import DocumentRef, Listing, RawDocument, SourceError, row_document
 
 
 def _csv(path: Path) -> list[Any]:

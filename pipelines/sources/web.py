@@ -15,7 +15,7 @@ from urllib.parse import urljoin, urlsplit
 import httpx
 from pydantic import Field
 
-from pipelines.sources import FIELD_SEP, DocumentRef, Gone, Listing, NotModified, RawDocument, SourceError
+from pipelines.sources.base import FIELD_SEP, DocumentRef, Gone, Listing, NotModified, RawDocument, SourceError
 
 SUFFIX_BY_TYPE = {"text/html": ".html", "application/xhtml+xml": ".html", "application/pdf": ".pdf",
                   "text/plain": ".txt", "text/markdown": ".md",

@@ -4,7 +4,7 @@ from typing import Any
 
 from psycopg.rows import dict_row
 
-from pipelines.ingest import open_database
+from pipelines.store.connection import open_database
 from pipelines.store.database import connect
 from pipelines.store.sqlfiles import query
 

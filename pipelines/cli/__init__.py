@@ -1,0 +1,61 @@
+"""The `ragpipe` command: ingest, search, serve, status, embed, db and config. Every command has --help.
+
+One module per command group (ingest.py, search.py, quality.py, versions.py, db.py, service.py);
+this one builds the group and turns expected failures into one-line errors.
+"""
+
+import logging
+import sys
+
+import click
+
+from pipelines.cli import db, ingest, quality, search, service, versions
+from pipelines.config import ConfigError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", is_flag=True, help="Log what happens (INFO level).")
+def main(verbose: bool) -> None:
+    """ragpipe: documents → chunks → embeddings → PostgreSQL/pgvector, searchable from SQL.
+
+    The database is the embedded PostgreSQL under .ragpipe/pgdata unless RAGPIPE_DATABASE_URL is set.
+    """
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+
+
+for command in (ingest.ingest, ingest.status, search.search, search.similar, search.ask, search.embed,
+                quality.eval_, quality.tune, versions.versions, versions.promote, versions.rollback,
+                versions.prune, db.db, db.cache, service.serve, service.config):
+    main.add_command(command)
+
+
+def run() -> None:
+    """Entry point with one-line errors instead of tracebacks for expected failures."""
+    import psycopg
+
+    from pipelines.settings import SettingsError
+    from pipelines.sources import SourceError
+    from pipelines.store import CollectionBusy, CollectionMismatch
+    from pipelines.store.database import DatabaseError, first_line, mask_url
+
+    try:
+        main(standalone_mode=False)
+    except click.exceptions.Abort:
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except (ConfigError, SettingsError, DatabaseError, SourceError, CollectionMismatch, CollectionBusy,
+            LookupError) as exc:
+        click.echo(f"Error: {mask_url(str(exc))}", err=True)
+        sys.exit(1)
+    except (psycopg.DataError, psycopg.errors.NoDataFound, psycopg.errors.RaiseException,
+            psycopg.errors.UndefinedObject, psycopg.errors.ObjectNotInPrerequisiteState) as exc:
+        click.echo(f"Error: {first_line(exc).removeprefix('ragpipe: ')}", err=True)
+        sys.exit(1)
+    except psycopg.OperationalError as exc:
+        first = first_line(exc)
+        click.echo(f"Error: lost the database connection ({first}). Nothing half-written was "
+                   "kept: each document is replaced in one transaction. Run the command again.", err=True)
+        sys.exit(1)

@@ -1,0 +1,103 @@
+"""`ragpipe search`, `similar`, `ask` and `embed`: querying collections from the shell."""
+
+import json
+from typing import Any
+
+import click
+
+from pipelines.cli.common import MAX_K, emit, fail
+from pipelines.settings import load_settings
+
+
+def parse_filter(filter_: str | None) -> dict[str, Any] | None:
+    try:
+        filt = json.loads(filter_) if filter_ else None
+    except json.JSONDecodeError as exc:
+        fail(f"--filter is not valid JSON: {exc}")
+    if filt is not None and not isinstance(filt, dict):
+        fail('--filter must be a JSON object, e.g. {"topic": "soy"}')
+    return filt
+
+
+def print_hits(results: list, as_json: bool) -> None:
+    if as_json:
+        emit([r.to_dict() for r in results])
+        return
+    for i, r in enumerate(results, 1):
+        click.echo(f"{i}. [{r.score:.3f}] {r.title or r.source_id}  ({r.source_id})")
+        click.echo("   " + " ".join(r.text.split())[:240])
+
+
+@click.command()
+@click.argument("query")
+@click.option("-c", "--collection", required=True, help="Collection to search.")
+@click.option("-k", "--k", "k", default=5, show_default=True, type=click.IntRange(1, MAX_K), help="Number of results.")
+@click.option("--mode", type=click.Choice(["hybrid", "semantic", "keyword"]), default="hybrid", show_default=True,
+              help="hybrid fuses semantic and keyword rankings (reciprocal rank fusion); best on NFCorpus.")
+@click.option("--filter", "filter_", help='Document metadata that must match (JSON), e.g. \'{"topic": "soy"}\'.')
+@click.option("--json", "as_json", is_flag=True, help="Print results as a JSON list.")
+def search(query: str, collection: str, k: int, mode: str, filter_: str | None, as_json: bool) -> None:
+    """Search a collection: the K chunks that best match QUERY."""
+    from pipelines.search import search as run_search
+
+    print_hits(run_search(query, collection=collection, k=k, filter=parse_filter(filter_), mode=mode), as_json)
+
+
+@click.command()
+@click.argument("source_id")
+@click.option("-c", "--collection", required=True, help="Collection of the document.")
+@click.option("-k", "--k", "k", default=5, show_default=True, type=click.IntRange(1, MAX_K),
+              help="Number of documents.")
+@click.option("--json", "as_json", is_flag=True, help="Print results as a JSON list.")
+def similar(source_id: str, collection: str, k: int, as_json: bool) -> None:
+    """Documents most like DOCUMENT_ID (its source id), no query needed."""
+    from pipelines.search import similar_documents
+
+    print_hits(similar_documents(collection, source_id, k), as_json)
+
+
+@click.command()
+@click.argument("question")
+@click.option("-c", "--collection", required=True, help="Collection to answer from.")
+@click.option("-k", "--k", "k", default=8, show_default=True, type=click.IntRange(1, MAX_K), help="Chunks to retrieve.")
+@click.option("--max-tokens", default=1500, show_default=True, help="Token budget of the context.")
+@click.option("--filter", "filter_", help="Document metadata that must match (JSON).")
+def ask(question: str, collection: str, k: int, max_tokens: int, filter_: str | None) -> None:
+    """Answer QUESTION from the collection with an LLM, citing the sources.
+
+    Set RAGPIPE_LLM_URL to an OpenAI-compatible API (e.g. http://localhost:11434/v1 for Ollama,
+    https://api.openai.com/v1), and RAGPIPE_LLM_MODEL / RAGPIPE_LLM_API_KEY as needed. Without it,
+    the assembled prompt is printed instead.
+    """
+    import httpx
+
+    from pipelines.search import rag_context
+    from pipelines.search.ask import build_messages, format_citations, llm_settings, stream_answer
+    from pipelines.store.database import mask_url
+
+    ctx = rag_context(question, collection, k=k, max_tokens=max_tokens, filter=parse_filter(filter_))
+    messages = build_messages(question, ctx)
+    settings = llm_settings()
+    if settings is None:
+        for m in messages:
+            click.echo(f"--- {m['role']} ---\n{m['content']}\n")
+        click.echo("No LLM configured: set RAGPIPE_LLM_URL (an OpenAI-compatible /v1 endpoint), and "
+                   "RAGPIPE_LLM_MODEL / RAGPIPE_LLM_API_KEY if needed, to get an answer.", err=True)
+        return
+    try:
+        for piece in stream_answer(settings, messages):
+            click.echo(piece, nl=False)
+    except (RuntimeError, OSError, ValueError, httpx.HTTPError) as exc:
+        fail(f"the LLM request failed: {mask_url(str(exc))}; check RAGPIPE_LLM_URL")
+    click.echo("\n\nSources:\n" + format_citations(ctx))
+
+
+@click.command()
+@click.argument("text")
+@click.option("--model", help="Model name or path [default: the configured default model].")
+def embed(text: str, model: str | None) -> None:
+    """Print TEXT's embedding as a pgvector literal, for use in SQL."""
+    from pipelines.embed import get_embedder
+
+    vector = get_embedder(model or load_settings().model).encode([text])[0]
+    click.echo("[" + ",".join(f"{x:.7g}" for x in vector) + "]")

@@ -1,0 +1,119 @@
+"""The search service behind the routes: the database pool, who may do what, and query embedding."""
+
+import logging
+import threading
+from typing import Any
+
+import psycopg
+
+from pipelines.config import version_name
+from pipelines.search import HYBRID_DEFAULTS, Mode, RagContext, SearchResult, jsonb_filter, rag_context_row, run_search
+from pipelines.service.access import Access
+from pipelines.service.database import ServiceDatabase
+from pipelines.service.requests import Forbidden, NotFound, RagContextRequest, check_query
+from pipelines.settings import Settings
+from pipelines.store.database import database_url, mask_url
+
+log = logging.getLogger(__name__)
+
+
+class SearchService:
+    """What the routes share: the database, who may do what, and query embedding."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.access = Access.from_settings(settings)
+        self.url = settings.serve_database_url or database_url(settings)
+        self.db = ServiceDatabase(self.url, settings.serve_role, settings.serve_pool_size,
+                                  settings.serve_pool_wait_s, int(settings.serve_statement_timeout_s * 1000))
+        self._opened = False
+        self._opening = threading.Lock()
+
+    def open(self) -> None:
+        """Open the pool and check the roles. On the main database, migrate first (starting the embedded
+        server when that is the database); a login of its own (RAGPIPE_SERVE_DATABASE_URL) may not
+        migrate, so there the owner must have run `ragpipe db migrate`."""
+        if self._opened:  # every request passes here: no lock once open
+            return
+        with self._opening:
+            if self._opened:
+                return
+            if not self.settings.serve_database_url:
+                from pipelines.store.connection import open_database
+
+                open_database(self.url)
+            self.db.open()
+            for role in self.access.roles() - {self.settings.serve_role}:
+                self.db.check_role(role)
+            self._opened = True
+            log.info("search service: %s as role %s, pool of %d", mask_url(self.url), self.settings.serve_role,
+                     self.settings.serve_pool_size)
+
+    def warm(self) -> None:
+        """Load every collection's model now, so that the first search is not the slow one."""
+        from pipelines.embed import get_embedder
+
+        for c in self.collections(self.settings.serve_role):
+            get_embedder(c["model"]).encode(["warm up"])
+
+    def role(self, authorization: str | None) -> str:
+        self.open()
+        return self.access.role_for(authorization)
+
+    def collections(self, role: str) -> list[dict[str, Any]]:
+        with self.db.session() as conn:
+            rows = conn.cursor(row_factory=psycopg.rows.dict_row).execute(
+                "SELECT collection AS name, model, documents, chunks, last_run_status, last_run_at "
+                "FROM ragpipe.collection_stats ORDER BY collection").fetchall()
+        return [dict(r, last_run_at=r["last_run_at"].isoformat() if r["last_run_at"] else None) for r in rows]
+
+    def version_of(self, collection: str) -> tuple[str, str]:
+        """(model, `name@vN`) of the collection's active version: a request embeds with that model and
+        reads that version, even if another is promoted meanwhile."""
+        with self.db.session() as conn:
+            row = conn.execute("SELECT model, version FROM ragpipe.collection_stats WHERE collection = %s",
+                               (collection,)).fetchone()
+        if row is None:
+            raise NotFound(f"no collection named {collection!r}; GET /api/collections lists them")
+        return row[0], version_name(collection, row[1])
+
+    def embed(self, collection: str, text: str) -> tuple[Any, str]:
+        """The query's embedding by the collection's model, and the version it is for."""
+        from pipelines.embed import get_embedder
+
+        model, version = self.version_of(collection)
+        return get_embedder(model).encode([text])[0], version
+
+    def search(self, role: str, collection: str, q: str, k: int, mode: Mode,
+               filter: dict[str, Any] | None) -> list[SearchResult]:
+        check_query(q)
+        tenant = self.db.is_tenant(role)
+        if tenant and mode != "semantic":
+            raise Forbidden("a tenant token searches with mode=semantic only (row-level security applies there)")
+        if mode == "keyword":
+            embedding, collection = None, self.version_of(collection)[1]  # unknown names: a 404 in every mode
+        else:
+            embedding, collection = self.embed(collection, q)
+        params = dict(collection=collection, text=q, embedding=embedding, k=k, filter=jsonb_filter(filter),
+                      **HYBRID_DEFAULTS)
+        with self.db.session(role) as conn:
+            return run_search(conn, "tenant" if tenant else mode, params)
+
+    def similar(self, role: str, collection: str, source_id: str, k: int) -> list[SearchResult]:
+        self.forbid_tenant(role, "similar documents")
+        collection = self.version_of(collection)[1]
+        with self.db.session(role) as conn:
+            return run_search(conn, "similar_documents", dict(collection=collection, source_id=source_id, k=k,
+                                                              filter=None))
+
+    def rag_context(self, role: str, body: RagContextRequest) -> RagContext:
+        check_query(body.q)
+        self.forbid_tenant(role, "RAG context")
+        embedding, version = self.embed(body.collection, body.q)
+        with self.db.session(role) as conn:
+            return rag_context_row(conn, dict(collection=version, text=body.q, embedding=embedding, k=body.k,
+                                              max_tokens=body.max_tokens, filter=jsonb_filter(body.filter)))
+
+    def forbid_tenant(self, role: str, what: str) -> None:
+        if self.db.is_tenant(role):
+            raise Forbidden(f"a tenant token cannot ask for {what}: it searches with mode=semantic only")

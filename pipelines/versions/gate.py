@@ -1,0 +1,121 @@
+"""The gate a version passes to serve searches: scored against the active version (collections.yml
+`eval:` and `smoke_queries`), then promoted in one transaction or marked rejected."""
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from pipelines import store
+from pipelines.config import CollectionSpec, version_name
+from pipelines.embed import get_embedder
+from pipelines.search import HYBRID_DEFAULTS
+from pipelines.search.beir import load_qrels, load_queries
+from pipelines.store.sqlfiles import query
+
+log = logging.getLogger(__name__)
+
+
+AUTO_PROMOTE = ("building", "ready", "previous")
+"""States a run in `promote: auto` promotes once the gate passes (`ready`: built by a manual run). A
+`rejected` version (scored worse, or rolled back) waits for `ragpipe promote`."""
+
+
+def conclude(conn: psycopg.Connection, spec: CollectionSpec, promote: str | None = None) -> dict[str, Any]:
+    """After a run built or refreshed version `spec.name`: score it against the active version and
+    promote it if the gate passes (`promote`: auto, manual or force; default: collections.yml)."""
+    candidate = store.get_collection(conn, spec.name)
+    assert candidate is not None, f"version {spec.name!r} vanished during the run"
+    mode = promote or spec.promote["mode"]
+    if candidate.state not in AUTO_PROMOTE and mode != "force":
+        return {"version": candidate.version, "state": candidate.state, "promoted": False}
+    if candidate.state == "building":  # complete now: promotable
+        store.set_version_state(conn, candidate, "ready")
+    if mode == "manual":
+        return {"version": candidate.version, "state": "ready", "promoted": False}
+    return decide(conn, candidate, spec.eval, spec.smoke_queries, spec.promote["max_drop"], force=mode == "force")
+
+
+def decide(conn: psycopg.Connection, candidate: store.Collection, evaluation: dict[str, Any], smoke: list[str],
+           max_drop: float, force: bool = False) -> dict[str, Any]:
+    """Promote the candidate if the gate passes (or `force`), else mark it rejected; the verdict is stored."""
+    verdict = gate(conn, candidate, evaluation, smoke, max_drop)
+    if verdict["passed"] or force:
+        store.set_evaluation(conn, candidate, verdict)
+        before = store.promote_version(conn, candidate.family, candidate.version)
+        log.info("collection %s: version %d promoted (was %d)", candidate.family, candidate.version, before)
+        return {"version": candidate.version, "state": "active", "promoted": True, "replaced": before,
+                "evaluation": verdict}
+    store.set_version_state(conn, candidate, "rejected", verdict)
+    log.warning("collection %s: version %d not promoted: %s", candidate.family, candidate.version, verdict["reason"])
+    return {"version": candidate.version, "state": "rejected", "promoted": False, "evaluation": verdict}
+
+
+def gate(conn: psycopg.Connection, candidate: store.Collection, evaluation: dict[str, Any], smoke: list[str],
+         max_drop: float) -> dict[str, Any]:
+    """Score the candidate and the active version on the eval set; check the smoke queries. Passed:
+    no smoke query comes back empty and the score drops by at most max_drop."""
+    active = store.get_collection(conn, candidate.family)
+    verdict: dict[str, Any] = {"max_drop": max_drop, "reason": "no eval set configured; smoke queries passed"}
+    empty = [q for q in smoke if not top_sources(conn, candidate, q)]
+    verdict["smoke_empty"] = empty
+    passed = not empty
+    if empty:
+        verdict["reason"] = f"smoke queries with no results: {empty}"
+    if evaluation and active is not None:
+        metric, scorer = version_scorer(evaluation)
+        new, old = scorer(conn, candidate), scorer(conn, active)
+        drop = round(old - new, 4)
+        verdict.update(metric=metric, candidate=new, active=old, drop=drop)
+        if drop > max_drop:
+            passed = False
+            verdict["reason"] = (f"{metric} {new:.4f} against {old:.4f} for the active version: a drop of "
+                                 f"{drop:.4f} > max_drop {max_drop}")
+        elif not empty:
+            verdict["reason"] = f"{metric} {new:.4f} against {old:.4f} for the active version"
+    verdict["passed"] = passed
+    return verdict
+
+
+def pinned(c: store.Collection) -> str:
+    """The name that reads this version whatever its state (`family@vN`)."""
+    return version_name(c.family, c.version)
+
+
+def top_sources(conn: psycopg.Connection, c: store.Collection, text: str, k: int = 10,
+                 mode: str = "hybrid") -> list[str]:
+    """Source ids of the best k documents for `text` in version `c` (hybrid search: as users search)."""
+    embedding = get_embedder(c.model).encode([text])[0]
+    rows = conn.execute(query("search", mode), dict(HYBRID_DEFAULTS, collection=pinned(c), text=text,
+                                                     embedding=embedding, k=10 * k, filter=None)).fetchall()
+    return list(dict.fromkeys(r[1] for r in rows))[:k]
+
+
+def version_scorer(options: dict[str, Any]):
+    """(metric name, function scoring a version) for the eval options of collections.yml."""
+    k, mode = options.get("k", 10), options.get("mode", "hybrid")
+    if options.get("queries"):
+        asked = [(q["query"], set(q["expect"])) for q in options["queries"]]
+
+        def hit_rate(conn: psycopg.Connection, c: store.Collection) -> float:
+            hits = sum(bool(expect & set(top_sources(conn, c, text, k, mode))) for text, expect in asked)
+            return round(hits / len(asked), 4)
+
+        return f"hit_rate@{k}", hit_rate
+    from ranx import Qrels, Run
+    from ranx import evaluate as ranx_evaluate
+
+    dataset = Path(options["path"])
+    qrels = load_qrels(dataset, options.get("split", "test"))
+    queries = load_queries(dataset, set(qrels))
+    ids = sorted(queries)[:options.get("max_queries", 500)]
+
+    def ndcg(conn: psycopg.Connection, c: store.Collection) -> float:
+        run = {}
+        for qid in ids:
+            top = top_sources(conn, c, queries[qid], k, mode)
+            run[qid] = {sid: float(len(top) - i) for i, sid in enumerate(top)} or {"__none__": 0.0}
+        return round(float(ranx_evaluate(Qrels({q: qrels[q] for q in ids}), Run(run), f"ndcg@{k}")), 4)
+
+    return f"ndcg@{k}", ndcg
