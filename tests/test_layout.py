@@ -173,3 +173,23 @@ def test_the_link_check_catches_a_missing_file_and_anchor(tmp_path):
 
 def test_the_readme_stays_short():
     assert len((PROJECT_ROOT / "README.md").read_bytes()) < 15_000, "move reference material to docs/"
+
+
+def named_tests(text: str) -> list[tuple[str, str]]:
+    """(file, test) for each `tests/x.py::test_y` in the text; a bare `::test_z` belongs to the file before it."""
+    found, current = [], None
+    for file, test in re.findall(r"(tests/test_\w+\.py)?::(test_\w+)", text):
+        current = file or current
+        found.append((current, test))
+    return found
+
+
+def test_every_guarantee_names_a_test_that_exists():
+    text = (PROJECT_ROOT / "docs" / "guarantees.md").read_text()
+    named = named_tests(text)
+    assert len(named) > 30
+    missing = [f"{file}::{test}" for file, test in named
+               if not re.search(rf"^def {test}\(", (PROJECT_ROOT / file).read_text(), re.M)]
+    assert missing == []
+    for file in set(re.findall(r"`(tests/test_\w+\.py)`", text)):
+        assert (PROJECT_ROOT / file).exists(), file

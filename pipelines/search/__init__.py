@@ -7,7 +7,7 @@
     print(ctx.context, ctx.citations)
 
 Modes: "hybrid" (default: fuses the two below, by reciprocal rank or a convex combination of
-normalised scores; best on NFCorpus, see README),
+normalised scores; best on NFCorpus, see docs/search-quality.md),
 "semantic" (cosine similarity on the HNSW index), "keyword" (PostgreSQL full-text search).
 """
 
