@@ -68,6 +68,8 @@ class Settings(BaseSettings):
     """JSON object {token: role}: API calls then need `Authorization: Bearer TOKEN` and act as its role."""
     serve_tokens_file: Path | None = Field(None, validation_alias="RAGPIPE_SERVE_TOKENS_FILE")
     serve_cors_origins: str = Field("", validation_alias="RAGPIPE_SERVE_CORS_ORIGINS")
+    serve_allowed_hosts: str = Field("", validation_alias="RAGPIPE_SERVE_ALLOWED_HOSTS")
+    """Comma-separated Host names the service answers to, beyond localhost and its bind address."""
     """Comma-separated origins allowed to call the API from a browser; none by default."""
     serve_pool_size: int = Field(8, ge=1, le=200, validation_alias="RAGPIPE_SERVE_POOL_SIZE")
     serve_pool_wait_s: float = Field(10, gt=0, validation_alias="RAGPIPE_SERVE_POOL_WAIT")

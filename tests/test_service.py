@@ -194,6 +194,16 @@ def test_tokens_map_callers_to_roles_and_row_level_security_applies(tmp_path, na
         assert {r["metadata"]["tenant"] for r in everyone.json()["results"]} == {"acme", "globex"}
         assert "acme-token" not in acme.text + refused.text
 
+        # Defect: a tenant token listed every collection with its counts and last run.
+        seen = httpx.get(f"{base}/api/collections", headers={"Authorization": "Bearer acme-token-0123456789"})
+        assert seen.status_code == 200, seen.text
+        acme_rows = sum(r["tenant"] == "acme" for r in rows)
+        assert [(c["name"], c["documents"], c["last_run_at"]) for c in seen.json()] == [(name, acme_rows, None)]
+        page = httpx.get(f"{base}/", headers={"Authorization": "Bearer acme-token-0123456789"})
+        assert f'value="{name}"' in page.text and "search_sample" not in page.text
+        listed = httpx.get(f"{base}/api/collections", headers={"Authorization": "Bearer reader-token-0123456789"})
+        assert len(listed.json()) > 1 and {c["name"]: c for c in listed.json()}[name]["documents"] == len(rows)
+
 
 def test_the_service_never_searches_as_the_owner(monkeypatch):
     from pipelines.service import create_app
@@ -281,3 +291,130 @@ def test_the_page_in_headless_chromium(served, sample, tmp_path):
     assert (tmp_path / "search-page.png").stat().st_size > 10_000
     if os.environ.get("RAGPIPE_SCREENSHOT_TO"):  # how docs/search-page.png is made
         shutil.copy(tmp_path / "search-page.png", os.environ["RAGPIPE_SCREENSHOT_TO"])
+
+
+# --- Defects of hostile testing, round 3: the service's boundaries --------------------------------
+
+def test_a_foreign_host_header_is_refused_dns_rebinding(served, sample):
+    """Defect: a tokenless service on 127.0.0.1 answered `Host: evil.example` with data."""
+    for path in ("/", "/api/collections", f"/api/search?collection={sample}&q=coffee"):
+        got = httpx.get(f"{served}{path}", headers={"Host": "evil.example"}, timeout=30)
+        assert got.status_code == 400 and "RAGPIPE_SERVE_ALLOWED_HOSTS" in got.json()["detail"], got.text
+        assert sample not in got.text
+    for host in ("localhost", "127.0.0.1", f"127.0.0.1:{served.rsplit(':', 1)[1]}"):
+        assert httpx.get(f"{served}/api/collections", headers={"Host": host}).status_code == 200
+
+
+def test_allowed_hosts_extend_the_defaults(sample, monkeypatch):
+    from pipelines.service import create_app
+    from pipelines.service.guards import allowed_hosts, host_allowed
+
+    assert host_allowed("[::1]:8000", allowed_hosts()) and not host_allowed("10.0.0.5", allowed_hosts())
+    assert host_allowed("10.0.0.5:80", allowed_hosts(bind="10.0.0.5"))
+    assert not host_allowed("evil.example", allowed_hosts(bind="0.0.0.0"))
+    monkeypatch.setenv("RAGPIPE_SERVE_ALLOWED_HOSTS", "search.example.com, *.corp.example")
+    with serving(create_app()) as base:
+        for host, status in [("search.example.com", 200), ("a.corp.example", 200), ("corp.example.evil", 400)]:
+            assert httpx.get(f"{base}/api/collections", headers={"Host": host}).status_code == status, host
+
+
+def test_a_body_over_one_megabyte_is_a_413_before_parsing(served, sample):
+    """Defect: a 50 MB POST /api/rag-context was parsed and sent to PostgreSQL (200 after 1.8 s)."""
+    huge = {"collection": sample, "q": "coffee", "filter": {"x": "y" * (2 * 1024 * 1024)}}
+    got = httpx.post(f"{served}/api/rag-context", json=huge, timeout=30)
+    assert got.status_code == 413 and "larger than 1024 kB" in got.json()["detail"]
+
+    def chunks():  # no Content-Length: counted as it arrives
+        yield b'{"collection": "x", "q": "'
+        for _ in range(40):
+            yield b"y" * 65536
+        yield b'"}'
+
+    got = httpx.post(f"{served}/api/rag-context", content=chunks(), headers={"Content-Type": "application/json"},
+                     timeout=30)
+    assert got.status_code == 413, got.text
+    small = httpx.post(f"{served}/api/rag-context", json={"collection": sample, "q": "coffee", "k": 2}, timeout=30)
+    assert small.status_code == 200
+
+
+def test_responses_carry_security_headers_and_the_page_a_csp_that_allows_its_script(served, sample, tmp_path):
+    """Defect: `/` and `/api/*` sent only date, server, content-length and content-type. The page,
+    loaded in Chromium under its CSP, still runs its script (the "/" key focuses the search box) and
+    reports no CSP violation."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    for path in ("/", "/api/collections", "/healthz"):
+        headers = httpx.get(f"{served}{path}").headers
+        assert headers["x-content-type-options"] == "nosniff" and headers["x-frame-options"] == "SAMEORIGIN"
+        assert headers["referrer-policy"] == "no-referrer"
+    csp = httpx.get(f"{served}/").headers["content-security-policy"]
+    assert "default-src 'none'" in csp and "script-src 'sha256-" in csp and "frame-ancestors 'self'" in csp
+    assert "unsafe-inline" not in csp
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium")
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
+    try:
+        driver.set_page_load_timeout(60)
+        driver.get(f"{served}/?collection={sample}&q=walnuts")
+        driver.execute_script("document.activeElement.blur()")  # the box has autofocus
+        ActionChains(driver).send_keys("/").perform()
+        assert driver.switch_to.active_element.get_attribute("name") == "q", "the page's script ran"
+        color = driver.execute_script("return getComputedStyle(document.querySelector('button')).backgroundColor")
+        assert color == "rgb(36, 87, 197)", "the page's style applied"
+        violations = [e["message"] for e in driver.get_log("browser") if "Content Security Policy" in e["message"]]
+        assert violations == []
+    finally:
+        driver.quit()
+
+
+def test_the_page_groups_passages_by_document_and_marks_only_matched_words(served, sample):
+    """Defect: the page listed a document once per chunk and highlighted stopwords ("the", "they")."""
+    import re
+
+    q = "Do they eat the walnuts"
+    hits = api.search(q, collection=sample, k=20, mode="keyword")
+    repeated = [h.source_id for h in hits]
+    assert len(set(repeated)) < len(repeated), "the sample has a document with several matching chunks"
+    html = httpx.get(f"{served}/", params=dict(collection=sample, q=q, k=20, mode="keyword"), timeout=30).text
+    results = html.split('id="results"', 1)[1]
+    titles = re.findall(r'<strong class="title">(.*?)</strong>', results)
+    assert len(titles) == len(set(repeated)), "one entry per document"
+    assert "more passage" in results and "<details" in results
+    marked = {m.lower() for m in re.findall(r"<mark>(.*?)</mark>", results)}
+    assert marked and marked <= {"walnut", "walnuts", "eat", "eats", "eating", "eaten"}, marked
+    assert f"{len(hits)} results in" in html and f"from {len(set(repeated))} documents" in html
+
+
+def test_database_down_is_said_at_once_and_the_service_recovers(tmp_path, monkeypatch):
+    """Defect: after `ragpipe db stop` under a running service, each request waited 10 s and said the
+    pool was full. The service here has a database of its own, stopped and started under it."""
+    from pipelines.service import create_app
+    from pipelines.store.connection import open_database
+    from pipelines.store.database import embedded_server, stop_embedded_server
+
+    pgdata = tmp_path / "pgdata"
+    url = open_database(embedded_server(pgdata).get_uri())
+    monkeypatch.setenv("RAGPIPE_DATABASE_URL", url)
+    try:
+        with serving(create_app()) as base:
+            assert httpx.get(f"{base}/api/collections", timeout=30).status_code == 200
+            stop_embedded_server(pgdata)
+            for _ in range(3):
+                started = time.monotonic()
+                got = httpx.get(f"{base}/api/collections", timeout=30)
+                assert got.status_code == 503 and "the database is unavailable" in got.json()["detail"], got.text
+                assert time.monotonic() - started < 5, "fails at once, not after the pool's 10 s wait"
+            assert "RAGPIPE_SERVE_POOL_SIZE" not in got.text
+            embedded_server(pgdata)  # started again
+            deadline = time.monotonic() + 60
+            while httpx.get(f"{base}/api/collections", timeout=30).status_code != 200:
+                assert time.monotonic() < deadline, "the service did not recover within 60 s of the restart"
+                time.sleep(0.5)
+    finally:
+        stop_embedded_server(pgdata)

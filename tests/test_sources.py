@@ -1,14 +1,19 @@
 """Sources beyond a folder, each against a real server on loopback: S3 (moto's server), web pages
 (http.server), and a table in the embedded PostgreSQL."""
 
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
 import pytest
 
 from pipelines.config import parse_collection
 from pipelines.ingest import run_ingest
 from pipelines.search import search
-from pipelines.sources import make_source
+from pipelines.sources import SourceError, make_source
 from pipelines.sources.web import BlockedAddress, WebSource
-from tests.conftest import CORPUS, Site, page
+from tests.conftest import CORPUS, Site, page, run_failures
 
 
 def spec(name: str, source: dict, tmp_path):
@@ -144,3 +149,121 @@ def test_sql_url_from_environment_and_failed_query_deletes_nothing(app_table, db
     summary = run_ingest(bad)
     assert summary["listing_complete"] is False and summary["deleted"] == 0
     assert len(documents(conn, name)) == 3
+
+
+# --- Defects of hostile testing, round 3: sources that hang or copy blobs ------------------------
+
+class Drip(BaseHTTPRequestHandler):
+    """/body: headers at once, then one byte every 0.3 s; /head: even the status line drips."""
+
+    def do_GET(self) -> None:  # noqa: N802
+        head = b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 200\r\n\r\n"
+        body = page("Slow", "drip " * 40).encode()[:200]
+        try:
+            if self.path == "/head":
+                data, lead = head + body, b""
+            else:
+                data, lead = body, head
+            self.wfile.write(lead)
+            self.wfile.flush()
+            for i in range(len(data)):
+                self.wfile.write(data[i:i + 1])
+                self.wfile.flush()
+                time.sleep(0.3)
+        except OSError:  # the client gave up: the handler ends
+            pass
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def drip(site):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Drip)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+
+
+def test_a_server_that_drips_bytes_is_cut_at_the_pages_total_deadline(drip, site, name, conn, tmp_path):
+    """Defect: with timeout_s: 5 a page dripping one byte a second took ~60 s (the timeout was per read)."""
+    source = WebSource(urls=[f"{drip}/body", f"{drip}/head", f"{site}/docs/a"], allow_private_networks=True,
+                       timeout_s=2, concurrency=3)
+    started = time.monotonic()
+    results = dict((ref.source_id, result) for ref, result in source.read_many(source.list().refs))
+    assert time.monotonic() - started < 6
+    for path in ("/body", "/head"):
+        assert isinstance(results[f"{drip}{path}"], SourceError)
+        assert "longer than timeout_s=2 s in total" in str(results[f"{drip}{path}"])
+    assert b"Grey herons" in results[f"{site}/docs/a"].content
+
+    summary = run_ingest(spec(name, {"kind": "web", "urls": [f"{drip}/body", f"{site}/docs/a"], "timeout_s": 2,
+                                     "allow_private_networks": True}, tmp_path))
+    assert (summary["new"], summary["failed"], summary["status"]) == (1, 1, "succeeded")
+    assert "in total" in run_failures(conn, summary["id"])[f"{drip}/body"]
+
+
+def test_a_slow_source_query_times_out_is_recorded_and_loses_nothing(app_table, db_url, name, conn, tmp_path):
+    """Defect: `SELECT pg_sleep(600) ...` as a source query ran forever and the run stayed `running`."""
+    good = spec(name, {"kind": "sql", "url": db_url, "text_column": "body",
+                       "query": "SELECT id, body FROM app.articles"}, tmp_path)
+    assert run_ingest(good)["new"] == 3
+    slow = spec(name, {"kind": "sql", "url": db_url, "text_column": "body", "statement_timeout_s": 1,
+                       "query": "SELECT id, body, pg_sleep(600) AS wait FROM app.articles"}, tmp_path)
+    started = time.monotonic()
+    summary = run_ingest(slow)
+    assert time.monotonic() - started < 30
+    assert summary["status"] == "failed" and summary["deleted"] == 0 and summary["listing_complete"] is False
+    assert "statement_timeout_s=1" in run_failures(conn, summary["id"])["(listing)"]
+    assert len(documents(conn, name)) == 3
+    assert not conn.execute("SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(600)%' "
+                            "AND pid <> pg_backend_pid()").fetchone()[0]
+
+
+def test_a_killed_run_leaves_no_source_query_running(app_table, db_url, name, conn, tmp_path):
+    """Defect: the backend kept running the source query after the client died."""
+    import os
+    import signal
+    import subprocess
+
+    from tests.conftest import RAGPIPE
+
+    config = tmp_path / "collections.yml"
+    config.write_text(json.dumps({"collections": [{"name": name, "source": {
+        "kind": "sql", "url": db_url, "text_column": "body",
+        "query": "SELECT id, body, pg_sleep(600) AS wait FROM app.articles"}}]}))
+    proc = subprocess.Popen([*RAGPIPE, "ingest", "-c", name], env=dict(os.environ, RAGPIPE_COLLECTIONS=str(config)),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    running = "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(600)%' AND pid <> pg_backend_pid()"
+    try:
+        deadline = time.monotonic() + 120
+        while not conn.execute(running).fetchone()[0]:
+            assert proc.poll() is None and time.monotonic() < deadline, "the source query never started"
+            time.sleep(0.2)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    deadline = time.monotonic() + 20
+    while conn.execute(running).fetchone()[0]:
+        assert time.monotonic() < deadline, "the source query outlived its client by 20 s"
+        time.sleep(0.2)
+
+
+def test_binary_columns_stay_out_of_metadata_unless_asked(app_table, db_url, name, conn, tmp_path, caplog):
+    """Defect: a bytea column copied its whole blob into metadata ("\\\\x00ff00...")."""
+    app_table.execute("ALTER TABLE app.articles ADD COLUMN picture bytea")
+    app_table.execute("UPDATE app.articles SET picture = decode(repeat('00ff', 5000), 'hex')")
+    query = "SELECT id, body, category, picture FROM app.articles"
+    with caplog.at_level("WARNING"):
+        run_ingest(spec(name, {"kind": "sql", "url": db_url, "text_column": "body", "query": query}, tmp_path))
+    metadata = conn.execute("SELECT d.metadata FROM ragpipe.documents d JOIN ragpipe.collections k "
+                            "ON k.id = d.collection_id WHERE k.name = %s", (name,)).fetchall()
+    assert len(metadata) == 3 and all(m == {"category": m["category"]} for (m,) in metadata), metadata
+    assert "picture" in caplog.text and "bytea_columns: true" in caplog.text
+    kept = spec(f"{name}_kept", {"kind": "sql", "url": db_url, "text_column": "body", "query": query,
+                                 "bytea_columns": True}, tmp_path)
+    run_ingest(kept)
+    (m,), = conn.execute("SELECT d.metadata FROM ragpipe.documents d JOIN ragpipe.collections k "
+                         "ON k.id = d.collection_id WHERE k.name = %s LIMIT 1", (f"{name}_kept",)).fetchall()
+    assert m["picture"].startswith("\\x00ff")

@@ -169,8 +169,8 @@ def sync_stage(spec: CollectionSpec, settings: Settings, target: str) -> Any:
             raise RuntimeError(f"{missing} documents were not processed because a batch failed; "
                                "nothing was deleted. Clear the failed batch to retry it.")
         if summary["status"] == "failed":
-            raise RuntimeError(f"run {summary['id']}: every document it read failed; nothing was deleted. "
-                               "See `ragpipe status --failures`")
+            raise RuntimeError(f"run {summary['id']}: every document it read failed, or its source could not be "
+                               "listed; nothing was deleted. See `ragpipe status --failures`")
         return summary
 
     batches = plan()

@@ -25,12 +25,13 @@ def serve(host: str, port: int) -> None:
     Searches run as RAGPIPE_SERVE_ROLE (default ragpipe_reader), never as the schema owner.
     RAGPIPE_SERVE_TOKENS (JSON {token: role}) or RAGPIPE_SERVE_TOKENS_FILE require a bearer token and
     map it to a database role, e.g. a tenant role. RAGPIPE_SERVE_CORS_ORIGINS allows browser origins.
+    It answers to localhost and --host only; RAGPIPE_SERVE_ALLOWED_HOSTS adds names (a proxy's, a LAN name).
     """
     import uvicorn
 
     from pipelines.service import create_app
 
-    app = create_app()
+    app = create_app(bind=host)
     app.state.service.open()  # errors here are one line, before anything listens
     app.state.service.warm()
     click.echo(f"ragpipe search on http://{host}:{port}/ (API docs at /docs); Ctrl-C stops it", err=True)

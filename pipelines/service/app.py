@@ -17,8 +17,10 @@ from pipelines.search import MODES, Mode
 from pipelines.service.access import Unauthorized
 from pipelines.service.backend import SearchService
 from pipelines.service.database import Busy
+from pipelines.service.guards import Guards, allowed_hosts
 from pipelines.service.page import render_page
 from pipelines.service.requests import (
+    MAX_BODY_BYTES,
     MAX_K,
     BadRequest,
     Forbidden,
@@ -33,9 +35,10 @@ from pipelines.store.database import DatabaseError, first_line, mask_url
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings | None = None, warm: bool = False) -> FastAPI:
+def create_app(settings: Settings | None = None, warm: bool = False, bind: str | None = None) -> FastAPI:
     """The search service as an ASGI app. Nothing connects or loads a model until the first request
-    (or start-up, with warm=True), so mounting it in Airflow costs nothing at import time."""
+    (or start-up, with warm=True), so mounting it in Airflow costs nothing at import time. It answers
+    to the localhost names, `bind` (the address it listens on) and RAGPIPE_SERVE_ALLOWED_HOSTS."""
     service = SearchService(settings or load_settings())
 
     @asynccontextmanager
@@ -54,6 +57,8 @@ def create_app(settings: Settings | None = None, warm: bool = False) -> FastAPI:
     if origins:
         app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type"])
+    app.add_middleware(Guards, hosts=allowed_hosts(service.settings.serve_allowed_hosts, bind),
+                       max_body_bytes=MAX_BODY_BYTES)
     _add_error_handlers(app)
     Auth = Annotated[str | None, Header(include_in_schema=False)]
 

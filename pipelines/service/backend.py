@@ -15,6 +15,22 @@ from pipelines.settings import Settings
 from pipelines.store.database import database_url, mask_url
 
 log = logging.getLogger(__name__)
+COLLECTIONS = ("SELECT collection AS name, model, documents, chunks, last_run_status, last_run_at "
+               "FROM ragpipe.collection_stats ORDER BY collection")
+TENANT_COLLECTIONS = """
+SELECT k.name, k.model, d.documents, (SELECT count(*) FROM ragpipe.chunks c WHERE c.collection_id = k.id) AS chunks,
+       NULL AS last_run_status, NULL::timestamptz AS last_run_at
+FROM ragpipe.collections k
+CROSS JOIN LATERAL (SELECT count(*) AS documents FROM ragpipe.documents d WHERE d.collection_id = k.id) d
+WHERE k.state = 'active' AND d.documents > 0
+ORDER BY k.name"""
+"""What a tenant role sees of the collections: those with documents row-level security gives it, counted
+as it sees them, without the runs (they are every tenant's)."""
+MARK_START, MARK_END = "\x02", "\x03"
+MARKED = ("SELECT ts_headline('english', t, plainto_tsquery('english', %s), "
+          "'HighlightAll=true, StartSel=\x02, StopSel=\x03') "
+          "FROM unnest(%s::text[]) WITH ORDINALITY u(t, i) ORDER BY i")
+"""Marks around the query's words in a text (not HTML: the page escapes the text, then marks them)."""
 
 
 class SearchService:
@@ -28,6 +44,9 @@ class SearchService:
                                   settings.serve_pool_wait_s, int(settings.serve_statement_timeout_s * 1000))
         self._opened = False
         self._opening = threading.Lock()
+        self.warmed = threading.Event()
+        self._warming: threading.Thread | None = None
+        """Set once every collection's model is loaded (warm)."""
 
     def open(self) -> None:
         """Open the pool and check the roles. On the main database, migrate first (starting the embedded
@@ -55,17 +74,43 @@ class SearchService:
 
         for c in self.collections(self.settings.serve_role):
             get_embedder(c["model"]).encode(["warm up"])
+        self.warmed.set()
+
+    def warm_in_background(self) -> None:
+        """Open and warm in a daemon thread (once): start-up does not wait, and the first search does
+        not load a model. A failure is logged; requests then report it themselves."""
+        def run() -> None:
+            try:
+                self.open()
+                self.warm()
+            except Exception as exc:  # the database may come up later: requests say why meanwhile
+                log.warning("search service: could not load the models in advance: %s", mask_url(str(exc)))
+
+        with self._opening:
+            if self._warming is None:
+                self._warming = threading.Thread(target=run, name="ragpipe-warm", daemon=True)
+                self._warming.start()
 
     def role(self, authorization: str | None) -> str:
         self.open()
         return self.access.role_for(authorization)
 
     def collections(self, role: str) -> list[dict[str, Any]]:
-        with self.db.session() as conn:
+        """The collections `role` may see: all of them for a reader, its own rows' for a tenant."""
+        tenant = self.db.is_tenant(role)
+        with self.db.session(role if tenant else None) as conn:
             rows = conn.cursor(row_factory=psycopg.rows.dict_row).execute(
-                "SELECT collection AS name, model, documents, chunks, last_run_status, last_run_at "
-                "FROM ragpipe.collection_stats ORDER BY collection").fetchall()
+                TENANT_COLLECTIONS if tenant else COLLECTIONS).fetchall()
         return [dict(r, last_run_at=r["last_run_at"].isoformat() if r["last_run_at"] else None) for r in rows]
+
+    def marked(self, texts: list[str], q: str) -> list[str]:
+        """Each text with the words of `q` that keyword search matches (English stemming, never a
+        stopword) between MARK_START and MARK_END, as PostgreSQL's ts_headline finds them."""
+        if not texts:
+            return []
+        clean = [t.replace(MARK_START, "").replace(MARK_END, "") for t in texts]
+        with self.db.session() as conn:
+            return [r[0] for r in conn.execute(MARKED, (q, clean)).fetchall()]
 
     def version_of(self, collection: str) -> tuple[str, str]:
         """(model, `name@vN`) of the collection's active version: a request embeds with that model and

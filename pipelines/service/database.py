@@ -1,8 +1,9 @@
 """The service's connections: a bounded pool, each request in a transaction as a reader role."""
 
 import logging
+import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 
 import psycopg
 from pgvector.psycopg import register_vector
@@ -14,6 +15,8 @@ from pipelines.store.database import DatabaseError, first_line, mask_url
 log = logging.getLogger(__name__)
 
 TENANT_ROLE = "ragpipe_tenant_reader"
+FIRST_WAIT_S = 1.0
+"""How long a request waits for a pooled connection before it asks whether the server is up at all."""
 
 
 class Busy(RuntimeError):
@@ -32,6 +35,8 @@ class ServiceDatabase:
                                    configure=register_vector, kwargs={"connect_timeout": 10},
                                    name="ragpipe-service")
         self._tenant: dict[str, bool] = {}
+        self._down: str | None = None
+        """Why the server did not answer the last time it was asked; None while it answers."""
 
     def open(self) -> None:
         try:
@@ -76,16 +81,50 @@ class ServiceDatabase:
 
     @contextmanager
     def session(self, role: str | None = None) -> Iterator[psycopg.Connection]:
-        """A pooled connection in a transaction acting as `role` (the service role by default)."""
+        """A pooled connection in a transaction acting as `role` (the service role by default). While
+        the server is down, each request fails at once, saying so, instead of waiting for the pool."""
+        if self._down is not None:
+            self._check_up()
         try:
-            with self.pool.connection() as conn, conn.transaction():
+            with self._connection() as conn, conn.transaction():
                 conn.execute(sql.SQL("SET LOCAL ROLE {}; SET LOCAL statement_timeout = {}").format(
                     sql.Identifier(role or self.role), sql.Literal(self.statement_timeout_ms)))
                 yield conn
-        except PoolTimeout:
-            raise Busy(f"no database connection became free within {self.wait_s:g} s "
-                       "(RAGPIPE_SERVE_POOL_SIZE, RAGPIPE_SERVE_POOL_WAIT)") from None
         except psycopg.errors.QueryCanceled:
             raise
         except psycopg.OperationalError as exc:
-            raise DatabaseError(f"database unavailable: {first_line(exc)}") from None
+            self._down = first_line(exc)
+            raise self._unavailable() from None
+
+    @contextmanager
+    def _connection(self) -> Iterator[psycopg.Connection]:
+        """A pooled connection: after FIRST_WAIT_S without one, the server is asked directly whether it
+        is up (then a DatabaseError at once); if it is, the wait goes on (then Busy)."""
+        started = time.monotonic()
+        with ExitStack() as stack:
+            try:
+                conn = stack.enter_context(self.pool.connection(timeout=min(FIRST_WAIT_S, self.wait_s)))
+            except PoolTimeout:
+                self._check_up()
+                try:
+                    left = max(0.0, self.wait_s - (time.monotonic() - started))
+                    conn = stack.enter_context(self.pool.connection(timeout=left))
+                except PoolTimeout:
+                    raise Busy(f"no database connection became free within {self.wait_s:g} s "
+                               "(RAGPIPE_SERVE_POOL_SIZE, RAGPIPE_SERVE_POOL_WAIT)") from None
+            yield conn
+
+    def _check_up(self) -> None:
+        """Connect directly (3 s at most): raise DatabaseError saying why when the server does not answer."""
+        try:
+            psycopg.connect(self.url, connect_timeout=3).close()
+        except psycopg.Error as exc:
+            self._down = first_line(exc)
+            raise self._unavailable() from None
+        if self._down is not None:
+            log.info("search service: the database answers again")
+        self._down = None
+
+    def _unavailable(self) -> DatabaseError:
+        return DatabaseError(f"the database is unavailable ({self._down}); each request fails at once until "
+                             "it answers again")

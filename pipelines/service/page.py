@@ -3,6 +3,7 @@
 import logging
 import re
 import time
+from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
 
@@ -10,6 +11,7 @@ from markupsafe import Markup, escape
 from starlette.datastructures import QueryParams
 
 from pipelines.search import MODES
+from pipelines.service.backend import MARK_END, MARK_START
 from pipelines.service.requests import MAX_K, BadRequest, error_status, parse_filter
 
 DEFAULT_K = 10
@@ -21,16 +23,15 @@ def _template():
     from jinja2 import Environment, PackageLoader, select_autoescape
 
     env = Environment(loader=PackageLoader("pipelines.service", "templates"), autoescape=select_autoescape())
-    env.filters["highlight"] = highlight
     return env.get_template("search.html")
 
 
 def render_page(service: Any, params: QueryParams, authorization: str | None) -> str:
-    """The page for these URL parameters: the form, and results or a readable error."""
+    """The page for these URL parameters: the form, and results grouped by document or a readable error."""
     view: dict[str, Any] = dict(collection=params.get("collection", ""), q=params.get("q", ""),
                                 mode=params.get("mode", "hybrid"), filter=params.get("filter", ""),
                                 similar=params.get("similar"), k=params.get("k", str(DEFAULT_K)),
-                                modes=MODES, collections=[], results=None, error=None, took_ms=None)
+                                modes=MODES, collections=[], results=None, documents=None, error=None, took_ms=None)
     try:
         role = service.role(authorization)
         view["collections"] = service.collections(role)
@@ -42,11 +43,16 @@ def render_page(service: Any, params: QueryParams, authorization: str | None) ->
             raise BadRequest(f"k must be a whole number from 1 to {MAX_K}")
         k = int(view["k"])
         started = time.perf_counter()
+        marked: list[Markup] = []
         if view["similar"]:
             view["results"] = service.similar(role, view["collection"], view["similar"], k)
+            marked = [escape(r.text) for r in view["results"]]
         elif view["q"].strip():
             view["results"] = service.search(role, view["collection"], view["q"], k, view["mode"],
                                              parse_filter(view["filter"]))
+            marked = [highlight(t) for t in service.marked([r.text for r in view["results"]], view["q"])]
+        if view["results"] is not None:
+            view["documents"] = by_document(view["results"], marked)
         view["took_ms"] = round((time.perf_counter() - started) * 1000, 1)
     except Exception as exc:
         status, message = error_status(exc)
@@ -56,16 +62,27 @@ def render_page(service: Any, params: QueryParams, authorization: str | None) ->
     return _template().render(**view)
 
 
-def highlight(text: str, query: str) -> Markup:
-    """The text, escaped, with the words of the query marked (a word and its plural or other endings)."""
-    words = {w.lower() for w in re.findall(r"\w{3,}", query or "")}
-    stems = sorted({w[:-1] if len(w) > 4 and w.endswith("s") else w for w in words}, key=len, reverse=True)[:32]
-    if not stems:
-        return escape(text)
-    pattern = re.compile(r"\b(?:" + "|".join(re.escape(s) for s in stems) + r")\w*", re.IGNORECASE)
-    parts, last = [], 0
-    for match in pattern.finditer(text):
-        parts += [escape(text[last:match.start()]), Markup("<mark>%s</mark>") % match.group(0)]
-        last = match.end()
-    parts.append(escape(text[last:]))
-    return Markup("").join(parts)
+@dataclass
+class DocumentHits:
+    """One document's hits on the page: its best passage, and the others folded under it."""
+
+    best: Any
+    text: Markup
+    others: list[tuple[Any, Markup]] = field(default_factory=list)
+
+
+def by_document(results: list, marked: list[Markup]) -> list[DocumentHits]:
+    """Hits grouped by document in the order of each document's best hit (results come best first)."""
+    groups: dict[str, DocumentHits] = {}
+    for hit, text in zip(results, marked, strict=True):
+        if hit.source_id in groups:
+            groups[hit.source_id].others.append((hit, text))
+        else:
+            groups[hit.source_id] = DocumentHits(hit, text)
+    return list(groups.values())
+
+
+def highlight(marked: str) -> Markup:
+    """A text marked by SearchService.marked, escaped, with the marked words in <mark>."""
+    parts = re.split(f"{MARK_START}(.*?){MARK_END}", marked, flags=re.S)
+    return Markup("").join(escape(p) if i % 2 == 0 else Markup("<mark>%s</mark>") % p for i, p in enumerate(parts))

@@ -15,6 +15,8 @@ MAX_K = 1000
 
 
 MAX_QUERY_BYTES = 8192
+MAX_BODY_BYTES = 1024 * 1024
+"""The largest request body accepted (a 413 beyond it, before parsing)."""
 
 
 class NotFound(LookupError):

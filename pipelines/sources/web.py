@@ -2,14 +2,18 @@
 unchanged page cost a 304; 404/410 deletes the page; 5xx and timeouts are recorded failures that
 keep the previous version. Every address is checked against an SSRF guard before each request
 (redirects included): loopback, private, link-local (cloud metadata) and reserved ranges are
-refused unless `allow_private_networks` is set."""
+refused unless `allow_private_networks` is set. `timeout_s` is one deadline for a whole document
+(connect, redirects, every read): httpx's own timeouts are per read, so a server that drips a byte
+a second would hold a run for as long as it liked."""
 
 import ipaddress
 import socket
+import threading
+import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import Annotated, Any
 from urllib.parse import urljoin, urlsplit
 
 import httpx
@@ -25,6 +29,60 @@ SITEMAP_NS = "{http://www.sitemaps.org/schemas/sitemap/0.9}"
 
 class BlockedAddress(SourceError):
     """The URL resolves to an address the SSRF guard refuses."""
+
+
+class Deadline:
+    """One time limit for a whole document. At the limit the socket in use is shut down, which ends
+    a read that is still receiving bytes (httpx's timeouts only bound each read)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds, self.end, self.expired = seconds, time.monotonic() + seconds, False
+        self._socket: Any = None
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+
+    def __enter__(self) -> "Deadline":
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._timer.cancel()
+
+    def left(self) -> float:
+        return max(0.05, self.end - time.monotonic())
+
+    def trace(self, event: str, info: dict[str, Any]) -> None:
+        """httpcore's trace hook: remember each new connection's socket (plain, then TLS)."""
+        if event in ("connection.connect_tcp.complete", "connection.start_tls.complete"):
+            self.watch(info.get("return_value"))
+
+    def watch(self, stream: Any) -> None:
+        with self._lock:
+            self._socket = stream.get_extra_info("socket") if stream is not None else None
+        if self.expired:
+            self._shutdown()
+
+    def check(self) -> None:
+        if self.expired or time.monotonic() > self.end:
+            raise self.error()
+
+    def error(self) -> SourceError:
+        return SourceError(f"the page took longer than timeout_s={self.seconds:g} s in total (connect, redirects "
+                           "and all reads): a slow or stalled server; keeping the previous version")
+
+    def _expire(self) -> None:
+        self.expired = True
+        self._shutdown()
+
+    def _shutdown(self) -> None:
+        with self._lock:
+            sock = self._socket
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
 
 @dataclass
@@ -67,8 +125,7 @@ class WebSource:
     def read_many(self, refs: Iterable[DocumentRef], previous: dict[str, str | None] | None = None
                   ) -> Iterator[tuple[DocumentRef, RawDocument | NotModified | Gone | Exception]]:
         previous = previous or {}
-        with httpx.Client(timeout=self.timeout_s, follow_redirects=False,
-                          headers={"User-Agent": self.user_agent}) as client, \
+        with self._client() as client, \
                 ThreadPoolExecutor(max_workers=max(1, self.concurrency)) as pool:
             refs = list(refs)
             yield from zip(refs, pool.map(lambda r: self._read(client, r, previous.get(r.source_id)), refs),
@@ -97,11 +154,27 @@ class WebSource:
         return RawDocument(DocumentRef(ref.source_id, str(response.url), new_fp), body, suffix,
                            metadata={"url": ref.source_id, "content_type": content_type})
 
+    def _client(self) -> httpx.Client:
+        """No kept-alive connections: each request's socket is new, so its Deadline can always cut it."""
+        return httpx.Client(timeout=self.timeout_s, follow_redirects=False, headers={"User-Agent": self.user_agent},
+                            limits=httpx.Limits(max_keepalive_connections=0))
+
     def _fetch(self, client: httpx.Client, url: str, headers: dict[str, str]) -> tuple[httpx.Response, bytes]:
-        """GET with the SSRF guard on every hop, a redirect limit and a response size cap."""
+        """GET with the SSRF guard on every hop, a redirect limit, a response size cap and one deadline."""
+        with Deadline(self.timeout_s) as deadline:
+            try:
+                return self._fetch_within(client, url, headers, deadline)
+            except httpx.HTTPError:
+                deadline.check()  # a read the deadline cut short says so
+                raise
+
+    def _fetch_within(self, client: httpx.Client, url: str, headers: dict[str, str],
+                      deadline: Deadline) -> tuple[httpx.Response, bytes]:
         for _ in range(self.max_redirects + 1):
             self._guard(url)
-            with client.stream("GET", url, headers=headers) as response:
+            with client.stream("GET", url, headers=headers, timeout=deadline.left(),
+                               extensions={"trace": deadline.trace}) as response:
+                deadline.watch(response.extensions.get("network_stream"))
                 if response.status_code in (301, 302, 303, 307, 308) and "Location" in response.headers:
                     url = urljoin(url, response.headers["Location"])
                     if not self._in_scope(url):
@@ -109,9 +182,11 @@ class WebSource:
                     continue
                 body = bytearray()
                 for piece in response.iter_bytes():
+                    deadline.check()
                     body.extend(piece)
                     if len(body) > self.max_bytes:
                         raise SourceError(f"response larger than the cap of {self.max_bytes} bytes")
+                deadline.check()
                 return response, bytes(body)
         raise SourceError(f"more than {self.max_redirects} redirects")
 
@@ -137,7 +212,7 @@ class WebSource:
         """(loc, lastmod) pairs of a sitemap, following sitemap indexes two levels deep."""
         from lxml import etree
 
-        with httpx.Client(timeout=self.timeout_s, headers={"User-Agent": self.user_agent}) as client:
+        with self._client() as client:
             response, body = self._fetch(client, url, {})
         if response.status_code != 200:
             raise SourceError(f"HTTP {response.status_code}")

@@ -21,7 +21,8 @@ def finalize_run(conn: psycopg.Connection, spec: CollectionSpec, run_id: int, de
     assert collection is not None, f"collection {spec.name!r} vanished during the run"
     started = time.perf_counter()
     if status == "succeeded" and store.run_failed_everything(conn, run_id):
-        status, error = "failed", "every document this run read failed; see `ragpipe status --failures`"
+        status, error = "failed", ("every document this run read failed, or the source could not be listed; "
+                          "see `ragpipe status --failures`")
     if status == "succeeded":
         with conn.transaction():
             removed = store.delete_documents(conn, collection, deleted)

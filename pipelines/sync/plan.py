@@ -12,6 +12,8 @@ from pipelines.config import CollectionSpec
 from pipelines.sources import DocumentRef, make_source, same_fingerprint
 
 log = logging.getLogger(__name__)
+LISTING = "(listing)"
+"""The source id a run records a listing problem under (the part of the source it could not list)."""
 
 
 @dataclass
@@ -51,13 +53,14 @@ def plan_run(conn: psycopg.Connection, spec: CollectionSpec, full_refresh: bool 
                           leaving=deleted + [r.source_id for r in changed])
     for problem in listing.problems:
         log.warning("listing problem (nothing will be deleted this run): %s", problem)
-    if listing.rejected:
+    for where, reason in listing.rejected:
+        log.warning("skipped %s: %s", where, reason)
+    failures = listing.rejected + ([(LISTING, "; ".join(listing.problems))] if listing.problems else [])
+    if failures:  # recorded: `ragpipe status --failures` says why
         with conn.transaction():
             failed = sum(store.record_failure(conn, run_id, collection.id, where, None, "list", reason)
-                         for where, reason in listing.rejected)
+                         for where, reason in failures)
             store.add_run_counts(conn, run_id, failed=failed)
-        for where, reason in listing.rejected:
-            log.warning("skipped %s: %s", where, reason)
     return Plan(spec.name, run_id, listing.complete, len(listing.refs), len(new), len(changed), unchanged,
                 todo, deleted, listing.problems)
 
