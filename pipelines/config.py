@@ -1,13 +1,14 @@
 """Collections: one searchable corpus each (source + chunking + model), declared in collections.yml."""
 
 import dataclasses
+import re
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_type_hints
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from pipelines.settings import DEFAULT_MODEL
 
@@ -20,6 +21,23 @@ DEFAULT_INDEX = {"m": 16, "ef_construction": 64, "ef_search": 40, "keyword_candi
 
 class ConfigError(ValueError):
     """collections.yml (or a command line) describes a collection that cannot work."""
+
+
+NAME_PATTERN = re.compile(r"[\w.-]{1,200}")
+"""A collection name: letters, digits, `_`, `.` and `-` (it names an Airflow DAG and an SQL argument)."""
+
+
+def collection_name(name: str) -> str:
+    if not NAME_PATTERN.fullmatch(name):
+        raise ValueError("a collection name is 1-200 letters, digits, '_', '.' or '-' (no spaces, newlines or '@'): "
+                         "it names the collection's Airflow DAG and is what SQL and the CLI search by")
+    return name
+
+
+def not_blank(query: str) -> str:
+    if not query.strip():
+        raise ValueError("a query must have words: a blank query finds nothing, so it proves nothing")
+    return query
 
 
 def version_name(family: str, version: int) -> str:
@@ -93,7 +111,7 @@ class SearchOptions(BaseModel):
 
 class InlineQuery(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
-    query: Annotated[str, Field(min_length=1)]
+    query: Annotated[str, AfterValidator(not_blank)]
     expect: Annotated[list[str], Field(min_length=1)]
     """Source ids of documents that answer it; the score is the share of queries with one in the top k."""
 
@@ -152,7 +170,7 @@ def collection_model() -> type[BaseModel]:
         """One entry of collections.yml."""
 
         model_config = ConfigDict(extra="forbid", strict=True)
-        name: Annotated[str, Field(min_length=1, pattern=r"^[^@]+$")]
+        name: Annotated[str, AfterValidator(collection_name)]
         source: source_type  # type: ignore[valid-type]
         schedule: str | None = None
         model: str = DEFAULT_MODEL
@@ -165,7 +183,7 @@ def collection_model() -> type[BaseModel]:
         search: SearchOptions = Field(default_factory=SearchOptions)
         duplicates: Literal["skip", "keep"] = "skip"
         description: str = ""
-        smoke_queries: list[str] = Field(default_factory=list)
+        smoke_queries: list[Annotated[str, AfterValidator(not_blank)]] = Field(default_factory=list)
         eval: EvalOptions = Field(default_factory=EvalOptions)
         promote: PromoteOptions = Field(default_factory=PromoteOptions)
 

@@ -14,7 +14,7 @@ from typing import Any
 from pipelines.config import CollectionSpec
 from pipelines.store.connection import locked_connection, open_database
 from pipelines.sync import dry_run_plan, sync_collection
-from pipelines.versions import conclude, plan_versions
+from pipelines.versions import check_eval_set, conclude, plan_versions
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +29,7 @@ def run_ingest(spec: CollectionSpec, full_refresh: bool = False, limit: int | No
     `progress(documents done, documents planned)` is called after each batch commits, from the
     thread that loads. Returns the active version's run summary, with the new version's under
     "new_version"."""
+    check_eval_set(spec)
     url = open_database(url)
     with locked_connection(spec.family, url) as conn:
         if dry_run:

@@ -161,3 +161,147 @@ def test_the_embedded_server_is_sized_from_the_machines_ram(conn, ragpipe_home):
                       ).fetchone()[0]
     assert f"{mb}MB" == want["shared_buffers"], "written before the first start, so in effect"
     assert server_settings(2**30)["shared_buffers"] == "256MB" and server_settings(2**36)["shared_buffers"] == "8192MB"
+
+
+# --- Defects of hostile testing, round 3: errors that misled, tracebacks, small surprises ----------
+
+def test_database_failures_say_whether_running_again_helps(db_url, tmp_path):
+    """Defect: every database error was "lost the database connection ... Run the command again",
+    also a pgvector limit that no retry lifts, and a server that had stopped."""
+    import psycopg
+
+    from pipelines.store.connection import open_database
+    from pipelines.store.database import connect, embedded_server, explain_failure, stop_embedded_server
+
+    with connect(db_url, autocommit=True) as c:
+        c.execute("CREATE TEMP TABLE wide (v vector(2560))")
+        with pytest.raises(psycopg.Error) as limit:
+            c.execute("CREATE INDEX ON wide USING hnsw (v vector_cosine_ops)")
+    said = explain_failure(limit.value)
+    assert "2000 dimensions" in said and "will not lift" in said and "Run the command again" not in said
+
+    with connect(db_url, autocommit=True) as victim, connect(db_url, autocommit=True) as killer:
+        killer.execute("SELECT pg_terminate_backend(%s)", (victim.info.backend_pid,))
+        with pytest.raises(psycopg.OperationalError) as lost:
+            victim.execute("SELECT 1")
+    assert "lost the database connection" in explain_failure(lost.value) and "again" in explain_failure(lost.value)
+
+    pgdata = tmp_path / "pgdata"
+    url = open_database(embedded_server(pgdata).get_uri())
+    try:
+        with connect(url, autocommit=True) as c:
+            stop_embedded_server(pgdata)
+            with pytest.raises(psycopg.OperationalError) as stopped:
+                c.execute("SELECT 1")
+    finally:
+        stop_embedded_server(pgdata)
+    said = explain_failure(stopped.value, pgdata)
+    assert "the embedded PostgreSQL stopped" in said and "shut down" in said and "ragpipe db start" in said
+
+
+def test_a_server_that_will_not_start_is_one_line_with_its_reason(tmp_path):
+    """Defect: `ragpipe db start` and `ragpipe status` printed pg_ctl's 116-line CalledProcessError."""
+    env = {"RAGPIPE_HOME": str(tmp_path / "home"), "RAGPIPE_COLLECTIONS": str(tmp_path / "none.yml")}
+    try:
+        ragpipe("db", "start", env=env)
+        ragpipe("db", "stop", env=env)
+        conf = tmp_path / "home" / "pgdata" / "ragpipe.conf"
+        conf.write_text(conf.read_text() + "shared_buffers = 'lots'\n")
+        for args in (["db", "start"], ["status"]):
+            failed = ragpipe(*args, check=False, env=env)
+            assert failed.returncode == 1 and "Traceback" not in failed.stderr, failed.stderr
+            assert len(failed.stderr.strip().splitlines()) == 1, failed.stderr
+            assert "did not start" in failed.stderr and "shared_buffers" in failed.stderr, failed.stderr
+    finally:
+        ragpipe("db", "stop", check=False, env=env)
+
+
+@pytest.mark.parametrize("url", ["postgresql://u:s3cretpw@[::1:1/x", "postgresql://u:s3cretpw@localhost/x?foo=bar",
+                                 "host=localhost password='s3cretpw"])
+def test_a_malformed_database_url_is_one_line_without_the_password(url):
+    """Defect: a 48-line psycopg.ProgrammingError, with the password in clear for the IPv6 form."""
+    failed = ragpipe("status", check=False, env={"RAGPIPE_DATABASE_URL": url})
+    assert failed.returncode == 1 and "Traceback" not in failed.stderr, failed.stderr
+    assert len(failed.stderr.strip().splitlines()) == 1 and "RAGPIPE_DATABASE_URL" in failed.stderr
+    assert "s3cretpw" not in failed.stderr + failed.stdout
+
+
+def test_a_missing_or_empty_eval_set_fails_config_check_and_the_run(corpus, tmp_path, name):
+    """Defect: `config check` said fine, then `ragpipe promote` printed a 30-line FileNotFoundError."""
+    empty = tmp_path / "empty-eval"
+    empty.mkdir()
+    for where, message in [(tmp_path / "no-such-eval", "has no queries.jsonl"), (empty, "has no queries.jsonl")]:
+        config = tmp_path / "collections.yml"
+        config.write_text(json.dumps({"collections": [{"name": name, "source": {"kind": "folder", "path": str(corpus)},
+                                                       "eval": {"path": str(where)}}]}))
+        env = {"RAGPIPE_COLLECTIONS": str(config)}
+        for args in (["config", "check"], ["ingest", "-c", name], ["promote", name, "2"]):
+            failed = ragpipe(*args, check=False, env=env)
+            assert failed.returncode == 1 and "Traceback" not in failed.stderr, (args, failed.stderr)
+            assert message in failed.stderr and "eval.path" in failed.stderr, (args, failed.stderr)
+            assert len(failed.stderr.strip().splitlines()) == 1, failed.stderr
+
+
+def test_migrating_a_database_that_a_newer_ragpipe_migrated_is_refused(conn, db_url):
+    """Defect: `ragpipe db migrate` re-applied its older sql/api files over a newer schema and exited 0."""
+    import psycopg
+
+    conn.execute("DROP DATABASE IF EXISTS newer_schema")
+    conn.execute("CREATE DATABASE newer_schema")
+    url = psycopg.conninfo.make_conninfo(db_url, dbname="newer_schema")
+    try:
+        ragpipe("db", "migrate", env={"RAGPIPE_DATABASE_URL": url})
+        with psycopg.connect(url, autocommit=True) as other:
+            other.execute("INSERT INTO ragpipe.schema_migrations (name, checksum) "
+                          "VALUES ('migrations/999_future.sql', 'x')")
+            other.execute("UPDATE ragpipe.schema_migrations SET checksum = 'changed' WHERE name LIKE 'api/%'")
+            failed = ragpipe("db", "migrate", check=False, env={"RAGPIPE_DATABASE_URL": url})
+            assert failed.returncode == 1 and len(failed.stderr.strip().splitlines()) == 1, failed.stderr
+            assert "newer than this ragpipe" in failed.stderr and "999_future" in failed.stderr
+            assert "upgrade the ragpipe package" in failed.stderr
+            assert other.execute("SELECT count(*) FROM ragpipe.schema_migrations WHERE checksum = 'changed'"
+                                 ).fetchone()[0] > 0, "nothing was re-applied"
+    finally:
+        conn.execute("DROP DATABASE IF EXISTS newer_schema WITH (FORCE)")
+
+
+@pytest.mark.parametrize("entry, message", [
+    ({"name": " "}, "a collection name is 1-200 letters"),
+    ({"name": "a\nb"}, "a collection name is 1-200 letters"),
+    ({"name": "docs", "smoke_queries": ["   "]}, "smoke_queries.0: Value error, a query must have words"),
+    ({"name": "docs", "eval": {"queries": [{"query": " ", "expect": ["a.md"]}]}}, "a query must have words"),
+])
+def test_blank_queries_and_names_that_cannot_work_are_refused(tmp_path, entry, message):
+    """Defect: names ' ' and 'a\\nb', and blank smoke queries, passed `config check`."""
+    config = tmp_path / "collections.yml"
+    config.write_text(json.dumps({"collections": [dict(entry, source={"kind": "folder", "path": str(tmp_path)})]}))
+    failed = ragpipe("config", "check", check=False, env={"RAGPIPE_COLLECTIONS": str(config)})
+    assert failed.returncode == 1 and message in failed.stderr, failed.stderr
+
+
+def test_a_single_document_can_be_ingested(tmp_path, name):
+    """Defect: `ragpipe ingest notes.md` said the folder did not exist."""
+    notes = tmp_path / "notes.md"
+    notes.write_text("# Bicycle maintenance\n\nOil the chain every few hundred kilometres and check the brake pads.\n")
+    (tmp_path / "other.md").write_text("# Other\n\nNot part of this collection.\n")
+    summary = json.loads(ragpipe("ingest", str(notes), "-c", name, "--json").stdout)
+    assert (summary["new"], summary["failed"]) == (1, 0)
+    hits = json.loads(ragpipe("search", "chain oil", "-c", name, "--json").stdout)
+    assert [h["source_id"] for h in hits] == ["notes.md"]
+    assert json.loads(ragpipe("ingest", str(notes), "-c", name, "--json").stdout)["unchanged"] == 1
+
+
+def test_a_search_with_no_results_says_so_and_json_is_an_empty_list(corpus, name):
+    """Defect: `ragpipe search` with no results printed nothing and exited 0."""
+    ragpipe("ingest", str(corpus), "-c", name)
+    said = ragpipe("search", "zzqxv wvxqz", "-c", name, "--mode", "keyword")
+    assert said.stdout.startswith("no results in") and "ragpipe status" in said.stdout and "--mode" in said.stdout
+    assert json.loads(ragpipe("search", "zzqxv wvxqz", "-c", name, "--mode", "keyword", "--json").stdout) == []
+
+
+def test_ingest_reports_progress_when_its_output_is_not_a_terminal(corpus, name):
+    """Defect: 14 minutes of silence for 5,183 documents under cron, CI or a pipe."""
+    result = ragpipe("ingest", str(corpus), "-c", name, "--json")
+    lines = [line for line in result.stderr.splitlines() if line.startswith(f"ingest {name}: ")]
+    assert lines and lines[-1].startswith(f"ingest {name}: 30/30 documents (100%)"), result.stderr
+    assert json.loads(result.stdout)["new"] == 30

@@ -418,3 +418,22 @@ def test_database_down_is_said_at_once_and_the_service_recovers(tmp_path, monkey
                 time.sleep(0.5)
     finally:
         stop_embedded_server(pgdata)
+
+
+def test_the_airflow_plugin_loads_the_models_when_the_api_server_starts(sample):
+    """Defect: the first search in the Airflow plugin took 8-11 s while the model loaded. Airflow's own
+    init_plugins mounts the app and adds the plugin's root middleware to a FastAPI app served by
+    uvicorn, as its API server does; the models load with no request made, and nothing at import."""
+    from airflow.api_fastapi.app import init_plugins
+    from fastapi import FastAPI
+
+    from pipelines.airflow import plugin
+
+    service = plugin.search_app.state.service
+    assert not service.warmed.is_set() and not service._opened, "importing the plugin loads nothing"
+    main = FastAPI()
+    init_plugins(main)
+    with serving(main) as base:
+        assert service.warmed.wait(120), "the models were not loaded within 120 s of start-up"
+        got = httpx.get(f"{base}/ragpipe/api/search", params=dict(collection=sample, q=QUESTION, k=3), timeout=30)
+        assert got.status_code == 200 and got.json()["results"], got.text

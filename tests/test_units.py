@@ -133,3 +133,26 @@ def test_device_follows_ragpipe_device_and_says_what_to_do_without_a_gpu(monkeyp
     monkeypatch.setenv("RAGPIPE_DEVICE", "cpu")
     assert best_backend(("avx2",), cuda=True) == "torch", "RAGPIPE_DEVICE=cpu keeps #auto on the CPU"
 
+
+
+def test_the_bench_names_its_corpus_and_skips_what_needs_a_real_one(tmp_path, monkeypatch):
+    """Defect: without ../shared/data/beir/nfcorpus, `make bench` built its 100k search set from the
+    193 sample sentences, still called them NFCorpus sentences, and printed meaningless recall."""
+    from tools.synthetic import SAMPLE_RECORDS, bench_corpus, corpus_label, runnable_sections, sentences
+
+    monkeypatch.setenv("BENCH_CORPUS", str(tmp_path / "nowhere"))
+    assert bench_corpus() is None
+    assert corpus_label(None) == "the sample corpus (examples/corpus/records.jsonl)"
+    run, skipped = runnable_sections(["embedding", "loading", "reruns", "versions", "search", "service"], None)
+    assert run == ["loading", "reruns"] and skipped == ["embedding", "versions", "search", "service"]
+    assert len(sentences()) >= 100 and all(s in SAMPLE_RECORDS.read_text() for s in sentences()[:5])
+
+    dataset = tmp_path / "scifact"
+    dataset.mkdir()
+    (dataset / "corpus.jsonl").write_text('{"_id": "1", "title": "T", "text": "Alpha beta gamma delta epsilon. '
+                                          'Zeta eta theta iota kappa."}\n')
+    (dataset / "queries.jsonl").write_text('{"_id": "q", "text": "alpha"}\n')
+    monkeypatch.setenv("BENCH_CORPUS", str(dataset))
+    assert bench_corpus() == dataset and corpus_label(dataset) == "BEIR scifact"
+    assert runnable_sections(["search", "loading"], dataset) == (["search", "loading"], [])
+    assert sentences() == ["Alpha beta gamma delta epsilon.", "Zeta eta theta iota kappa."]

@@ -238,3 +238,15 @@ def test_a_beir_eval_set_scores_both_versions_by_ndcg(corpus, name, tmp_path):
     verdict = built["evaluation"]
     assert verdict["metric"] == "ndcg@10" and 0.5 < verdict["active"] <= 1 and 0.5 < verdict["candidate"] <= 1
     assert built["promoted"] == (verdict["drop"] <= 0.01)
+
+
+def test_an_eval_set_that_judges_no_document_of_the_collection_is_not_a_pass(corpus, name, tmp_path):
+    """Defect: qrels naming no known document gave `ndcg@10 0.0000 against 0.0000` and promoted."""
+    evalset = tmp_path / "eval"
+    (evalset / "qrels").mkdir(parents=True)
+    (evalset / "queries.jsonl").write_text(json.dumps({"_id": "q1", "text": "coffee and blood vessels"}) + "\n")
+    (evalset / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\tMED-10\t1\n")
+    run_ingest(folder_spec(name, corpus, eval={"path": str(evalset)}))
+    built = run_ingest(folder_spec(name, corpus, chunk_tokens=128, eval={"path": str(evalset)}))["new_version"]
+    assert built["state"] == "rejected" and not built["promoted"], built
+    assert "none of the 1 documents the eval set judges is in the collection" in built["evaluation"]["reason"]

@@ -42,10 +42,12 @@ from pipelines.store.database import connect
 from pipelines.store.sqlfiles import query
 from tools.service import RAGPIPE, ragpipe_serve
 from tools.synthetic import (
-    NFCORPUS,
+    bench_corpus,
     chunk_vectors,
+    corpus_label,
     document,
     nearby_sentences,
+    runnable_sections,
     sentence_vectors,
     sentences,
     write_folder,
@@ -74,6 +76,10 @@ def spec(name: str, source: dict[str, Any], **kw: Any):
     return parse_collection({"name": name, "source": source, **kw}, where=name, base=PROJECT_ROOT)
 
 
+CORPUS = bench_corpus()
+CORPUS_NAME = corpus_label(CORPUS)
+
+
 def drop_collection(conn, name: str) -> None:
     """Drop the collection and every version of it."""
     conn.execute("DELETE FROM ragpipe.collections WHERE family = %s", (name,))
@@ -81,7 +87,7 @@ def drop_collection(conn, name: str) -> None:
 
 def nfcorpus_table(tmp: Path, docs: int) -> Path:
     rows = []
-    with (NFCORPUS / "corpus.jsonl").open() as f:
+    with (CORPUS / "corpus.jsonl").open() as f:
         for line, _ in zip(f, range(docs), strict=False):
             d = json.loads(line)
             rows.append(json.dumps({"id": d["_id"], "title": d["title"], "text": f"{d['title']} {d['text']}"}))
@@ -191,13 +197,14 @@ def bench_backend_quality() -> None:
     for backend, suffix in (("torch", ""), ("onnx-int8", "#onnx-int8"), ("bf16", "#bf16")):
         name = "beir_nfcorpus" + suffix.replace("#", "_").replace("-", "_")
         modes = ["semantic", "keyword", "hybrid"] if backend == "torch" else ["semantic"]
-        scores[backend] = evaluate(NFCORPUS, modes, collection=name, model=DEFAULT_MODEL + suffix)
+        scores[backend] = evaluate(CORPUS, modes, collection=name, model=DEFAULT_MODEL + suffix)
         m = scores[backend]["modes"]["semantic"]
-        record("backend", f"{backend}: NFCorpus nDCG@10 / Recall@100, semantic, "
+        record("backend", f"{backend}: {CORPUS_NAME} nDCG@10 / Recall@100, semantic, "
                f"{scores[backend]['queries']} test queries", f"{m['ndcg@10']:.4f} / {m['recall@100']:.4f}")
     for mode in ("keyword", "hybrid"):
         m = scores["torch"]["modes"][mode]
-        record("quality", f"NFCorpus nDCG@10 / Recall@100, {mode}, test", f"{m['ndcg@10']:.4f} / {m['recall@100']:.4f}",
+        record("quality", f"{CORPUS_NAME} nDCG@10 / Recall@100, {mode}, test",
+               f"{m['ndcg@10']:.4f} / {m['recall@100']:.4f}",
                **{f"quality.nfcorpus.{mode}_ndcg10": m["ndcg@10"]})
     for backend in ("onnx-int8", "bf16"):
         ratio = scores[backend]["modes"]["semantic"]["ndcg@10"] / scores["torch"]["modes"]["semantic"]["ndcg@10"]
@@ -345,7 +352,7 @@ def bench_versions(conn, tmp: Path) -> None:
     from pipelines.search import search
 
     table = tmp / "nfcorpus-versions.jsonl"  # abstracts without their titles: chunk texts that no other
-    with (NFCORPUS / "corpus.jsonl").open() as f:  # section has embedded, so every vector is computed
+    with (CORPUS / "corpus.jsonl").open() as f:  # section has embedded, so every vector is computed
         table.write_text("".join(json.dumps({"id": d["_id"], "title": d["title"], "text": d["text"]}) + "\n"
                                  for d in map(json.loads, f)))
     name = "bench_versions"
@@ -357,7 +364,7 @@ def bench_versions(conn, tmp: Path) -> None:
                     docs_per_batch=256, **kw)
 
     run_ingest(collection())
-    queries = [q["text"] for q in map(json.loads, (NFCORPUS / "queries.jsonl").open())][:50]
+    queries = [q["text"] for q in map(json.loads, (CORPUS / "queries.jsonl").open())][:50]
     answered: list[float] = []
     failures: list[str] = []
     done = threading.Event()
@@ -386,7 +393,7 @@ def bench_versions(conn, tmp: Path) -> None:
         loop.join(timeout=60)
     built = switch["new_version"]
     gaps = np.diff([started, *answered])
-    record("versions", f"switch NFCorpus ({switch['listed']} docs) to #onnx-int8: build, score, promote",
+    record("versions", f"switch {CORPUS_NAME} ({switch['listed']} docs) to #onnx-int8: build, score, promote",
            f"{switched_s:.1f} s, {built['chunks_embedded']} chunks embedded, promoted {built['promoted']}")
     record("versions", "searches during the switch: answered / failed or empty (target 0)",
            f"{len(answered)} / {len(failures)}")
@@ -429,8 +436,8 @@ def search_collection(conn, chunks: int, queries: int) -> tuple[str, list[str]]:
     embedder = get_embedder(DEFAULT_MODEL)
     pool = sentences(limit=1_000_000)  # all of them (35k for NFCorpus): fewer shared sentences per chunk
     generator = f"sentence-means-{len(pool)}"
-    qs = [json.loads(line)["text"] for line in (NFCORPUS / "queries.jsonl").open()][:queries] \
-        if (NFCORPUS / "queries.jsonl").exists() else pool[:queries]
+    qs = [json.loads(line)["text"] for line in (CORPUS / "queries.jsonl").open()][:queries] \
+        if (CORPUS / "queries.jsonl").exists() else pool[:queries]
     coll = store.get_collection(conn, name)
     if coll is None or coll.settings.get("generator") != generator \
             or conn.execute(query("store", "count_chunks"), (coll.id,)).fetchone()[0] != chunks:
@@ -440,7 +447,7 @@ def search_collection(conn, chunks: int, queries: int) -> tuple[str, list[str]]:
                                         "generator": generator})
         start = time.perf_counter()
         vectors = sentence_vectors(embedder, pool, PROJECT_ROOT / ".ragpipe" / "bench")
-        record("search", f"encode {len(pool)} NFCorpus sentences (cached after the first run)",
+        record("search", f"encode {len(pool)} {CORPUS_NAME} sentences (cached after the first run)",
                f"{time.perf_counter() - start:.1f} s")
         rng = np.random.default_rng(2)
         start = time.perf_counter()
@@ -649,10 +656,10 @@ def write_report(scale: str, seconds: float) -> Path:
         " (embedded)", "",
         "| section | metric | result |", "|---|---|---|",
         *[f"| {s} | {m} | {v} |" for s, m, v in results], "",
-        "Corpora: NFCorpus documents for embedding; synthetic documents of resampled NFCorpus sentences for",
+        f"Corpus: {CORPUS_NAME}. Its documents for embedding; synthetic documents of its resampled sentences for",
         "loading, re-runs and memory. For search, synthetic chunks of 2-4 sentences drawn from a window of 12",
-        "neighbouring NFCorpus sentences; a chunk's vector is the normalised mean of the model's embeddings of",
-        "its sentences (encoding each synthetic chunk would take days here); queries are NFCorpus queries.", "",
+        "neighbouring sentences; a chunk's vector is the normalised mean of the model's embeddings of its",
+        "sentences (encoding each synthetic chunk would take days here); queries are the data set's queries.", "",
     ]
     base = "benchmarks" if scale == "small" else f"benchmarks-{scale}"
     sections = os.environ.get("BENCH_SECTIONS", "").replace(",", "-")
@@ -687,6 +694,11 @@ def main() -> None:
         tmp_path = Path(tmp)
         threading.excepthook = lambda args: print(args, file=sys.stderr)
         sections = os.environ.get("BENCH_SECTIONS", "embedding,loading,reruns,versions,search,service").split(",")
+        sections, skipped = runnable_sections(sections, CORPUS)
+        print(f"corpus: {CORPUS_NAME}", flush=True)
+        if skipped:
+            record("corpus", f"skipped: {', '.join(skipped)}", "these need a BEIR corpus: none at BENCH_CORPUS or "
+                   "../shared/data/beir/nfcorpus (docs/search-quality.md says where to get one)")
         if "embedding" in sections:
             bench_embedding(conn, tmp_path, cfg["embed_docs"])
             if scale == "large" or os.environ.get("BENCH_QUALITY") == "1":

@@ -3,6 +3,7 @@
 
 import hashlib
 import json
+import os
 import random
 import re
 from pathlib import Path
@@ -12,17 +13,38 @@ import numpy as np
 from pipelines.settings import PROJECT_ROOT
 
 NFCORPUS = PROJECT_ROOT.parent / "shared" / "data" / "beir" / "nfcorpus"
+SAMPLE_RECORDS = PROJECT_ROOT / "examples" / "corpus" / "records.jsonl"
+NEEDS_CORPUS = ("embedding", "versions", "search", "service")
+"""The bench sections whose figures mean something only on a real corpus (BENCH_QUALITY's too)."""
 
 
-def sentences(dataset: Path = NFCORPUS, limit: int = 50_000) -> list[str]:
-    """Sentences of the data set's corpus (or of the sample corpus when it is not there)."""
-    texts: list[str] = []
-    if (dataset / "corpus.jsonl").exists():
+def bench_corpus() -> Path | None:
+    """The BEIR data set the bench uses: BENCH_CORPUS, else NFCorpus beside the checkout
+    (../shared/data/beir/nfcorpus); None when it has no corpus.jsonl and queries.jsonl."""
+    path = Path(os.environ.get("BENCH_CORPUS") or NFCORPUS).expanduser()
+    return path if (path / "corpus.jsonl").is_file() and (path / "queries.jsonl").is_file() else None
+
+
+def corpus_label(dataset: Path | None) -> str:
+    """How the reports name the corpus a figure used."""
+    return f"BEIR {dataset.name}" if dataset else f"the sample corpus ({SAMPLE_RECORDS.relative_to(PROJECT_ROOT)})"
+
+
+def runnable_sections(sections: list[str], dataset: Path | None) -> tuple[list[str], list[str]]:
+    """(sections to run, sections skipped because they need a real corpus and there is none)."""
+    skipped = [s for s in sections if dataset is None and s in NEEDS_CORPUS]
+    return [s for s in sections if s not in skipped], skipped
+
+
+def sentences(dataset: Path | None = None, limit: int = 50_000) -> list[str]:
+    """Sentences of the data set's corpus (default: bench_corpus()), or of the sample corpus when
+    there is none (its 193 records: enough for synthetic test folders, not for search figures)."""
+    dataset = dataset or bench_corpus()
+    if dataset is not None:
         with (dataset / "corpus.jsonl").open() as f:
             texts = [json.loads(line)["text"] for line in f]
     else:
-        texts = [json.loads(line)["text"] for line in
-                 (PROJECT_ROOT / "examples" / "corpus" / "records.jsonl").read_text().splitlines()]
+        texts = [json.loads(line)["text"] for line in SAMPLE_RECORDS.read_text().splitlines()]
     out = [s.strip() for t in texts for s in re.split(r"(?<=[.!?])\s+", t) if len(s.split()) >= 5]
     return out[:limit]
 

@@ -12,7 +12,7 @@ from pipelines.faults import armed
 from pipelines.sources import DocumentRef
 from pipelines.store.connection import locked_connection
 from pipelines.sync import BatchResult, Plan, finalize_run, plan_run, process_batch
-from pipelines.versions import conclude, plan_versions, spec_for
+from pipelines.versions import check_eval_set, conclude, plan_versions, spec_for
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +22,7 @@ def plan_step(spec: CollectionSpec, url: str | None = None, full_refresh: bool =
               target: str = "active") -> Plan | None:
     """Plan the run of the active version, or (target="candidate") of the version being built; None
     when no version is being built. The plan's `collection` names the version its batches write."""
+    check_eval_set(spec)
     with locked_connection(spec.family, url) as conn:
         with conn.transaction(force_rollback=dry_run):  # a dry run writes nothing
             targets = plan_versions(conn, spec)

@@ -11,6 +11,7 @@ import click
 
 from pipelines.cli import db, ingest, quality, search, service, versions
 from pipelines.config import ConfigError
+from pipelines.settings import load_settings
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -54,8 +55,9 @@ def run() -> None:
             psycopg.errors.UndefinedObject, psycopg.errors.ObjectNotInPrerequisiteState) as exc:
         click.echo(f"Error: {first_line(exc).removeprefix('ragpipe: ')}", err=True)
         sys.exit(1)
-    except psycopg.OperationalError as exc:
-        first = first_line(exc)
-        click.echo(f"Error: lost the database connection ({first}). Nothing half-written was "
-                   "kept: each document is replaced in one transaction. Run the command again.", err=True)
+    except psycopg.Error as exc:  # lost connection, stopped server, full disk, or an error no retry fixes
+        from pipelines.store.database import explain_failure
+
+        settings = load_settings()
+        click.echo(f"Error: {explain_failure(exc, None if settings.database_url else settings.pgdata)}", err=True)
         sys.exit(1)

@@ -1,6 +1,7 @@
 """`ragpipe ingest` and `ragpipe status`: runs, and what they left in the database."""
 
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,8 @@ from pipelines.cli.common import configured, emit, fail, version_outcome
 from pipelines.config import CollectionSpec, parse_collection
 from pipelines.settings import load_settings
 
+PROGRESS_EVERY_S = 10
+"""When stderr is not a terminal, a progress line at most this often (and one when the last batch is loaded)."""
 TABULAR_SUFFIXES = {".csv", ".jsonl", ".ndjson", ".parquet"}
 
 
@@ -81,12 +84,19 @@ def ingest(source: str | None, collection: str, full_refresh: bool, limit: int |
         from tqdm import tqdm
 
         bar = tqdm(total=0, unit="doc", desc=f"ingest {collection}")
+    started = last_line = time.monotonic()
 
     def progress(done: int, total: int) -> None:
+        nonlocal last_line
         if bar is not None:
             bar.total = total
             bar.n = done
             bar.refresh()
+        elif done == total or time.monotonic() - last_line >= PROGRESS_EVERY_S:  # cron, CI, a pipe
+            last_line = time.monotonic()
+            rate = done / max(last_line - started, 1e-6)
+            click.echo(f"ingest {collection}: {done}/{total} documents ({100 * done // max(total, 1)}%), "
+                       f"{rate:.1f}/s", err=True)
 
     summary = run_ingest(spec, full_refresh=full_refresh, limit=limit, dry_run=dry_run, progress=progress,
                          promote=promote)

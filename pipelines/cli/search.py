@@ -40,7 +40,14 @@ def search(query: str, collection: str, k: int, mode: str, filter_: str | None, 
     """Search a collection: the K chunks that best match QUERY."""
     from pipelines.search import search as run_search
 
-    print_hits(run_search(query, collection=collection, k=k, filter=parse_filter(filter_), mode=mode), as_json)
+    hits = run_search(query, collection=collection, k=k, filter=parse_filter(filter_), mode=mode)
+    print_hits(hits, as_json)
+    if not hits and not as_json:
+        click.echo(f"no results in {collection!r} ({mode} search{', with that filter' if filter_ else ''}): "
+                   "is it the collection you meant (`ragpipe status` lists them, with their document counts)? "
+                   + ("A looser --filter, or " if filter_ else "")
+                   + ("--mode semantic finds text by meaning" if mode == "keyword"
+                      else "--mode keyword finds exact words"))
 
 
 @click.command()

@@ -47,6 +47,10 @@ def config() -> None:
 def config_check() -> None:
     """Validate collections.yml; errors name the collection and the key."""
     path = load_settings().collections_file
+    from pipelines.versions import check_eval_set
+
     specs = load_collections(path)
+    for spec in specs.values():
+        check_eval_set(spec)
     for spec in specs.values():
         click.echo(f"ok  {spec.name}: {spec.source['kind']} source, schedule {spec.schedule}, model {spec.model}")

@@ -54,10 +54,6 @@ async def _reply(send: Send, status: int, detail: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-class BodyTooLarge(Exception):
-    pass
-
-
 class Guards:
     """ASGI middleware: refuse unknown hosts (400) and bodies over `max_body_bytes` (413) before any
     route runs, and add the security headers to every response."""
@@ -78,28 +74,31 @@ class Guards:
                      "question or filter")
         if not length.isdigit() or int(length) > self.max_body_bytes:
             return await _reply(send, 413, too_large)
-        received, started = 0, False
+        received, exceeded, replaced = 0, False, False
 
         async def limited() -> Message:  # a chunked body without a length is counted as it arrives
-            nonlocal received
+            nonlocal received, exceeded
+            if exceeded:
+                return {"type": "http.disconnect"}
             message = await receive()
             received += len(message.get("body", b""))
             if received > self.max_body_bytes:
-                raise BodyTooLarge
+                exceeded = True
+                return {"type": "http.disconnect"}  # the app stops reading; its answer is replaced below
             return message
 
         async def with_headers(message: Message) -> None:
-            nonlocal started
+            nonlocal replaced
+            if replaced:
+                return
+            if exceeded and message["type"] == "http.response.start":
+                replaced = True
+                return await _reply(send, 413, too_large)
             if message["type"] == "http.response.start":
-                started = True
                 extra = list(SECURITY_HEADERS)
                 if any(k == b"content-type" and v.startswith(b"text/html") for k, v in message.get("headers", [])):
                     extra.append((b"content-security-policy", content_security_policy().encode()))
                 message = dict(message, headers=[*message.get("headers", []), *extra])
             await send(message)
 
-        try:
-            await self.app(scope, limited, with_headers)
-        except BodyTooLarge:
-            if not started:
-                await _reply(send, 413, too_large)
+        await self.app(scope, limited, with_headers)

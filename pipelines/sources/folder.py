@@ -32,16 +32,25 @@ class FileFilters:
 
 @dataclass
 class FolderSource(FileFilters):
+    """A folder walked recursively, or one file (`path` names it: the collection is that document)."""
+
     path: str
     kind: str = "folder"
 
     def __post_init__(self) -> None:
-        self.root = Path(self.path).expanduser().resolve()
-        if not self.root.is_dir():
-            raise SourceError(f"source folder {self.path!r} does not exist or is not a directory")
+        given = Path(self.path).expanduser().resolve()
+        self.single = given.name if given.is_file() else None
+        self.root = given.parent if self.single else given
+        if not self.single and not self.root.is_dir():
+            raise SourceError(f"source {self.path!r} does not exist (give a folder, or one document: "
+                              f"{', '.join(sorted(EXTRACTORS))})")
 
     def list(self) -> Listing:
         refs, problems = [], []
+        if self.single:
+            st = (self.root / self.single).stat()
+            return Listing([DocumentRef(self.single, (self.root / self.single).as_uri(),
+                                        f"{st.st_size}:{st.st_mtime_ns}")], complete=True)
         for dirpath, dirnames, filenames in os.walk(self.root, onerror=lambda e: problems.append(str(e))):
             dirnames.sort()
             for name in sorted(filenames):

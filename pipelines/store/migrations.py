@@ -37,6 +37,7 @@ def migrate(url: str, last: str | None = None) -> list[str]:
                 conn.execute(BOOTSTRAP)
             done = dict(conn.execute("SELECT name, checksum FROM ragpipe.schema_migrations").fetchall())
             migrations = sorted((SQL_DIR / "migrations").glob("*.sql"))
+            _refuse_newer_schema(done, migrations)
             if last is not None:
                 migrations = [p for p in migrations if p.name <= last]
             api = sorted((SQL_DIR / "api").glob("*.sql")) if last is None else []
@@ -61,6 +62,16 @@ def migrate(url: str, last: str | None = None) -> list[str]:
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
     return applied_now
+
+
+def _refuse_newer_schema(done: dict[str, str], migrations: list[Path]) -> None:
+    """A database that a newer ragpipe migrated has migrations this one does not know: applying this
+    version's SQL API over its schema could break it, so nothing is changed."""
+    known = {_name(p) for p in migrations}
+    unknown = sorted(n for n in done if n.startswith("migrations/") and n not in known)
+    if unknown:
+        raise DatabaseError(f"the database schema is newer than this ragpipe (it has {', '.join(unknown)}, which "
+                            "this version does not know): upgrade the ragpipe package; nothing was changed")
 
 
 def _name(path: Path) -> str:

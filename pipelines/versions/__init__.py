@@ -14,8 +14,9 @@ search defaults, ef_search, keyword_candidates or keyword_rescore change in plac
     manage.py   the commands: list, promote, rollback, prune
 """
 
-from pipelines.versions.gate import conclude
+from pipelines.versions.gate import check_eval_set, conclude
 from pipelines.versions.manage import list_versions, promote, prune, rollback
 from pipelines.versions.targets import Targets, plan_versions, spec_for
 
-__all__ = ["Targets", "conclude", "list_versions", "plan_versions", "promote", "prune", "rollback", "spec_for"]
+__all__ = ["Targets", "check_eval_set", "conclude", "list_versions", "plan_versions", "promote", "prune", "rollback",
+           "spec_for"]

@@ -8,7 +8,7 @@ from typing import Any
 import psycopg
 
 from pipelines import store
-from pipelines.config import CollectionSpec, version_name
+from pipelines.config import CollectionSpec, ConfigError, version_name
 from pipelines.embed import get_embedder
 from pipelines.search import HYBRID_DEFAULTS
 from pipelines.search.beir import load_qrels, load_queries
@@ -63,7 +63,12 @@ def gate(conn: psycopg.Connection, candidate: store.Collection, evaluation: dict
     passed = not empty
     if empty:
         verdict["reason"] = f"smoke queries with no results: {empty}"
-    if evaluation and active is not None:
+    unjudged = evaluation and active is not None and judged_missing(conn, candidate, evaluation)
+    if unjudged:
+        passed = False
+        verdict["reason"] = unjudged
+        log.warning("collection %s: %s", candidate.family, unjudged)
+    elif evaluation and active is not None:
         metric, scorer = version_scorer(evaluation)
         new, old = scorer(conn, candidate), scorer(conn, active)
         drop = round(old - new, 4)
@@ -76,6 +81,44 @@ def gate(conn: psycopg.Connection, candidate: store.Collection, evaluation: dict
             verdict["reason"] = f"{metric} {new:.4f} against {old:.4f} for the active version"
     verdict["passed"] = passed
     return verdict
+
+
+def judged_documents(evaluation: dict[str, Any]) -> set[str]:
+    """The source ids the eval set judges relevant (qrels, or the inline queries' `expect`)."""
+    if evaluation.get("queries"):
+        return {sid for q in evaluation["queries"] for sid in q["expect"]}
+    qrels = load_qrels(Path(evaluation["path"]), evaluation.get("split", "test"))
+    return {sid for judged in qrels.values() for sid in judged}
+
+
+def judged_missing(conn: psycopg.Connection, candidate: store.Collection, evaluation: dict[str, Any]) -> str | None:
+    """Why the eval set cannot score this collection (none of the documents it judges is in it), or None.
+    A score of 0 against 0 would otherwise pass the gate, whatever the versions return."""
+    judged = judged_documents(evaluation)
+    if store.document_hashes(conn, candidate.id, sorted(judged)):
+        return None
+    return (f"none of the {len(judged)} documents the eval set judges is in the collection (its ids must be the "
+            "collection's source ids): that is not a pass; fix `eval:` in collections.yml, or `--force`")
+
+
+def check_eval_set(spec: CollectionSpec) -> None:
+    """`eval.path` is a readable BEIR data set with judged queries (config check, and the start of a run)."""
+    path = spec.eval.get("path")
+    if not path:
+        return
+    dataset, split = Path(path), spec.eval.get("split", "test")
+    where = f"collection {spec.family!r}: eval.path {dataset}"
+    for needed in ("queries.jsonl", f"qrels/{split}.tsv"):
+        if not (dataset / needed).is_file():
+            raise ConfigError(f"{where} has no {needed} (a BEIR data set: queries.jsonl and qrels/<split>.tsv, "
+                              "their ids the collection's source ids)")
+    try:
+        qrels = load_qrels(dataset, split)
+        queries = load_queries(dataset, set(qrels))
+    except (KeyError, ValueError, OSError) as exc:
+        raise ConfigError(f"{where} is not a BEIR data set ({type(exc).__name__}: {exc})") from None
+    if not qrels or not queries:
+        raise ConfigError(f"{where}: qrels/{split}.tsv judges no query of queries.jsonl, so nothing can be scored")
 
 
 def pinned(c: store.Collection) -> str:

@@ -6,7 +6,7 @@ from pipelines import store
 from pipelines.config import CollectionSpec, ConfigError, version_name
 from pipelines.store.connection import locked_connection, open_database
 from pipelines.store.database import connect
-from pipelines.versions.gate import decide
+from pipelines.versions.gate import check_eval_set, decide
 
 
 def list_versions(family: str, url: str | None = None) -> list[dict[str, Any]]:
@@ -19,6 +19,8 @@ def list_versions(family: str, url: str | None = None) -> list[dict[str, Any]]:
 
 def promote(spec: CollectionSpec, version: int, force: bool = False, url: str | None = None) -> dict[str, Any]:
     """Make `version` active: scored first (collections.yml eval and smoke_queries) unless `force`."""
+    if not force:
+        check_eval_set(spec)
     with locked_connection(spec.family, url) as conn:
         candidate = store.get_collection(conn, version_name(spec.family, version))
         if candidate is None:
