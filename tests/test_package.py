@@ -33,7 +33,9 @@ def test_the_wheel_carries_the_sql_and_the_dag_factory(wheel):
     shipped_sql = {n.removeprefix("pipelines/sql/") for n in names if n.startswith("pipelines/sql/")}
     source_sql = {p.relative_to(ROOT / "sql").as_posix() for p in (ROOT / "sql").rglob("*.sql")}
     assert shipped_sql == source_sql
-    assert {"pipelines/airflow/dags.py", "pipelines/extract/worker.py", "pipelines/cli.py"} <= names
+    assert {"pipelines/airflow/dags.py", "pipelines/extract/worker.py", "pipelines/cli/__init__.py"} <= names
+    modules = {p.relative_to(ROOT).as_posix() for p in (ROOT / "pipelines").rglob("*.py")}
+    assert modules - names == set(), "every module of the package is in the wheel (pyproject.toml packages)"
     assert not any(n.startswith(("tests/", "dags/", "examples/", "tools/")) for n in names), "no dev tooling"
     metadata = next(zipfile.ZipFile(wheel).read(n).decode() for n in names if n.endswith("METADATA"))
     requires = [line for line in metadata.splitlines() if line.startswith("Requires-Dist:")]
