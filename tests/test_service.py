@@ -18,7 +18,7 @@ import pytest
 from pipelines import search as api
 from pipelines.ingest import run_ingest
 from pipelines.store.database import database_url
-from tests.conftest import CORPUS, free_port, ragpipe
+from tests.conftest import CORPUS, free_port, load_random_collection, ragpipe
 from tools.service import ragpipe_serve
 
 QUESTION = "walnuts semen quality sperm"
@@ -197,12 +197,18 @@ def test_tokens_map_callers_to_roles_and_row_level_security_applies(tmp_path, na
         # Defect: a tenant token listed every collection with its counts and last run.
         seen = httpx.get(f"{base}/api/collections", headers={"Authorization": "Bearer acme-token-0123456789"})
         assert seen.status_code == 200, seen.text
-        acme_rows = sum(r["tenant"] == "acme" for r in rows)
-        assert [(c["name"], c["documents"], c["last_run_at"]) for c in seen.json()] == [(name, acme_rows, None)]
-        page = httpx.get(f"{base}/", headers={"Authorization": "Bearer acme-token-0123456789"})
-        assert f'value="{name}"' in page.text and "search_sample" not in page.text
+        load_random_collection(conn, f"{name}_no_tenants", 3, 1)  # a collection acme has no rows in
+        want = conn.execute("SELECT k.name, count(*) FROM ragpipe.documents d JOIN ragpipe.collections k "
+                            "ON k.id = d.collection_id WHERE k.state = 'active' AND d.tenant = 'acme' "
+                            "GROUP BY k.name ORDER BY k.name").fetchall()
+        assert (name, sum(r["tenant"] == "acme" for r in rows)) in want
+        assert [(c["name"], c["documents"], c["last_run_at"]) for c in seen.json()] == [(n, d, None) for n, d in want]
         listed = httpx.get(f"{base}/api/collections", headers={"Authorization": "Bearer reader-token-0123456789"})
-        assert len(listed.json()) > 1 and {c["name"]: c for c in listed.json()}[name]["documents"] == len(rows)
+        assert {c["name"]: c for c in listed.json()}[name]["documents"] == len(rows)
+        hidden = {c["name"] for c in listed.json()} - {n for n, _ in want}
+        assert hidden, "collections without acme's rows exist, and the tenant does not see them"
+        page = httpx.get(f"{base}/", headers={"Authorization": "Bearer acme-token-0123456789"})
+        assert f'value="{name}"' in page.text and not any(f'value="{h}"' in page.text for h in hidden)
 
 
 def test_the_service_never_searches_as_the_owner(monkeypatch):
