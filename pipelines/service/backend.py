@@ -33,6 +33,19 @@ MARKED = ("SELECT ts_headline('english', t, plainto_tsquery('english', %s), "
 """Marks around the query's words in a text (not HTML: the page escapes the text, then marks them)."""
 
 
+def declared_models(settings: Settings) -> set[str]:
+    """The models of the collections declared in collections.yml, as their versions record them
+    (nothing when there is no such file or it does not parse: `ragpipe config check` reports that)."""
+    from pipelines.config import ConfigError, load_collections
+    from pipelines.embed import resolve_model
+
+    try:
+        specs = load_collections(settings.collections_file) if settings.collections_file.exists() else {}
+    except (ConfigError, OSError, ValueError):
+        return set()
+    return {resolve_model(spec.model) for spec in specs.values()}
+
+
 class SearchService:
     """What the routes share: the database, who may do what, and query embedding."""
 
@@ -69,11 +82,14 @@ class SearchService:
                      self.settings.serve_pool_size)
 
     def warm(self) -> None:
-        """Load every collection's model now, so that the first search is not the slow one."""
+        """Load every collection's model now, so that the first search is not the slow one: those of
+        the collections in the database, and of those collections.yml declares (a fresh Airflow
+        starts its API server before the first DAG run has made any)."""
         from pipelines.embed import get_embedder
 
-        for c in self.collections(self.settings.serve_role):
-            get_embedder(c["model"]).encode(["warm up"])
+        models = {c["model"] for c in self.collections(self.settings.serve_role)} | declared_models(self.settings)
+        for model in sorted(models):
+            get_embedder(model).encode(["warm up"])
         self.warmed.set()
 
     def warm_in_background(self) -> None:
