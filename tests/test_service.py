@@ -2,6 +2,7 @@
 same results as the SQL functions, bad input as 4xx, bearer tokens mapped to a tenant role, the
 LLM stream, and the page in a real headless Chromium."""
 
+import asyncio
 import json
 import os
 import shutil
@@ -463,4 +464,28 @@ def test_warming_loads_the_models_collections_yml_declares(sample, tmp_path, mon
     service.open()
     service.warm()
     assert "model" in vars(get_embedder(model)), "the declared collection's model is loaded"
+    service.db.close()
+
+
+def test_the_warm_up_never_makes_a_request_wait_for_the_database(sample):
+    """Every request of Airflow's API server passes the plugin's root middleware: while the search
+    service is still opening (connecting, migrating), starting the warm-up must not wait for it."""
+    from pipelines.airflow.plugin import WarmOnStart
+    from pipelines.service import create_app
+
+    service = create_app().state.service
+    calls = []
+
+    async def airflow_api(scope, receive, send):
+        calls.append(scope["path"])
+
+    middleware = WarmOnStart(airflow_api, service)
+    with service._opening:  # an open() in progress holds this lock
+        thread = threading.Thread(target=lambda: asyncio.run(middleware({"type": "http", "path": "/api/v2/x"},
+                                                                        None, None)), daemon=True)
+        thread.start()
+        thread.join(5)
+        assert not thread.is_alive(), "an Airflow API request waited for the search service to open"
+    assert calls == ["/api/v2/x"] and service._warming is not None
+    assert service.warmed.wait(120)
     service.db.close()

@@ -17,11 +17,12 @@ class WarmOnStart:
     search service's background warm-up, once."""
 
     def __init__(self, app: Any, service: Any) -> None:
-        self.app, self.service = app, service
+        self.app, self.service, self.started = app, service, False
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] in ("lifespan", "http"):
-            self.service.warm_in_background()
+        if not self.started and scope["type"] in ("lifespan", "http"):
+            self.started = True
+            self.service.warm_in_background()  # starts a thread and returns: no request waits for it
         await self.app(scope, receive, send)
 
 

@@ -59,6 +59,7 @@ class SearchService:
         self._opening = threading.Lock()
         self.warmed = threading.Event()
         self._warming: threading.Thread | None = None
+        self._warm_lock = threading.Lock()
         """Set once every collection's model is loaded (warm)."""
 
     def open(self) -> None:
@@ -102,7 +103,9 @@ class SearchService:
             except Exception as exc:  # the database may come up later: requests say why meanwhile
                 log.warning("search service: could not load the models in advance: %s", mask_url(str(exc)))
 
-        with self._opening:
+        if self._warming is not None:  # every request of Airflow's API server may ask: no lock then
+            return
+        with self._warm_lock:  # not _opening: open() holds that while it connects
             if self._warming is None:
                 self._warming = threading.Thread(target=run, name="ragpipe-warm", daemon=True)
                 self._warming.start()
