@@ -58,9 +58,9 @@ class SearchService:
         self._opened = False
         self._opening = threading.Lock()
         self.warmed = threading.Event()
+        """Set once every collection's model is loaded (warm)."""
         self._warming: threading.Thread | None = None
         self._warm_lock = threading.Lock()
-        """Set once every collection's model is loaded (warm)."""
 
     def open(self) -> None:
         """Open the pool and check the roles. On the main database, migrate first (starting the embedded
