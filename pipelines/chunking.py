@@ -33,6 +33,8 @@ class Chunk:
     context: str = ""
     """Embedded before the text but not stored with it: the document's title and heading path
     (a collection's `chunk_context`), so a chunk cut from its document keeps its subject."""
+    prompt: str = ""
+    """The embedder's document prompt, put before embed_text by the embedder (part of the hash)."""
 
     @property
     def embed_text(self) -> str:
@@ -42,7 +44,8 @@ class Chunk:
     @property
     def content_hash(self) -> str:
         """Hash of what the model embeds: the key of stored vectors that can be reused."""
-        return hashlib.sha256(self.embed_text.encode()).hexdigest()
+        seen = f"{self.prompt}\x00{self.embed_text}" if self.prompt else self.embed_text  # no stored text has NUL
+        return hashlib.sha256(seen.encode()).hexdigest()
 
 
 CONTEXT_TOKENS = 32

@@ -1,12 +1,13 @@
 """A collection's build settings: how a spec of collections.yml maps to one collection row.
 
-The build key (model, chunking, chunk context, HNSW build settings) is what a row was built with;
-a spec with another key is another version (pipelines/versions decides which row a run writes).
-Search defaults, ef_search, keyword_candidates and keyword_rescore are stored settings that change
-in place.
+The build key (model, chunking, chunk context, document prompt, HNSW build settings) is what a row
+was built with; a spec with another key is another version (pipelines/versions decides which row a
+run writes). Search defaults, ef_search, keyword_candidates, keyword_rescore, the query prompt and
+an API model's endpoint options are stored settings that change in place.
 """
 
 import dataclasses
+import functools
 from typing import Any
 
 import psycopg
@@ -14,7 +15,7 @@ import psycopg
 from pipelines import store
 from pipelines.chunking import CONTEXT_TOKENS, check_chunk_settings
 from pipelines.config import DEFAULT_INDEX, CollectionSpec, ConfigError
-from pipelines.embed import Embedder, get_embedder, resolve_model
+from pipelines.embed import Embedder, embedder_for, resolve_model
 
 REBUILD_INDEX_KEYS = ("m", "ef_construction")
 """Index settings that only a new build can change."""
@@ -23,23 +24,27 @@ REBUILD_INDEX_KEYS = ("m", "ef_construction")
 def stored_settings(spec: CollectionSpec) -> dict[str, Any]:
     """The collection settings stored with a version (ragpipe.collections.settings)."""
     return {"index": spec.index, **({"search": spec.search} if spec.search else {}),
-            **({"chunk_context": True} if spec.chunk_context else {})}
+            **({"chunk_context": True} if spec.chunk_context else {}),
+            **({"prompts": spec.prompts} if spec.prompts else {}),
+            **({"embedder": spec.embedder} if spec.embedder else {})}
 
 
-def text_tokens(chunk_tokens: int, chunk_context: bool) -> int:
-    """The tokens a chunk's own text may use: all of chunk_tokens, less the context header's reserve."""
-    return chunk_tokens - CONTEXT_TOKENS if chunk_context else chunk_tokens
+def text_tokens(chunk_tokens: int, chunk_context: bool, prompt_tokens: int = 0) -> int:
+    """The tokens a chunk's own text may use: chunk_tokens less the context header's reserve and the
+    document prompt's tokens."""
+    return chunk_tokens - (CONTEXT_TOKENS if chunk_context else 0) - prompt_tokens
 
 
 def chunk_tokens_for(spec: CollectionSpec, embedder: Embedder, existing: store.Collection | None) -> int:
     """The spec's chunk_tokens (unset: the model's limit, or what the same model was built with), checked."""
     same_model = existing is not None and existing.model == spec.model
-    chunk_tokens = spec.chunk_tokens or (existing.chunk_tokens if same_model else embedder.max_tokens)
+    chunk_tokens = spec.chunk_tokens or (existing.chunk_tokens if same_model else embedder.default_chunk_tokens)
     if chunk_tokens > embedder.max_tokens:
         raise ConfigError(f"collection {spec.family!r}: chunk_tokens={chunk_tokens} exceeds the model's limit "
                           f"of {embedder.max_tokens} tokens; the model would truncate the chunks")
     try:
-        check_chunk_settings(embedder.chunk_tokenizer, text_tokens(chunk_tokens, spec.chunk_context),
+        check_chunk_settings(embedder.chunk_tokenizer,
+                             text_tokens(chunk_tokens, spec.chunk_context, embedder.document_prompt_tokens),
                              spec.chunk_overlap)
     except ValueError as exc:
         raise ConfigError(f"collection {spec.family!r}: {exc}") from None
@@ -50,7 +55,7 @@ def build_key(model: str, chunk_tokens: int, chunk_overlap: int, settings: dict[
     """Everything a version is built with; a different key is a different version."""
     index = {**DEFAULT_INDEX, **settings.get("index", {})}
     return (model, chunk_tokens, chunk_overlap, bool(settings.get("chunk_context")),
-            *(index[k] for k in REBUILD_INDEX_KEYS))
+            *(index[k] for k in REBUILD_INDEX_KEYS), (settings.get("prompts") or {}).get("document"))
 
 
 def key_of(c: store.Collection | dict[str, Any]) -> tuple:
@@ -64,8 +69,8 @@ def open_collection(conn: psycopg.Connection, spec: CollectionSpec) -> tuple[sto
     updated; other build settings are a new version (pipelines.versions.plan_versions decides which)."""
     existing = store.get_collection(conn, spec.name)
     spec = dataclasses.replace(spec, model=resolve_model(spec.model, existing.model if existing else None))
-    embedder = get_embedder(spec.model, spec.batch_size)
     settings = stored_settings(spec)
+    embedder = embedder_for(spec.model, settings, spec.batch_size)
     if existing is not None and existing.model == spec.model and (
             spec.chunk_tokens in (None, existing.chunk_tokens) and spec.chunk_overlap == existing.chunk_overlap
             and existing.settings == settings):
@@ -77,3 +82,45 @@ def open_collection(conn: psycopg.Connection, spec: CollectionSpec) -> tuple[sto
     collection = store.ensure_collection(conn, spec.name, spec.model, embedder.dimension, chunk_tokens,
                                          spec.chunk_overlap, settings)
     return collection, embedder
+
+
+def embedder_of(c: store.Collection, batch_size: int = 32) -> Embedder:
+    """The embedder version `c` was built with (model, prompts, endpoint options)."""
+    return embedder_for(c.model, c.settings, batch_size)
+
+
+def query_embedder(family: str, model: str, settings: dict[str, Any]) -> Embedder:
+    """What a search of a version of `family` built with `model` and `settings` embeds its query with:
+    that model and endpoint, and the query prompt collections.yml declares for the collection now
+    (when it declares the same model; else the one stored with the version), so a new query prompt
+    applies at once, with no run."""
+    declared = declared_spec(family)
+    if declared is not None and resolve_model(declared.model, model) == model:
+        prompts = {k: v for k, v in (settings.get("prompts") or {}).items() if k != "query"}
+        prompts.update({k: v for k, v in declared.prompts.items() if k == "query"})
+        settings = {**settings, "prompts": prompts}
+    return embedder_for(model, settings)
+
+
+def declared_spec(family: str) -> CollectionSpec | None:
+    """The collection as collections.yml declares it now (None: not declared, or no readable file)."""
+    from pipelines.settings import load_settings
+
+    path = load_settings().collections_file
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return _declared(str(path), stat.st_mtime_ns, stat.st_size).get(family)
+
+
+@functools.lru_cache(maxsize=4)
+def _declared(path: str, mtime_ns: int, size: int) -> dict[str, CollectionSpec]:
+    from pathlib import Path
+
+    from pipelines.config import load_collections
+
+    try:
+        return load_collections(Path(path))
+    except ConfigError:
+        return {}

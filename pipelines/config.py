@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal, Union, get_type_hints
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, create_model
 
+from pipelines.embed.names import API_PREFIX, api_model_id
 from pipelines.settings import DEFAULT_MODEL
 
 SCHEDULE_PRESETS = {"@once", "@hourly", "@daily", "@weekly", "@monthly", "@yearly", "@continuous"}
@@ -78,6 +79,10 @@ class CollectionSpec:
     """The labelled queries a new version is scored on before promotion (EvalOptions)."""
     promote: dict[str, Any] = dataclasses.field(default_factory=lambda: PromoteOptions().model_dump())
     """When a new version replaces the active one (PromoteOptions)."""
+    prompts: dict[str, str] = dataclasses.field(default_factory=dict)
+    """The `query` and `document` prompts collections.yml sets (PromptOptions); unset: the model's own."""
+    embedder: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """An API model's endpoint options (ApiOptions, defaults filled in); empty for a local model."""
 
     @property
     def family(self) -> str:
@@ -95,6 +100,49 @@ class IndexOptions(BaseModel):
     keyword_candidates: Annotated[int, Field(ge=1)] = DEFAULT_INDEX["keyword_candidates"]
     keyword_rescore: Annotated[int, Field(ge=1, le=100_000)] = DEFAULT_INDEX["keyword_rescore"]
     maintenance_work_mem_cap_mb: Annotated[int, Field(ge=64)] | None = None
+
+
+class PromptOptions(BaseModel):
+    """`prompts:` in collections.yml: text put before each query and each chunk when they are embedded
+    (e.g. `query: "query: "`, `document: "passage: "` for e5); unset ones are the model's own (its
+    sentence-transformers config). The document prompt is a build setting (a change builds a new
+    version); the query prompt changes nothing stored and applies to the next search."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    query: Annotated[str, Field(max_length=2000)] | None = None
+    document: Annotated[str, Field(max_length=2000)] | None = None
+
+
+class ApiOptions(BaseModel):
+    """`embedder:` in collections.yml, for `model: openai:<model>`: an endpoint speaking OpenAI's
+    /v1/embeddings (OpenAI, Azure OpenAI, Ollama, vLLM, TEI, LiteLLM). The key is never stored: it is
+    read from the environment variable `api_key_env`, or the Airflow connection `connection`."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    base_url: Annotated[str, Field(pattern=r"^https?://[^\s]+$")] = "https://api.openai.com/v1"
+    api_key_env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] | None = "OPENAI_API_KEY"
+    """The variable holding the key; an unset variable sends no key (Ollama and local servers need none)."""
+    connection: Annotated[str, Field(pattern=r"^[\w.-]+$")] | None = None
+    """An Airflow connection id whose password is the key (AIRFLOW_CONN_<ID>, or Airflow's secrets)."""
+    dimensions: Annotated[int, Field(ge=1, le=16_000)] | None = None
+    """Ask for vectors this wide (text-embedding-3-*: any width up to the model's); recorded in the model id."""
+    batch_size: Annotated[int, Field(ge=1, le=2048)] = 64
+    """Texts per request."""
+    max_tokens_per_request: Annotated[int, Field(ge=100)] = 100_000
+    """Estimated tokens (3 characters each) per request; a request holds fewer texts when they are long."""
+    concurrency: Annotated[int, Field(ge=1, le=64)] = 2
+    """Requests in flight at once."""
+    max_input_tokens: Annotated[int, Field(ge=16)] = 8191
+    """The model's input limit: chunk_tokens may not exceed it."""
+    tokenizer: str | None = None
+    """A local Hugging Face tokenizer (name or path) to count chunk tokens; default the packaged MiniLM's."""
+    timeout_s: Annotated[float, Field(gt=0, le=3600)] = 60.0
+    query_timeout_s: Annotated[float, Field(gt=0, le=600)] = 10.0
+    """A search waits this long for its query's vector, then fails (503 in the service)."""
+    retries: Annotated[int, Field(ge=0, le=20)] = 5
+    """Tries after the first, on 429, 5xx, a timeout or a lost connection (queries: at most 1)."""
+    max_backoff_s: Annotated[float, Field(ge=0, le=600)] = 30.0
+    """The longest wait between tries (Retry-After is honoured up to this)."""
 
 
 class SearchOptions(BaseModel):
@@ -186,6 +234,8 @@ def collection_model() -> type[BaseModel]:
         smoke_queries: list[Annotated[str, AfterValidator(not_blank)]] = Field(default_factory=list)
         eval: EvalOptions = Field(default_factory=EvalOptions)
         promote: PromoteOptions = Field(default_factory=PromoteOptions)
+        prompts: PromptOptions = Field(default_factory=PromptOptions)
+        embedder: ApiOptions | None = None
 
     return Collection
 
@@ -221,6 +271,17 @@ def parse_collection(raw: Any, where: str, base: Path) -> CollectionSpec:
     except ValidationError as exc:
         raise ConfigError(f"{where}: " + "; ".join(_describe(e) for e in exc.errors())) from None
     check_schedule(model.schedule, where)
+    embedder = model.embedder.model_dump() if model.embedder else {}
+    if model.model.startswith(API_PREFIX):
+        embedder = embedder or ApiOptions().model_dump()
+        name, _, width = model.model.partition("#")  # a spec's own model id ("…#512") parses again
+        if width and width != str(embedder["dimensions"]):
+            raise ConfigError(f"{where}: model {model.model!r}: set the width with `embedder: {{dimensions: N}}`, "
+                              "not a '#' suffix")
+        model.model = api_model_id(name, embedder["dimensions"])
+    elif model.embedder:
+        raise ConfigError(f"{where}: `embedder:` options are for an API model (model: {API_PREFIX}<model>); "
+                          f"{model.model!r} is a local model")
     source = model.source.model_dump(exclude_unset=True)
     source["kind"] = model.source.kind
     if "path" in source and not str(source["path"]).startswith(("s3://", "/")):
@@ -230,8 +291,9 @@ def parse_collection(raw: Any, where: str, base: Path) -> CollectionSpec:
     evaluation = model.eval.model_dump(exclude_defaults=True)
     if evaluation.get("path") and not str(evaluation["path"]).startswith("/"):
         evaluation["path"] = str((base / evaluation["path"]).resolve())
-    return CollectionSpec(**dict(model.model_dump(exclude={"source", "index", "search", "eval"}), source=source,
-                                 index=index, search=search, eval=evaluation))
+    return CollectionSpec(**dict(model.model_dump(exclude={"source", "index", "search", "eval", "prompts", "embedder"}),
+                                 source=source, index=index, search=search, eval=evaluation, embedder=embedder,
+                                 prompts=model.prompts.model_dump(exclude_none=True)))
 
 
 def _describe(error: Any) -> str:

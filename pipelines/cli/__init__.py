@@ -35,6 +35,7 @@ def run() -> None:
     """Entry point with one-line errors instead of tracebacks for expected failures."""
     import psycopg
 
+    from pipelines.embed.errors import EmbeddingFailed
     from pipelines.settings import SettingsError
     from pipelines.sources import SourceError
     from pipelines.store import CollectionBusy, CollectionMismatch
@@ -48,7 +49,7 @@ def run() -> None:
         exc.show()
         sys.exit(exc.exit_code)
     except (ConfigError, SettingsError, DatabaseError, SourceError, CollectionMismatch, CollectionBusy,
-            LookupError) as exc:
+            LookupError, EmbeddingFailed) as exc:
         click.echo(f"Error: {mask_url(str(exc))}", err=True)
         sys.exit(1)
     except (psycopg.DataError, psycopg.errors.NoDataFound, psycopg.errors.RaiseException,

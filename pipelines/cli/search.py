@@ -101,10 +101,26 @@ def ask(question: str, collection: str, k: int, max_tokens: int, filter_: str | 
 
 @click.command()
 @click.argument("text")
-@click.option("--model", help="Model name or path [default: the configured default model].")
-def embed(text: str, model: str | None) -> None:
-    """Print TEXT's embedding as a pgvector literal, for use in SQL."""
-    from pipelines.embed import get_embedder
+@click.option("-c", "--collection", help="Embed TEXT as this collection's searches do: its active version's model, "
+              "backend, query prompt and dimensions (an API model: its endpoint).")
+@click.option("--model", help="Model name or path, for ad-hoc use [default: the configured default model].")
+@click.option("--document", is_flag=True, help="Embed TEXT as a chunk (the document side and prompt), not a query.")
+def embed(text: str, collection: str | None, model: str | None, document: bool) -> None:
+    """Print TEXT's query embedding as a pgvector literal, for use in SQL:
 
-    vector = get_embedder(model or load_settings().model).encode([text])[0]
+    psql -c "SELECT * FROM ragpipe.semantic_search('docs', '$(ragpipe embed 'a question' -c docs)', 5)"
+    """
+    if collection and model:
+        fail("give --collection or --model, not both: a collection's vectors come from its own model")
+    if collection:
+        from pipelines.collection import query_embedder
+        from pipelines.search import pinned_version
+
+        version = pinned_version(collection)
+        embedder = query_embedder(version.family, version.model, version.settings)
+    else:
+        from pipelines.embed import get_embedder
+
+        embedder = get_embedder(model or load_settings().model)
+    vector = (embedder.encode_documents if document else embedder.encode_queries)([text])[0]
     click.echo("[" + ",".join(f"{x:.7g}" for x in vector) + "]")

@@ -20,8 +20,8 @@ from psycopg.rows import class_row
 from psycopg.types.json import Jsonb
 
 from pipelines import store
+from pipelines.collection import query_embedder
 from pipelines.config import version_name
-from pipelines.embed import get_embedder
 from pipelines.store.connection import open_database
 from pipelines.store.database import connect
 from pipelines.store.sqlfiles import query
@@ -61,20 +61,22 @@ class UnknownCollection(LookupError):
     pass
 
 
-def pinned_version(collection: str, url: str | None = None) -> tuple[str, str]:
-    """(model, `name@vN`) of the version `collection` names now: a search embeds its query with that
-    model and reads that version, even if another is promoted in between (never a mix)."""
+def pinned_version(collection: str, url: str | None = None) -> store.Collection:
+    """The version `collection` names now: a search embeds its query with that version's model and
+    reads that version, even if another is promoted in between (never a mix)."""
     with connect(open_database(url)) as conn:
         found = store.get_collection(conn, collection)
     if found is None:
         raise UnknownCollection(f"no collection named {collection!r}; `ragpipe status` lists them")
-    return found.model, version_name(found.family, found.version)
+    return found
 
 
 def embed_query(collection: str, text: str, url: str | None = None) -> tuple[np.ndarray, str]:
-    """Embed `text` with the model of the collection's active version; returns it and the version's name."""
-    model, version = pinned_version(collection, url)
-    return get_embedder(model).encode([text])[0], version
+    """Embed `text` as a query of the collection's active version (its model, query prompt and
+    endpoint); returns the vector and the version's name (`name@vN`)."""
+    version = pinned_version(collection, url)
+    embedder = query_embedder(version.family, version.model, version.settings)
+    return embedder.embed_query(text), version_name(version.family, version.version)
 
 
 def search(text: str, collection: str, k: int = 10, filter: dict[str, Any] | None = None,
@@ -85,7 +87,8 @@ def search(text: str, collection: str, k: int = 10, filter: dict[str, Any] | Non
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if mode == "keyword":
-        embedding, collection = None, pinned_version(collection, url)[1]  # a clear error for unknown names
+        found = pinned_version(collection, url)  # a clear error for unknown names
+        embedding, collection = None, version_name(found.family, found.version)
     else:
         embedding, collection = embed_query(collection, text, url)
     params = dict(collection=collection, embedding=embedding, text=text, k=k, filter=jsonb_filter(filter),

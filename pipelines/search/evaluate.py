@@ -12,8 +12,9 @@ from typing import Any
 
 import numpy as np
 
+from pipelines import store
+from pipelines.collection import query_embedder
 from pipelines.config import parse_collection
-from pipelines.embed import get_embedder
 from pipelines.ingest import run_ingest
 from pipelines.search import HYBRID_DEFAULTS
 from pipelines.search.beir import load_qrels, load_queries, prepare_corpus
@@ -48,7 +49,10 @@ def evaluate(dataset: Path, modes: list[str], collection: str | None = None, spl
     qrels = load_qrels(dataset, split)
     queries = load_queries(dataset, set(qrels))
     ids = sorted(queries)[:max_queries] if max_queries else sorted(queries)
-    vectors = get_embedder(model).encode([queries[q] for q in ids])
+    with connect(open_database()) as conn:
+        built = store.get_collection(conn, name)
+    assert built is not None
+    vectors = query_embedder(built.family, built.model, built.settings).encode_queries([queries[q] for q in ids])
     judged = Qrels({q: qrels[q] for q in ids})
     report: dict[str, Any] = {"dataset": dataset.name, "split": split, "collection": name, "queries": len(ids),
                               "documents": ingest["listed"], "modes": {}}

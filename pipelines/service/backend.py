@@ -86,11 +86,11 @@ class SearchService:
         """Load every collection's model now, so that the first search is not the slow one: those of
         the collections in the database, and of those collections.yml declares (a fresh Airflow
         starts its API server before the first DAG run has made any)."""
-        from pipelines.embed import get_embedder
+        from pipelines.embed import get_embedder, is_api_model
 
         models = {c["model"] for c in self.collections(self.settings.serve_role)} | declared_models(self.settings)
-        for model in sorted(models):
-            get_embedder(model).encode(["warm up"])
+        for model in sorted(m for m in models if not is_api_model(m)):  # an API model has nothing to load
+            get_embedder(model).encode_queries(["warm up"])
         self.warmed.set()
 
     def warm_in_background(self) -> None:
@@ -131,22 +131,22 @@ class SearchService:
         with self.db.session() as conn:
             return [r[0] for r in conn.execute(MARKED, (q, clean)).fetchall()]
 
-    def version_of(self, collection: str) -> tuple[str, str]:
-        """(model, `name@vN`) of the collection's active version: a request embeds with that model and
-        reads that version, even if another is promoted meanwhile."""
+    def version_of(self, collection: str) -> tuple[str, str, dict[str, Any]]:
+        """(model, `name@vN`, query settings) of the collection's active version: a request embeds
+        with that model and reads that version, even if another is promoted meanwhile."""
         with self.db.session() as conn:
-            row = conn.execute("SELECT model, version FROM ragpipe.collection_stats WHERE collection = %s",
-                               (collection,)).fetchone()
+            row = conn.execute("SELECT model, version, query_settings FROM ragpipe.collection_stats "
+                               "WHERE collection = %s", (collection,)).fetchone()
         if row is None:
             raise NotFound(f"no collection named {collection!r}; GET /api/collections lists them")
-        return row[0], version_name(collection, row[1])
+        return row[0], version_name(collection, row[1]), row[2] or {}
 
     def embed(self, collection: str, text: str) -> tuple[Any, str]:
-        """The query's embedding by the collection's model, and the version it is for."""
-        from pipelines.embed import get_embedder
+        """The query's embedding as the collection's searches compute it, and the version it is for."""
+        from pipelines.collection import query_embedder
 
-        model, version = self.version_of(collection)
-        return get_embedder(model).encode([text])[0], version
+        model, version, settings = self.version_of(collection)
+        return query_embedder(collection, model, settings).embed_query(text), version
 
     def search(self, role: str, collection: str, q: str, k: int, mode: Mode,
                filter: dict[str, Any] | None) -> list[SearchResult]:

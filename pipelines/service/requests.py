@@ -7,6 +7,7 @@ from typing import Any
 import psycopg
 from pydantic import BaseModel, Field
 
+from pipelines.embed.errors import EmbeddingFailed
 from pipelines.service.access import Unauthorized
 from pipelines.service.database import Busy
 from pipelines.store.database import DatabaseError, first_line, mask_url
@@ -72,6 +73,6 @@ def error_status(exc: BaseException) -> tuple[int, str]:
         return 403, "this role may not run that search: " + first_line(exc)
     if isinstance(exc, psycopg.errors.QueryCanceled):
         return 504, "the search took longer than RAGPIPE_SERVE_STATEMENT_TIMEOUT and was stopped"
-    if isinstance(exc, Busy | DatabaseError):
+    if isinstance(exc, Busy | DatabaseError | EmbeddingFailed):
         return 503, mask_url(str(exc))
     return 500, "internal error; the service log has the details"

@@ -22,7 +22,7 @@ def embed_batch(*works: BatchWork, embedder: Embedder) -> None:
     to several of them is embedded once and counts as fresh in the first."""
     needed = [new_texts(work) for work in works]
     texts = {h: t for batch in needed for h, t in batch.items()}
-    vectors = dict(zip(texts, embedder.encode(list(texts.values())), strict=True))
+    vectors = dict(zip(texts, embedder.encode_documents(list(texts.values())), strict=True))
     for work, batch in zip(works, needed, strict=True):
         work.vectors.update((h, vectors[h]) for h in batch)
         work.fresh = {h for h in batch if texts.pop(h, None) is not None}

@@ -158,7 +158,8 @@ def prepare(raw: RawDocument, digest: str, embedder: Embedder, collection: store
     """Extract and chunk one document; raises ExtractionError when there is nothing to index."""
     extracted = extract_isolated(raw.content, raw.suffix)
     context = bool(collection.settings.get("chunk_context"))
-    chunks = chunk_text(extracted.text, embedder.chunk_tokenizer, text_tokens(collection.chunk_tokens, context),
+    chunks = chunk_text(extracted.text, embedder.chunk_tokenizer,
+                        text_tokens(collection.chunk_tokens, context, embedder.document_prompt_tokens),
                         collection.chunk_overlap)
     if not chunks:
         raise ExtractionError("document has no extractable text")
@@ -167,6 +168,8 @@ def prepare(raw: RawDocument, digest: str, embedder: Embedder, collection: store
     if context:
         chunks = [dataclasses.replace(c, context=storable(c.context))
                   for c in with_context(chunks, title, embedder.chunk_tokenizer)]
+    if embedder.document_prompt:
+        chunks = [dataclasses.replace(c, prompt=embedder.document_prompt) for c in chunks]
     return Prepared(raw, digest, title, chunks)
 
 

@@ -8,8 +8,8 @@ from typing import Any
 import psycopg
 
 from pipelines import store
+from pipelines.collection import query_embedder
 from pipelines.config import CollectionSpec, ConfigError, version_name
-from pipelines.embed import get_embedder
 from pipelines.search import HYBRID_DEFAULTS
 from pipelines.search.beir import load_qrels, load_queries
 from pipelines.store.sqlfiles import query
@@ -129,7 +129,7 @@ def pinned(c: store.Collection) -> str:
 def top_sources(conn: psycopg.Connection, c: store.Collection, text: str, k: int = 10,
                  mode: str = "hybrid") -> list[str]:
     """Source ids of the best k documents for `text` in version `c` (hybrid search: as users search)."""
-    embedding = get_embedder(c.model).encode([text])[0]
+    embedding = query_embedder(c.family, c.model, c.settings).embed_query(text)
     rows = conn.execute(query("search", mode), dict(HYBRID_DEFAULTS, collection=pinned(c), text=text,
                                                      embedding=embedding, k=10 * k, filter=None)).fetchall()
     return list(dict.fromkeys(r[1] for r in rows))[:k]

@@ -10,7 +10,7 @@ import psycopg
 from pipelines import store
 from pipelines.collection import REBUILD_INDEX_KEYS, build_key, chunk_tokens_for, key_of, stored_settings
 from pipelines.config import DEFAULT_INDEX, CollectionSpec
-from pipelines.embed import get_embedder, resolve_model
+from pipelines.embed import embedder_for, resolve_model
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +32,15 @@ def as_built(spec: CollectionSpec, version: store.Collection) -> CollectionSpec:
     """The spec with the build settings of `version` (its other settings, and its name, kept)."""
     built = {**DEFAULT_INDEX, **version.settings.get("index", {})}
     index = {**spec.index, **{k: built[k] for k in REBUILD_INDEX_KEYS}}
+    stored = version.settings.get("prompts") or {}
+    if resolve_model(spec.model, version.model) == version.model:  # the query side follows collections.yml
+        prompts = {**{k: v for k, v in spec.prompts.items() if k == "query"},
+                   **{k: v for k, v in stored.items() if k == "document"}}
+        embedder = spec.embedder
+    else:  # another model's version keeps its own
+        prompts, embedder = stored, version.settings.get("embedder") or {}
     return dataclasses.replace(spec, model=version.model, chunk_tokens=version.chunk_tokens,
-                               chunk_overlap=version.chunk_overlap,
+                               chunk_overlap=version.chunk_overlap, prompts=prompts, embedder=embedder,
                                chunk_context=bool(version.settings.get("chunk_context")), index=index)
 
 
@@ -54,7 +61,7 @@ def plan_versions(conn: psycopg.Connection, spec: CollectionSpec) -> Targets:
     if key_of(active) == build_key(spec.model, spec.chunk_tokens or active.chunk_tokens, spec.chunk_overlap,
                                    stored_settings(spec)):
         return Targets(spec)
-    embedder = get_embedder(spec.model, spec.batch_size)
+    embedder = embedder_for(spec.model, stored_settings(spec), spec.batch_size)
     chunk_tokens = chunk_tokens_for(spec, embedder, active)
     wanted = build_key(spec.model, chunk_tokens, spec.chunk_overlap, stored_settings(spec))
     if key_of(active) == wanted:

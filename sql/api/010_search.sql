@@ -41,7 +41,10 @@ SELECT k.name AS collection, k.model, k.dimension,
        k.updated_at,
        last_run.status AS last_run_status,
        last_run.at AS last_run_at,
-       k.version
+       k.version,
+       -- what a query is embedded with beside the model (prompts; an API model's endpoint options)
+       jsonb_strip_nulls(jsonb_build_object('prompts', k.settings->'prompts', 'embedder', k.settings->'embedder'))
+           AS query_settings
 FROM ragpipe.collections k
 LEFT JOIN LATERAL (SELECT r.status, coalesce(r.finished_at, r.started_at) AS at FROM ragpipe.ingest_runs r
                    WHERE r.collection_id = k.id AND r.status <> 'dry_run'

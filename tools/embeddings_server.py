@@ -1,0 +1,190 @@
+"""A loopback server speaking OpenAI's POST /v1/embeddings, with real vectors from the packaged
+MiniLM model and faults on demand (for the tests and `make bench`; never a production server).
+
+    python -m tools.embeddings_server --port 8399    # then model: openai:minilm, base_url: http://127.0.0.1:8399/v1
+
+Its vectors are the model's, scaled by 3 (some servers do not normalise: the client must).
+"""
+
+import argparse
+import json
+import math
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from pipelines.settings import DEFAULT_MODEL
+
+SCALE = 3.0
+FAULTS = ("429", "500", "hang", "wrong_dimension", "wrong_count", "nan", "garbage")
+
+
+@dataclass
+class Faults:
+    """Each fault answers the next N requests (`ahead[name] = N`); 429 sends `retry_after` seconds."""
+
+    ahead: dict[str, int] = field(default_factory=dict)
+    skip: int = 0
+    """Requests answered normally before the faults begin."""
+    retry_after: float = 1.0
+    delay_s: float = 0.0
+    """Seconds every request takes before it answers (a slow endpoint)."""
+
+    def take(self) -> str | None:
+        if self.skip > 0:
+            self.skip -= 1
+            return None
+        for name in FAULTS:
+            if self.ahead.get(name, 0) > 0:
+                self.ahead[name] -= 1
+                return name
+        return None
+
+
+@dataclass
+class Seen:
+    requests: int = 0
+    texts: int = 0
+    answered: int = 0
+    times: list[float] = field(default_factory=list)
+    """time.monotonic() of each request's arrival."""
+    authorization: set[str] = field(default_factory=set)
+    bodies: list[dict[str, Any]] = field(default_factory=list)
+
+
+class EmbeddingsServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, port: int = 0, model: str = DEFAULT_MODEL) -> None:
+        super().__init__(("127.0.0.1", port), Handler)
+        from pipelines.embed import get_embedder
+
+        self.embedder = get_embedder(model)
+        self.faults = Faults()
+        self.seen = Seen()
+        self.lock = threading.Lock()
+        self.released = threading.Event()
+        """Set when the server stops: requests left hanging then end."""
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/v1"
+
+    def answer(self, body: dict[str, Any]) -> tuple[int, dict[str, str], bytes]:
+        with self.lock:
+            self.seen.requests += 1
+            self.seen.times.append(time.monotonic())
+            self.seen.bodies.append(body)
+            fault = self.faults.take()
+            delay = self.faults.delay_s
+        if delay:
+            self.released.wait(delay)
+        if fault == "hang":
+            self.released.wait(600)
+            return 503, {}, b""
+        if fault == "429":
+            return 429, {"Retry-After": f"{self.faults.retry_after:g}"}, b'{"error": {"message": "rate limited"}}'
+        if fault == "500":
+            return 500, {}, b'{"error": {"message": "the model server fell over"}}'
+        if fault == "garbage":
+            return 200, {}, b"<html>not json</html>"
+        texts = body.get("input")
+        if isinstance(texts, str):
+            texts = [texts]
+        if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+            return 400, {}, b'{"error": {"message": "input must be a string or a list of strings"}}'
+        vectors = [[x * SCALE for x in v] for v in self.embedder.encode(texts).tolist()]
+        if body.get("dimensions"):
+            vectors = [v[:int(body["dimensions"])] for v in vectors]
+        if fault == "wrong_dimension":
+            vectors = [v[:-1] for v in vectors]
+        elif fault == "wrong_count":
+            vectors = vectors[:-1]
+        elif fault == "nan":
+            vectors[0][0] = math.nan
+        with self.lock:
+            self.seen.texts += len(texts)
+            self.seen.answered += 1
+        data = [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)]
+        payload = {"object": "list", "data": data, "model": body.get("model"),
+                   "usage": {"prompt_tokens": 0, "total_tokens": 0}}
+        return 200, {}, json.dumps(payload).encode()  # NaN is written as NaN, as a buggy server would
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that gave up (its timeout) is not the server's error: no traceback."""
+        import sys
+
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+    def stop(self) -> None:
+        self.released.set()
+        self.shutdown()
+        self.server_close()
+
+
+class Handler(BaseHTTPRequestHandler):
+    server: EmbeddingsServer
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self) -> None:  # noqa: N802
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length)
+        if self.path.rstrip("/") != "/v1/embeddings":
+            return self._send(404, {}, b'{"error": {"message": "no such route"}}')
+        with self.server.lock:
+            self.server.seen.authorization.add(self.headers.get("Authorization", ""))
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            return self._send(400, {}, b'{"error": {"message": "not JSON"}}')
+        status, headers, payload = self.server.answer(body)
+        if not payload and status == 503:  # a hang that was released: drop the connection
+            self.close_connection = True
+            return None
+        self._send(status, headers, payload)
+
+    def _send(self, status: int, headers: dict[str, str], payload: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        for k, v in headers.items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        pass
+
+
+@contextmanager
+def running(port: int = 0) -> Iterator[EmbeddingsServer]:
+    """The server on loopback in a thread, stopped (hanging requests released) on exit."""
+    server = EmbeddingsServer(port)
+    thread = threading.Thread(target=server.serve_forever, name="embeddings-server", daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        thread.join(10)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--port", type=int, default=8399)
+    port = parser.parse_args().port
+    with running(port) as server:
+        print(f"serving /v1/embeddings at {server.base_url} (Ctrl-C stops)", flush=True)
+        try:
+            threading.Event().wait()
+        except KeyboardInterrupt:
+            pass
+
+
+if __name__ == "__main__":
+    main()
