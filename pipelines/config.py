@@ -122,6 +122,8 @@ class ApiOptions(BaseModel):
     base_url: Annotated[str, Field(pattern=r"^https?://[^\s]+$")] = "https://api.openai.com/v1"
     api_key_env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] | None = "OPENAI_API_KEY"
     """The variable holding the key; an unset variable sends no key (Ollama and local servers need none)."""
+    key_header: Literal["authorization", "api-key"] = "authorization"
+    """How the key is sent: `Authorization: Bearer KEY`, or `api-key: KEY` (Azure OpenAI)."""
     connection: Annotated[str, Field(pattern=r"^[\w.-]+$")] | None = None
     """An Airflow connection id whose password is the key (AIRFLOW_CONN_<ID>, or Airflow's secrets)."""
     dimensions: Annotated[int, Field(ge=1, le=16_000)] | None = None

@@ -189,6 +189,19 @@ def ragpipe(*args: str, check: bool = True, env: dict | None = None) -> subproce
 
 # --- Real servers on loopback: S3 (moto), a web site (http.server), a table in PostgreSQL ---------
 
+EMBEDDINGS_KEY = "sk-test-7f3a9c-never-printed"
+"""The loopback embeddings endpoint's key in the tests: no output or log may show it."""
+
+
+@pytest.fixture(scope="module")
+def api_server():
+    """An OpenAI-compatible /v1/embeddings endpoint computing real vectors with the packaged model
+    (tools/embeddings_server.py), its faults on demand."""
+    from tools.embeddings_server import running
+
+    with running() as server:
+        yield server
+
 @pytest.fixture(scope="module")
 def s3():
     from moto.server import ThreadedMotoServer

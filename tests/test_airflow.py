@@ -335,3 +335,26 @@ def test_airflow_task_killed_with_sigkill_then_rerun_equals_a_clean_run(airflow,
     stuck = conn.execute("SELECT count(*) FROM ragpipe.ingest_runs r JOIN ragpipe.collections k "
                          "ON k.id = r.collection_id WHERE k.name = %s AND status = 'running'", (name,)).fetchone()
     assert stuck[0] == 0, "the killed runs are closed as abandoned"
+
+
+def test_an_api_model_under_airflow_takes_its_key_from_an_airflow_connection(airflow, corpus, name, conn,
+                                                                               api_server, monkeypatch):
+    """A DAG run embeds through the OpenAI-compatible endpoint; the key is the password of the
+    Airflow connection ragpipe_embeddings (AIRFLOW_CONN_RAGPIPE_EMBEDDINGS), never in the task log."""
+    from tests.conftest import EMBEDDINGS_KEY as KEY
+    from tests.test_embedders import QUESTION
+    from tools.embeddings_server import Faults, Seen
+
+    api_server.faults, api_server.seen = Faults(), Seen()
+    monkeypatch.setenv("AIRFLOW_CONN_RAGPIPE_EMBEDDINGS", json.dumps({"conn_type": "generic", "password": KEY}))
+    write_collections(corpus, name, model="openai:minilm", chunk_tokens=256,
+                      embedder={"base_url": api_server.base_url, "connection": "ragpipe_embeddings"})
+    assert run_dag(name).state == "success"
+    run = last_run(conn, name)
+    assert (run["status"], run["new"], run["failed"]) == ("succeeded", 30, 0)
+    assert api_server.seen.authorization == {f"Bearer {KEY}"} and api_server.seen.texts >= run["chunks_embedded"] > 0
+    from pipelines.search import search
+
+    assert [h.source_id for h in search(QUESTION, name, k=3, mode="semantic")][0].startswith("coffee/")
+    logs = "".join(p.read_text(errors="replace") for p in Path(airflow["AIRFLOW_HOME"]).rglob("*.log"))
+    assert KEY not in logs

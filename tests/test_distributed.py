@@ -21,6 +21,7 @@ from pipelines.airflow.rest import AirflowAPI, RunFailed, wait_for, wait_for_run
 from pipelines.ingest import run_ingest
 from pipelines.proctree import ProcessTree
 from tests.conftest import CORPUS, ROOT, assert_same_chunks, chunk_state, folder_spec, free_port
+from tests.conftest import EMBEDDINGS_KEY as KEY
 from tools.synthetic import write_folder
 
 pytestmark = pytest.mark.slow
@@ -45,7 +46,7 @@ def folder(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def cluster(ragpipe_home: Path, db_url: str, folder: Path, tmp_path_factory):
+def cluster(ragpipe_home: Path, db_url: str, folder: Path, tmp_path_factory, api_server):
     redis = shutil.which("redis-server")
     if not redis:
         pytest.fail("redis-server is not installed: run `make system-deps` (apt-get install redis-server)")
@@ -53,7 +54,10 @@ def cluster(ragpipe_home: Path, db_url: str, folder: Path, tmp_path_factory):
     collections = base / "collections.yml"
     collections.write_text(yaml.safe_dump({"collections": [
         {"name": name, "source": {"kind": "folder", "path": str(folder)}, "schedule": None,
-         "docs_per_batch": DOCS_PER_BATCH} for name in ("dist", "dist_kill")]}))
+         "docs_per_batch": DOCS_PER_BATCH} for name in ("dist", "dist_kill")] + [
+        {"name": "dist_api", "source": {"kind": "folder", "path": str(folder)}, "schedule": None,
+         "docs_per_batch": DOCS_PER_BATCH, "model": "openai:minilm", "chunk_tokens": 256,
+         "embedder": {"base_url": api_server.base_url, "connection": "ragpipe_embeddings", "concurrency": 2}}]}))
     redis_port, api_port = free_port(), free_port()
     env = dict(os.environ, **airflow_environment(base / "airflow", metadata_db="airflow_celery"))
     env.update({
@@ -73,6 +77,7 @@ def cluster(ragpipe_home: Path, db_url: str, folder: Path, tmp_path_factory):
         "AIRFLOW__CORE__HOSTNAME_CALLABLE": "tests.airflow_hostname.hostname",
         "PYTHONPATH": str(ROOT),
         "RAGPIPE_COLLECTIONS": str(collections),
+        "AIRFLOW_CONN_RAGPIPE_EMBEDDINGS": f"generic://:{KEY}@",  # the workers' key for the API model
         "RAGPIPE_RETRIES": "2", "RAGPIPE_RETRY_DELAY": "2",
         "RAGPIPE_FAILPOINTS": "slow_batch_dist_kill",  # its batches take 20 s more: one is surely killed mid-way
     })
@@ -96,7 +101,8 @@ def cluster(ragpipe_home: Path, db_url: str, folder: Path, tmp_path_factory):
         api = AirflowAPI(f"http://127.0.0.1:{api_port}", "admin", json.loads(passwords.read_text())["admin"])
         for worker in WORKERS:
             wait_for(f"celery {worker}", lambda w=worker: _ready(tree, w, logs / f"{w}.log"), 300, 2)
-        wait_for("the DAGs", lambda: {"ragpipe_ingest_dist", "ragpipe_ingest_dist_kill"} <= set(api.dags()), 300, 2)
+        wait_for("the DAGs", lambda: {"ragpipe_ingest_dist", "ragpipe_ingest_dist_kill", "ragpipe_ingest_dist_api"}
+                 <= set(api.dags()), 300, 2)
         yield {"api": api, "tree": tree, "logs": home / "logs", "env": env}
     finally:
         left = tree.stop()
@@ -169,3 +175,15 @@ def test_a_worker_killed_mid_batch_is_retried_on_the_other_worker(cluster, folde
     running = conn.execute("SELECT count(*) FROM ragpipe.ingest_runs r JOIN ragpipe.collections k "
                            "ON k.id = r.collection_id WHERE k.name = 'dist_kill' AND r.status = 'running'").fetchone()
     assert running == (0,)
+
+
+def test_celery_workers_embed_through_an_api_model_with_the_key_of_an_airflow_connection(cluster, folder, conn,
+                                                                                        api_server):
+    api = cluster["api"]
+    run_id = api.trigger("ragpipe_ingest_dist_api", "distributed-api")
+    wait_for_runs(api, {"ragpipe_ingest_dist_api": run_id}, cluster["logs"], 900, 600, settle_s=0)
+    assert all(ti["state"] == "success" for ti in batches(api, "ragpipe_ingest_dist_api", run_id))
+    assert f"Bearer {KEY}" in api_server.seen.authorization
+    assert_same_chunks(chunk_state(conn, "dist_api"), reference(folder, "dist_api", conn))
+    logs = "".join(p.read_text(errors="replace") for p in cluster["logs"].rglob("*.log"))
+    assert KEY not in logs

@@ -21,11 +21,11 @@ from pipelines.embed import EmbeddingFailed, model_location
 from pipelines.ingest import run_ingest
 from pipelines.search import search
 from pipelines.settings import DEFAULT_MODEL
+from tests.conftest import EMBEDDINGS_KEY as KEY
 from tests.conftest import RAGPIPE, ROOT, assert_same_chunks, chunk_state, folder_spec, ragpipe
 from tests.test_service import serving
 
 QUESTION = "does coffee raise blood pressure?"
-KEY = "sk-test-7f3a9c-never-printed"
 
 
 def st_model(path: str):
@@ -45,14 +45,6 @@ def prompted_model(tmp_path_factory) -> str:
     config["prompts"] = {"query": "query: ", "document": "passage: "}
     (target / "config_sentence_transformers.json").write_text(json.dumps(config))
     return str(target)
-
-
-@pytest.fixture(scope="module")
-def api_server():
-    from tools.embeddings_server import running
-
-    with running() as server:
-        yield server
 
 
 @pytest.fixture
@@ -184,6 +176,22 @@ def test_an_api_model_equals_the_local_model_and_never_shows_its_key(endpoint, c
     again = ragpipe("ingest", "-c", name)
     assert KEY not in out.stdout + out.stderr + again.stdout + again.stderr
     assert "walnut" in out.stdout.lower() or "coffee" in out.stdout.lower()
+
+
+def test_switching_a_local_collection_to_an_api_model_is_a_new_version_the_gate_promotes(endpoint, corpus, name,
+                                                                                         conn):
+    coffee = sorted(p.relative_to(corpus).as_posix() for p in (corpus / "coffee").iterdir())
+    local = {"name": name, "source": {"kind": "folder", "path": str(corpus)},
+             "smoke_queries": [QUESTION], "eval": {"queries": [{"query": QUESTION, "expect": coffee}]}}
+    declare(local)
+    run_ingest(declared(name))
+    before = [h.source_id for h in search(QUESTION, name, k=5, mode="hybrid")]
+    declare(api_collection(name, corpus, endpoint) | {k: v for k, v in local.items() if k != "source"})
+    built = run_ingest(declared(name))["new_version"]
+    texts = len(set(stored(conn, name)[0]))
+    assert built["promoted"] and built["chunks_embedded"] >= texts > 0, "no local vector serves the API model"
+    assert store.get_collection(conn, name).model == "openai:minilm"
+    assert [h.source_id for h in search(QUESTION, name, k=5, mode="hybrid")] == before
 
 
 def test_requests_are_batched_by_estimated_tokens(endpoint, corpus, name, conn):

@@ -72,15 +72,16 @@ def test_small_batches_are_embedded_together_and_a_shared_text_once(name, conn, 
     """docs_per_batch 4 makes 10 batches; an in-process run encodes the first and the last alone and
     gathers the 8 between into one call (fewer than EMBED_AT_LEAST texts); a text new to two of
     those batches is embedded and counted once."""
-    from pipelines.embed import Embedder
+    from pipelines.embed.local import LocalEmbedder
     from pipelines.sync.encode import EMBED_AT_LEAST
     from tools.synthetic import write_folder
 
     folder = write_folder(tmp_path / "docs", 39, seed=31)  # texts no other test embeds
     shutil.copy(folder / "part0000" / "doc000010.md", folder / "part0000" / "doc000011a.md")  # batch 3 → 4
     calls: list[int] = []
-    encode = Embedder.encode
-    monkeypatch.setattr(Embedder, "encode", lambda self, texts: calls.append(len(texts)) or encode(self, texts))
+    encode = LocalEmbedder.encode_documents
+    monkeypatch.setattr(LocalEmbedder, "encode_documents",
+                        lambda self, texts: calls.append(len(texts)) or encode(self, texts))
     reported: list[tuple[int, int]] = []
     summary = run_ingest(folder_spec(name, folder, docs_per_batch=4, duplicates="keep"),
                          progress=lambda done, total: reported.append((done, total)))

@@ -144,6 +144,7 @@ def bench_embedding(conn, tmp: Path, docs: int) -> None:
            embedding__pipeline_over_raw=raw_s / pipe_s)
     record("embedding", f"of which finalize (HNSW build, statistics; {others_gb:.1f} GB of chunks in the database)",
            f"{finalize_s:.1f} s of {pipe_s:.1f} s")
+    bench_api_embedder(chunks, len(chunks) / raw_s)
     onnx = get_embedder(DEFAULT_MODEL + "#onnx-int8")
     onnx.encode(sample[:8])  # export + quantize once (cached on disk), outside the timing
     onnx_times = []
@@ -187,6 +188,43 @@ def bench_embedding(conn, tmp: Path, docs: int) -> None:
 
     record("backend", "CUDA GPU for #fp16", torch.cuda.get_device_name(0) if torch.cuda.is_available()
            else "none visible: fp16 not measured")
+
+
+def bench_api_embedder(chunks: list[str], raw_rate: float) -> None:
+    """The OpenAI-compatible client against tools/embeddings_server.py (its own process, the same model
+    on the same CPU): chunks/s at concurrency 1 and 4, beside the local encode, and the client's
+    cost per chunk (HTTP, JSON, checks)."""
+    import subprocess
+    import sys
+
+    from pipelines.embed.api import ApiEmbedder
+    from tools.service import free_port
+
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "tools.embeddings_server", "--port", str(port)],
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        started = server.stdout.readline() if server.stdout else ""
+        assert "serving" in started, "the embeddings server did not start"
+        sample = chunks[:2048]
+        for concurrency in (1, 4):
+            client = ApiEmbedder("openai:minilm", {"base_url": f"http://127.0.0.1:{port}/v1", "api_key_env": None,
+                                                   "concurrency": concurrency, "batch_size": 64})
+            client.encode_documents(sample[:64])  # the server loads its model outside the timing
+            times = []
+            for _ in range(2):
+                start = time.perf_counter()
+                client.encode_documents(sample)
+                times.append(time.perf_counter() - start)
+            rate = len(sample) / min(times)
+            record("embedding", f"API embedder (loopback OpenAI-compatible server), concurrency {concurrency}, "
+                   f"{len(sample)} chunks (best of 2)", f"{rate:.1f} chunks/s, {rate / raw_rate:.2f}x local encode, "
+                   f"{1000 / rate - 1000 / raw_rate:+.2f} ms per chunk",
+                   **{f"embedding.api.c{concurrency}.chunks_per_s": rate,
+                      f"embedding.api.c{concurrency}.over_local": rate / raw_rate})
+    finally:
+        server.terminate()
+        server.wait(30)
 
 
 def bench_backend_quality() -> None:

@@ -157,7 +157,9 @@ class ApiEmbedder(Embedder):
 
     def _headers(self) -> dict[str, str]:
         key = self._key()
-        return {"Authorization": f"Bearer {key}"} if key else {}
+        if not key:
+            return {}
+        return {"api-key": key} if self.options.key_header == "api-key" else {"Authorization": f"Bearer {key}"}
 
     def _key(self) -> str | None:
         """The API key: from the Airflow connection when one is named, else $api_key_env (unset: none)."""
