@@ -273,7 +273,7 @@ def parse_collection(raw: Any, where: str, base: Path) -> CollectionSpec:
     except ValidationError as exc:
         raise ConfigError(f"{where}: " + "; ".join(_describe(e) for e in exc.errors())) from None
     check_schedule(model.schedule, where)
-    embedder = model.embedder.model_dump() if model.embedder else {}
+    embedder = model.embedder.model_dump() if raw.get("embedder") else {}  # a local spec's own {} parses again
     if model.model.startswith(API_PREFIX):
         embedder = embedder or ApiOptions().model_dump()
         name, _, width = model.model.partition("#")  # a spec's own model id ("…#512") parses again
@@ -281,7 +281,7 @@ def parse_collection(raw: Any, where: str, base: Path) -> CollectionSpec:
             raise ConfigError(f"{where}: model {model.model!r}: set the width with `embedder: {{dimensions: N}}`, "
                               "not a '#' suffix")
         model.model = api_model_id(name, embedder["dimensions"])
-    elif model.embedder:
+    elif embedder:
         raise ConfigError(f"{where}: `embedder:` options are for an API model (model: {API_PREFIX}<model>); "
                           f"{model.model!r} is a local model")
     source = model.source.model_dump(exclude_unset=True)
