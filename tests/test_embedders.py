@@ -138,6 +138,10 @@ def test_prompts_in_collections_yml_apply_to_a_model_that_has_none(corpus, name,
                        atol=1e-5), "a new query prompt applies at once, with no run"
     again = run_ingest(declared(name))
     assert again["chunks_embedded"] == 0 and "new_version" not in again, "the query prompt changes nothing stored"
+    from pipelines.search.tuning import recall_curve
+
+    tuned = recall_curve(conn, name, queries=1, ladder=(1000,), texts=["walnuts and sperm quality"])
+    assert tuned[0].recall == 1.0, "tune measures real queries too, embedded by the query side"
 
     declare(dict(entry, prompts={"query": "query: ", "document": "search_document: "}))
     built = run_ingest(declared(name))["new_version"]

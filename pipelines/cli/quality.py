@@ -57,8 +57,10 @@ def eval_(dataset_dir: Path, modes: str, split: str, collection: str | None, max
               help="Recall@10 to reach.")
 @click.option("--queries", type=click.IntRange(1), default=30, show_default=True,
               help="Stored chunks used as queries (each costs one exact search: ~6 s at 1M chunks on 2 cores).")
+@click.option("--query", "texts", multiple=True, help="A real query to measure too (repeatable), embedded as the "
+              "collection's searches embed it; its smoke and inline eval queries are always added.")
 @click.option("--json", "as_json", is_flag=True, help="Print the curve as JSON.")
-def tune(collection: str, target: float, queries: int, as_json: bool) -> None:
+def tune(collection: str, target: float, queries: int, texts: tuple[str, ...], as_json: bool) -> None:
     """Measure COLLECTION's semantic recall@10 and latency at rising ef_search, and name the smallest
     ef_search that reaches --recall: set it as `index: {ef_search: N}` in collections.yml.
 
@@ -73,7 +75,7 @@ def tune(collection: str, target: float, queries: int, as_json: bool) -> None:
 
     with connect(open_database(), autocommit=True) as conn:
         try:
-            curve = recall_curve(conn, collection, queries, target=target,
+            curve = recall_curve(conn, collection, queries, target=target, texts=list(texts),
                                  progress=lambda line: click.echo(line, err=True) if not as_json else None)
         except LookupError as exc:
             fail(str(exc))

@@ -1,9 +1,11 @@
 """`ragpipe tune`: a collection's HNSW recall@k against latency, measured on its own vectors, and the
 smallest ef_search that reaches a target recall (to set as `index.ef_search` in collections.yml).
 
-Queries are stored chunk vectors, sampled; each query's own chunk is left out of both rankings, so
-recall counts its true neighbours only. Each ef_search is tried inside a transaction that is rolled
-back: searches by others keep the stored setting throughout.
+Queries are stored chunk vectors, sampled (each query's own chunk is left out of both rankings, so
+recall counts its true neighbours only), and real queries embedded through the collection's query
+side (its query prompt applies): those given, and the collection's smoke and inline eval queries.
+Each ef_search is tried inside a transaction that is rolled back: searches by others keep the
+stored setting throughout.
 """
 
 import statistics
@@ -48,13 +50,19 @@ def _ranked(conn: psycopg.Connection, statement: str, name: str, vector: np.ndar
 
 def recall_curve(conn: psycopg.Connection, name: str, queries: int = 30, k: int = 10,
                  ladder: tuple[int, ...] = EF_LADDER, target: float | None = None,
-                 progress: Callable[[str], None] = lambda _: None) -> list[CurvePoint]:
+                 progress: Callable[[str], None] = lambda _: None, texts: list[str] = ()) -> list[CurvePoint]:
     """Recall@k and latency of semantic_search at each ef_search of `ladder`, against exact search
     (stops after the first value reaching `target`), after one untimed pass at the ladder's top."""
     coll = store.get_collection(conn, name)
     if coll is None:
         raise LookupError(f"collection {name!r} does not exist (see `ragpipe status`)")
     asked = sample_queries(conn, coll.id, queries)
+    texts = list(dict.fromkeys([*texts, *declared_queries(coll.family)]))
+    if texts:
+        from pipelines.collection import query_embedder
+
+        vectors = query_embedder(coll.family, coll.model, coll.settings).encode_queries(texts)
+        asked += [(-1, v) for v in vectors]  # no chunk to leave out
     if not asked:
         raise LookupError(f"collection {name!r} has no chunks to measure")
     truth = []
@@ -80,6 +88,16 @@ def recall_curve(conn: psycopg.Connection, name: str, queries: int = 30, k: int 
         if target is not None and recall >= target:
             break
     return curve
+
+
+def declared_queries(family: str) -> list[str]:
+    """The smoke and inline eval queries collections.yml declares for the collection."""
+    from pipelines.collection import declared_spec
+
+    spec = declared_spec(family)
+    if spec is None:
+        return []
+    return [*spec.smoke_queries, *(q["query"] for q in spec.eval.get("queries", []))]
 
 
 def choose_ef_search(curve: list[CurvePoint], target: float) -> CurvePoint | None:
