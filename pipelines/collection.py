@@ -14,10 +14,10 @@ import psycopg
 
 from pipelines import store
 from pipelines.chunking import CONTEXT_TOKENS, check_chunk_settings
-from pipelines.config import DEFAULT_INDEX, CollectionSpec, ConfigError
+from pipelines.config import DEFAULT_INDEX, STORAGE_LIMITS, CollectionSpec, ConfigError
 from pipelines.embed import Embedder, embedder_for, resolve_model
 
-REBUILD_INDEX_KEYS = ("m", "ef_construction")
+REBUILD_INDEX_KEYS = ("m", "ef_construction", "quantization")
 """Index settings that only a new build can change."""
 
 
@@ -26,7 +26,9 @@ def stored_settings(spec: CollectionSpec) -> dict[str, Any]:
     return {"index": spec.index, **({"search": spec.search} if spec.search else {}),
             **({"chunk_context": True} if spec.chunk_context else {}),
             **({"prompts": spec.prompts} if spec.prompts else {}),
-            **({"embedder": spec.embedder} if spec.embedder else {})}
+            **({"embedder": spec.embedder} if spec.embedder else {}),
+            **({"storage": spec.storage} if spec.storage != "float32" else {}),
+            **({"dimensions": spec.dimensions} if spec.dimensions else {})}
 
 
 def text_tokens(chunk_tokens: int, chunk_context: bool, prompt_tokens: int = 0) -> int:
@@ -55,7 +57,23 @@ def build_key(model: str, chunk_tokens: int, chunk_overlap: int, settings: dict[
     """Everything a version is built with; a different key is a different version."""
     index = {**DEFAULT_INDEX, **settings.get("index", {})}
     return (model, chunk_tokens, chunk_overlap, bool(settings.get("chunk_context")),
-            *(index[k] for k in REBUILD_INDEX_KEYS), (settings.get("prompts") or {}).get("document"))
+            *(index[k] for k in REBUILD_INDEX_KEYS), (settings.get("prompts") or {}).get("document"),
+            settings.get("storage", "float32"), settings.get("dimensions"))
+
+
+def check_storage(family: str, model: str, dimension: int, settings: dict[str, Any]) -> None:
+    """ConfigError, before anything is embedded, when the index cannot hold vectors this wide."""
+    index = {**DEFAULT_INDEX, **settings.get("index", {})}
+    kind = "binary" if index["quantization"] == "binary" else settings.get("storage", "float32")
+    limit = STORAGE_LIMITS[kind]
+    if dimension <= limit:
+        return
+    options = [f"`{option}`" for option, widest in (("storage: halfvec", STORAGE_LIMITS["halfvec"]),
+                                                      ("index: {quantization: binary}", STORAGE_LIMITS["binary"]))
+               if widest >= dimension and widest > limit]
+    raise ConfigError(f"collection {family!r}: model {model!r} makes {dimension}-dimension vectors and an HNSW index "
+                      f"on {kind} holds at most {limit}: set " + " or ".join(
+                          [*options, f"`dimensions: {limit}` or fewer (Matryoshka models)"]))
 
 
 def key_of(c: store.Collection | dict[str, Any]) -> tuple:
@@ -79,6 +97,7 @@ def open_collection(conn: psycopg.Connection, spec: CollectionSpec) -> tuple[sto
     if existing is not None and key_of(existing) != build_key(spec.model, chunk_tokens, spec.chunk_overlap, settings):
         raise ConfigError(f"collection {spec.name!r} was built with other settings; a run builds the new ones as "
                           "a new version (pipelines.versions.plan_versions)")
+    check_storage(spec.family, spec.model, embedder.dimension, settings)
     collection = store.ensure_collection(conn, spec.name, spec.model, embedder.dimension, chunk_tokens,
                                          spec.chunk_overlap, settings)
     return collection, embedder

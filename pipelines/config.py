@@ -17,7 +17,9 @@ SCHEDULE_PRESETS = {"@once", "@hourly", "@daily", "@weekly", "@monthly", "@yearl
 VERSION_MARK = "@v"
 """A version that is not the active one is named `<collection>@v<N>` (ragpipe.version_name in SQL)."""
 DEFAULT_INDEX = {"m": 16, "ef_construction": 64, "ef_search": 40, "keyword_candidates": 10_000,
-                 "keyword_rescore": 200}
+                 "keyword_rescore": 200, "quantization": "none", "rerank": 40}
+STORAGE_LIMITS = {"float32": 2000, "halfvec": 4000, "binary": 64_000}
+"""The widest vector pgvector's HNSW index takes on each type (binary: a bit string of the width)."""
 
 
 class ConfigError(ValueError):
@@ -83,6 +85,12 @@ class CollectionSpec:
     """The `query` and `document` prompts collections.yml sets (PromptOptions); unset: the model's own."""
     embedder: dict[str, Any] = dataclasses.field(default_factory=dict)
     """An API model's endpoint options (ApiOptions, defaults filled in); empty for a local model."""
+    storage: str = "float32"
+    """The type the HNSW index holds the vectors in: float32 (pgvector's vector) or halfvec (2 bytes a
+    dimension, up to 4,000 dimensions). The table keeps float32. A change builds a new version."""
+    dimensions: int | None = None
+    """Matryoshka truncation of a local model's vectors to this width, re-normalised (an API model:
+    embedder.dimensions, which the endpoint makes). A change builds a new version."""
 
     @property
     def family(self) -> str:
@@ -99,6 +107,10 @@ class IndexOptions(BaseModel):
     ef_search: Annotated[int, Field(ge=1, le=1000)] = DEFAULT_INDEX["ef_search"]
     keyword_candidates: Annotated[int, Field(ge=1)] = DEFAULT_INDEX["keyword_candidates"]
     keyword_rescore: Annotated[int, Field(ge=1, le=100_000)] = DEFAULT_INDEX["keyword_rescore"]
+    quantization: Literal["none", "binary"] = DEFAULT_INDEX["quantization"]
+    """binary: the HNSW index holds one bit a dimension (Hamming distance); searches re-rank its best
+    `rerank` × k candidates by exact cosine. A change builds a new version."""
+    rerank: Annotated[int, Field(ge=1, le=1000)] = DEFAULT_INDEX["rerank"]
     maintenance_work_mem_cap_mb: Annotated[int, Field(ge=64)] | None = None
 
 
@@ -238,6 +250,8 @@ def collection_model() -> type[BaseModel]:
         promote: PromoteOptions = Field(default_factory=PromoteOptions)
         prompts: PromptOptions = Field(default_factory=PromptOptions)
         embedder: ApiOptions | None = None
+        storage: Literal["float32", "halfvec"] = "float32"
+        dimensions: Annotated[int, Field(ge=8, le=16_000)] | None = None
 
     return Collection
 
@@ -276,6 +290,11 @@ def parse_collection(raw: Any, where: str, base: Path) -> CollectionSpec:
     embedder = model.embedder.model_dump() if raw.get("embedder") else {}  # a local spec's own {} parses again
     if model.model.startswith(API_PREFIX):
         embedder = embedder or ApiOptions().model_dump()
+        if model.dimensions and embedder["dimensions"] not in (None, model.dimensions):
+            raise ConfigError(f"{where}: `dimensions: {model.dimensions}` and `embedder.dimensions: "
+                              f"{embedder['dimensions']}` disagree; give one")
+        embedder["dimensions"] = embedder["dimensions"] or model.dimensions
+        model.dimensions = None  # the endpoint makes the width: it is in the model id
         name, _, width = model.model.partition("#")  # a spec's own model id ("…#512") parses again
         if width and width != str(embedder["dimensions"]):
             raise ConfigError(f"{where}: model {model.model!r}: set the width with `embedder: {{dimensions: N}}`, "

@@ -40,7 +40,7 @@ __all__ = ["API_PREFIX", "AUTO", "BACKENDS", "PACKAGED_MODELS", "EmbeddingFailed
 
 @cache
 def get_embedder(model: str, batch_size: int = 32, query_prompt: str | None = None,
-                 document_prompt: str | None = None, api: str = "{}") -> Embedder:
+                 document_prompt: str | None = None, api: str = "{}", dimensions: int | None = None) -> Embedder:
     """One embedder per model, batch size, prompts and API options (JSON) in this process; local
     models are loaded once whatever the prompts. Prompts left None are the model's own."""
     model = resolve_model(model)
@@ -50,13 +50,13 @@ def get_embedder(model: str, batch_size: int = 32, query_prompt: str | None = No
         return ApiEmbedder(model, json.loads(api), query_prompt, document_prompt)
     from pipelines.embed.local import LocalEmbedder
 
-    return LocalEmbedder(model, batch_size, query_prompt, document_prompt)
+    return LocalEmbedder(model, batch_size, query_prompt, document_prompt, dimensions)
 
 
 def embedder_for(model: str, settings: dict[str, Any] | None = None, batch_size: int = 32) -> Embedder:
-    """The embedder of a version built with `model` and stored `settings` (its `prompts` and
-    `embedder` options, pipelines.collection.stored_settings)."""
+    """The embedder of a version built with `model` and stored `settings` (its `prompts`, `embedder`
+    options and `dimensions`, pipelines.collection.stored_settings)."""
     settings = settings or {}
     prompts = settings.get("prompts") or {}
     return get_embedder(model, batch_size, prompts.get("query"), prompts.get("document"),
-                        json.dumps(settings.get("embedder") or {}, sort_keys=True))
+                        json.dumps(settings.get("embedder") or {}, sort_keys=True), settings.get("dimensions"))

@@ -56,8 +56,10 @@ def load(model_id: str, device: str) -> Loaded:
 
 class LocalEmbedder(Embedder):
     def __init__(self, model_id: str, batch_size: int = 32, query_prompt: str | None = None,
-                 document_prompt: str | None = None) -> None:
+                 document_prompt: str | None = None, dimensions: int | None = None) -> None:
         self.model_id = model_id
+        self.truncate_to = dimensions
+        """Matryoshka truncation: the first `dimensions` of each vector, re-normalised."""
         self.name, self.backend = split_model_id(model_id)
         self.batch_size = batch_size
         self._prompts = {"query": query_prompt, "document": document_prompt}
@@ -93,7 +95,13 @@ class LocalEmbedder(Embedder):
 
     @property
     def dimension(self) -> int:
-        return int(self.model.get_embedding_dimension())
+        full = int(self.model.get_embedding_dimension())
+        if self.truncate_to is None:
+            return full
+        if self.truncate_to > full:
+            raise ModelUnavailable(f"`dimensions: {self.truncate_to}` is wider than model {self.name!r}'s "
+                                   f"{full} dimensions; set at most {full}")
+        return self.truncate_to
 
     def _own_prompt(self, side: str) -> str:
         """The prompt the model's own config gives `side` (as sentence-transformers chooses it)."""
@@ -135,8 +143,14 @@ class LocalEmbedder(Embedder):
         vectors = vectors.float().cpu().numpy()
         return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
 
+    def truncated(self, vectors: np.ndarray) -> np.ndarray:
+        if self.truncate_to is None:
+            return vectors
+        cut = vectors[:, :self.dimension]
+        return cut / np.maximum(np.linalg.norm(cut, axis=1, keepdims=True), 1e-12)
+
     def encode_documents(self, texts: list[str]) -> np.ndarray:
-        return self.encode(texts, self.document_prompt)
+        return self.truncated(self.encode(texts, self.document_prompt))
 
     def encode_queries(self, texts: list[str]) -> np.ndarray:
-        return self.encode(texts, self.query_prompt)
+        return self.truncated(self.encode(texts, self.query_prompt))

@@ -167,10 +167,12 @@ def touch_documents(conn: psycopg.Connection, collection_id: int, run_id: int, f
         conn.execute(_q("touch_documents"), (run_id, list(fingerprints), list(fingerprints.values()), collection_id))
 
 
-def cached_embeddings(conn: psycopg.Connection, model: str, hashes: Iterable[str]) -> dict[str, np.ndarray]:
-    """Embeddings of these chunk hashes by the same model: stored in any collection or version, or
-    kept in the embedding cache."""
-    rows = conn.execute(_q("cached_embeddings"), dict(model=model, hashes=list(set(hashes)))).fetchall()
+def cached_embeddings(conn: psycopg.Connection, model: str, dimension: int,
+                      hashes: Iterable[str]) -> dict[str, np.ndarray]:
+    """Embeddings of these chunk hashes by the same model at the same width: stored in any collection
+    or version, or kept in the embedding cache."""
+    rows = conn.execute(_q("cached_embeddings"), dict(model=model, dimension=dimension,
+                                                      hashes=list(set(hashes)))).fetchall()
     return {h: np.asarray(v, dtype=np.float32) if not hasattr(v, "to_numpy") else v.to_numpy() for h, v in rows}
 
 

@@ -8,7 +8,14 @@ from dataclasses import dataclass
 import psycopg
 
 from pipelines import store
-from pipelines.collection import REBUILD_INDEX_KEYS, build_key, chunk_tokens_for, key_of, stored_settings
+from pipelines.collection import (
+    REBUILD_INDEX_KEYS,
+    build_key,
+    check_storage,
+    chunk_tokens_for,
+    key_of,
+    stored_settings,
+)
 from pipelines.config import DEFAULT_INDEX, CollectionSpec
 from pipelines.embed import embedder_for, resolve_model
 
@@ -41,6 +48,8 @@ def as_built(spec: CollectionSpec, version: store.Collection) -> CollectionSpec:
         prompts, embedder = stored, version.settings.get("embedder") or {}
     return dataclasses.replace(spec, model=version.model, chunk_tokens=version.chunk_tokens,
                                chunk_overlap=version.chunk_overlap, prompts=prompts, embedder=embedder,
+                               storage=version.settings.get("storage", "float32"),
+                               dimensions=version.settings.get("dimensions"),
                                chunk_context=bool(version.settings.get("chunk_context")), index=index)
 
 
@@ -74,6 +83,7 @@ def plan_versions(conn: psycopg.Connection, spec: CollectionSpec) -> Targets:
             note = (f"version {version} of {spec.name!r} has the settings of collections.yml and is {state}; "
                     f"it is kept in step, and `ragpipe promote {spec.name} {version}` makes it active")
     else:
+        check_storage(spec.family, spec.model, embedder.dimension, stored_settings(spec))
         name = store.ensure_collection(conn, spec.name, spec.model, embedder.dimension, chunk_tokens,
                                        spec.chunk_overlap, stored_settings(spec), new_version_of=spec.name).name
         log.info("collection %s: new build settings in collections.yml; building version %s beside the active "

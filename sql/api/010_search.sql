@@ -62,6 +62,28 @@ CREATE OR REPLACE FUNCTION ragpipe.hnsw_build_memory_mb(rows bigint, dimension i
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 AS $fn$ SELECT (rows * (4 * dimension + 8 + 2 * m * 10 + 64) * 1.25 / 2^20)::int + 16 $fn$;
 
+-- What a collection's HNSW index holds of `col` (a vector column or argument), by its settings:
+-- float32 (vector), halfvec (`storage: halfvec`) or one bit a dimension (`index.quantization: binary`).
+-- The index, the ORDER BY of semantic_search and the query's side all use this one expression.
+CREATE OR REPLACE FUNCTION ragpipe.indexed(col text, dimension int, settings jsonb) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $fn$
+SELECT CASE WHEN settings #>> '{index,quantization}' = 'binary'
+            THEN format('binary_quantize(%s::vector(%s))::bit(%2$s)', col, dimension)
+            WHEN settings ->> 'storage' = 'halfvec' THEN format('%s::halfvec(%s)', col, dimension)
+            ELSE format('%s::vector(%s)', col, dimension) END
+$fn$;
+
+-- The operator class and distance operator of that expression, and its bytes a dimension.
+CREATE OR REPLACE FUNCTION ragpipe.index_kind(settings jsonb, OUT opclass text, OUT distance text,
+    OUT bytes_per_dimension numeric)
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $fn$
+SELECT CASE WHEN settings #>> '{index,quantization}' = 'binary' THEN 'bit_hamming_ops'
+            WHEN settings ->> 'storage' = 'halfvec' THEN 'halfvec_cosine_ops' ELSE 'vector_cosine_ops' END,
+       CASE WHEN settings #>> '{index,quantization}' = 'binary' THEN '<~>' ELSE '<=>' END,
+       CASE WHEN settings #>> '{index,quantization}' = 'binary' THEN 0.125
+            WHEN settings ->> 'storage' = 'halfvec' THEN 2 ELSE 4 END
+$fn$;
+
 -- build_hnsw_index: the HNSW index (cosine) of the collection's chunk partition, on its embeddings
 -- cast to its dimension, built once after the first load, with maintenance_work_mem sized by
 -- hnsw_build_memory_mb and capped by the collection's index.maintenance_work_mem_cap_mb (default
@@ -84,13 +106,14 @@ BEGIN
     END IF;
     m := coalesce((coll.settings #>> '{index,m}')::int, 16);
     EXECUTE format('SELECT count(*) FROM ragpipe.%I', ragpipe.chunk_partition(coll.id)) INTO rows;
-    needed_mb := ragpipe.hnsw_build_memory_mb(rows, coll.dimension, m);
+    needed_mb := ragpipe.hnsw_build_memory_mb(  -- the width in float32s of what the index holds
+        rows, ceil(coll.dimension * (ragpipe.index_kind(coll.settings)).bytes_per_dimension / 4)::int, m);
     memory_mb := greatest(64, least(needed_mb,
                                     coalesce((coll.settings #>> '{index,maintenance_work_mem_cap_mb}')::int, 2048)));
     PERFORM set_config('maintenance_work_mem', memory_mb || 'MB', true);
-    EXECUTE format('CREATE INDEX %I ON ragpipe.%I USING hnsw ((embedding::vector(%s)) vector_cosine_ops) '
-                   'WITH (m = %s, ef_construction = %s)',
-                   index_name, ragpipe.chunk_partition(coll.id), coll.dimension, m,
+    EXECUTE format('CREATE INDEX %I ON ragpipe.%I USING hnsw ((%s) %s) WITH (m = %s, ef_construction = %s)',
+                   index_name, ragpipe.chunk_partition(coll.id), ragpipe.indexed('embedding', coll.dimension,
+                   coll.settings), (ragpipe.index_kind(coll.settings)).opclass, m,
                    coalesce((coll.settings #>> '{index,ef_construction}')::int, 64));
     built := true;
 END
@@ -137,7 +160,8 @@ CREATE OR REPLACE FUNCTION ragpipe.checked_k(k int, max_k int DEFAULT 10000) RET
 LANGUAGE sql IMMUTABLE AS $fn$ SELECT ragpipe.checked('k', k, 1, max_k)::int $fn$;
 
 -- semantic_search: nearest chunks by cosine similarity, served by the collection's HNSW index.
--- Iterative index scans keep returning k rows when the filter is selective.
+-- Iterative index scans keep returning k rows when the filter is selective. Scores are the exact
+-- float32 cosine; a binary index's best `index.rerank` × k candidates (Hamming) are re-ranked by it.
 CREATE OR REPLACE FUNCTION ragpipe.semantic_search(
     collection text, query_embedding vector, k int DEFAULT 10, filter jsonb DEFAULT NULL)
 RETURNS SETOF ragpipe.search_hit
@@ -148,6 +172,7 @@ SET hnsw.ef_search = 40
 AS $fn$
 DECLARE
     coll ragpipe.collections := ragpipe.get_collection(collection);
+    candidates int;
 BEGIN
     k := ragpipe.checked_k(k);
     IF query_embedding IS NULL THEN
@@ -158,19 +183,24 @@ BEGIN
         RAISE EXCEPTION 'ragpipe: query embedding has % dimensions, collection "%" has %',
             vector_dims(query_embedding), coll.name, coll.dimension USING ERRCODE = 'data_exception';
     END IF;
+    candidates := k * CASE WHEN coll.settings #>> '{index,quantization}' = 'binary'
+                           THEN coalesce((coll.settings #>> '{index,rerank}')::int, 40) ELSE 1 END;
     PERFORM set_config('hnsw.ef_search',
-        least(greatest(k, coalesce((coll.settings -> 'index' ->> 'ef_search')::int, 40)), 1000)::text, true);
+        least(greatest(candidates, coalesce((coll.settings -> 'index' ->> 'ef_search')::int, 40)), 1000)::text, true);
     RETURN QUERY EXECUTE format($q$
         SELECT r.id, d.source_id, d.uri, d.title, r.text, d.metadata, r.score
-        FROM (SELECT ch.id, ch.document_id, ch.text,
-                     1 - (ch.embedding::vector(%1$s) <=> $1::vector(%1$s)) AS score
-              FROM ragpipe.chunks ch
-              WHERE ch.collection_id = %2$s AND ($2::jsonb IS NULL OR ch.metadata @> $2::jsonb)
-              ORDER BY ch.embedding::vector(%1$s) <=> $1::vector(%1$s)
+        FROM (SELECT c.id, c.document_id, c.text, 1 - (c.embedding::vector(%1$s) <=> $1::vector(%1$s)) AS score
+              FROM (SELECT ch.id, ch.document_id, ch.text, ch.embedding
+                    FROM ragpipe.chunks ch
+                    WHERE ch.collection_id = %2$s AND ($2::jsonb IS NULL OR ch.metadata @> $2::jsonb)
+                    ORDER BY %3$s %5$s %4$s
+                    LIMIT $4) c
+              ORDER BY score DESC, c.id
               LIMIT $3) r
         JOIN ragpipe.documents d ON d.id = r.document_id
-        ORDER BY r.score DESC, r.id $q$, coll.dimension, coll.id)
-    USING query_embedding, filter, k;
+        ORDER BY r.score DESC, r.id $q$, coll.dimension, coll.id, ragpipe.indexed('ch.embedding', coll.dimension,
+        coll.settings), ragpipe.indexed('$1', coll.dimension, coll.settings), (ragpipe.index_kind(coll.settings)).distance)
+    USING query_embedding, filter, k, candidates;
 END
 $fn$;
 

@@ -138,15 +138,16 @@ FROM unnest(%s::text[], %s::text[]) AS t(source_id, fingerprint)
 WHERE d.collection_id = %s AND d.source_id = t.source_id;
 
 -- name: cached_embeddings
--- Vectors of these chunk texts embedded by the same model: in any collection or version, or kept
--- in the embedding cache after they left (then marked used, for its retention).
+-- Vectors of these chunk texts embedded by the same model at the same width (a truncated vector
+-- never serves a full-size version): in any collection or version, or kept in the embedding cache
+-- after they left (then marked used, for its retention).
 WITH stored AS (
     SELECT DISTINCT ON (c.content_hash) c.content_hash, c.embedding
     FROM ragpipe.chunks c JOIN ragpipe.collections k ON k.id = c.collection_id
-    WHERE k.model = %(model)s AND c.content_hash = ANY(%(hashes)s)),
+    WHERE k.model = %(model)s AND k.dimension = %(dimension)s AND c.content_hash = ANY(%(hashes)s)),
 cached AS (
     UPDATE ragpipe.embedding_cache e SET used_at = now()
-    WHERE e.model = %(model)s AND e.content_hash = ANY(%(hashes)s)
+    WHERE e.model = %(model)s AND vector_dims(e.embedding) = %(dimension)s AND e.content_hash = ANY(%(hashes)s)
       AND e.content_hash NOT IN (SELECT content_hash FROM stored)
     RETURNING e.content_hash, e.embedding)
 SELECT * FROM stored UNION ALL SELECT * FROM cached;

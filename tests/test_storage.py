@@ -1,0 +1,113 @@
+"""How vectors are stored and indexed: halfvec (models over 2,000 dimensions), binary quantisation with
+exact re-ranking, and Matryoshka truncation; each checked against exact cosine computed in the test."""
+
+import numpy as np
+import pytest
+
+from pipelines import store
+from pipelines.config import ConfigError
+from pipelines.embed import get_embedder, model_location
+from pipelines.ingest import run_ingest
+from pipelines.search import search
+from pipelines.settings import DEFAULT_MODEL
+from tests.conftest import folder_spec
+
+QUESTIONS = ["does coffee raise blood pressure?", "walnuts and sperm quality", "sleep and melatonin"]
+
+
+@pytest.fixture(scope="module")
+def wide_model(tmp_path_factory) -> str:
+    """The packaged MiniLM with a Dense layer to 2,560 dimensions (Qwen3-Embedding-4B's width), built
+    here: no download."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Dense
+
+    torch.manual_seed(0)
+    base = SentenceTransformer(model_location(DEFAULT_MODEL), device="cpu")
+    dense = Dense(384, 2560, bias=False, activation_function=torch.nn.Identity())
+    wide = SentenceTransformer(modules=[*base, dense], device="cpu")
+    path = tmp_path_factory.mktemp("models") / "minilm-2560"
+    wide.save(str(path))
+    return str(path)
+
+
+def stored(conn, name: str) -> tuple[list[int], np.ndarray, list[str]]:
+    rows = conn.execute("SELECT c.id, c.embedding, c.text FROM ragpipe.chunks c JOIN ragpipe.collections k "
+                        "ON k.id = c.collection_id WHERE k.name = %s ORDER BY c.id", (name,)).fetchall()
+    return [r[0] for r in rows], np.stack([r[1].to_numpy() for r in rows]), [r[2] for r in rows]
+
+
+def index_definition(conn, name: str) -> str:
+    coll = store.get_collection(conn, name)
+    return conn.execute("SELECT indexdef FROM pg_indexes WHERE indexname = ragpipe.hnsw_index_name(%s)",
+                        (coll.id,)).fetchone()[0]
+
+
+def assert_exact_top_k(conn, name: str, embedder, k: int = 5) -> None:
+    """Semantic search returns numpy's exact cosine top k, with exact scores."""
+    ids, vectors, _ = stored(conn, name)
+    for q in QUESTIONS:
+        query = embedder.encode_queries([q])[0]
+        scores = vectors @ query
+        want = [ids[i] for i in np.argsort(-scores, kind="stable")[:k]]
+        got = search(q, name, k=k, mode="semantic")
+        assert [h.chunk_id for h in got] == want, q
+        assert [h.score for h in got] == pytest.approx(sorted(scores, reverse=True)[:k], abs=1e-5)
+
+
+def test_a_model_over_2000_dimensions_fails_up_front_on_float32_and_works_on_halfvec(wide_model, corpus, name,
+                                                                                    conn):
+    with pytest.raises(ConfigError, match=r"makes 2560-dimension vectors and an HNSW index on float32 holds at "
+                                          r"most 2000: set `storage: halfvec` or `index: \{quantization: binary\}`"):
+        run_ingest(folder_spec(name, corpus, model=wide_model))
+    assert store.get_collection(conn, name) is None, "refused before anything was embedded or stored"
+
+    run_ingest(folder_spec(name, corpus, model=wide_model, storage="halfvec", index={"ef_search": 1000}))
+    assert "halfvec(2560)" in index_definition(conn, name) and "halfvec_cosine_ops" in index_definition(conn, name)
+    embedder = get_embedder(wide_model)
+    assert store.get_collection(conn, name).dimension == 2560
+    assert_exact_top_k(conn, name, embedder)
+    assert search(QUESTIONS[0], name, k=5, mode="hybrid")
+
+    built = run_ingest(folder_spec(name, corpus, model=wide_model, storage="halfvec",
+                                   index={"quantization": "binary", "ef_search": 1000}))["new_version"]
+    assert built["promoted"] and built["chunks_embedded"] == 0, "a new index type reuses the stored vectors"
+    assert "bit_hamming_ops" in index_definition(conn, name)
+    assert_exact_top_k(conn, name, embedder)
+
+
+def test_binary_quantization_reranks_to_the_exact_top_k_and_filters_still_return_k_rows(sample, corpus, name, conn,
+                                                                                          embedder):
+    run_ingest(folder_spec(name, corpus, index={"quantization": "binary", "rerank": 40}))
+    definition = index_definition(conn, name)
+    assert "binary_quantize" in definition and "bit(384)" in definition
+    assert_exact_top_k(conn, name, embedder)
+    path = conn.execute("SELECT d.source_id FROM ragpipe.chunks c JOIN ragpipe.documents d ON d.id = c.document_id "
+                        "JOIN ragpipe.collections k ON k.id = c.collection_id WHERE k.name = %s "
+                        "GROUP BY 1 ORDER BY count(*) DESC, 1 LIMIT 1", (name,)).fetchone()[0]
+    hits = search(QUESTIONS[0], name, k=4, mode="semantic", filter={"path": path})
+    assert len(hits) == 4 and {h.source_id for h in hits} == {path}, "a selective filter still gives k rows"
+    from pipelines.search.tuning import recall_curve
+
+    assert recall_curve(conn, name, queries=10, ladder=(1000,))[0].recall == 1.0, "ragpipe tune works on it"
+
+
+def test_dimensions_truncates_and_the_cache_never_serves_a_full_size_vector(corpus, name, conn, embedder):
+    run_ingest(folder_spec(f"{name}_full", corpus))
+    summary = run_ingest(folder_spec(name, corpus, dimensions=128))
+    ids, vectors, texts = stored(conn, name)
+    assert vectors.shape[1] == 128 and store.get_collection(conn, name).dimension == 128
+    assert summary["chunks_embedded"] == len(set(texts)), "no 384-d vector of the same model serves it"
+    full = embedder.encode_documents(texts)[:, :128]
+    assert np.allclose(vectors, full / np.linalg.norm(full, axis=1, keepdims=True), atol=1e-5), "re-normalised"
+    assert search(QUESTIONS[0], name, k=3, mode="semantic")
+
+
+def test_a_collection_built_before_these_options_needs_no_rebuild(corpus, name, conn):
+    run_ingest(folder_spec(name, corpus))
+    conn.execute("UPDATE ragpipe.collections SET settings = jsonb_set(settings, '{index}', "
+                 "(settings -> 'index') - 'quantization' - 'rerank') WHERE name = %s", (name,))  # as rows were
+    again = run_ingest(folder_spec(name, corpus))
+    assert "new_version" not in again and again["chunks_embedded"] == 0
+    assert "vector_cosine_ops" in index_definition(conn, name) and "vector(384)" in index_definition(conn, name)
