@@ -28,7 +28,10 @@ def stored_settings(spec: CollectionSpec) -> dict[str, Any]:
             **({"prompts": spec.prompts} if spec.prompts else {}),
             **({"embedder": spec.embedder} if spec.embedder else {}),
             **({"storage": spec.storage} if spec.storage != "float32" else {}),
-            **({"dimensions": spec.dimensions} if spec.dimensions else {})}
+            **({"dimensions": spec.dimensions} if spec.dimensions else {}),
+            **({"language": spec.language} if spec.language != "english" else {}),
+            **({"languages": sorted(set(spec.languages) - {spec.language})} if set(spec.languages) - {spec.language}
+               else {})}
 
 
 def text_tokens(chunk_tokens: int, chunk_context: bool, prompt_tokens: int = 0) -> int:
@@ -58,7 +61,18 @@ def build_key(model: str, chunk_tokens: int, chunk_overlap: int, settings: dict[
     index = {**DEFAULT_INDEX, **settings.get("index", {})}
     return (model, chunk_tokens, chunk_overlap, bool(settings.get("chunk_context")),
             *(index[k] for k in REBUILD_INDEX_KEYS), (settings.get("prompts") or {}).get("document"),
-            settings.get("storage", "float32"), settings.get("dimensions"))
+            settings.get("storage", "float32"), settings.get("dimensions"), settings.get("language", "english"),
+            tuple(settings.get("languages", ())))
+
+
+def check_languages(conn: psycopg.Connection, spec: CollectionSpec) -> None:
+    """ConfigError naming a language the database has no text search configuration for."""
+    wanted = {spec.language, *spec.languages}
+    missing = wanted - set(store.language_oids(conn, wanted))
+    if missing:
+        raise ConfigError(f"collection {spec.family!r}: the database has no text search configuration "
+                          f"{', '.join(sorted(missing))}; `SELECT cfgname FROM pg_ts_config` lists those it has "
+                          "(simple works for any language, without stemming)")
 
 
 def check_storage(family: str, model: str, dimension: int, settings: dict[str, Any]) -> None:
@@ -98,6 +112,7 @@ def open_collection(conn: psycopg.Connection, spec: CollectionSpec) -> tuple[sto
         raise ConfigError(f"collection {spec.name!r} was built with other settings; a run builds the new ones as "
                           "a new version (pipelines.versions.plan_versions)")
     check_storage(spec.family, spec.model, embedder.dimension, settings)
+    check_languages(conn, spec)
     collection = store.ensure_collection(conn, spec.name, spec.model, embedder.dimension, chunk_tokens,
                                          spec.chunk_overlap, settings)
     return collection, embedder

@@ -18,6 +18,8 @@ VERSION_MARK = "@v"
 """A version that is not the active one is named `<collection>@v<N>` (ragpipe.version_name in SQL)."""
 DEFAULT_INDEX = {"m": 16, "ef_construction": 64, "ef_search": 40, "keyword_candidates": 10_000,
                  "keyword_rescore": 200, "quantization": "none", "rerank": 40}
+LANGUAGE_PATTERN = r"^[a-z_][a-z0-9_]{0,62}$"
+"""A text search configuration's name (english, german, simple, ...; `\\dF` in psql lists them)."""
 STORAGE_LIMITS = {"float32": 2000, "halfvec": 4000, "binary": 64_000}
 """The widest vector pgvector's HNSW index takes on each type (binary: a bit string of the width)."""
 
@@ -88,6 +90,12 @@ class CollectionSpec:
     storage: str = "float32"
     """The type the HNSW index holds the vectors in: float32 (pgvector's vector) or halfvec (2 bytes a
     dimension, up to 4,000 dimensions). The table keeps float32. A change builds a new version."""
+    language: str = "english"
+    """The text search configuration of the collection's keyword search (stemming, stop words);
+    `simple` for code, ids and mixed scripts. A change builds a new version."""
+    languages: list[str] = dataclasses.field(default_factory=list)
+    """Other configurations a document may name in its metadata `language` (e.g. german, or ISO
+    code de); queries are parsed in all of them. A change builds a new version."""
     dimensions: int | None = None
     """Matryoshka truncation of a local model's vectors to this width, re-normalised (an API model:
     embedder.dimensions, which the endpoint makes). A change builds a new version."""
@@ -251,6 +259,8 @@ def collection_model() -> type[BaseModel]:
         prompts: PromptOptions = Field(default_factory=PromptOptions)
         embedder: ApiOptions | None = None
         storage: Literal["float32", "halfvec"] = "float32"
+        language: Annotated[str, Field(pattern=LANGUAGE_PATTERN)] = "english"
+        languages: list[Annotated[str, Field(pattern=LANGUAGE_PATTERN)]] = Field(default_factory=list)
         dimensions: Annotated[int, Field(ge=8, le=16_000)] | None = None
 
     return Collection

@@ -111,3 +111,60 @@ def test_a_collection_built_before_these_options_needs_no_rebuild(corpus, name, 
     again = run_ingest(folder_spec(name, corpus))
     assert "new_version" not in again and again["chunks_embedded"] == 0
     assert "vector_cosine_ops" in index_definition(conn, name) and "vector(384)" in index_definition(conn, name)
+
+
+def write(folder, files: dict[str, str]):
+    folder.mkdir(parents=True, exist_ok=True)
+    for rel, text in files.items():
+        (folder / rel).write_text(text)
+    return folder
+
+
+def keyword_ids(name: str, q: str) -> list[str]:
+    return [h.source_id for h in search(q, name, k=5, mode="keyword")]
+
+
+def test_german_and_french_collections_find_inflected_forms(tmp_path, name):
+    german = write(tmp_path / "de", {"haus.md": "# Wohnen\n\nDie alten Häuser am Fluss wurden renoviert.",
+                                     "auto.md": "# Verkehr\n\nViele Autos fahren durch die Stadt."})
+    run_ingest(folder_spec(f"{name}_de", german, language="german"))
+    assert keyword_ids(f"{name}_de", "Haus") == ["haus.md"], "Häuser is found by Haus"
+    french = write(tmp_path / "fr", {"chevaux.md": "# Ferme\n\nLes chevaux mangent du foin dans le pré.",
+                                     "vin.md": "# Cave\n\nLe vin rouge vieillit en fût."})
+    run_ingest(folder_spec(f"{name}_fr", french, language="french"))
+    assert keyword_ids(f"{name}_fr", "cheval") == ["chevaux.md"], "chevaux is found by cheval"
+    run_ingest(folder_spec(f"{name}_en", german))
+    assert keyword_ids(f"{name}_en", "Haus") == [], "English stemming does not find Häuser by Haus (the test can fail)"
+
+
+def test_a_mixed_collection_stems_each_document_in_its_own_language(tmp_path, name, conn):
+    import json
+
+    rows = [{"id": "en-1", "text": "The old houses by the river were restored.", "language": "en"},
+            {"id": "de-1", "text": "Die alten Häuser am Fluss wurden renoviert.", "language": "de"},
+            {"id": "de-2", "text": "Viele Autos fahren durch die Stadt.", "language": "german"},
+            {"id": "xx-1", "text": "Houses and cars in a language nobody declared.", "language": "klingon"}]
+    table = tmp_path / "rows.jsonl"
+    table.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    from pipelines.config import parse_collection
+
+    spec = parse_collection({"name": name, "languages": ["german"], "source": {
+        "kind": "tabular", "path": str(table), "id_column": "id", "text_column": "text"}}, where=name, base=tmp_path)
+    run_ingest(spec)
+    langs = dict(conn.execute("SELECT d.source_id, c.language::text FROM ragpipe.chunks c JOIN ragpipe.documents d "
+                              "ON d.id = c.document_id JOIN ragpipe.collections k ON k.id = c.collection_id "
+                              "WHERE k.name = %s", (name,)).fetchall())
+    assert langs == {"en-1": "english", "de-1": "german", "de-2": "german", "xx-1": "english"}
+    assert set(keyword_ids(name, "Haus")) == {"de-1"}, "a German query word finds the German document"
+    assert {"en-1", "xx-1"} <= set(keyword_ids(name, "house")), "an English one the English documents"
+    assert set(keyword_ids(name, "Häuser houses")) >= {"en-1", "de-1"}, "one query ranks both languages"
+
+
+def test_simple_matches_ids_exactly_and_a_missing_language_is_refused(tmp_path, name):
+    folder = write(tmp_path / "ids", {"a.md": "Error XK-4021B when running the importer.",
+                                      "b.md": "The runner stopped."})
+    run_ingest(folder_spec(name, folder, language="simple"))
+    assert keyword_ids(name, "xk-4021b") == ["a.md"]
+    assert keyword_ids(name, "run") == [], "simple does not stem"
+    with pytest.raises(ConfigError, match="no text search configuration klingon"):
+        run_ingest(folder_spec(f"{name}_x", folder, language="klingon"))

@@ -11,6 +11,7 @@ from pipelines import store
 from pipelines.collection import (
     REBUILD_INDEX_KEYS,
     build_key,
+    check_languages,
     check_storage,
     chunk_tokens_for,
     key_of,
@@ -49,6 +50,8 @@ def as_built(spec: CollectionSpec, version: store.Collection) -> CollectionSpec:
     return dataclasses.replace(spec, model=version.model, chunk_tokens=version.chunk_tokens,
                                chunk_overlap=version.chunk_overlap, prompts=prompts, embedder=embedder,
                                storage=version.settings.get("storage", "float32"),
+                               language=version.settings.get("language", "english"),
+                               languages=version.settings.get("languages", []),
                                dimensions=version.settings.get("dimensions"),
                                chunk_context=bool(version.settings.get("chunk_context")), index=index)
 
@@ -84,6 +87,7 @@ def plan_versions(conn: psycopg.Connection, spec: CollectionSpec) -> Targets:
                     f"it is kept in step, and `ragpipe promote {spec.name} {version}` makes it active")
     else:
         check_storage(spec.family, spec.model, embedder.dimension, stored_settings(spec))
+        check_languages(conn, spec)
         name = store.ensure_collection(conn, spec.name, spec.model, embedder.dimension, chunk_tokens,
                                        spec.chunk_overlap, stored_settings(spec), new_version_of=spec.name).name
         log.info("collection %s: new build settings in collections.yml; building version %s beside the active "

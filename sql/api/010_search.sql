@@ -206,6 +206,24 @@ $fn$;
 
 DROP FUNCTION IF EXISTS ragpipe.any_word_query(text);  -- replaced by words_query
 
+-- The text search configurations a collection's chunks are made in: its `language` (default
+-- english) and the other `languages` its documents may name.
+CREATE OR REPLACE FUNCTION ragpipe.collection_languages(settings jsonb) RETURNS regconfig[]
+LANGUAGE sql STABLE PARALLEL SAFE AS $fn$
+SELECT array_agg(DISTINCT l::regconfig)
+FROM (SELECT coalesce(settings ->> 'language', 'english') AS l
+      UNION ALL SELECT jsonb_array_elements_text(coalesce(settings -> 'languages', '[]'))) x
+$fn$;
+
+-- A query's words as every one of those languages stems them (English alone: to_tsvector('english')),
+-- so documents in different languages are found and ranked together by one BM25.
+CREATE OR REPLACE FUNCTION ragpipe.query_lexemes(settings jsonb, query_text text) RETURNS SETOF text
+LANGUAGE sql STABLE PARALLEL SAFE AS $fn$
+SELECT DISTINCT w.lexeme
+FROM unnest(ragpipe.collection_languages(settings)) l
+CROSS JOIN LATERAL unnest(to_tsvector(l, query_text)) w
+$fn$;
+
 -- keyword_search: BM25 (ragpipe.bm25_tf: k1 = 1.2, b = 0.75); any query word may match. Without a
 -- filter it reads the impact postings (below). With one, it scores the chunks' tsvectors as follows.
 -- Word frequencies come from ragpipe.term_stats, term frequencies from the tsvector (ts_rank_cd of a
@@ -241,7 +259,7 @@ BEGIN
     SELECT array_agg(x.lexeme ORDER BY x.c, x.lexeme), array_agg(x.c ORDER BY x.c, x.lexeme)
     INTO words, counts
     FROM (SELECT w.lexeme, coalesce(t.chunks, 0)::bigint AS c
-          FROM unnest(to_tsvector('english', left(coalesce(query_text, ''), 16384))) w
+          FROM ragpipe.query_lexemes(coll.settings, left(coalesce(query_text, ''), 16384)) w(lexeme)
           LEFT JOIN ragpipe.term_stats t ON t.collection_id = coll.id AND t.lexeme = w.lexeme
           ORDER BY coalesce(t.chunks, 0) = 0, coalesce(t.chunks, 0), w.lexeme
           LIMIT 32) x;

@@ -179,7 +179,7 @@ RETURNING d.source_id, d.id;
 
 -- name: copy_chunks
 COPY ragpipe.chunks (collection_id, document_id, ordinal, text, token_count, char_start, char_end,
-                     heading_path, content_hash, metadata, embedding)
+                     heading_path, content_hash, metadata, embedding, language)
 FROM STDIN (FORMAT BINARY);
 
 -- name: run_wrote
@@ -191,7 +191,7 @@ SELECT row_security_active('ragpipe.chunks');
 -- name: create_chunk_stage
 CREATE TEMP TABLE IF NOT EXISTS ragpipe_chunk_stage (
     collection_id int, document_id bigint, ordinal int, text text, token_count int, char_start int,
-    char_end int, heading_path text[], content_hash text, metadata jsonb, embedding vector
+    char_end int, heading_path text[], content_hash text, metadata jsonb, embedding vector, language regconfig
 ) ON COMMIT DELETE ROWS;
 
 -- name: copy_chunk_stage
@@ -199,8 +199,12 @@ COPY ragpipe_chunk_stage FROM STDIN (FORMAT BINARY);
 
 -- name: insert_chunk_stage
 INSERT INTO ragpipe.chunks (collection_id, document_id, ordinal, text, token_count, char_start, char_end,
-                           heading_path, content_hash, metadata, embedding)
+                           heading_path, content_hash, metadata, embedding, language)
 SELECT * FROM ragpipe_chunk_stage;
+
+-- name: language_oids
+-- The text search configurations of these names that the database has (regconfig's oid: COPY sends it).
+SELECT cfgname, oid::int8 FROM pg_ts_config WHERE cfgname = ANY(%s);
 
 -- name: record_failure
 INSERT INTO ragpipe.ingest_failures (run_id, collection_id, source_id, uri, stage, error)
