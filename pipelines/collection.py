@@ -16,6 +16,7 @@ from pipelines import store
 from pipelines.chunking import CONTEXT_TOKENS, check_chunk_settings
 from pipelines.config import DEFAULT_INDEX, STORAGE_LIMITS, CollectionSpec, ConfigError
 from pipelines.embed import Embedder, embedder_for, resolve_model
+from pipelines.store.languages import language_oids
 
 REBUILD_INDEX_KEYS = ("m", "ef_construction", "quantization")
 """Index settings that only a new build can change."""
@@ -68,7 +69,7 @@ def build_key(model: str, chunk_tokens: int, chunk_overlap: int, settings: dict[
 def check_languages(conn: psycopg.Connection, spec: CollectionSpec) -> None:
     """ConfigError naming a language the database has no text search configuration for."""
     wanted = {spec.language, *spec.languages}
-    missing = wanted - set(store.language_oids(conn, wanted))
+    missing = wanted - set(language_oids(conn, wanted))
     if missing:
         raise ConfigError(f"collection {spec.family!r}: the database has no text search configuration "
                           f"{', '.join(sorted(missing))}; `SELECT cfgname FROM pg_ts_config` lists those it has "

@@ -65,6 +65,8 @@ def test_upgrade_to_partitioned_chunks_keeps_every_chunk_index_and_grant(old_dat
 
     with connect(old_database, autocommit=True) as conn:
         assert conn.execute(CHUNKS).fetchall() == before, "every chunk kept, ids and all"
+        assert conn.execute("SELECT DISTINCT language::text FROM ragpipe.chunks").fetchall() == [("english",)], \
+            "migration 010: chunks made before languages stay english, their tsvectors unchanged"
         leaves = {r[0]: r[1] for r in conn.execute(
             "SELECT relid::regclass::text, (SELECT count(*) FROM ragpipe.chunks c WHERE c.tableoid = relid) "
             "FROM pg_partition_tree('ragpipe.chunks') WHERE isleaf")}

@@ -579,8 +579,7 @@ def bench_search(conn, chunks: int, queries: int) -> None:
         record("search", f"{mode}_search: p50 / p95", f"{np.percentile(lat, 50):.1f} / {np.percentile(lat, 95):.1f} ms",
                **{f"search.{scale}.{mode}_p50_ms": np.percentile(lat, 50),
                   f"search.{scale}.{mode}_p95_ms": np.percentile(lat, 95)})
-    if chunks <= 100_000:  # two more HNSW builds: at 1M they would double the run
-        bench_halfvec(conn, coll.id, qvec, [t for t, _ in truth])
+    bench_storage(conn, name, qvec, [t for t, _ in truth], scale)
 
 
 def bench_service(conn, chunks: int, queries: int) -> None:
@@ -644,28 +643,65 @@ def bench_service(conn, chunks: int, queries: int) -> None:
         record("service", "service RSS before / after the 60 s soak", f"{before:.0f} / {after:.0f} MB")
 
 
-def bench_halfvec(conn, collection_id: int, qvec: np.ndarray, truth: list[list[int]], ef: int = 80) -> None:
-    """The same vectors stored as vector(384) and as halfvec(384): table + HNSW size, recall@10 vs exact."""
-    for kind in ("vector", "halfvec"):
-        conn.execute(f"DROP TABLE IF EXISTS bench_{kind}")
-        conn.execute(f"CREATE TABLE bench_{kind} AS SELECT id, embedding::{kind}(384) AS embedding "
-                     "FROM ragpipe.chunks WHERE collection_id = %s", (collection_id,))
+STORAGE_VARIANTS = {"float32": {}, "halfvec": {"storage": "halfvec"},
+                    "binary": {"index": {"quantization": "binary", "rerank": 40}}}
+"""collections.yml settings of each storage choice (docs/models.md)."""
+
+
+def bench_storage(conn, name: str, qvec: np.ndarray, truth: list[list[int]], scale: str) -> None:
+    """The same chunks under each storage choice, through the product's own index build and
+    semantic_search: HNSW size and build time, recall@10 against exact search, p50 / p95."""
+    base = store.get_collection(conn, name)
+    assert base is not None
+    for label, extra in STORAGE_VARIANTS.items():
+        variant = f"{name}_{label}"
+        drop_collection(conn, variant)
+        settings = {**{k: v for k, v in extra.items() if k != "index"},
+                    "index": {"maintenance_work_mem_cap_mb": 4096, **extra.get("index", {})}}
+        coll = store.ensure_collection(conn, variant, DEFAULT_MODEL, 384, 256, 32, settings)
+        conn.execute("INSERT INTO ragpipe.chunks (collection_id, document_id, ordinal, text, token_count, char_start, "
+                     "char_end, heading_path, content_hash, metadata, embedding) SELECT %s, document_id, ordinal, "
+                     "text, token_count, char_start, char_end, heading_path, content_hash, metadata, embedding "
+                     "FROM ragpipe.chunks WHERE collection_id = %s", (coll.id, base.id))  # the same documents
+        store.analyze_collection(conn, coll.id)
         start = time.perf_counter()
-        conn.execute("SET maintenance_work_mem = '1GB'")  # as the pipeline sizes it: the graph fits in memory
-        conn.execute(f"CREATE INDEX bench_{kind}_idx ON bench_{kind} USING hnsw (embedding {kind}_cosine_ops)")
-        build_s = time.perf_counter() - start
-        table_mb, index_mb = conn.execute(f"SELECT pg_table_size('bench_{kind}') / 1e6, "
-                                          f"pg_relation_size('bench_{kind}_idx') / 1e6").fetchone()
-        hits = []
         with conn.transaction():
-            conn.execute(f"SET LOCAL hnsw.ef_search = {ef}")
+            store.ensure_hnsw_index(conn, coll)
+        build_s = time.perf_counter() - start
+        index_mb = conn.execute("SELECT pg_relation_size(('ragpipe.' || ragpipe.hnsw_index_name(%s))::regclass) / 1e6",
+                                (coll.id,)).fetchone()[0]
+        for v in qvec:  # a fresh index is read into shared buffers by its first searches
+            conn.execute("SELECT chunk_id FROM ragpipe.semantic_search(%s, %s, 10)", (variant, v)).fetchall()
+        for ef in (40, 80, 160):
+            store.set_index_settings(conn, coll.id, ef_search=ef)
+            hits, lat = [], []
             for v, t in zip(qvec, truth, strict=True):
-                rows = conn.execute(f"SELECT id FROM bench_{kind} ORDER BY embedding <=> %s::vector::{kind}(384) "
-                                    "LIMIT 10", (v,)).fetchall()
+                started = time.perf_counter()
+                rows = conn.execute("SELECT chunk_id FROM ragpipe.semantic_search(%s, %s, 10)", (variant, v)).fetchall()
+                lat.append((time.perf_counter() - started) * 1000)
                 hits.append(len({r[0] for r in rows} & set(t)) / 10)
-        record("halfvec", f"{kind}(384): table / HNSW index size, HNSW build, recall@10 (ef_search={ef})",
-               f"{table_mb:.0f} MB / {index_mb:.0f} MB, {build_s:.1f} s, {np.mean(hits):.3f}")
-        conn.execute(f"DROP TABLE bench_{kind}")
+            key = f"storage.{scale}.{label}.ef{ef}"
+            record("storage", f"{label}: HNSW index / build, semantic ef_search={ef}: recall@10, p50 / p95",
+                   f"{index_mb:.0f} MB / {build_s:.1f} s, {np.mean(hits):.3f}, "
+                   f"{np.percentile(lat, 50):.1f} / {np.percentile(lat, 95):.1f} ms",
+                   **{f"storage.{scale}.{label}.index_mb": index_mb, f"storage.{scale}.{label}.build_s": build_s,
+                      f"{key}.recall10": float(np.mean(hits)), f"{key}.p50_ms": float(np.percentile(lat, 50)),
+                      f"{key}.p95_ms": float(np.percentile(lat, 95))})
+        drop_collection(conn, variant)
+
+
+def bench_storage_quality() -> None:
+    """NFCorpus nDCG@10 of each storage choice and of Matryoshka truncation, as a ratio to float32/384."""
+    from pipelines.search.evaluate import evaluate
+
+    choices = {**STORAGE_VARIANTS, "dimensions-256": {"dimensions": 256}, "dimensions-128": {"dimensions": 128}}
+    scores = {}
+    for label, options in choices.items():
+        name = "beir_nfcorpus_" + label.replace("-", "_")
+        scores[label] = evaluate(CORPUS, ["semantic"], collection=name, options=options)["modes"]["semantic"]["ndcg@10"]
+        ratio = scores[label] / scores["float32"]
+        record("storage", f"{label}: {CORPUS_NAME} nDCG@10, semantic (ratio to float32/384)",
+               f"{scores[label]:.4f} ({ratio:.3f})", **{f"storage.nfcorpus.{label}.ndcg_ratio": ratio})
 
 
 def cpu_info() -> dict[str, Any]:
@@ -741,6 +777,7 @@ def main() -> None:
             bench_embedding(conn, tmp_path, cfg["embed_docs"])
             if scale == "large" or os.environ.get("BENCH_QUALITY") == "1":
                 bench_backend_quality()
+                bench_storage_quality()
         if "loading" in sections:
             bench_loading(conn, cfg["load_rows"])
         if "reruns" in sections:

@@ -33,8 +33,10 @@ SWEEP: list[dict[str, Any]] = ([{"fusion": "rrf", "rrf_k": k} for k in (10, 30, 
 
 def evaluate(dataset: Path, modes: list[str], collection: str | None = None, split: str = "test",
              model: str = DEFAULT_MODEL, max_queries: int | None = None, sweep: bool = False,
-             chunk_context: bool = False, chunk_tokens: int | None = None) -> dict[str, Any]:
-    """nDCG@10, Recall@100 and MRR@10 of each mode; with sweep, also of hybrid under each SWEEP setting."""
+             chunk_context: bool = False, chunk_tokens: int | None = None,
+             options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """nDCG@10, Recall@100 and MRR@10 of each mode; with sweep, also of hybrid under each SWEEP setting.
+    `options`: more collections.yml settings of the collection (storage, index, dimensions, prompts)."""
     from ranx import Qrels
 
     dataset = dataset.resolve()
@@ -43,6 +45,7 @@ def evaluate(dataset: Path, modes: list[str], collection: str | None = None, spl
     table = prepare_corpus(dataset, load_settings().home / "eval" / f"{name}.jsonl")
     spec = parse_collection({"name": name, "model": model, "docs_per_batch": 256, "duplicates": "keep",
                              "chunk_context": chunk_context, **({"chunk_tokens": chunk_tokens} if chunk_tokens else {}),
+                             **(options or {}),
                              "source": {"kind": "tabular", "path": str(table), "title_column": "title"}},
                             where=name, base=table.parent)
     ingest = run_ingest(spec)
