@@ -347,7 +347,7 @@ def test_an_api_model_under_airflow_takes_its_key_from_an_airflow_connection(air
 
     api_server.faults, api_server.seen = Faults(), Seen()
     monkeypatch.setenv("AIRFLOW_CONN_RAGPIPE_EMBEDDINGS", json.dumps({"conn_type": "generic", "password": KEY}))
-    write_collections(corpus, name, model="openai:minilm", chunk_tokens=256,
+    write_collections(corpus, name, model="openai:minilm-airflow", chunk_tokens=256,
                       embedder={"base_url": api_server.base_url, "connection": "ragpipe_embeddings"})
     assert run_dag(name).state == "success"
     run = last_run(conn, name)

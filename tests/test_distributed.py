@@ -56,7 +56,7 @@ def cluster(ragpipe_home: Path, db_url: str, folder: Path, tmp_path_factory, api
         {"name": name, "source": {"kind": "folder", "path": str(folder)}, "schedule": None,
          "docs_per_batch": DOCS_PER_BATCH} for name in ("dist", "dist_kill")] + [
         {"name": "dist_api", "source": {"kind": "folder", "path": str(folder)}, "schedule": None,
-         "docs_per_batch": DOCS_PER_BATCH, "model": "openai:minilm", "chunk_tokens": 256,
+         "docs_per_batch": DOCS_PER_BATCH, "model": "openai:minilm-celery", "chunk_tokens": 256,
          "embedder": {"base_url": api_server.base_url, "connection": "ragpipe_embeddings", "concurrency": 2}}]}))
     redis_port, api_port = free_port(), free_port()
     env = dict(os.environ, **airflow_environment(base / "airflow", metadata_db="airflow_celery"))

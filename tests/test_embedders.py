@@ -59,7 +59,8 @@ def endpoint(api_server, monkeypatch):
 
 
 def api_collection(name: str, path: Path, server, **embedder) -> dict:
-    return {"name": name, "source": {"kind": "folder", "path": str(path)}, "model": "openai:minilm",
+    # a model name of the test's own: vectors other tests stored for the same texts are not reused
+    return {"name": name, "source": {"kind": "folder", "path": str(path)}, "model": f"openai:minilm-{name}",
             "chunk_tokens": 256, "embedder": {"base_url": server.base_url, "api_key_env": "RAGPIPE_TEST_EMBEDDINGS_KEY",
                                               "max_backoff_s": 2, **embedder}}
 
@@ -170,7 +171,7 @@ def test_an_api_model_equals_the_local_model_and_never_shows_its_key(endpoint, c
     assert np.min(np.sum(vectors * local_vectors, axis=1)) >= 0.9999, "the endpoint's vectors, normalised"
     assert endpoint.seen.authorization == {f"Bearer {KEY}"}, "the key is sent as a bearer token"
     assert max(len(b["input"]) for b in endpoint.seen.bodies) <= 7, "batched by count"
-    assert store.get_collection(conn, name).model == "openai:minilm"
+    assert store.get_collection(conn, name).model == f"openai:minilm-{name}"
     for mode in ("semantic", "hybrid"):
         api = [h.source_id for h in search(QUESTION, name, k=5, mode=mode)]
         assert api == [h.source_id for h in search(QUESTION, f"{name}_local", k=5, mode=mode)] and api
@@ -194,7 +195,7 @@ def test_switching_a_local_collection_to_an_api_model_is_a_new_version_the_gate_
     built = run_ingest(declared(name))["new_version"]
     texts = len(set(stored(conn, name)[0]))
     assert built["promoted"] and built["chunks_embedded"] >= texts > 0, "no local vector serves the API model"
-    assert store.get_collection(conn, name).model == "openai:minilm"
+    assert store.get_collection(conn, name).model == f"openai:minilm-{name}"
     assert [h.source_id for h in search(QUESTION, name, k=5, mode="hybrid")] == before
 
 
@@ -272,7 +273,7 @@ def test_a_bad_answer_fails_its_batch_and_writes_nothing_of_it(endpoint, tmp_pat
         run_ingest(declared(name))
     first = {r[0] for r in chunk_state(conn, name)}
     assert len(first) == 3, "the first batch is stored, nothing of the failed one"
-    assert store.get_collection(conn, name).model == "openai:minilm#384", "the model id records the dimensions"
+    assert store.get_collection(conn, name).model == f"openai:minilm-{name}#384", "the model id records the width"
     assert run_ingest(declared(name))["new"] == 6
 
 
