@@ -20,6 +20,11 @@ DOCUMENT_PROMPT_NAMES = ("document", "passage", "corpus")
 """The prompt names sentence-transformers' encode_document looks for, in its order."""
 
 
+def normalised(vectors: np.ndarray) -> np.ndarray:
+    """Each row scaled to unit length (a zero row stays zero)."""
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+
+
 @dataclass
 class Loaded:
     model: Any
@@ -141,13 +146,12 @@ class LocalEmbedder(Embedder):
             vectors = self.model.encode(texts, prompt=prompt, batch_size=self.batch_size, normalize_embeddings=False,
                                         convert_to_tensor=True, show_progress_bar=False)
         vectors = vectors.float().cpu().numpy()
-        return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        return normalised(vectors)
 
     def truncated(self, vectors: np.ndarray) -> np.ndarray:
         if self.truncate_to is None:
             return vectors
-        cut = vectors[:, :self.dimension]
-        return cut / np.maximum(np.linalg.norm(cut, axis=1, keepdims=True), 1e-12)
+        return normalised(vectors[:, :self.dimension])
 
     def encode_documents(self, texts: list[str]) -> np.ndarray:
         return self.truncated(self.encode(texts, self.document_prompt))
