@@ -8,6 +8,8 @@ import pytest
 from pipelines.store.database import connect
 from pipelines.store.migrations import migrate
 
+HYBRID_SEARCH = "ragpipe.hybrid_search(text, text, vector, int, jsonb, float8, float8, int, int, text, float8, text)"
+
 CHUNKS = ("SELECT id, collection_id, document_id, ordinal, text, metadata, embedding::text, tsv::text, tenant "
           "FROM ragpipe.chunks ORDER BY id")
 
@@ -146,8 +148,8 @@ def test_managed_postgres_owner_without_superuser_or_createrole(tmp_path, corpus
             admin.execute("CREATE ROLE app_reader NOLOGIN")
         ragpipe("db", "grant-reader", "app_reader", env=owner)
         with connect(make_conninfo(admin_url, dbname="managed"), autocommit=True) as admin:
-            assert admin.execute("SELECT has_function_privilege('app_reader', "
-                                 "'ragpipe.keyword_search(text, text, int, jsonb)', 'EXECUTE')").fetchone() == (True,)
+            assert admin.execute("SELECT has_function_privilege('app_reader', 'ragpipe.keyword_search(text, text, int, "
+                                 "jsonb, text)', 'EXECUTE')").fetchone() == (True,)
     finally:
         stop_embedded_server(pgdata)
 
@@ -182,7 +184,7 @@ def test_search_functions_get_one_result_type_and_keep_their_grants(old_database
 
         assert may("ragpipe.semantic_search(text, vector, int, jsonb)")
         assert may("ragpipe.build_hnsw_index(int)")
-        assert may("ragpipe.hybrid_search(text, text, vector, int, jsonb, float8, float8, int, int, text, float8)")
+        assert may(HYBRID_SEARCH)
         assert conn.execute("SELECT count(*) FROM pg_proc WHERE proname = 'hybrid_search'").fetchone() == (1,)
         assert conn.execute("SELECT to_regprocedure('ragpipe.build_hnsw_index(int, int)')").fetchone() == (None,)
         results = conn.execute("SELECT DISTINCT pg_get_function_result(oid) FROM pg_proc WHERE proname IN "
@@ -192,3 +194,36 @@ def test_search_functions_get_one_result_type_and_keep_their_grants(old_database
         hit = conn.execute("SELECT * FROM ragpipe.semantic_search('alpha', '[1,0,1]', 1)")
         assert [c.name for c in hit.description][:2] == ["chunk_id", "source_id"]
         assert hit.fetchone()[1] == "alpha-0"
+
+
+def test_the_language_argument_replaces_the_search_functions_and_keeps_their_grants(old_database):
+    """A database of the release before `language`: keyword_search(text, text, int, jsonb) and the
+    11-argument hybrid_search are replaced by one function each, granted to the same roles."""
+    migrate(old_database)
+    hit = "SELECT NULL::bigint, NULL, NULL, NULL, NULL, NULL::jsonb, 0::float8"
+    with connect(old_database, autocommit=True, vector_types=False) as conn:
+        conn.execute("DROP FUNCTION ragpipe.keyword_search(text, text, int, jsonb, text)")
+        conn.execute("DROP FUNCTION ragpipe.hybrid_search(text, text, vector, int, jsonb, float8, float8, int, int, "
+                     "text, float8, text)")
+        conn.execute(f"""CREATE FUNCTION ragpipe.keyword_search(collection text, query_text text, k int DEFAULT 10,
+                             filter jsonb DEFAULT NULL) RETURNS SETOF ragpipe.search_hit LANGUAGE sql AS '{hit}'""")
+        conn.execute(f"""CREATE FUNCTION ragpipe.hybrid_search(collection text, query_text text, query_embedding vector,
+                             k int DEFAULT 10, filter jsonb DEFAULT NULL, semantic_weight float8 DEFAULT NULL,
+                             keyword_weight float8 DEFAULT NULL, rrf_k int DEFAULT NULL, candidates int DEFAULT NULL,
+                             fusion text DEFAULT NULL, alpha float8 DEFAULT NULL)
+                         RETURNS SETOF ragpipe.search_hit LANGUAGE sql AS '{hit}'""")
+        conn.execute("GRANT EXECUTE ON FUNCTION ragpipe.keyword_search(text, text, int, jsonb), "
+                     "ragpipe.hybrid_search(text, text, vector, int, jsonb, float8, float8, int, int, text, float8) "
+                     "TO old_app")
+        conn.execute("DELETE FROM ragpipe.schema_migrations WHERE name LIKE 'api/%'")  # the API of that release
+
+    assert "api/010_search.sql" in migrate(old_database)
+    with connect(old_database, autocommit=True) as conn:
+        def may(function: str) -> bool:
+            return conn.execute("SELECT has_function_privilege('old_app', %s, 'EXECUTE')", (function,)).fetchone()[0]
+
+        assert may("ragpipe.keyword_search(text, text, int, jsonb, text)")
+        assert may(HYBRID_SEARCH)
+        functions = conn.execute("SELECT proname, count(*) FROM pg_proc WHERE proname IN ('keyword_search', "
+                                 "'hybrid_search') GROUP BY 1 ORDER BY 1").fetchall()
+        assert functions == [("hybrid_search", 1), ("keyword_search", 1)]

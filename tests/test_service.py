@@ -489,3 +489,32 @@ def test_the_warm_up_never_makes_a_request_wait_for_the_database(sample):
     assert calls == ["/api/v2/x"] and service._warming is not None
     assert service.warmed.wait(120)
     service.db.close()
+
+
+def test_a_mixed_language_truncated_collection_is_searched_and_marked_in_each_language(served, tmp_path, name):
+    """A collection with German documents beside English ones and `dimensions: 128`: the service embeds
+    the query at the collection's width, parses it in every language (or the one asked) and marks
+    each passage's words as its own language stems them."""
+    import re
+
+    from pipelines.config import parse_collection
+
+    rows = [{"id": "en-1", "text": "The old houses by the river were restored.", "language": "en"},
+            {"id": "de-1", "text": "Die alten Häuser am Fluss wurden renoviert.", "language": "de"}]
+    table = tmp_path / "rows.jsonl"
+    table.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    run_ingest(parse_collection({"name": name, "languages": ["german"], "dimensions": 128, "source": {
+        "kind": "tabular", "path": str(table), "id_column": "id", "text_column": "text"}}, where=name, base=tmp_path))
+
+    def found(**params) -> httpx.Response:
+        return httpx.get(f"{served}/api/search", params=dict(collection=name, k=5, **params), timeout=60)
+
+    assert {h["source_id"] for h in found(q="Häusern", mode="keyword").json()["results"]} == {"de-1"}
+    assert found(q="Häusern", mode="keyword", language="english").json()["results"] == []
+    semantic = found(q="restored houses near a river", mode="semantic")
+    assert semantic.status_code == 200 and len(semantic.json()["results"]) == 2, semantic.text
+    refused = found(q="houses", language="klingon")
+    assert refused.status_code == 400 and "'klingon' is not a text search configuration" in refused.json()["detail"]
+    html = httpx.get(f"{served}/", params=dict(collection=name, q="Häusern houses", mode="keyword"), timeout=60).text
+    marked = re.findall(r"<mark>(.*?)</mark>", html.split('id="results"', 1)[1])
+    assert sorted(marked) == ["Häuser", "houses"], "each passage stemmed in its own language"

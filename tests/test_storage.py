@@ -150,7 +150,7 @@ def test_a_mixed_collection_stems_each_document_in_its_own_language(tmp_path, na
 
     spec = parse_collection({"name": name, "languages": ["german"], "source": {
         "kind": "tabular", "path": str(table), "id_column": "id", "text_column": "text"}}, where=name, base=tmp_path)
-    run_ingest(spec)
+    summary = run_ingest(spec)
     langs = dict(conn.execute("SELECT d.source_id, c.language::text FROM ragpipe.chunks c JOIN ragpipe.documents d "
                               "ON d.id = c.document_id JOIN ragpipe.collections k ON k.id = c.collection_id "
                               "WHERE k.name = %s", (name,)).fetchall())
@@ -158,6 +158,42 @@ def test_a_mixed_collection_stems_each_document_in_its_own_language(tmp_path, na
     assert set(keyword_ids(name, "Haus")) == {"de-1"}, "a German query word finds the German document"
     assert {"en-1", "xx-1"} <= set(keyword_ids(name, "house")), "an English one the English documents"
     assert set(keyword_ids(name, "Häuser houses")) >= {"en-1", "de-1"}, "one query ranks both languages"
+
+    notes = conn.execute("SELECT f.source_id, f.stage, f.error FROM ragpipe.ingest_failures f WHERE f.run_id = %s",
+                         (summary["id"],)).fetchall()
+    assert [(s, stage) for s, stage, _ in notes] == [("xx-1", "language")], "the fallback is recorded with the run"
+    assert "'klingon'" in notes[0][2] and "indexed in english" in notes[0][2]
+    assert summary["failed"] == 0, "a fallback is a note: the document is indexed"
+
+
+def test_the_query_language_argument_parses_the_query_in_that_language_alone(tmp_path, name, conn):
+    import json
+
+    import psycopg
+
+    from pipelines.config import parse_collection
+
+    rows = [{"id": "en-1", "text": "The old houses by the river were restored.", "language": "en"},
+            {"id": "de-1", "text": "Die alten Häuser am Fluss wurden renoviert.", "language": "de"}]
+    table = tmp_path / "rows.jsonl"
+    table.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    run_ingest(parse_collection({"name": name, "languages": ["german"], "source": {
+        "kind": "tabular", "path": str(table), "id_column": "id", "text_column": "text"}}, where=name, base=tmp_path))
+
+    def ids(q: str, mode: str = "keyword", **kw) -> set[str]:
+        return {h.source_id for h in search(q, name, k=5, mode=mode, **kw)}
+
+    assert ids("Häusern") == {"de-1"}, "every language the collection holds, by default"
+    assert ids("Häusern", language="english") == set(), "English alone does not stem Häusern to haus"
+    assert ids("Häusern", language="de") == ids("Häusern", language="german") == {"de-1"}, "ISO codes too"
+    assert ids("houses", language="english") == {"en-1"}
+    hybrid = conn.execute("SELECT source_id FROM ragpipe.hybrid_search(%s, 'Häusern', NULL, 5, language => 'english')",
+                          (name,)).fetchall()
+    assert hybrid == [], "hybrid_search passes its language to keyword_search"
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match="klingon.* is not a text search configuration"):
+        conn.execute("SELECT * FROM ragpipe.keyword_search(%s, 'houses', 5, NULL, 'klingon')", (name,))
+    assert conn.execute("SELECT count(*) FROM ragpipe.keyword_search(%s, 'houses')", (name,)).fetchone() == (1,), \
+        "consumers' SQL without the argument still calls the one keyword_search"
 
 
 def test_simple_matches_ids_exactly_and_a_missing_language_is_refused(tmp_path, name):

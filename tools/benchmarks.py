@@ -2,7 +2,8 @@
 
 BENCH_SCALE=small (default, a few minutes) or large; BENCH_QUALITY=1 adds the NFCorpus nDCG@10 of the
 torch and onnx-int8 backends to a small run (always part of large; ~15 min the first time, cached after).
-BENCH_SECTIONS=embedding,loading,reruns,versions,search,service (the default: all) runs some of them. Results go to
+BENCH_SECTIONS=embedding,loading,reruns,versions,search,service (the default: all) runs some of them;
+BENCH_SECTIONS=quality runs only the NFCorpus nDCG@10 of the backends and storage choices. Results go to
 stdout, docs/benchmarks[-large][-SECTIONS].md and the same figures as .json beside it; the report names
 the CPU model and the flags that decide the fastest embedding backend (AVX2, AVX-512 VNNI/BF16, AMX).
 Everything runs through the real pipeline, model and embedded PostgreSQL; synthetic corpora are
@@ -708,6 +709,10 @@ def bench_storage_quality() -> None:
                f"{scores[label]:.4f} ({ratio:.3f})", **{f"storage.nfcorpus.{label}.ndcg_ratio": ratio})
 
 
+def quality_asked() -> bool:
+    return os.environ.get("BENCH_QUALITY") == "1"
+
+
 def cpu_info() -> dict[str, Any]:
     from pipelines.embed.hardware import cpu_model_and_flags
 
@@ -723,7 +728,7 @@ def machine() -> str:
 
 
 def write_report(scale: str, seconds: float) -> Path:
-    quality = " BENCH_QUALITY=1" if os.environ.get("BENCH_QUALITY") == "1" else ""
+    quality = " BENCH_QUALITY=1" if quality_asked() else ""
     if os.environ.get("BENCH_SECTIONS"):
         quality += f" BENCH_SECTIONS={os.environ['BENCH_SECTIONS']}"
     lines = [
@@ -779,9 +784,9 @@ def main() -> None:
                    "../shared/data/beir/nfcorpus (docs/search-quality.md says where to get one)")
         if "embedding" in sections:
             bench_embedding(conn, tmp_path, cfg["embed_docs"])
-            if scale == "large" or os.environ.get("BENCH_QUALITY") == "1":
-                bench_backend_quality()
-                bench_storage_quality()
+        if "quality" in sections or ("embedding" in sections and (scale == "large" or quality_asked())):
+            bench_backend_quality()
+            bench_storage_quality()
         if "loading" in sections:
             bench_loading(conn, cfg["load_rows"])
         if "reruns" in sections:

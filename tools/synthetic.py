@@ -14,7 +14,7 @@ from pipelines.settings import PROJECT_ROOT
 
 NFCORPUS = PROJECT_ROOT.parent / "shared" / "data" / "beir" / "nfcorpus"
 SAMPLE_RECORDS = PROJECT_ROOT / "examples" / "corpus" / "records.jsonl"
-NEEDS_CORPUS = ("embedding", "versions", "search", "service")
+NEEDS_CORPUS = ("embedding", "quality", "versions", "search", "service")
 """The bench sections whose figures mean something only on a real corpus (BENCH_QUALITY's too)."""
 
 

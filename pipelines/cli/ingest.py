@@ -118,7 +118,8 @@ def ingest(source: str | None, collection: str, full_refresh: bool, limit: int |
 
 @click.command()
 @click.option("-c", "--collection", help="Only this collection.")
-@click.option("--failures", is_flag=True, help="List the failed documents of the last run.")
+@click.option("--failures", is_flag=True, help="List the last run's failed documents, and those it indexed with a note "
+              "(a duplicate, a language it did not know).")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 def status(collection: str | None, failures: bool, as_json: bool) -> None:
     """Collections with document and chunk counts, their last run and its failures."""

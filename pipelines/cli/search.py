@@ -35,12 +35,15 @@ def print_hits(results: list, as_json: bool) -> None:
 @click.option("--mode", type=click.Choice(["hybrid", "semantic", "keyword"]), default="hybrid", show_default=True,
               help="hybrid fuses semantic and keyword rankings (reciprocal rank fusion); best on NFCorpus.")
 @click.option("--filter", "filter_", help='Document metadata that must match (JSON), e.g. \'{"topic": "soy"}\'.')
+@click.option("--language", help="Parse QUERY's words in this language alone (a text search configuration or ISO "
+              "code: german, de); default: in every language the collection holds. Keyword and hybrid modes.")
 @click.option("--json", "as_json", is_flag=True, help="Print results as a JSON list.")
-def search(query: str, collection: str, k: int, mode: str, filter_: str | None, as_json: bool) -> None:
+def search(query: str, collection: str, k: int, mode: str, filter_: str | None, language: str | None,
+           as_json: bool) -> None:
     """Search a collection: the K chunks that best match QUERY."""
     from pipelines.search import search as run_search
 
-    hits = run_search(query, collection=collection, k=k, filter=parse_filter(filter_), mode=mode)
+    hits = run_search(query, collection=collection, k=k, filter=parse_filter(filter_), mode=mode, language=language)
     print_hits(hits, as_json)
     if not hits and not as_json:
         click.echo(f"no results in {collection!r} ({mode} search{', with that filter' if filter_ else ''}): "

@@ -24,14 +24,17 @@ from pipelines.collection import query_embedder
 from pipelines.config import version_name
 from pipelines.store.connection import open_database
 from pipelines.store.database import connect
+from pipelines.store.languages import named_language
 from pipelines.store.sqlfiles import query
 
 Mode = Literal["semantic", "keyword", "hybrid"]
 MODES: tuple[Mode, ...] = ("hybrid", "semantic", "keyword")
 DEFAULT_MODE: Mode = "hybrid"
 Fusion = Literal["rrf", "convex"]
-HYBRID_DEFAULTS: dict[str, Any] = dict(semantic_weight=None, keyword_weight=None, rrf_k=None, fusion=None, alpha=None)
-"""hybrid_search's fusion arguments; None takes the collection's default (collections.yml `search:`)."""
+HYBRID_DEFAULTS: dict[str, Any] = dict(semantic_weight=None, keyword_weight=None, rrf_k=None, fusion=None, alpha=None,
+                                       language=None)
+"""hybrid_search's optional arguments: None takes the collection's default (collections.yml `search:`;
+`language`: the query in every language the collection holds)."""
 
 
 @dataclass(frozen=True)
@@ -82,8 +85,10 @@ def embed_query(collection: str, text: str, url: str | None = None) -> tuple[np.
 def search(text: str, collection: str, k: int = 10, filter: dict[str, Any] | None = None,
            mode: Mode = DEFAULT_MODE, url: str | None = None, semantic_weight: float | None = None,
            keyword_weight: float | None = None, rrf_k: int | None = None, fusion: Fusion | None = None,
-           alpha: float | None = None) -> list[SearchResult]:
-    """The k chunks that best match `text`, best first. The fusion arguments apply to mode="hybrid"."""
+           alpha: float | None = None, language: str | None = None) -> list[SearchResult]:
+    """The k chunks that best match `text`, best first. The fusion arguments apply to mode="hybrid";
+    `language` (e.g. "german" or "de") parses the keyword query in that language alone, instead of
+    in every language the collection holds."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if mode == "keyword":
@@ -93,7 +98,7 @@ def search(text: str, collection: str, k: int = 10, filter: dict[str, Any] | Non
         embedding, collection = embed_query(collection, text, url)
     params = dict(collection=collection, embedding=embedding, text=text, k=k, filter=jsonb_filter(filter),
                   semantic_weight=semantic_weight, keyword_weight=keyword_weight, rrf_k=rrf_k, fusion=fusion,
-                  alpha=alpha)
+                  alpha=alpha, language=named_language(language) if language else None)
     return _results(mode, params, url)
 
 

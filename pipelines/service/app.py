@@ -82,11 +82,13 @@ def create_app(settings: Settings | None = None, warm: bool = False, bind: str |
                k: Annotated[int, Query(ge=1, le=MAX_K)] = 10,
                mode: Annotated[Mode, Query()] = "hybrid",
                filter: Annotated[str | None, Query(description='JSON object, e.g. {"topic": "soy"}')] = None,
+               language: Annotated[str | None, Query(max_length=64, description="the query's language (german, de); "
+                                                     "default: every language of the collection")] = None,
                authorization: Auth = None) -> dict[str, Any]:
         """The k best chunks for q: the rows of ragpipe.<mode>_search, plus took_ms."""
         started = time.perf_counter()
         role = service.role(authorization)
-        hits = service.search(role, collection, q, k, mode, parse_filter(filter))
+        hits = service.search(role, collection, q, k, mode, parse_filter(filter), language)
         return {"collection": collection, "mode": mode, "k": k, "took_ms": _ms(started),
                 "results": [h.to_dict() for h in hits]}
 

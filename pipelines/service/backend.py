@@ -10,9 +10,10 @@ from pipelines.config import version_name
 from pipelines.search import HYBRID_DEFAULTS, Mode, RagContext, SearchResult, jsonb_filter, rag_context_row, run_search
 from pipelines.service.access import Access
 from pipelines.service.database import ServiceDatabase
-from pipelines.service.requests import Forbidden, NotFound, RagContextRequest, check_query
+from pipelines.service.requests import BadRequest, Forbidden, NotFound, RagContextRequest, check_query
 from pipelines.settings import Settings
 from pipelines.store.database import database_url, mask_url
+from pipelines.store.languages import collection_languages, language_of, named_language
 
 log = logging.getLogger(__name__)
 COLLECTIONS = ("SELECT collection AS name, model, documents, chunks, last_run_status, last_run_at "
@@ -27,10 +28,11 @@ ORDER BY k.name"""
 """What a tenant role sees of the collections: those with documents row-level security gives it, counted
 as it sees them, without the runs (they are every tenant's)."""
 MARK_START, MARK_END = "\x02", "\x03"
-MARKED = ("SELECT ts_headline('english', t, plainto_tsquery('english', %s), "
+MARKED = ("SELECT ts_headline(l::regconfig, t, plainto_tsquery(l::regconfig, %s), "
           "'HighlightAll=true, StartSel=\x02, StopSel=\x03') "
-          "FROM unnest(%s::text[]) WITH ORDINALITY u(t, i) ORDER BY i")
-"""Marks around the query's words in a text (not HTML: the page escapes the text, then marks them)."""
+          "FROM unnest(%s::text[], %s::text[]) WITH ORDINALITY u(t, l, i) ORDER BY i")
+"""Marks around the query's words in each text, as that text's language stems them (not HTML: the page
+escapes the text, then marks them)."""
 
 
 def declared_models(settings: Settings) -> set[str]:
@@ -122,14 +124,18 @@ class SearchService:
                 TENANT_COLLECTIONS if tenant else COLLECTIONS).fetchall()
         return [dict(r, last_run_at=r["last_run_at"].isoformat() if r["last_run_at"] else None) for r in rows]
 
-    def marked(self, texts: list[str], q: str) -> list[str]:
-        """Each text with the words of `q` that keyword search matches (English stemming, never a
-        stopword) between MARK_START and MARK_END, as PostgreSQL's ts_headline finds them."""
-        if not texts:
+    def marked(self, collection: str, results: list[SearchResult], q: str, language: str | None = None) -> list[str]:
+        """Each result's text with the words of `q` that keyword search matches (stemmed in the
+        language its chunk was made in, or `language`; never a stopword) between MARK_START and
+        MARK_END, as PostgreSQL's ts_headline finds them."""
+        if not results:
             return []
-        clean = [t.replace(MARK_START, "").replace(MARK_END, "") for t in texts]
+        default, allowed = collection_languages(self.version_of(collection)[2])
+        languages = [named_language(language) if language else language_of(r.metadata, default, allowed)[0]
+                     for r in results]
+        clean = [r.text.replace(MARK_START, "").replace(MARK_END, "") for r in results]
         with self.db.session() as conn:
-            return [r[0] for r in conn.execute(MARKED, (q, clean)).fetchall()]
+            return [r[0] for r in conn.execute(MARKED, (q, clean, languages)).fetchall()]
 
     def version_of(self, collection: str) -> tuple[str, str, dict[str, Any]]:
         """(model, `name@vN`, query settings) of the collection's active version: a request embeds
@@ -149,7 +155,7 @@ class SearchService:
         return query_embedder(collection, model, settings).embed_query(text), version
 
     def search(self, role: str, collection: str, q: str, k: int, mode: Mode,
-               filter: dict[str, Any] | None) -> list[SearchResult]:
+               filter: dict[str, Any] | None, language: str | None = None) -> list[SearchResult]:
         check_query(q)
         tenant = self.db.is_tenant(role)
         if tenant and mode != "semantic":
@@ -158,10 +164,21 @@ class SearchService:
             embedding, collection = None, self.version_of(collection)[1]  # unknown names: a 404 in every mode
         else:
             embedding, collection = self.embed(collection, q)
-        params = dict(collection=collection, text=q, embedding=embedding, k=k, filter=jsonb_filter(filter),
-                      **HYBRID_DEFAULTS)
+        params = dict(HYBRID_DEFAULTS, collection=collection, text=q, embedding=embedding, k=k,
+                      filter=jsonb_filter(filter), language=self.checked_language(language))
         with self.db.session(role) as conn:
             return run_search(conn, "tenant" if tenant else mode, params)
+
+    def checked_language(self, language: str | None) -> str | None:
+        """The text search configuration `language` names (None for none), or BadRequest."""
+        if not language:
+            return None
+        name = named_language(language)
+        with self.db.session() as conn:
+            if conn.execute("SELECT 1 FROM pg_ts_config WHERE cfgname = %s", (name,)).fetchone() is None:
+                raise BadRequest(f"language {language!r} is not a text search configuration of the database "
+                                 "(english, german, simple, ...: SELECT cfgname FROM pg_ts_config)")
+        return name
 
     def similar(self, role: str, collection: str, source_id: str, k: int) -> list[SearchResult]:
         self.forbid_tenant(role, "similar documents")

@@ -31,6 +31,7 @@ def render_page(service: Any, params: QueryParams, authorization: str | None) ->
     view: dict[str, Any] = dict(collection=params.get("collection", ""), q=params.get("q", ""),
                                 mode=params.get("mode", "hybrid"), filter=params.get("filter", ""),
                                 similar=params.get("similar"), k=params.get("k", str(DEFAULT_K)),
+                                language=params.get("language") or None,
                                 modes=MODES, collections=[], results=None, documents=None, error=None, took_ms=None)
     try:
         role = service.role(authorization)
@@ -49,8 +50,9 @@ def render_page(service: Any, params: QueryParams, authorization: str | None) ->
             marked = [escape(r.text) for r in view["results"]]
         elif view["q"].strip():
             view["results"] = service.search(role, view["collection"], view["q"], k, view["mode"],
-                                             parse_filter(view["filter"]))
-            marked = [highlight(t) for t in service.marked([r.text for r in view["results"]], view["q"])]
+                                             parse_filter(view["filter"]), view["language"])
+            marked = [highlight(t) for t in service.marked(view["collection"], view["results"], view["q"],
+                                                           view["language"])]
         if view["results"] is not None:
             view["documents"] = by_document(view["results"], marked)
         view["took_ms"] = round((time.perf_counter() - started) * 1000, 1)

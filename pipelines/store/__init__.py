@@ -189,8 +189,11 @@ def replace_documents(conn: psycopg.Connection, collection: Collection, run_id: 
         [d.fingerprint for d in docs], [json.dumps(d.metadata) for d in docs], [len(d.chunks) for d in docs],
         [d.body_hash for d in docs],
     )).fetchall()
-    copy_chunks(conn, collection.id, dict(rows), docs, document_languages(conn, collection, docs))
+    languages, fell_back = document_languages(conn, collection, docs)
+    copy_chunks(conn, collection.id, dict(rows), docs, languages)
     add_postings(conn, collection.id, [doc_id for _, doc_id in rows])
+    for d, reason in fell_back:  # indexed, with a note: `ragpipe status --failures` lists it
+        record_failure(conn, run_id, collection.id, d.source_id, d.uri, "language", reason)
 
 
 def copy_chunks(conn: psycopg.Connection, collection_id: int, doc_ids: dict[str, int],

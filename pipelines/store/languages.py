@@ -23,24 +23,44 @@ def language_oids(conn: psycopg.Connection, names: Iterable[str]) -> dict[str, i
     return dict(conn.execute(query("store", "language_oids"), (sorted(set(names)),)).fetchall())
 
 
+def named_language(name: str) -> str:
+    """A language as written by a user (a configuration name or an ISO 639-1 code) as its text search
+    configuration's name: `de` and `German` are `german`."""
+    wanted = name.strip().lower()
+    return ISO_LANGUAGES.get(wanted, wanted)
+
+
+def collection_languages(settings: dict[str, Any]) -> tuple[str, list[str]]:
+    """(a collection's own language, every language its chunks may be made in), from its settings."""
+    default = settings.get("language", "english")
+    return default, [default, *(x for x in settings.get("languages", []) if x != default)]
+
+
+def language_of(metadata: Any, default: str, allowed: Iterable[str]) -> tuple[str, str | None]:
+    """The language a document's chunks are made in: its metadata `language` when that is one of
+    `allowed`, else `default`; and the reason it fell back (None when it did not)."""
+    named = metadata.get("language") if isinstance(metadata, dict) else None
+    if not isinstance(named, str) or not named.strip():
+        return default, None
+    allowed = list(allowed)
+    wanted = named_language(named)
+    if wanted in allowed:
+        return wanted, None
+    return default, (f"language {named!r} is not among the collection's ({', '.join(allowed)}): indexed in "
+                     f"{default}; add it to the collection's `languages` to stem it as {wanted}")
+
+
 def document_languages(conn: psycopg.Connection, collection: Any,
-                       docs: list[Any]) -> dict[str, int]:
-    """Each document's text search configuration (as its oid): its metadata `language` (a name or
-    an ISO code) when it is one of the collection's languages, else the collection's own; an
-    unknown value is logged and falls back."""
-    default = collection.settings.get("language", "english")
-    allowed = language_oids(conn, [default, *collection.settings.get("languages", [])])
-    chosen = {}
+                       docs: list[Any]) -> tuple[dict[str, int], list[tuple[Any, str]]]:
+    """Each document's text search configuration (as its oid, language_of), and the documents that
+    fell back to the collection's language, with the reason (recorded with the run)."""
+    default, names = collection_languages(collection.settings)
+    allowed = language_oids(conn, names)
+    chosen, notes = {}, []
     for d in docs:
-        named = d.metadata.get("language") if isinstance(d.metadata, dict) else None
-        language = default
-        if isinstance(named, str) and named.strip():
-            wanted = ISO_LANGUAGES.get(named.strip().lower(), named.strip().lower())
-            if wanted in allowed:
-                language = wanted
-            else:
-                log.warning("collection %s: document %s names language %r, which is not among the collection's "
-                            "(%s): it is indexed in %s", collection.name, d.source_id, named, ", ".join(allowed),
-                            default)
+        language, reason = language_of(d.metadata, default, allowed)
         chosen[d.source_id] = allowed[language]
-    return chosen
+        if reason:
+            log.warning("collection %s: document %s: %s", collection.name, d.source_id, reason)
+            notes.append((d, reason))
+    return chosen, notes

@@ -7,28 +7,31 @@
 -- spliced; the only formatted parts of dynamic SQL are integers from ragpipe.collections.
 
 -- CREATE OR REPLACE cannot change a function's result or arguments: the functions whose result is
--- not yet ragpipe.search_hit (before 006_search_hit.sql), build_hnsw_index(int, int) and the
--- 9-argument hybrid_search (before its fusion and alpha) are dropped here and created below; their
--- EXECUTE grants are given back at the end of this file.
-CREATE TEMP TABLE replaced_grants ON COMMIT DROP AS
-SELECT regexp_replace(regexp_replace(p.oid::regprocedure::text, '^ragpipe\.build_hnsw_index\(.*\)$',
-                                     'ragpipe.build_hnsw_index(integer)'),
-                      '^ragpipe\.hybrid_search\((.*)\)$', 'ragpipe.hybrid_search(\1, text, double precision)') AS function,
-       a.grantee::regrole::text AS grantee
-FROM pg_proc p CROSS JOIN LATERAL aclexplode(p.proacl) a
-WHERE p.pronamespace = 'ragpipe'::regnamespace AND a.grantee <> p.proowner AND a.grantee <> 0
+-- not yet ragpipe.search_hit (before 006_search_hit.sql), build_hnsw_index(int, int), and every
+-- keyword_search and hybrid_search without the trailing `language` argument are dropped here and
+-- created below; their EXECUTE grants are given back, to the new signatures, at the end of this file.
+CREATE TEMP TABLE replaced_functions ON COMMIT DROP AS
+SELECT p.oid, CASE p.proname
+           WHEN 'build_hnsw_index' THEN 'ragpipe.build_hnsw_index(integer)'
+           WHEN 'keyword_search' THEN 'ragpipe.keyword_search(text, text, integer, jsonb, text)'
+           WHEN 'hybrid_search' THEN 'ragpipe.hybrid_search(text, text, vector, integer, jsonb, double precision, '
+                                     'double precision, integer, integer, text, double precision, text)'
+           ELSE p.oid::regprocedure::text END AS function
+FROM pg_proc p
+WHERE p.pronamespace = 'ragpipe'::regnamespace
   AND (pg_get_function_result(p.oid) LIKE 'TABLE(chunk_id bigint, document_id text,%'
        OR p.oid = to_regprocedure('ragpipe.build_hnsw_index(int, int)')
-       OR p.oid = to_regprocedure('ragpipe.hybrid_search(text, text, vector, int, jsonb, float8, float8, int, int)'));
+       OR (p.proname = 'keyword_search' AND p.pronargs <> 5)
+       OR (p.proname = 'hybrid_search' AND p.pronargs <> 12));
+CREATE TEMP TABLE replaced_grants ON COMMIT DROP AS
+SELECT DISTINCT r.function, a.grantee::regrole::text AS grantee
+FROM replaced_functions r JOIN pg_proc p ON p.oid = r.oid CROSS JOIN LATERAL aclexplode(p.proacl) a
+WHERE a.grantee <> p.proowner AND a.grantee <> 0;
 DO $$
 DECLARE
     f regprocedure;
 BEGIN
-    FOR f IN SELECT p.oid FROM pg_proc p
-             WHERE p.pronamespace = 'ragpipe'::regnamespace
-               AND (pg_get_function_result(p.oid) LIKE 'TABLE(chunk_id bigint, document_id text,%'
-                    OR p.oid = to_regprocedure('ragpipe.build_hnsw_index(int, int)')
-                    OR p.oid = to_regprocedure('ragpipe.hybrid_search(text, text, vector, int, jsonb, float8, float8, int, int)')) LOOP
+    FOR f IN SELECT oid FROM replaced_functions LOOP
         EXECUTE format('DROP FUNCTION %s', f);
     END LOOP;
 END
@@ -43,7 +46,11 @@ SELECT k.name AS collection, k.model, k.dimension,
        last_run.at AS last_run_at,
        k.version,
        -- what a query is embedded with beside the model (prompts; an API model's endpoint options)
-       jsonb_strip_nulls(jsonb_build_object('prompts', k.settings->'prompts', 'embedder', k.settings->'embedder'))
+       -- and parsed in (its language, for keyword search and highlighting)
+       jsonb_strip_nulls(jsonb_build_object('prompts', k.settings->'prompts', 'embedder', k.settings->'embedder',
+                                            'dimensions', k.settings->'dimensions',
+                                            'language', k.settings->'language',
+                                            'languages', k.settings->'languages'))
            AS query_settings
 FROM ragpipe.collections k
 LEFT JOIN LATERAL (SELECT r.status, coalesce(r.finished_at, r.started_at) AS at FROM ragpipe.ingest_runs r
@@ -215,12 +222,32 @@ FROM (SELECT coalesce(settings ->> 'language', 'english') AS l
       UNION ALL SELECT jsonb_array_elements_text(coalesce(settings -> 'languages', '[]'))) x
 $fn$;
 
+-- The text search configuration named `language` (a search function's argument), or a clear error.
+CREATE OR REPLACE FUNCTION ragpipe.query_language(language text) RETURNS regconfig
+LANGUAGE plpgsql STABLE AS $fn$
+DECLARE
+    found regconfig;
+BEGIN
+    SELECT c.oid::regconfig INTO found FROM pg_ts_config c WHERE c.cfgname = lower(language);
+    IF found IS NULL THEN
+        RAISE EXCEPTION 'ragpipe: language % is not a text search configuration of this database', quote_literal(language)
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Give one of SELECT cfgname FROM pg_ts_config (english, german, simple, ...), or NULL for the collection''s languages.';
+    END IF;
+    RETURN found;
+END
+$fn$;
+
 -- A query's words as every one of those languages stems them (English alone: to_tsvector('english')),
--- so documents in different languages are found and ranked together by one BM25.
-CREATE OR REPLACE FUNCTION ragpipe.query_lexemes(settings jsonb, query_text text) RETURNS SETOF text
+-- so documents in different languages are found and ranked together by one BM25; with `language`,
+-- as that language alone stems them.
+DROP FUNCTION IF EXISTS ragpipe.query_lexemes(jsonb, text);
+CREATE OR REPLACE FUNCTION ragpipe.query_lexemes(settings jsonb, query_text text, language text DEFAULT NULL)
+RETURNS SETOF text
 LANGUAGE sql STABLE PARALLEL SAFE AS $fn$
 SELECT DISTINCT w.lexeme
-FROM unnest(ragpipe.collection_languages(settings)) l
+FROM unnest(CASE WHEN language IS NULL THEN ragpipe.collection_languages(settings)
+                 ELSE ARRAY[ragpipe.query_language(language)] END) l
 CROSS JOIN LATERAL unnest(to_tsvector(l, query_text)) w
 $fn$;
 
@@ -233,9 +260,10 @@ $fn$;
 -- least the rarest word some chunk has), and every query word is scored on them. When all the
 -- query's words fit in that budget the ranking is exact BM25; beyond it a chunk that has only the
 -- commonest words is not considered, which keeps a query over millions of chunks from scoring
--- every match.
+-- every match. `language` (a text search configuration, e.g. 'german') parses the query in that
+-- language alone; NULL (the default) parses it in every language the collection holds.
 CREATE OR REPLACE FUNCTION ragpipe.keyword_search(
-    collection text, query_text text, k int DEFAULT 10, filter jsonb DEFAULT NULL)
+    collection text, query_text text, k int DEFAULT 10, filter jsonb DEFAULT NULL, language text DEFAULT NULL)
 RETURNS SETOF ragpipe.search_hit
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = ragpipe, public, pg_temp
 AS $fn$
@@ -259,7 +287,7 @@ BEGIN
     SELECT array_agg(x.lexeme ORDER BY x.c, x.lexeme), array_agg(x.c ORDER BY x.c, x.lexeme)
     INTO words, counts
     FROM (SELECT w.lexeme, coalesce(t.chunks, 0)::bigint AS c
-          FROM ragpipe.query_lexemes(coll.settings, left(coalesce(query_text, ''), 16384)) w(lexeme)
+          FROM ragpipe.query_lexemes(coll.settings, left(coalesce(query_text, ''), 16384), language) w(lexeme)
           LEFT JOIN ragpipe.term_stats t ON t.collection_id = coll.id AND t.lexeme = w.lexeme
           ORDER BY coalesce(t.chunks, 0) = 0, coalesce(t.chunks, 0), w.lexeme
           LIMIT 32) x;
@@ -346,6 +374,7 @@ $fn$;
 --           normalised over that ranking's candidates (1 when they all tie; 0 when not a candidate)
 -- A NULL argument takes the collection's default (collections.yml `search:`, stored in
 -- settings -> 'search'), else rrf with weights 1 and rrf_k 60, alpha 0.5 (hybrid_defaults).
+-- `language` is keyword_search's: the query's language, NULL for every language the collection holds.
 CREATE OR REPLACE FUNCTION ragpipe.hybrid_defaults(coll ragpipe.collections) RETURNS jsonb
 LANGUAGE sql IMMUTABLE AS $fn$
     SELECT jsonb_build_object('fusion', 'rrf', 'rrf_k', 60, 'semantic_weight', 1.0, 'keyword_weight', 1.0,
@@ -356,7 +385,7 @@ CREATE OR REPLACE FUNCTION ragpipe.hybrid_search(
     collection text, query_text text, query_embedding vector, k int DEFAULT 10, filter jsonb DEFAULT NULL,
     semantic_weight double precision DEFAULT NULL, keyword_weight double precision DEFAULT NULL,
     rrf_k int DEFAULT NULL, candidates int DEFAULT NULL, fusion text DEFAULT NULL,
-    alpha double precision DEFAULT NULL)
+    alpha double precision DEFAULT NULL, language text DEFAULT NULL)
 RETURNS SETOF ragpipe.search_hit
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = ragpipe, public, pg_temp
 AS $fn$
@@ -384,7 +413,7 @@ BEGIN
     kw AS (
         SELECT s.*, row_number() OVER (ORDER BY s.score DESC, s.chunk_id) AS r,
                min(s.score) OVER () AS lo, max(s.score) OVER () AS hi
-        FROM ragpipe.keyword_search(collection, query_text, n, filter) s
+        FROM ragpipe.keyword_search(collection, query_text, n, filter, language) s
         WHERE query_text IS NOT NULL),
     fused AS (
         SELECT coalesce(sem.chunk_id, kw.chunk_id) AS chunk_id, coalesce(sem.source_id, kw.source_id) AS source_id,

@@ -46,9 +46,9 @@ BEGIN
     EXECUTE format('GRANT SELECT ON ragpipe.collection_stats TO %I', role_name);
     EXECUTE format('GRANT EXECUTE ON FUNCTION
         ragpipe.semantic_search(text, vector, int, jsonb),
-        ragpipe.keyword_search(text, text, int, jsonb),
+        ragpipe.keyword_search(text, text, int, jsonb, text),
         ragpipe.hybrid_search(text, text, vector, int, jsonb, double precision, double precision, int, int, text,
-                              double precision),
+                              double precision, text),
         ragpipe.similar_chunks(bigint, int, jsonb),
         ragpipe.similar_documents(text, text, int, jsonb),
         ragpipe.rag_context(text, text, vector, int, int, jsonb),

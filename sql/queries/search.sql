@@ -6,13 +6,14 @@ FROM ragpipe.semantic_search(%(collection)s, %(embedding)s, %(k)s, %(filter)s);
 
 -- name: keyword
 SELECT *
-FROM ragpipe.keyword_search(%(collection)s, %(text)s, %(k)s, %(filter)s);
+FROM ragpipe.keyword_search(%(collection)s, %(text)s, %(k)s, %(filter)s, language => %(language)s);
 
 -- name: hybrid
 SELECT *
 FROM ragpipe.hybrid_search(%(collection)s, %(text)s, %(embedding)s, %(k)s, %(filter)s,
                            semantic_weight => %(semantic_weight)s, keyword_weight => %(keyword_weight)s,
-                           rrf_k => %(rrf_k)s, fusion => %(fusion)s, alpha => %(alpha)s);
+                           rrf_k => %(rrf_k)s, fusion => %(fusion)s, alpha => %(alpha)s,
+                           language => %(language)s);
 
 -- name: tenant
 SELECT *
