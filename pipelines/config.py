@@ -99,6 +99,8 @@ class CollectionSpec:
     dimensions: int | None = None
     """Matryoshka truncation of a local model's vectors to this width, re-normalised (an API model:
     embedder.dimensions, which the endpoint makes). A change builds a new version."""
+    watch: dict[str, Any] | None = None
+    """WatchOptions when the collection runs on source changes (`watch: true` or options), else None."""
 
     @property
     def family(self) -> str:
@@ -177,6 +179,22 @@ class SearchOptions(BaseModel):
     alpha: Annotated[float, Field(ge=0, le=1)] | None = None
     semantic_weight: Annotated[float, Field(ge=0)] | None = None
     keyword_weight: Annotated[float, Field(ge=0)] | None = None
+
+
+class WatchOptions(BaseModel):
+    """`watch:` in collections.yml: run the collection when its source changes (`ragpipe watch`, or
+    the Airflow DAG's AssetWatcher beside its schedule). Not a build setting: nothing is re-embedded."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    debounce_s: Annotated[float, Field(ge=0, le=600)] = 2.0
+    """Changes this close together start one run (a burst of 1,000 writes is a few runs, not 1,000)."""
+    table: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")] | None = None
+    """sql sources: the table whose changes notify (`ragpipe watch setup NAME` installs the trigger)."""
+    queue_url: str | None = None
+    """s3 sources: the SQS queue of the bucket's event notifications (`ragpipe watch setup NAME`
+    creates it and the notification when unset: ragpipe-<collection>)."""
+    interval_s: Annotated[float, Field(ge=1, le=86_400)] = 60.0
+    """web sources (no events exist): how often the sitemap is listed again."""
 
 
 class InlineQuery(BaseModel):
@@ -262,6 +280,7 @@ def collection_model() -> type[BaseModel]:
         language: Annotated[str, Field(pattern=LANGUAGE_PATTERN)] = "english"
         languages: list[Annotated[str, Field(pattern=LANGUAGE_PATTERN)]] = Field(default_factory=list)
         dimensions: Annotated[int, Field(ge=8, le=16_000)] | None = None
+        watch: WatchOptions | bool | None = None
 
     return Collection
 
@@ -322,7 +341,16 @@ def parse_collection(raw: Any, where: str, base: Path) -> CollectionSpec:
     evaluation = model.eval.model_dump(exclude_defaults=True)
     if evaluation.get("path") and not str(evaluation["path"]).startswith("/"):
         evaluation["path"] = str((base / evaluation["path"]).resolve())
-    return CollectionSpec(**dict(model.model_dump(exclude={"source", "index", "search", "eval", "prompts", "embedder"}),
+    watch = (WatchOptions() if model.watch is True else model.watch or None)
+    if watch and model.schedule in ("@once", "@continuous"):
+        raise ConfigError(f"{where}: `watch:` runs the collection on each change; its `schedule` may be a cron "
+                          f"expression, a preset such as @daily, or null, not {model.schedule}")
+    if watch and source["kind"] == "sql" and not watch.table:
+        raise ConfigError(f"{where}: `watch:` of a sql source needs `table: schema.table`, the table whose "
+                          "changes notify (`ragpipe watch setup` installs its trigger)")
+    return CollectionSpec(**dict(model.model_dump(exclude={"source", "index", "search", "eval", "prompts", "embedder",
+                                                           "watch"}),
+                                 watch=watch.model_dump() if watch else None,
                                  source=source, index=index, search=search, eval=evaluation, embedder=embedder,
                                  prompts=model.prompts.model_dump(exclude_none=True)))
 

@@ -358,3 +358,48 @@ def test_an_api_model_under_airflow_takes_its_key_from_an_airflow_connection(air
     assert [h.source_id for h in search(QUESTION, name, k=3, mode="semantic")][0].startswith("coffee/")
     logs = "".join(p.read_text(errors="replace") for p in Path(airflow["AIRFLOW_HOME"]).rglob("*.log"))
     assert KEY not in logs
+
+
+def test_a_watched_collection_is_scheduled_by_its_source_asset_watcher(airflow, corpus, name, conn):
+    """`watch:` gives the DAG an Asset whose AssetWatcher's trigger (run here as the triggerer runs
+    it) fires once per burst of changes; the cron schedule stays beside it."""
+    import asyncio
+
+    from airflow.sdk import AssetOrTimeSchedule
+
+    from pipelines.airflow.triggers import SourceChangeTrigger
+
+    def assets(dag) -> list:
+        condition = dag.timetable.asset_condition
+        return list(getattr(condition, "objects", [condition]))
+
+    write_collections(corpus, name, schedule="@daily", watch={"debounce_s": 0.5})
+    dag = get_dag(f"ragpipe_ingest_{name}")
+    assert isinstance(dag.timetable, AssetOrTimeSchedule)
+    [asset] = assets(dag)
+    [watcher] = asset.watchers
+    assert asset.name == f"ragpipe_source_{name}" and isinstance(watcher.trigger, SourceChangeTrigger)
+    path, kwargs = watcher.trigger.serialize()
+    trigger = SourceChangeTrigger(**kwargs)  # as the triggerer rebuilds it
+    assert path == "pipelines.airflow.triggers.SourceChangeTrigger"
+
+    async def events(count: int, write: int) -> list:
+        stream = trigger.run()
+        first = asyncio.ensure_future(anext(stream))
+        await asyncio.sleep(1.5)  # the watch is set up
+        for i in range(write):
+            (corpus / f"burst-{count}-{i}.md").write_text(f"# Burst {i}\n\nFile {i} of a burst.")
+        got = [await asyncio.wait_for(first, 30)]
+        try:
+            got.append(await asyncio.wait_for(anext(stream), 3))
+        except TimeoutError:
+            pass
+        await stream.aclose()
+        return got
+
+    got = asyncio.run(events(1, 50))
+    assert len(got) == 1, f"a burst of 50 writes is one event: {[e.payload for e in got]}"
+    assert got[0].payload["collection"] == name and got[0].payload["changes"] >= 1
+    write_collections(corpus, name, watch={"debounce_s": 0.5})
+    assert [a.name for a in assets(get_dag(f"ragpipe_ingest_{name}"))] == [f"ragpipe_source_{name}"], \
+        "without a schedule the DAG runs on its source's changes only"

@@ -2,7 +2,7 @@
 
 BENCH_SCALE=small (default, a few minutes) or large; BENCH_QUALITY=1 adds the NFCorpus nDCG@10 of the
 torch and onnx-int8 backends to a small run (always part of large; ~15 min the first time, cached after).
-BENCH_SECTIONS=embedding,loading,reruns,versions,search,service (the default: all) runs some of them;
+BENCH_SECTIONS=embedding,loading,reruns,versions,search,service,freshness (the default: all) runs some of them;
 BENCH_SECTIONS=quality runs only the NFCorpus nDCG@10 of the backends and storage choices. Results go to
 stdout, docs/benchmarks[-large][-SECTIONS].md and the same figures as .json beside it; the report names
 the CPU model and the flags that decide the fastest embedding backend (AVX2, AVX-512 VNNI/BF16, AMX).
@@ -16,6 +16,7 @@ import os
 import platform
 import random
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -709,8 +710,57 @@ def bench_storage_quality() -> None:
                f"{scores[label]:.4f} ({ratio:.3f})", **{f"storage.nfcorpus.{label}.ndcg_ratio": ratio})
 
 
+ALL_SECTIONS = "embedding,loading,reruns,versions,search,service,freshness"
+
+
 def quality_asked() -> bool:
     return os.environ.get("BENCH_QUALITY") == "1"
+
+
+def bench_freshness(conn, tmp: Path, probes: int = 10) -> None:
+    """Seconds from a change to `ragpipe search` finding it, under `ragpipe watch` (one process
+    watching a folder and a table), p50 / p95 over `probes` changes of each kind."""
+    import yaml
+
+    from tools.freshness import file_probe, row_probe
+
+    folder = tmp / "fresh"
+    folder.mkdir()
+    for i, text in enumerate(sentences(CORPUS, 50)):
+        (folder / f"doc-{i:02d}.md").write_text(f"# Document {i}\n\n{text}\n")
+    conn.execute("CREATE SCHEMA IF NOT EXISTS bench; DROP TABLE IF EXISTS bench.fresh; "
+                 "CREATE TABLE bench.fresh (id int PRIMARY KEY, body text)")
+    url = open_database()
+    config = tmp / "fresh.yml"
+    config.write_text(yaml.safe_dump({"collections": [
+        {"name": "bench_fresh_folder", "source": {"kind": "folder", "path": str(folder)}, "watch": {"debounce_s": 0.5}},
+        {"name": "bench_fresh_sql", "watch": {"table": "bench.fresh", "debounce_s": 0.5},
+         "source": {"kind": "sql", "url": url, "query": "SELECT id, body FROM bench.fresh", "text_column": "body"}}]}))
+    env = dict(os.environ, RAGPIPE_COLLECTIONS=str(config))
+    subprocess.run([RAGPIPE, "watch", "bench_fresh_sql", "--setup"], env=env, check=True, capture_output=True)
+    log = (tmp / "watch.log").open("w")
+    watcher = subprocess.Popen([RAGPIPE, "watch"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        file_probe(folder, "bench_fresh_folder", 300)  # the first runs: the model loads, the folder is embedded
+        row_probe(conn, "bench.fresh", "bench_fresh_sql", 0, 300)
+        for kind, probe in (("folder", lambda i: file_probe(folder, "bench_fresh_folder")),
+                            ("sql", lambda i: row_probe(conn, "bench.fresh", "bench_fresh_sql", i))):
+            added, removed = zip(*(probe(i) for i in range(1, probes + 1)), strict=True)
+            record("freshness", f"ragpipe watch, {kind}: change → searchable, p50 / p95 (add; delete)",
+                   f"{np.percentile(added, 50):.1f} / {np.percentile(added, 95):.1f} s; "
+                   f"{np.percentile(removed, 50):.1f} / {np.percentile(removed, 95):.1f} s",
+                   **{f"freshness.watch.{kind}.add_p50_s": np.percentile(added, 50),
+                      f"freshness.watch.{kind}.add_p95_s": np.percentile(added, 95),
+                      f"freshness.watch.{kind}.delete_p50_s": np.percentile(removed, 50),
+                      f"freshness.watch.{kind}.delete_p95_s": np.percentile(removed, 95)})
+    finally:
+        watcher.send_signal(signal.SIGINT)
+        watcher.wait(60)
+        log.close()
+        subprocess.run([RAGPIPE, "watch", "bench_fresh_sql", "--setup", "--remove"], env=env, capture_output=True,
+                       check=False)
+        for name in ("bench_fresh_folder", "bench_fresh_sql"):
+            drop_collection(conn, name)
 
 
 def cpu_info() -> dict[str, Any]:
@@ -776,7 +826,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, connect(open_database(), autocommit=True) as conn:
         tmp_path = Path(tmp)
         threading.excepthook = lambda args: print(args, file=sys.stderr)
-        sections = os.environ.get("BENCH_SECTIONS", "embedding,loading,reruns,versions,search,service").split(",")
+        sections = os.environ.get("BENCH_SECTIONS", ALL_SECTIONS).split(",")
         sections, skipped = runnable_sections(sections, CORPUS)
         print(f"corpus: {CORPUS_NAME}", flush=True)
         if skipped:
@@ -797,6 +847,8 @@ def main() -> None:
             bench_search(conn, cfg["search_chunks"], cfg["queries"])
         if "service" in sections:
             bench_service(conn, min(cfg["search_chunks"], 100_000), cfg["queries"])
+        if "freshness" in sections:
+            bench_freshness(conn, tmp_path)
         shutil.rmtree(tmp_path / "rerun", ignore_errors=True)
     report = write_report(scale, time.perf_counter() - started)
     print(f"\nwrote {report.relative_to(PROJECT_ROOT)} ({(time.perf_counter() - started) / 60:.1f} min)")

@@ -32,6 +32,9 @@ START_TIMEOUT_S = 300
 RUNS_TIMEOUT_S = 420
 TASK_LIMIT_S = 240
 """smoke fails when one task runs longer than this (the DAGs' own execution_timeout is longer)."""
+FRESHNESS_TIMEOUT_S = 120
+SAMPLE_CORPUS = Path(__file__).resolve().parent.parent / "examples" / "corpus"
+"""The sample collection's folder, which it watches (collections.yml)."""
 PLUGIN_TIMEOUT_S = 120
 """The search plugin's first request loads the model in the API server."""
 
@@ -121,6 +124,21 @@ def check_search_plugin(api: AirflowAPI, port: int) -> None:
         f"in {found.json()['took_ms']} ms")
 
 
+def check_freshness(api: AirflowAPI, home: Path) -> None:
+    """A file written into the watched sample corpus is found by search without a manual trigger
+    (the AssetWatcher's event schedules the DAG), and is gone after it is deleted."""
+    from tools.freshness import file_probe
+
+    try:
+        added, removed = file_probe(SAMPLE_CORPUS, "sample", FRESHNESS_TIMEOUT_S)
+    except TimeoutError as exc:
+        raise RunFailed(f"freshness: {exc} (the sample collection watches {SAMPLE_CORPUS}; see the triggerer "
+                        f"in {home / 'standalone.log'})") from None
+    say(f"freshness under Airflow (watched folder): a new file searchable after {added:.1f} s, "
+        f"a deleted one gone after {removed:.1f} s")
+    wait_for_runs(api, {}, home / "logs", RUNS_TIMEOUT_S, TASK_LIMIT_S, report=lambda _: None)
+
+
 def run_stack(mode: str) -> int:
     settings = load_settings()
     db_was_running = bool(settings.database_url) or (settings.pgdata / "postmaster.pid").exists()
@@ -160,10 +178,14 @@ def run_stack(mode: str) -> int:
 
         demo("Does coffee affect blood vessel function?")
         check_search_plugin(api, port)
+        check_freshness(api, home)
         say(f"Airflow UI: http://localhost:{port}   login: {user} / {password}")
         say(f"Search page (also \"Search\" in the Airflow UI): http://localhost:{port}{URL_PREFIX}/"
             f"   API: http://localhost:{port}{URL_PREFIX}/docs")
         if mode == "run":
+            say("Edit or add a file in examples/corpus: "
+                "the sample collection watches it (collections.yml `watch:`), so within a minute "
+                "`.venv/bin/ragpipe search \"your words\" -c sample` finds it, without a trigger.")
             say("Running until Ctrl-C.")
             proc.wait()
             raise RunFailed(f"airflow standalone exited with {proc.returncode}; see {log_path}")

@@ -56,6 +56,29 @@ def collection_asset(name: str) -> Asset:
     return Asset(name=f"ragpipe_{name}", uri=f"ragpipe://collections/{name}", group="ragpipe")
 
 
+def source_asset(spec: CollectionSpec, settings: Settings) -> Asset:
+    """The watched collection's source, updated by its AssetWatcher at each burst of changes."""
+    from airflow.sdk import AssetWatcher
+
+    from pipelines.airflow.triggers import SourceChangeTrigger
+
+    trigger = SourceChangeTrigger(collection=spec.name, collections_file=str(settings.collections_file))
+    return Asset(name=f"ragpipe_source_{spec.name}", uri=f"ragpipe://sources/{spec.name}", group="ragpipe",
+                 watchers=[AssetWatcher(name=f"ragpipe_watch_{spec.name}", trigger=trigger)])
+
+
+def schedule_of(spec: CollectionSpec, settings: Settings) -> Any:
+    """collections.yml's `schedule`; with `watch:`, also (or only) each change of the source."""
+    if not spec.watch:
+        return spec.schedule
+    if spec.schedule is None:
+        return [source_asset(spec, settings)]
+    from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable
+
+    return AssetOrTimeSchedule(timetable=CronTriggerTimetable(spec.schedule, timezone="UTC"),
+                               assets=source_asset(spec, settings))
+
+
 def ingest_dag(spec: CollectionSpec, settings: Settings) -> Any:
     params = dict(PARAMS, promote=Param(
         spec.promote["mode"], enum=["auto", "manual"],
@@ -64,7 +87,7 @@ def ingest_dag(spec: CollectionSpec, settings: Settings) -> Any:
 
     @dag(
         dag_id=f"ragpipe_ingest_{spec.name}",
-        schedule=spec.schedule,
+        schedule=schedule_of(spec, settings),
         start_date=datetime(2026, 1, 1),
         catchup=False,
         max_active_runs=1,
@@ -77,6 +100,8 @@ def ingest_dag(spec: CollectionSpec, settings: Settings) -> Any:
 plan (list `{spec.source['kind']}` source, diff fingerprints) → `process_batch` mapped over batches of
 {spec.docs_per_batch} document references → finalize (deletions, HNSW index, statistics, run record)
 → Asset `ragpipe_{spec.name}`. Trigger with `full_refresh`, `limit` or `dry_run` from the UI.
+{"Also runs at each burst of changes of its source (`watch:`; Asset `ragpipe_source_" + spec.name + "`)."
+ if spec.watch else ""}
 
 When collections.yml changes the model, chunking or HNSW build settings, the task group
 `build_version` then builds the new version the same way beside the active one (which keeps

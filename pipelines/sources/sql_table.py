@@ -47,13 +47,16 @@ class SqlSource:
         if not self.url and not self.conn_id:
             raise SourceError("sql source needs `url` (may use ${ENV_VARS}) or an Airflow `conn_id`")
 
-    def _connect(self) -> psycopg.Connection:
+    def conninfo(self) -> str:
+        """The source database's URL: the Airflow connection's, or `url` with ${ENV_VARS} expanded."""
         if self.conn_id:
             from pipelines.airflow.connections import connection_url
 
-            url = connection_url(self.conn_id)
-        else:
-            url = os.path.expandvars(self.url or "")
+            return connection_url(self.conn_id)
+        return os.path.expandvars(self.url or "")
+
+    def _connect(self) -> psycopg.Connection:
+        url = self.conninfo()
         try:
             conn = psycopg.connect(url, connect_timeout=10, autocommit=True)
         except psycopg.OperationalError as exc:

@@ -1,0 +1,165 @@
+"""What tells ragpipe that a source changed, one async stream per source kind; each item names a
+change (or a batch of them). Streams never end on their own: they stop when `stop` is set.
+
+- folder and tabular: the file system's own events (inotify on Linux, through watchfiles), with
+  the folder's include/exclude rules;
+- sql: LISTEN on the collection's channel, fed by the trigger `ragpipe watch setup` installs;
+  a dropped connection is opened again, and the reconnection counts as a change (one may have
+  been missed meanwhile);
+- s3: the bucket's event notifications, read from an SQS queue (long polling);
+- web: no events exist, so the source is listed again every `interval_s` and a change of any
+  page's fingerprint (the sitemap's lastmod, or the page's ETag) counts."""
+
+import asyncio
+import hashlib
+import json
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from pipelines.config import CollectionSpec
+from pipelines.sources import make_source
+
+log = logging.getLogger(__name__)
+RECONNECT_MAX_S = 30.0
+
+
+def identifier(prefix: str, collection: str) -> str:
+    """`prefix` + the collection's name as a PostgreSQL identifier (at most 63 bytes: a long name is
+    cut and told apart by a hash of the whole)."""
+    whole = prefix + collection
+    if len(whole.encode()) <= 63:
+        return whole
+    digest = hashlib.sha1(collection.encode()).hexdigest()[:8]
+    return f"{prefix}{collection.encode()[:40].decode(errors='ignore')}_{digest}"
+
+
+def channel(collection: str) -> str:
+    """The NOTIFY channel of a collection's sql source."""
+    return identifier("ragpipe_", collection)
+
+
+def queue_name(collection: str) -> str:
+    """The SQS queue `ragpipe watch setup` makes for a collection's s3 source."""
+    return f"ragpipe-{collection.replace('_', '-')}"
+
+
+def source_changes(spec: CollectionSpec, stop: asyncio.Event) -> AsyncIterator[str]:
+    """The stream of changes of the collection's source, chosen by its kind."""
+    kind = spec.source["kind"]
+    if kind in ("folder", "tabular"):
+        return file_changes(spec, stop)
+    if kind == "sql":
+        return notifications(spec, stop)
+    if kind == "s3":
+        return queue_messages(spec, stop)
+    return listing_changes(spec, stop)
+
+
+async def file_changes(spec: CollectionSpec, stop: asyncio.Event) -> AsyncIterator[str]:
+    from watchfiles import awatch
+
+    source = make_source(spec.source)
+    if spec.source["kind"] == "tabular":
+        root, wanted = source.file.parent, (lambda rel: rel == source.file.name)
+    else:
+        root, wanted = source.root, (lambda rel: source.single == rel if source.single else source.wanted(rel))
+
+    def relevant(_change: Any, path: str) -> bool:
+        try:
+            return wanted(Path(path).relative_to(root).as_posix())
+        except ValueError:
+            return False
+
+    async for changes in awatch(root, watch_filter=relevant, stop_event=stop, recursive=True, debounce=50,
+                                step=20, yield_on_timeout=False, rust_timeout=1000):
+        yield ", ".join(sorted(f"{c.name} {Path(p).relative_to(root)}" for c, p in changes)[:3]) + (
+            f" and {len(changes) - 3} more" if len(changes) > 3 else "")
+
+
+async def notifications(spec: CollectionSpec, stop: asyncio.Event) -> AsyncIterator[str]:
+    """NOTIFYs on the collection's channel, on an autocommit connection (it never holds a
+    transaction open); reconnects with backoff after the database goes away."""
+    import psycopg
+    from psycopg import sql
+
+    source = make_source(spec.source)
+    backoff = 0.5
+    first = True
+    while not stop.is_set():
+        try:
+            async with await psycopg.AsyncConnection.connect(source.conninfo(), autocommit=True,
+                                                               application_name="ragpipe watch") as conn:
+                await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel(spec.name))))
+                backoff = 0.5
+                if not first:
+                    yield "reconnected to the source database (a change may have been missed)"
+                first = False
+                while not stop.is_set():
+                    async for note in conn.notifies(timeout=1.0, stop_after=1000):
+                        yield f"{note.payload or 'change'} on {spec.watch['table']}"
+                    await conn.execute("SELECT 1")  # notices a dropped connection between notifications
+        except psycopg.OperationalError as exc:
+            log.warning("collection %s: listening for changes: %s; again in %.1f s", spec.name,
+                        str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__, backoff)
+            if await _stopped(stop, backoff):
+                return
+            backoff = min(backoff * 2, RECONNECT_MAX_S)
+
+
+async def queue_messages(spec: CollectionSpec, stop: asyncio.Event) -> AsyncIterator[str]:
+    """Object-created and -removed notifications of the bucket, long-polled from its SQS queue and
+    deleted once read (the run that follows lists the bucket, so nothing rests on a message)."""
+    sqs = sqs_client(spec)
+    url = spec.watch.get("queue_url") or sqs.get_queue_url(QueueName=queue_name(spec.name))["QueueUrl"]
+    while not stop.is_set():
+        got = await asyncio.to_thread(sqs.receive_message, QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=1)
+        messages = got.get("Messages", [])
+        if messages:
+            await asyncio.to_thread(sqs.delete_message_batch, QueueUrl=url, Entries=[
+                {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)])
+            keys = [k for m in messages for k in object_keys(m["Body"])]
+            if keys:
+                yield ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
+
+
+def object_keys(body: str) -> list[str]:
+    """`event key` of each record of an S3 event notification (none for s3:TestEvent)."""
+    try:
+        records = json.loads(body).get("Records", [])
+    except (ValueError, AttributeError):
+        return []
+    return [f"{r.get('eventName', 'change')} {r.get('s3', {}).get('object', {}).get('key', '?')}" for r in records]
+
+
+def sqs_client(spec: CollectionSpec) -> Any:
+    import boto3
+
+    options = {k: v for k, v in {"endpoint_url": spec.source.get("endpoint_url"),
+                                 "region_name": spec.source.get("region") or "us-east-1"}.items() if v}
+    return boto3.client("sqs", **options)
+
+
+async def listing_changes(spec: CollectionSpec, stop: asyncio.Event) -> AsyncIterator[str]:
+    source = make_source(spec.source)
+    before = None
+    while not stop.is_set():
+        listing = await asyncio.to_thread(source.list)
+        now = {r.source_id: r.fingerprint for r in listing.refs}
+        if before is not None and listing.complete and now != before:
+            changed = sorted(k for k in now.keys() | before.keys() if now.get(k) != before.get(k))
+            yield f"{len(changed)} pages changed in the listing ({', '.join(changed[:3])})"
+        if listing.complete:
+            before = now
+        if await _stopped(stop, spec.watch["interval_s"]):
+            return
+
+
+async def _stopped(stop: asyncio.Event, seconds: float) -> bool:
+    """Wait `seconds`, or less when `stop` is set; True if it was."""
+    try:
+        await asyncio.wait_for(stop.wait(), seconds)
+        return True
+    except TimeoutError:
+        return False
