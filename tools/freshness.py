@@ -38,11 +38,24 @@ def file_probe(folder: Path, collection: str, timeout_s: float = 120) -> tuple[f
     return added, removed
 
 
-def row_probe(conn, table: str, collection: str, row_id: int, timeout_s: float = 120) -> tuple[float, float]:
+def row_probe(conn, table: str, collection: str, row_id: int | str, timeout_s: float = 120) -> tuple[float, float]:
     """(seconds until an inserted row's word is found, seconds until it is gone after the row is deleted)."""
     word = f"probe{uuid.uuid4().hex[:12]}"
     conn.execute(f"INSERT INTO {table} (id, body) VALUES (%s, %s)", (row_id, f"The word {word} is in this row."))
     added = seconds_until(lambda: str(row_id) in searchable(collection, word), f"row {row_id}", timeout_s)
     conn.execute(f"DELETE FROM {table} WHERE id = %s", (row_id,))
     removed = seconds_until(lambda: not searchable(collection, word), f"row {row_id} gone", timeout_s)
+    return added, removed
+
+
+def object_probe(client, bucket: str, prefix: str, collection: str, timeout_s: float = 120) -> tuple[float, float]:
+    """(seconds until a new object's word is found, seconds until it is gone after the object is deleted)."""
+    word = f"probe{uuid.uuid4().hex[:12]}"
+    rel = f"freshness-{word}.md"
+    try:
+        client.put_object(Bucket=bucket, Key=f"{prefix}/{rel}", Body=f"# Probe\n\nThe word {word}.\n".encode())
+        added = seconds_until(lambda: rel in searchable(collection, word), f"{rel} in {collection}", timeout_s)
+    finally:
+        client.delete_object(Bucket=bucket, Key=f"{prefix}/{rel}")
+    removed = seconds_until(lambda: not searchable(collection, word), f"{rel} gone from {collection}", timeout_s)
     return added, removed

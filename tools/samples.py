@@ -7,6 +7,7 @@ import os
 import threading
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import psycopg
 
@@ -71,8 +72,21 @@ def create_sql_table(url: str) -> None:
 
 
 def start_all(database_url: str) -> dict[str, str]:
-    """Start everything; returns the environment the sample collections need."""
+    """Start everything, with the change events of the watched sample collections set up (as
+    `ragpipe watch NAME --setup` does); returns the environment the sample collections need."""
     start_s3()
     start_web()
     create_sql_table(database_url)
-    return {**S3_ENV, "RAGPIPE_SAMPLE_SQL_URL": database_url}
+    env = {**S3_ENV, "RAGPIPE_SAMPLE_SQL_URL": database_url}
+    os.environ.update(env)
+    set_up_watches()
+    return env
+
+
+def set_up_watches(collections: Path = PROJECT_ROOT / "collections.yml") -> None:
+    from pipelines.config import load_collections
+    from pipelines.watch.setup import set_up
+
+    for spec in load_collections(collections).values():
+        if spec.watch and spec.source["kind"] in ("sql", "s3"):
+            set_up(spec)

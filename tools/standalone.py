@@ -125,17 +125,29 @@ def check_search_plugin(api: AirflowAPI, port: int) -> None:
 
 
 def check_freshness(api: AirflowAPI, home: Path) -> None:
-    """A file written into the watched sample corpus is found by search without a manual trigger
+    """A change to each watched sample source (a file written into examples/corpus, a row of
+    samples.articles, an object of the sample bucket) is found by search without a manual trigger
     (the AssetWatcher's event schedules the DAG), and is gone after it is deleted."""
-    from tools.freshness import file_probe
+    import boto3
+    import psycopg
 
-    try:
-        added, removed = file_probe(SAMPLE_CORPUS, "sample", FRESHNESS_TIMEOUT_S)
-    except TimeoutError as exc:
-        raise RunFailed(f"freshness: {exc} (the sample collection watches {SAMPLE_CORPUS}; see the triggerer "
-                        f"in {home / 'standalone.log'})") from None
-    say(f"freshness under Airflow (watched folder): a new file searchable after {added:.1f} s, "
-        f"a deleted one gone after {removed:.1f} s")
+    from tools.freshness import file_probe, object_probe, row_probe
+    from tools.samples import S3_PORT
+
+    s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{S3_PORT}")
+    with psycopg.connect(database_url(), autocommit=True) as conn:
+        probes = {"folder": lambda: file_probe(SAMPLE_CORPUS, "sample", FRESHNESS_TIMEOUT_S),
+                  "sql table": lambda: row_probe(conn, "samples.articles", "sample_sql", "freshness-probe",
+                                                 FRESHNESS_TIMEOUT_S),
+                  "S3 bucket": lambda: object_probe(s3, "ragpipe-sample", "kb", "sample_s3", FRESHNESS_TIMEOUT_S)}
+        for kind, probe in probes.items():
+            try:
+                added, removed = probe()
+            except TimeoutError as exc:
+                raise RunFailed(f"freshness of the watched {kind}: {exc} (see the triggerer in "
+                                f"{home / 'standalone.log'})") from None
+            say(f"freshness under Airflow (watched {kind}): a new document searchable after {added:.1f} s, "
+                f"a deleted one gone after {removed:.1f} s")
     wait_for_runs(api, {}, home / "logs", RUNS_TIMEOUT_S, TASK_LIMIT_S, report=lambda _: None)
 
 
@@ -184,8 +196,8 @@ def run_stack(mode: str) -> int:
             f"   API: http://localhost:{port}{URL_PREFIX}/docs")
         if mode == "run":
             say("Edit or add a file in examples/corpus: "
-                "the sample collection watches it (collections.yml `watch:`), so within a minute "
-                "`.venv/bin/ragpipe search \"your words\" -c sample` finds it, without a trigger.")
+                "the sample collection watches it (collections.yml `watch:`), so within a minute, with no trigger, "
+                "`.venv/bin/ragpipe search \"your words\" -c sample` finds it.")
             say("Running until Ctrl-C.")
             proc.wait()
             raise RunFailed(f"airflow standalone exited with {proc.returncode}; see {log_path}")
