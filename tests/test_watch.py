@@ -58,6 +58,11 @@ class Watcher:
             os.killpg(self.proc.pid, signal.SIGINT)
         try:
             assert self.proc.wait(timeout=60) == 0, self.seen
+            with pytest.raises(ProcessLookupError):  # nothing it started (parser workers) is left running
+                deadline = time.monotonic() + 10
+                while time.monotonic() < deadline:
+                    os.killpg(self.proc.pid, 0)
+                    time.sleep(0.2)
         finally:
             if self.proc.poll() is None:
                 os.killpg(self.proc.pid, signal.SIGKILL)

@@ -151,6 +151,53 @@ def check_freshness(api: AirflowAPI, home: Path) -> None:
     wait_for_runs(api, {}, home / "logs", RUNS_TIMEOUT_S, TASK_LIMIT_S, report=lambda _: None)
 
 
+def check_burst(api: AirflowAPI, home: Path, files: int = 200) -> None:
+    """A burst of `files` new files in the watched folder: a few DAG runs (the watcher coalesces),
+    every file searchable and indexed once; then the folder removed, and every file gone."""
+    import shutil
+    import uuid
+
+    import psycopg
+
+    from tools.freshness import seconds_until
+
+    def watched_runs() -> int:
+        return sum(r["dag_id"] == "ragpipe_ingest_sample" and r.get("run_type") == "asset_triggered"
+                   for r in api.dag_runs())
+
+    tag = uuid.uuid4().hex[:8]
+    folder = SAMPLE_CORPUS / f"freshness-burst-{tag}"
+    count = ("SELECT count(DISTINCT d.id), count(c.id) FROM ragpipe.documents d JOIN ragpipe.collections k "
+             "ON k.id = d.collection_id AND k.name = 'sample' AND k.state = 'active' "
+             "LEFT JOIN ragpipe.chunks c ON c.document_id = d.id WHERE d.source_id LIKE %s")
+    before = watched_runs()
+    with psycopg.connect(database_url(), autocommit=True) as conn:
+        def indexed() -> tuple[int, int]:
+            return conn.execute(count, (f"{folder.name}/%",)).fetchone()
+
+        try:
+            folder.mkdir()
+            for i in range(files):
+                (folder / f"note-{i:03d}.md").write_text(f"# Note {i}\n\nBurst{tag}n{i:03d} is note {i} of a burst.\n")
+            took = seconds_until(lambda: indexed()[0] == files, f"{files} burst files indexed", 2 * RUNS_TIMEOUT_S)
+        except TimeoutError as exc:
+            raise RunFailed(f"burst: {exc} ({indexed()[0]} are)") from None
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        documents, chunks = indexed()
+        runs = watched_runs() - before
+        if chunks != files or runs > 4:
+            raise RunFailed(f"burst of {files} files: {runs} DAG runs, {chunks} chunks for {documents} documents "
+                            "(want at most 4 runs and one chunk each)")
+        try:
+            gone = seconds_until(lambda: indexed()[0] == 0, "the burst files gone", 2 * RUNS_TIMEOUT_S)
+        except TimeoutError as exc:
+            raise RunFailed(f"burst: {exc}") from None
+    say(f"a burst of {files} new files: {runs} DAG runs, all searchable after {took:.1f} s, each indexed once; "
+        f"gone {gone:.1f} s after their folder was removed")
+    wait_for_runs(api, {}, home / "logs", RUNS_TIMEOUT_S, TASK_LIMIT_S, report=lambda _: None)
+
+
 def run_stack(mode: str) -> int:
     settings = load_settings()
     db_was_running = bool(settings.database_url) or (settings.pgdata / "postmaster.pid").exists()
@@ -191,6 +238,8 @@ def run_stack(mode: str) -> int:
         demo("Does coffee affect blood vessel function?")
         check_search_plugin(api, port)
         check_freshness(api, home)
+        if mode == "smoke":
+            check_burst(api, home)
         say(f"Airflow UI: http://localhost:{port}   login: {user} / {password}")
         say(f"Search page (also \"Search\" in the Airflow UI): http://localhost:{port}{URL_PREFIX}/"
             f"   API: http://localhost:{port}{URL_PREFIX}/docs")

@@ -1,6 +1,6 @@
 """The `ragpipe` command: ingest, watch, search, serve, status, embed, db and config. Every command has --help.
 
-One module per command group (ingest.py, watch.py, search.py, quality.py, versions.py, db.py, service.py);
+One module per command group (ingest.py, watch.py, verify.py, search.py, quality.py, versions.py, db.py, service.py);
 this one builds the group and turns expected failures into one-line errors.
 """
 
@@ -9,7 +9,7 @@ import sys
 
 import click
 
-from pipelines.cli import db, ingest, quality, search, service, versions, watch
+from pipelines.cli import db, ingest, quality, search, service, verify, versions, watch
 from pipelines.config import ConfigError
 from pipelines.settings import load_settings
 
@@ -27,7 +27,8 @@ def main(verbose: bool) -> None:
 
 for command in (ingest.ingest, ingest.status, search.search, search.similar, search.ask, search.embed,
                 quality.eval_, quality.tune, versions.versions, versions.promote, versions.rollback,
-                versions.prune, db.db, db.cache, service.serve, service.config, watch.watch):
+                versions.prune, db.db, db.cache, service.serve, service.config, watch.watch,
+                verify.verify):
     main.add_command(command)
 
 

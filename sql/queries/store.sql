@@ -144,7 +144,8 @@ WHERE d.collection_id = %s AND d.source_id = t.source_id;
 WITH stored AS (
     SELECT DISTINCT ON (c.content_hash) c.content_hash, c.embedding
     FROM ragpipe.chunks c JOIN ragpipe.collections k ON k.id = c.collection_id
-    WHERE k.model = %(model)s AND k.dimension = %(dimension)s AND c.content_hash = ANY(%(hashes)s)),
+    WHERE k.model = %(model)s AND k.dimension = %(dimension)s AND c.content_hash = ANY(%(hashes)s)
+      AND vector_dims(c.embedding) = %(dimension)s),
 cached AS (
     UPDATE ragpipe.embedding_cache e SET used_at = now()
     WHERE e.model = %(model)s AND vector_dims(e.embedding) = %(dimension)s AND e.content_hash = ANY(%(hashes)s)

@@ -1,0 +1,166 @@
+"""`ragpipe verify NAME`: an audit that a collection's source, documents, chunks, BM25 postings,
+statistics and HNSW index agree, and `--repair` for what a normal run can fix.
+
+Each check is a Finding with a count and a few examples. The source checks list the source (the
+collection must be in collections.yml); a document the last run recorded as failed or as a
+duplicate is accounted for, not a finding."""
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import psycopg
+
+from pipelines import store
+from pipelines.config import CollectionSpec
+from pipelines.sources import make_source
+from pipelines.store.connection import locked_connection, open_database
+from pipelines.store.database import connect
+from pipelines.store.sqlfiles import query
+
+EXAMPLES = 5
+STATS_TOLERANCE = 0.1
+"""Statistics are refreshed once 10% of the collection changed: a smaller drift is by design."""
+
+
+@dataclass
+class Finding:
+    check: str
+    """not_indexed, gone_from_source, changed_in_source, missing_chunks, wrong_dimension,
+    wrong_postings, stale_statistics, missing_index, invalid_index"""
+    count: int
+    examples: list[str]
+    meaning: str
+    repair: str
+    """What --repair does about it."""
+
+
+@dataclass
+class Report:
+    collection: str
+    findings: list[Finding] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    repaired: list[str] = field(default_factory=list)
+
+    @property
+    def clean(self) -> bool:
+        return not self.findings
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"collection": self.collection, "clean": self.clean, "findings": [asdict(f) for f in self.findings],
+                "notes": self.notes, "repaired": self.repaired}
+
+
+def _q(name: str):
+    return query("verify", name)
+
+
+def verify(name: str, spec: CollectionSpec | None, url: str | None = None) -> Report:
+    """Every check on the active version of collection `name` (`spec`: its collections.yml entry, for
+    the source checks; None skips them with a note)."""
+    report = Report(name)
+    with connect(open_database(url), autocommit=True) as conn:
+        coll = store.get_collection(conn, name)
+        if coll is None:
+            raise LookupError(f"no collection named {name!r}; `ragpipe status` lists them")
+        if spec is None:
+            report.notes.append("not in collections.yml: the source was not compared (declare it to check that)")
+        else:
+            _source_checks(conn, coll, spec, report)
+        _row_checks(conn, coll, report)
+    return report
+
+
+def _add(report: Report, check: str, items: list[Any], meaning: str, repair: str) -> None:
+    if items:
+        report.findings.append(Finding(check, len(items), [str(x) for x in items[:EXAMPLES]], meaning, repair))
+
+
+def _source_checks(conn: psycopg.Connection, coll: store.Collection, spec: CollectionSpec, report: Report) -> None:
+    listing = make_source(spec.source).list()
+    listed = {r.source_id: r.fingerprint for r in listing.refs}
+    indexed = dict(conn.execute(_q("indexed_documents"), (coll.id,)).fetchall())
+    recorded = {r[0] for r in conn.execute(_q("recorded_failures"), (coll.id,)).fetchall()}
+    _add(report, "not_indexed", sorted(set(listed) - set(indexed) - recorded),
+         "in the source, not indexed, and not recorded as failed by the last run", "a run indexes them")
+    _add(report, "changed_in_source", sorted(s for s in set(listed) & set(indexed) if listed[s] != indexed[s]),
+         "changed in the source since the last run (searches return the old text)", "a run re-reads them")
+    if listing.complete:
+        _add(report, "gone_from_source", sorted(set(indexed) - set(listed)),
+             "indexed, but no longer in the source", "a run deletes them")
+    else:
+        report.notes.append("the source listing was incomplete (" + "; ".join(listing.problems[:2])
+                            + "): documents gone from it were not checked")
+
+
+def _row_checks(conn: psycopg.Connection, coll: store.Collection, report: Report) -> None:
+    params = {"collection": coll.id, "dimension": coll.dimension}
+    _add(report, "missing_chunks", [r[0] for r in conn.execute(_q("missing_chunks"), params)],
+         "documents with fewer (or more) chunk rows than were loaded", "re-read and re-embedded by a run")
+    _add(report, "wrong_dimension", [r[0] for r in conn.execute(_q("wrong_dimension"), params)],
+         f"documents with vectors that are not {coll.dimension}-dimensional", "re-read and re-embedded by a run")
+    _add(report, "wrong_postings", [r[0] for r in conn.execute(_q("wrong_postings"), params)],
+         "chunks whose BM25 postings do not match their text (keyword search misranks them)",
+         "their postings are written again")
+    stats, actual = conn.execute(_q("statistics"), params).fetchone()
+    if actual and (stats is None or abs(actual - stats) > STATS_TOLERANCE * max(stats, 1)):
+        _add(report, "stale_statistics", [f"statistics count {stats or 0} chunks, the collection has {actual}"],
+             "BM25 statistics older than the data (more than 10% changed since they were refreshed)",
+             "refreshed")
+    exists, valid = conn.execute(_q("index_state"), (coll.id,)).fetchone()
+    if actual and not exists:
+        _add(report, "missing_index", [f"ragpipe.{_index_name(conn, coll)}"],
+             "no HNSW index: semantic search scans every chunk", "built")
+    elif exists and not valid:
+        _add(report, "invalid_index", [f"ragpipe.{_index_name(conn, coll)}"],
+             "the HNSW index is invalid (a build was interrupted): searches do not use it", "dropped and rebuilt")
+
+
+def _index_name(conn: psycopg.Connection, coll: store.Collection) -> str:
+    return conn.execute("SELECT ragpipe.hnsw_index_name(%s)", (coll.id,)).fetchone()[0]
+
+
+def repair(report: Report, spec: CollectionSpec | None, url: str | None = None) -> Report:
+    """Fix what a normal run can, under the collection's lock, then run the collection once when
+    documents need it (and collections.yml declares it); returns the report of a second verify."""
+    found = {f.check: f for f in report.findings}
+    requeue: set[str] = set()
+    url = open_database(url)
+    with locked_connection(report.collection, url) as conn:
+        coll = store.get_collection(conn, report.collection)
+        assert coll is not None
+        params = {"collection": coll.id, "dimension": coll.dimension}
+        for check in ("missing_chunks", "wrong_dimension"):
+            if check in found:
+                requeue |= {r[0] for r in conn.execute(_q(check), params)}
+        if requeue:
+            with conn.transaction():
+                conn.execute(_q("drop_chunks"), {**params, "source_ids": sorted(requeue)})
+                conn.execute(_q("requeue_documents"), (coll.id, sorted(requeue)))
+            report.repaired.append(f"{len(requeue)} documents' chunks dropped, to be read and embedded again")
+        chunks = [r[0] for r in conn.execute(_q("wrong_postings"), params)] if "wrong_postings" in found else []
+        if chunks:
+            with conn.transaction():
+                documents = [r[0] for r in conn.execute(_q("documents_of_chunks"), (coll.id, chunks))]
+                conn.execute(_q("repair_postings"), {**params, "chunks": chunks})
+                store.add_postings(conn, coll.id, documents)
+            report.repaired.append(f"postings of {len(chunks)} chunks written again")
+        if "invalid_index" in found:
+            conn.execute(conn.execute(_q("drop_invalid_index"), (coll.id,)).fetchone()[0])
+        if "invalid_index" in found or "missing_index" in found:
+            with conn.transaction():
+                store.ensure_hnsw_index(conn, coll)
+            report.repaired.append("HNSW index built")
+        if "stale_statistics" in found:
+            store.refresh_text_stats(conn, coll.id, min_change=0)
+            report.repaired.append("BM25 statistics refreshed")
+    needs_run = requeue or {"not_indexed", "changed_in_source", "gone_from_source"} & set(found)
+    if needs_run and spec is not None:
+        from pipelines.ingest import format_summary, run_ingest
+
+        report.repaired.append("ran the collection: " + format_summary(run_ingest(spec, trigger="verify")))
+    elif needs_run:
+        report.notes.append("documents need a run, and the collection is not in collections.yml: "
+                            "run `ragpipe ingest SOURCE -c NAME`")
+    after = verify(report.collection, spec, url)
+    after.repaired, after.notes = report.repaired, report.notes + after.notes
+    return after

@@ -1,0 +1,67 @@
+-- Statements of `ragpipe verify` (pipelines/verify.py): what disagrees inside one collection row.
+
+-- name: indexed_documents
+SELECT source_id, fingerprint FROM ragpipe.documents WHERE collection_id = %s;
+
+-- name: recorded_failures
+-- Documents the collection's last run recorded as failed or as duplicates (not a finding).
+SELECT DISTINCT f.source_id FROM ragpipe.ingest_failures f
+WHERE f.run_id = (SELECT max(r.id) FROM ragpipe.ingest_runs r WHERE r.collection_id = %s AND r.status <> 'dry_run');
+
+-- name: missing_chunks
+-- Documents whose chunks are not all there (chunk_count says how many were loaded).
+SELECT d.source_id FROM ragpipe.documents d
+WHERE d.collection_id = %(collection)s
+  AND d.chunk_count <> (SELECT count(*) FROM ragpipe.chunks c WHERE c.collection_id = %(collection)s
+                        AND c.document_id = d.id)
+ORDER BY 1;
+
+-- name: wrong_dimension
+SELECT DISTINCT d.source_id FROM ragpipe.chunks c JOIN ragpipe.documents d ON d.id = c.document_id
+WHERE c.collection_id = %(collection)s AND vector_dims(c.embedding) <> %(dimension)s
+ORDER BY 1;
+
+-- name: wrong_postings
+-- Chunks whose BM25 postings are not exactly their tsvector's words (tf, length), and postings of
+-- chunks that no longer exist.
+WITH expected AS (
+    SELECT c.id AS chunk_id, t.lexeme, cardinality(t.positions) AS tf, length(c.tsv) AS len
+    FROM ragpipe.chunks c CROSS JOIN LATERAL unnest(c.tsv) t WHERE c.collection_id = %(collection)s),
+actual AS (
+    SELECT p.chunk_id, p.lexeme, p.tf, p.len FROM ragpipe.postings p WHERE p.collection_id = %(collection)s),
+differ AS ((TABLE expected EXCEPT ALL TABLE actual) UNION ALL (TABLE actual EXCEPT ALL TABLE expected))
+SELECT DISTINCT chunk_id FROM differ ORDER BY 1;
+
+-- name: statistics
+SELECT s.chunks, (SELECT count(*) FROM ragpipe.chunks c WHERE c.collection_id = %(collection)s)
+FROM (SELECT %(collection)s::int AS id) k LEFT JOIN ragpipe.text_stats s ON s.collection_id = k.id;
+
+-- name: index_state
+-- The collection's HNSW index: (exists, valid); (false, false) when there is none.
+SELECT count(i.indexrelid) > 0, coalesce(bool_and(i.indisvalid AND i.indisready), false)
+FROM pg_class x JOIN pg_index i ON i.indexrelid = x.oid
+WHERE x.relname = ragpipe.hnsw_index_name(%s) AND x.relnamespace = 'ragpipe'::regnamespace;
+
+-- name: drop_invalid_index
+SELECT format('DROP INDEX ragpipe.%I', ragpipe.hnsw_index_name(%s));
+
+-- name: requeue_documents
+-- The next run reads these documents again (their fingerprint and hash no longer match).
+UPDATE ragpipe.documents SET fingerprint = NULL, content_hash = ''
+WHERE collection_id = %s AND source_id = ANY(%s);
+
+-- name: repair_postings
+DELETE FROM ragpipe.postings WHERE collection_id = %(collection)s AND chunk_id = ANY(%(chunks)s);
+
+-- name: documents_of_chunks
+SELECT DISTINCT document_id FROM ragpipe.chunks WHERE collection_id = %s AND id = ANY(%s);
+
+-- name: drop_chunks
+-- The chunks and postings of documents to be read again (not kept in the embedding cache: they are
+-- what is wrong).
+WITH gone AS (
+    DELETE FROM ragpipe.chunks c USING ragpipe.documents d
+    WHERE c.collection_id = %(collection)s AND c.document_id = d.id AND d.collection_id = %(collection)s
+      AND d.source_id = ANY(%(source_ids)s)
+    RETURNING c.id)
+DELETE FROM ragpipe.postings p WHERE p.collection_id = %(collection)s AND p.chunk_id IN (SELECT id FROM gone)
