@@ -738,8 +738,10 @@ def bench_freshness(conn, tmp: Path, probes: int = 10) -> None:
          "source": {"kind": "sql", "url": url, "query": "SELECT id, body FROM bench.fresh", "text_column": "body"}}]}))
     env = dict(os.environ, RAGPIPE_COLLECTIONS=str(config))
     subprocess.run([RAGPIPE, "watch", "bench_fresh_sql", "--setup"], env=env, check=True, capture_output=True)
-    log = (tmp / "watch.log").open("w")
+    log_path = PROJECT_ROOT / ".ragpipe" / "bench" / "watch.log"
+    log = log_path.open("w")
     watcher = subprocess.Popen([RAGPIPE, "watch"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    print(f"ragpipe watch: log in {log_path}", flush=True)
     try:
         file_probe(folder, "bench_fresh_folder", 300)  # the first runs: the model loads, the folder is embedded
         row_probe(conn, "bench.fresh", "bench_fresh_sql", 0, 300)

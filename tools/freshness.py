@@ -10,9 +10,13 @@ POLL_S = 0.25
 
 
 def searchable(collection: str, word: str) -> set[str]:
-    from pipelines.search import search
+    """Source ids of the documents keyword search finds `word` in (none while the collection is not built)."""
+    from pipelines.search import UnknownCollection, search
 
-    return {h.source_id for h in search(word, collection, k=5, mode="keyword")}
+    try:
+        return {h.source_id for h in search(word, collection, k=5, mode="keyword")}
+    except UnknownCollection:
+        return set()
 
 
 def seconds_until(check: Callable[[], bool], what: str, timeout_s: float) -> float:

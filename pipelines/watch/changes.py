@@ -3,12 +3,15 @@ change (or a batch of them). Streams never end on their own: they stop when `sto
 
 - folder and tabular: the file system's own events (inotify on Linux, through watchfiles), with
   the folder's include/exclude rules;
-- sql: LISTEN on the collection's channel, fed by the trigger `ragpipe watch setup` installs;
+- sql: LISTEN on the collection's channel, fed by the trigger `ragpipe watch NAME --setup` installs;
   a dropped connection is opened again, and the reconnection counts as a change (one may have
   been missed meanwhile);
 - s3: the bucket's event notifications, read from an SQS queue (long polling);
 - web: no events exist, so the source is listed again every `interval_s` and a change of any
-  page's fingerprint (the sitemap's lastmod, or the page's ETag) counts."""
+  page's fingerprint (the sitemap's lastmod, or the page's ETag) counts.
+
+Each stream sets `ready` once it is watching (the inotify watch made, LISTEN done, the first
+listing taken): a run that lists the source after that misses no change."""
 
 import asyncio
 import hashlib
@@ -45,19 +48,21 @@ def queue_name(collection: str) -> str:
     return f"ragpipe-{collection.replace('_', '-')}"
 
 
-def source_changes(spec: CollectionSpec, stop: asyncio.Event) -> AsyncIterator[str]:
+def source_changes(spec: CollectionSpec, stop: asyncio.Event,
+                   ready: asyncio.Event | None = None) -> AsyncIterator[str]:
     """The stream of changes of the collection's source, chosen by its kind."""
     kind = spec.source["kind"]
+    ready = ready or asyncio.Event()
     if kind in ("folder", "tabular"):
-        return file_changes(spec, stop)
+        return file_changes(spec, stop, ready)
     if kind == "sql":
-        return notifications(spec, stop)
+        return notifications(spec, stop, ready)
     if kind == "s3":
-        return queue_messages(spec, stop)
-    return listing_changes(spec, stop)
+        return queue_messages(spec, stop, ready)
+    return listing_changes(spec, stop, ready)
 
 
-async def file_changes(spec: CollectionSpec, stop: asyncio.Event) -> AsyncIterator[str]:
+async def file_changes(spec: CollectionSpec, stop: asyncio.Event, ready: asyncio.Event) -> AsyncIterator[str]:
     from watchfiles import awatch
 
     source = make_source(spec.source)
@@ -72,13 +77,25 @@ async def file_changes(spec: CollectionSpec, stop: asyncio.Event) -> AsyncIterat
         except ValueError:
             return False
 
-    async for changes in awatch(root, watch_filter=relevant, stop_event=stop, recursive=True, debounce=50,
-                                step=20, yield_on_timeout=False, rust_timeout=1000):
-        yield ", ".join(sorted(f"{c.name} {Path(p).relative_to(root)}" for c, p in changes)[:3]) + (
-            f" and {len(changes) - 3} more" if len(changes) > 3 else "")
+    stream = awatch(root, watch_filter=relevant, stop_event=stop, recursive=True, debounce=50, step=20,
+                    yield_on_timeout=False, rust_timeout=1000)
+    following = asyncio.ensure_future(anext(stream))
+    await asyncio.sleep(0)  # the stream's first step makes the inotify watch, before its first await
+    ready.set()
+    try:
+        while True:
+            try:
+                changes = await following
+            except StopAsyncIteration:  # stopped
+                return
+            following = asyncio.ensure_future(anext(stream))
+            yield ", ".join(sorted(f"{c.name} {Path(p).relative_to(root)}" for c, p in changes)[:3]) + (
+                f" and {len(changes) - 3} more" if len(changes) > 3 else "")
+    finally:
+        following.cancel()
 
 
-async def notifications(spec: CollectionSpec, stop: asyncio.Event) -> AsyncIterator[str]:
+async def notifications(spec: CollectionSpec, stop: asyncio.Event, ready: asyncio.Event) -> AsyncIterator[str]:
     """NOTIFYs on the collection's channel, on an autocommit connection (it never holds a
     transaction open); reconnects with backoff after the database goes away."""
     import psycopg
@@ -92,6 +109,7 @@ async def notifications(spec: CollectionSpec, stop: asyncio.Event) -> AsyncItera
             async with await psycopg.AsyncConnection.connect(source.conninfo(), autocommit=True,
                                                                application_name="ragpipe watch") as conn:
                 await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel(spec.name))))
+                ready.set()
                 backoff = 0.5
                 if not first:
                     yield "reconnected to the source database (a change may have been missed)"
@@ -108,11 +126,13 @@ async def notifications(spec: CollectionSpec, stop: asyncio.Event) -> AsyncItera
             backoff = min(backoff * 2, RECONNECT_MAX_S)
 
 
-async def queue_messages(spec: CollectionSpec, stop: asyncio.Event) -> AsyncIterator[str]:
+async def queue_messages(spec: CollectionSpec, stop: asyncio.Event, ready: asyncio.Event) -> AsyncIterator[str]:
     """Object-created and -removed notifications of the bucket, long-polled from its SQS queue and
-    deleted once read (the run that follows lists the bucket, so nothing rests on a message)."""
+    deleted once read (the run that follows lists the bucket, so nothing rests on a message). The
+    queue keeps what arrives while nobody reads it."""
     sqs = sqs_client(spec)
     url = spec.watch.get("queue_url") or sqs.get_queue_url(QueueName=queue_name(spec.name))["QueueUrl"]
+    ready.set()
     while not stop.is_set():
         got = await asyncio.to_thread(sqs.receive_message, QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=1)
         messages = got.get("Messages", [])
@@ -141,7 +161,7 @@ def sqs_client(spec: CollectionSpec) -> Any:
     return boto3.client("sqs", **options)
 
 
-async def listing_changes(spec: CollectionSpec, stop: asyncio.Event) -> AsyncIterator[str]:
+async def listing_changes(spec: CollectionSpec, stop: asyncio.Event, ready: asyncio.Event) -> AsyncIterator[str]:
     source = make_source(spec.source)
     before = None
     while not stop.is_set():
@@ -152,6 +172,7 @@ async def listing_changes(spec: CollectionSpec, stop: asyncio.Event) -> AsyncIte
             yield f"{len(changed)} pages changed in the listing ({', '.join(changed[:3])})"
         if listing.complete:
             before = now
+        ready.set()
         if await _stopped(stop, spec.watch["interval_s"]):
             return
 

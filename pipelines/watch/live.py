@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 MAX_SETTLE_S = 30.0
 """A burst that never pauses still starts a run after this long."""
 BUSY_RETRY_S = 5.0
+READY_TIMEOUT_S = 60.0
 
 
 @dataclass
@@ -33,6 +34,8 @@ class Pending:
 
     changes: list[str] = field(default_factory=list)
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    watching: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set once the source's change stream is watching."""
     last_at: float = 0.0
 
     def add(self, change: str) -> None:
@@ -66,7 +69,7 @@ async def watch_collections(specs: list[CollectionSpec], stop: asyncio.Event, sa
     runs = 0
 
     async def listen(spec: CollectionSpec, pending: Pending) -> None:
-        async for change in source_changes(spec, stop):
+        async for change in source_changes(spec, stop, pending.watching):
             pending.add(change)
 
     async def settle(spec: CollectionSpec, pending: Pending) -> None:
@@ -82,7 +85,12 @@ async def watch_collections(specs: list[CollectionSpec], stop: asyncio.Event, sa
         from pipelines.ingest import format_summary
         from pipelines.store import CollectionBusy
 
-        pending.arrived.set()  # the first run catches up
+        try:  # the first run catches up, once the source is watched: no change falls in between
+            await asyncio.wait_for(pending.watching.wait(), READY_TIMEOUT_S)
+        except TimeoutError:
+            say(f"{_now()} {spec.name}: not watching its source after {READY_TIMEOUT_S:.0f} s (see the log); "
+                "catching up anyway")
+        pending.arrived.set()
         while not stop.is_set():
             waiter = asyncio.ensure_future(pending.arrived.wait())
             stopper = asyncio.ensure_future(stop.wait())
