@@ -110,6 +110,11 @@ def test_watch_picks_up_a_write_a_rename_and_a_delete_and_ctrl_c_stops_it(tmp_pa
         watcher.run_line(name)
         assert found(name, "quartzite") == set()
 
+        (docs / "deep" / "a" / "b").mkdir(parents=True)  # files made in new folders before their watch exists
+        (docs / "deep" / "a" / "b" / "c.md").write_text("# Deep\n\nObsidian is volcanic glass.")
+        watcher.wait_for(lambda line: "→ run " in line and found(name, "obsidian") == {"deep/a/b/c.md"},
+                         "the file in the new folders indexed")
+
         (docs / "skip.log").write_text("zanzibarite again, still excluded")
         with pytest.raises(AssertionError, match="no run line"):  # excluded files start no run
             watcher.wait_for(lambda line: "→ run " in line, "run line", timeout_s=3)

@@ -63,7 +63,7 @@ def source_changes(spec: CollectionSpec, stop: asyncio.Event,
 
 
 async def file_changes(spec: CollectionSpec, stop: asyncio.Event, ready: asyncio.Event) -> AsyncIterator[str]:
-    from watchfiles import awatch
+    from watchfiles import Change, awatch
 
     source = make_source(spec.source)
     if spec.source["kind"] == "tabular":
@@ -71,11 +71,16 @@ async def file_changes(spec: CollectionSpec, stop: asyncio.Event, ready: asyncio
     else:
         root, wanted = source.root, (lambda rel: source.single == rel if source.single else source.wanted(rel))
 
-    def relevant(_change: Any, path: str) -> bool:
+    def relevant(change: Any, path: str) -> bool:
+        """A wanted file's event, or a folder's: files made in a new folder before its own watch
+        exists send no event of their own, and the run that follows lists them."""
         try:
-            return wanted(Path(path).relative_to(root).as_posix())
+            rel = Path(path).relative_to(root).as_posix()
         except ValueError:
             return False
+        if spec.source["kind"] == "tabular" or source.single:
+            return wanted(rel)
+        return wanted(rel) or Path(path).is_dir() or (change == Change.deleted and not Path(path).suffix)
 
     stream = awatch(root, watch_filter=relevant, stop_event=stop, recursive=True, debounce=50, step=20,
                     yield_on_timeout=False, rust_timeout=1000)
