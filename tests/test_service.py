@@ -518,3 +518,50 @@ def test_a_mixed_language_truncated_collection_is_searched_and_marked_in_each_la
     html = httpx.get(f"{served}/", params=dict(collection=name, q="Häusern houses", mode="keyword"), timeout=60).text
     marked = re.findall(r"<mark>(.*?)</mark>", html.split('id="results"', 1)[1])
     assert sorted(marked) == ["Häuser", "houses"], "each passage stemmed in its own language"
+
+
+def scrape(base: str) -> dict[tuple[str, tuple], float]:
+    """`GET /metrics`, parsed by prometheus-client's own parser: {(sample name, sorted labels): value}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    got = httpx.get(f"{base}/metrics", timeout=30)
+    assert got.status_code == 200 and got.headers["content-type"].startswith("text/plain"), got.text[:200]
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(got.text) for s in family.samples}
+
+
+def test_metrics_count_the_requests_made_and_report_the_database_counts(served, sample, conn):
+    before = scrape(served)
+    for mode, times in (("semantic", 2), ("keyword", 1)):
+        for _ in range(times):
+            assert httpx.get(f"{served}/api/search", params=dict(collection=sample, q=QUESTION, mode=mode),
+                             timeout=30).status_code == 200
+    assert httpx.get(f"{served}/api/search", params=dict(collection="no_such", q="x", mode="keyword"),
+                     timeout=30).status_code == 404
+    after = scrape(served)
+
+    def moved(name: str, **labels: str) -> float:
+        key = (name, tuple(sorted(labels.items())))
+        return after.get(key, 0) - before.get(key, 0)
+
+    route = {"route": "/api/search"}
+    assert moved("ragpipe_http_requests_total", **route, mode="semantic", status="200") == 2
+    assert moved("ragpipe_http_requests_total", **route, mode="keyword", status="200") == 1
+    assert moved("ragpipe_http_requests_total", **route, mode="keyword", status="404") == 1
+    assert moved("ragpipe_http_request_seconds_count", **route) == 4
+    assert moved("ragpipe_embed_seconds_count") == 2, "keyword search embeds nothing"
+    assert moved("ragpipe_sql_seconds_count", mode="semantic") == 2
+    assert moved("ragpipe_http_errors_total", kind="NotFound") == 1
+    assert not any(name.startswith("ragpipe_http") and dict(labels).get("route") == "/metrics"
+                   for name, labels in after), "scrapes are not counted"
+
+    documents, chunks = conn.execute(
+        "SELECT count(DISTINCT d.id), count(c.id) FROM ragpipe.collections k JOIN ragpipe.documents d "
+        "ON d.collection_id = k.id LEFT JOIN ragpipe.chunks c ON c.document_id = d.id "
+        "WHERE k.name = %s AND k.state = 'active'", (sample,)).fetchone()
+    label = (("collection", sample),)
+    assert after[("ragpipe_documents", label)] == documents > 0
+    assert after[("ragpipe_chunks", label)] == chunks > 0
+    assert after[("ragpipe_last_run_succeeded", label)] == 1
+    assert 0 <= after[("ragpipe_seconds_since_last_success", label)] < 24 * 3600
+    assert after[("ragpipe_pool_connections", ())] >= 1

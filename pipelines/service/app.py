@@ -11,7 +11,7 @@ import psycopg
 from fastapi import FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 
 from pipelines.search import MODES, Mode
 from pipelines.service.access import Unauthorized
@@ -60,6 +60,7 @@ def create_app(settings: Settings | None = None, warm: bool = False, bind: str |
     app.add_middleware(Guards, hosts=allowed_hosts(service.settings.serve_allowed_hosts, bind),
                        max_body_bytes=MAX_BODY_BYTES)
     _add_error_handlers(app)
+    _add_request_metrics(app, service)
     Auth = Annotated[str | None, Header(include_in_schema=False)]
 
     @app.get("/healthz")
@@ -69,6 +70,13 @@ def create_app(settings: Settings | None = None, warm: bool = False, bind: str |
         with service.db.session() as conn:
             conn.execute("SELECT 1")
         return {"status": "ok"}
+
+    @app.get("/metrics", include_in_schema=False)
+    def metrics() -> Response:
+        """Prometheus text format: the service's requests, and every collection's state (docs/metrics.md)."""
+        from prometheus_client import CONTENT_TYPE_LATEST
+
+        return Response(service.metrics.text(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/api/collections")
     def collections(authorization: Auth = None) -> list[dict[str, Any]]:
@@ -149,9 +157,25 @@ def _sse(event: str, data: dict[str, Any]) -> str:
     return f"event: {event}\ndata: {json.dumps(data)}\n\n"
 
 
+def _add_request_metrics(app: FastAPI, service: SearchService) -> None:
+    from pipelines.service.metrics import route_of
+
+    @app.middleware("http")
+    async def count(request: Request, call_next):
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = route_of(request.scope)
+        if route != "/metrics":
+            mode = request.query_params.get("mode", "hybrid") if route == "/api/search" else ""
+            service.metrics.observe(route, mode if mode in MODES else "other", response.status_code,
+                                    time.perf_counter() - started)
+        return response
+
+
 def _add_error_handlers(app: FastAPI) -> None:
     def handle(request: Request, exc: Exception) -> JSONResponse:
         status, message = error_status(exc)
+        request.app.state.service.metrics.errors.labels(type(exc).__name__).inc()
         if status == 500:
             log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
         headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None

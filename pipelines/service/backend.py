@@ -63,6 +63,18 @@ class SearchService:
         """Set once every collection's model is loaded (warm)."""
         self._warming: threading.Thread | None = None
         self._warm_lock = threading.Lock()
+        from pipelines.service.metrics import ServiceMetrics
+
+        self.metrics = ServiceMetrics(self.pipeline_rows, self.pool_stats)
+
+    def pipeline_rows(self) -> list[tuple]:
+        """ragpipe.pipeline_metrics(): one row of counts a collection, for a scrape."""
+        self.open()
+        with self.db.session() as conn:
+            return conn.execute("SELECT * FROM ragpipe.pipeline_metrics() ORDER BY 1").fetchall()
+
+    def pool_stats(self) -> dict[str, int]:
+        return self.db.pool.get_stats() if self._opened else {}
 
     def open(self) -> None:
         """Open the pool and check the roles. On the main database, migrate first (starting the embedded
@@ -152,7 +164,8 @@ class SearchService:
         from pipelines.collection import query_embedder
 
         model, version, settings = self.version_of(collection)
-        return query_embedder(collection, model, settings).embed_query(text), version
+        with self.metrics.embed.time():
+            return query_embedder(collection, model, settings).embed_query(text), version
 
     def search(self, role: str, collection: str, q: str, k: int, mode: Mode,
                filter: dict[str, Any] | None, language: str | None = None) -> list[SearchResult]:
@@ -166,7 +179,7 @@ class SearchService:
             embedding, collection = self.embed(collection, q)
         params = dict(HYBRID_DEFAULTS, collection=collection, text=q, embedding=embedding, k=k,
                       filter=jsonb_filter(filter), language=self.checked_language(language))
-        with self.db.session(role) as conn:
+        with self.db.session(role) as conn, self.metrics.sql.labels(mode).time():
             return run_search(conn, "tenant" if tenant else mode, params)
 
     def checked_language(self, language: str | None) -> str | None:

@@ -52,7 +52,7 @@ BEGIN
         ragpipe.similar_chunks(bigint, int, jsonb),
         ragpipe.similar_documents(text, text, int, jsonb),
         ragpipe.rag_context(text, text, vector, int, int, jsonb),
-        ragpipe.get_collection(text) TO %I', role_name);
+        ragpipe.get_collection(text), ragpipe.pipeline_metrics() TO %I', role_name);
 END
 $fn$;
 REVOKE ALL ON FUNCTION ragpipe.grant_search(text) FROM PUBLIC;

@@ -1,0 +1,91 @@
+"""Prometheus metrics of the search service (`GET /metrics`): its requests, as they happen, and the
+pipeline's state per collection, read from the database at scrape time (ragpipe.pipeline_metrics).
+Labels are bounded: route templates, modes, statuses, collection names; never queries or ids."""
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+class PipelineCollector(Collector):
+    """Gauges per collection and of the service's pool, computed when scraped."""
+
+    def __init__(self, rows: Callable[[], list[tuple]], pool_stats: Callable[[], dict[str, int]]) -> None:
+        self.rows, self.pool_stats = rows, pool_stats
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self.pool_stats()
+        yield GaugeMetricFamily("ragpipe_pool_connections", "connections the service's pool holds",
+                                value=stats.get("pool_size", 0))
+        yield GaugeMetricFamily("ragpipe_pool_connections_idle", "connections of the pool free now",
+                                value=stats.get("pool_available", 0))
+        yield GaugeMetricFamily("ragpipe_pool_waiting", "requests waiting for a connection now",
+                                value=stats.get("requests_waiting", 0))
+        families = {
+            "documents": GaugeMetricFamily("ragpipe_documents", "documents of the active version",
+                                           labels=["collection"]),
+            "chunks": GaugeMetricFamily("ragpipe_chunks", "chunks of the active version", labels=["collection"]),
+            "version": GaugeMetricFamily("ragpipe_active_version", "the version searches read",
+                                         labels=["collection"]),
+            "since": GaugeMetricFamily("ragpipe_seconds_since_last_success",
+                                       "seconds since the last successful run ended", labels=["collection"]),
+            "seconds": GaugeMetricFamily("ragpipe_last_run_seconds", "how long the last run took",
+                                         labels=["collection"]),
+            "ok": GaugeMetricFamily("ragpipe_last_run_succeeded", "1 if the last run succeeded, 0 if it failed "
+                                    "or runs now", labels=["collection"]),
+            "failures": GaugeMetricFamily("ragpipe_last_run_failures", "documents the last run recorded as failed, "
+                                          "by stage", labels=["collection", "stage"]),
+        }
+        now = time.time()
+        for name, version, documents, chunks, success_at, status, seconds, failures in self.rows():
+            families["documents"].add_metric([name], documents)
+            families["chunks"].add_metric([name], chunks)
+            families["version"].add_metric([name], version)
+            if success_at is not None:
+                families["since"].add_metric([name], now - success_at.timestamp())
+            if seconds is not None:
+                families["seconds"].add_metric([name], seconds)
+            if status is not None:
+                families["ok"].add_metric([name], 1 if status == "succeeded" else 0)
+            for stage, count in sorted((failures or {}).items()):
+                families["failures"].add_metric([name, stage], count)
+        yield from families.values()
+
+
+class ServiceMetrics:
+    """The service's own registry (several apps in one process never share counters)."""
+
+    def __init__(self, rows: Callable[[], list[tuple]], pool_stats: Callable[[], dict[str, int]]) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("ragpipe_http_requests", "requests answered, by route, mode and status",
+                                ["route", "mode", "status"], registry=self.registry)
+        self.latency = Histogram("ragpipe_http_request_seconds", "seconds to answer, by route", ["route"],
+                                 buckets=SECONDS, registry=self.registry)
+        self.embed = Histogram("ragpipe_embed_seconds", "seconds to embed a query", buckets=SECONDS,
+                               registry=self.registry)
+        self.sql = Histogram("ragpipe_sql_seconds", "seconds in the search SQL, by mode", ["mode"],
+                             buckets=SECONDS, registry=self.registry)
+        self.errors = Counter("ragpipe_http_errors", "requests that failed, by kind", ["kind"],
+                              registry=self.registry)
+        self.registry.register(PipelineCollector(rows, pool_stats))
+
+    def observe(self, route: str, mode: str, status: int, seconds: float) -> None:
+        self.requests.labels(route, mode, str(status)).inc()
+        self.latency.labels(route).observe(seconds)
+
+    def text(self) -> bytes:
+        from prometheus_client import generate_latest
+
+        return generate_latest(self.registry)
+
+
+def route_of(scope: dict[str, Any]) -> str:
+    """The route's template (`/api/similar/{collection}/{source_id:path}`), or `other` for no route."""
+    route = scope.get("route")
+    return getattr(route, "path", None) or "other"
