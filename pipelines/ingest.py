@@ -48,6 +48,11 @@ def run_ingest(spec: CollectionSpec, full_refresh: bool = False, limit: int | No
         return summary
 
 
+RUN_COUNTS = ("listed", "new", "changed", "unchanged", "deleted", "failed", "duplicates", "chunks_embedded",
+              "chunks_reused")
+"""The counts of a run's summary (ragpipe.ingest_runs' columns)."""
+
+
 def format_summary(summary: dict[str, Any]) -> str:
     """The one-line account of a run that the CLI and the DAG print."""
     return ("run {id} {status}: listed {listed}, new {new}, changed {changed}, unchanged {unchanged}, "

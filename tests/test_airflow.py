@@ -21,17 +21,29 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def airflow(ragpipe_home: Path, db_url: str, tmp_path_factory):
+def lineage():
+    """A loopback OpenLineage receiver, Airflow's transport for every DAG run of this module."""
+    from tools.lineage_receiver import LineageReceiver
+
+    with LineageReceiver() as receiver:
+        yield receiver
+
+
+@pytest.fixture(scope="module")
+def airflow(ragpipe_home: Path, db_url: str, tmp_path_factory, lineage):
     from pipelines.airflow.environment import airflow_environment
 
     env = airflow_environment(tmp_path_factory.mktemp("airflow"))
-    env.update(RAGPIPE_RETRY_DELAY="1", RAGPIPE_RETRIES="2")
+    env.update(RAGPIPE_RETRY_DELAY="1", RAGPIPE_RETRIES="2", AIRFLOW__OPENLINEAGE__TRANSPORT=lineage.transport,
+               AIRFLOW__OPENLINEAGE__NAMESPACE="ragpipe-test")
     os.environ.update(env)
     subprocess.run([str(Path(sys.executable).parent / "airflow"), "db", "migrate"], check=True,
                    capture_output=True, env=os.environ)
     yield env
     from airflow import settings
+    from airflow.providers.openlineage.plugins.listener import get_openlineage_listener
 
+    get_openlineage_listener().before_stopping(component=None)  # its pool of DAG-run event processes
     settings.dispose_orm()  # before the session's database stops
 
 
@@ -403,3 +415,43 @@ def test_a_watched_collection_is_scheduled_by_its_source_asset_watcher(airflow, 
     write_collections(corpus, name, watch={"debounce_s": 0.5})
     assert [a.name for a in assets(get_dag(f"ragpipe_ingest_{name}"))] == [f"ragpipe_source_{name}"], \
         "without a schedule the DAG runs on its source's changes only"
+
+
+def test_each_task_emits_openlineage_with_the_source_the_chunk_table_and_the_counts(airflow, lineage, corpus,
+                                                                                       name, conn, tmp_path):
+    """The OpenLineage provider's events of a dag.test() run, as the receiver got them: START and
+    COMPLETE per task, the folder in, the collection's chunk partition out, the run's counts; the
+    plan's first try fails (an injected fault) and emits FAIL, its retry COMPLETE."""
+    from tools.lineage_receiver import wait_for_events
+
+    write_collections(corpus, name)
+    os.environ.update(RAGPIPE_FAILPOINTS=f"plan_{name}", RAGPIPE_FAILPOINT_DIR=str(tmp_path / "faults"))
+    try:
+        dag_run = run_dag(name)
+    finally:
+        os.environ.pop("RAGPIPE_FAILPOINTS")
+    assert dag_run.state == "success"
+    run = last_run(conn, name)
+    coll = store.get_collection(conn, name)
+    dag_id, batches = f"ragpipe_ingest_{name}", mapped_count(dag_run)
+    expected = {(f"{dag_id}.plan", "START"): 2, (f"{dag_id}.plan", "FAIL"): 1, (f"{dag_id}.plan", "COMPLETE"): 1,
+                (f"{dag_id}.process_batch", "START"): batches, (f"{dag_id}.process_batch", "COMPLETE"): batches,
+                (f"{dag_id}.finalize", "START"): 1, (f"{dag_id}.finalize", "COMPLETE"): 1}
+    events = wait_for_events(lineage, dag_id, dag_run.run_id, expected)
+    [failed] = [e for e in events if e["eventType"] == "FAIL"]
+    assert "injected fault" in failed["run"]["facets"]["errorMessage"]["message"]
+    assert failed["inputs"][0]["name"] == str(corpus), "a failed task still names its source"
+    complete = {e["job"]["name"].rsplit(".", 1)[-1]: e for e in events if e["eventType"] == "COMPLETE"}
+    [source] = complete["finalize"]["inputs"]
+    assert source["namespace"].startswith("file://") and source["name"] == str(corpus)
+    [chunks] = complete["finalize"]["outputs"]
+    assert chunks["namespace"].startswith("postgres://") and chunks["name"].endswith(f".ragpipe.chunks_c{coll.id}")
+    assert chunks["outputFacets"]["outputStatistics"]["rowCount"] == run["chunks_embedded"] > 0
+    facet = complete["finalize"]["run"]["facets"]["ragpipe"]
+    assert (facet["collection"], facet["ingest_run"]) == (name, run["id"])
+    assert facet["_schemaURL"].endswith("#the-ragpipe-run-facet")
+    assert facet["counts"] == {k: run[k] for k in facet["counts"]} and facet["counts"]["new"] == 30
+    assert complete["plan"]["run"]["facets"]["ragpipe"]["counts"]["listed"] == 30
+    done = [e for e in events if e["eventType"] == "COMPLETE" and e["job"]["name"].endswith(".process_batch")]
+    assert sum(e["run"]["facets"]["ragpipe"]["counts"]["new"] for e in done) == 30
+    assert sum(e["outputs"][0]["outputFacets"]["outputStatistics"]["rowCount"] for e in done) == run["chunks_embedded"]

@@ -530,7 +530,19 @@ def scrape(base: str) -> dict[tuple[str, tuple], float]:
             for family in text_string_to_metric_families(got.text) for s in family.samples}
 
 
-def test_metrics_count_the_requests_made_and_report_the_database_counts(served, sample, conn):
+def test_metrics_count_the_requests_made_and_report_the_database_counts(served, sample, conn, tmp_path):
+    from tests.conftest import folder_spec
+
+    corpus = tmp_path / "corpus"
+    shutil.copytree(CORPUS, corpus, ignore=shutil.ignore_patterns("records.jsonl"))
+    partial = "metrics_partial"
+    assert run_ingest(folder_spec(partial, corpus), limit=3)["new"] == 3  # 27 of the 30 listed still to do
+    edited = tmp_path / "edited"
+    edited.mkdir()
+    (edited / "note.md").write_text("# Tea\n\nGreen tea and blood pressure.")
+    run_ingest(folder_spec("metrics_cache", edited))
+    (edited / "note.md").write_text("# Tea\n\nBlack tea and sleep.")
+    assert run_ingest(folder_spec("metrics_cache", edited))["changed"] == 1  # the old vector goes to the cache
     before = scrape(served)
     for mode, times in (("semantic", 2), ("keyword", 1)):
         for _ in range(times):
@@ -565,3 +577,16 @@ def test_metrics_count_the_requests_made_and_report_the_database_counts(served, 
     assert after[("ragpipe_last_run_succeeded", label)] == 1
     assert 0 <= after[("ragpipe_seconds_since_last_success", label)] < 24 * 3600
     assert after[("ragpipe_pool_connections", ())] >= 1
+    assert after[("ragpipe_backlog_documents", label)] == 0 and after[("ragpipe_freshness_lag_seconds", label)] == 0
+    waiting = (("collection", partial),)
+    assert after[("ragpipe_backlog_documents", waiting)] == 27
+    assert 0 < after[("ragpipe_freshness_lag_seconds", waiting)] < 600
+    cache = dict(conn.execute("SELECT model, count(*) FROM ragpipe.embedding_cache GROUP BY model").fetchall())
+    assert cache
+    assert {dict(k)["model"]: v for n, k in after if n == "ragpipe_embedding_cache_rows"
+            for v in [after[(n, k)]]} == cache
+    loads = [v for (n, _), v in after.items() if n == "ragpipe_model_load_seconds"]
+    assert loads and all(v > 0 for v in loads), "the service loaded the model it embeds queries with"
+    shown = ragpipe("status", "-c", partial).stdout
+    assert "backlog 27 documents, listed" in shown, shown
+    assert "backlog 0" in ragpipe("status", "-c", sample).stdout

@@ -214,3 +214,38 @@ def test_watch_refuses_a_collection_without_watch_and_a_sql_source_without_a_tab
     got = ragpipe("watch", name, check=False, env={"RAGPIPE_COLLECTIONS": str(config)})
     assert got.returncode == 1 and "needs `table: schema.table`" in got.stderr, got.stderr
     assert len(got.stderr.strip().splitlines()) == 1
+
+
+def test_a_watched_table_is_followed_across_a_restart_of_its_database(tmp_path, name):
+    """The source database (its own embedded server here) is stopped and started again while
+    `ragpipe watch` listens: the watcher connects again, and a change made after the restart is
+    searchable."""
+    import psycopg
+
+    from pipelines.store.database import embedded_server, stop_embedded_server
+
+    pgdata = tmp_path / "src"
+    url = embedded_server(pgdata).get_uri()
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("CREATE SCHEMA notes; CREATE TABLE notes.items (id int PRIMARY KEY, body text NOT NULL); "
+                         "INSERT INTO notes.items VALUES (1, 'Green tea contains catechins.')")
+        config = collections_file(tmp_path, {"name": name, "watch": {"table": "notes.items", "debounce_s": 0.3},
+                                             "source": {"kind": "sql", "url": url, "text_column": "body",
+                                                        "query": "SELECT id, body FROM notes.items"}})
+        ragpipe("watch", name, "--setup", env={"RAGPIPE_COLLECTIONS": str(config)})
+        watcher = Watcher(config, name)
+        try:
+            watcher.run_line(name)
+            assert found(name, "catechins") == {"1"}
+            assert stop_embedded_server(pgdata), "the source database was running"
+            embedded_server(pgdata)
+            watcher.wait_for(lambda line: "reconnected" in line and "→ run " in line, "run after the restart")
+            with psycopg.connect(url, autocommit=True) as conn:
+                conn.execute("INSERT INTO notes.items VALUES (2, 'Kelp is rich in iodine.')")
+            watcher.run_line(name)
+            assert found(name, "iodine") == {"2"}, "a change after the restart is picked up"
+        finally:
+            watcher.stop()
+    finally:
+        stop_embedded_server(pgdata)

@@ -2,7 +2,7 @@
 
 BENCH_SCALE=small (default, a few minutes) or large; BENCH_QUALITY=1 adds the NFCorpus nDCG@10 of the
 torch and onnx-int8 backends to a small run (always part of large; ~15 min the first time, cached after).
-BENCH_SECTIONS=embedding,loading,reruns,versions,search,service,freshness (the default: all) runs some of them;
+BENCH_SECTIONS=embedding,loading,reruns,versions,search,service,freshness,metrics (the default: all) runs some of them;
 BENCH_SECTIONS=quality runs only the NFCorpus nDCG@10 of the backends and storage choices. Results go to
 stdout, docs/benchmarks[-large][-SECTIONS].md and the same figures as .json beside it; the report names
 the CPU model and the flags that decide the fastest embedding backend (AVX2, AVX-512 VNNI/BF16, AMX).
@@ -710,7 +710,7 @@ def bench_storage_quality() -> None:
                f"{scores[label]:.4f} ({ratio:.3f})", **{f"storage.nfcorpus.{label}.ndcg_ratio": ratio})
 
 
-ALL_SECTIONS = "embedding,loading,reruns,versions,search,service,freshness"
+ALL_SECTIONS = "embedding,loading,reruns,versions,search,service,freshness,metrics"
 
 
 def quality_asked() -> bool:
@@ -763,6 +763,59 @@ def bench_freshness(conn, tmp: Path, probes: int = 10) -> None:
                        check=False)
         for name in ("bench_fresh_folder", "bench_fresh_sql"):
             drop_collection(conn, name)
+
+
+def bench_metrics(conn, collections: int = 1000, docs: int = 100, runs: int = 10) -> None:
+    """The pipeline's part of a `GET /metrics` scrape (ragpipe.pipeline_metrics and the text the
+    service renders) at 10 and at `collections` collections of synthetic rows (`docs` documents,
+    `runs` runs and 2 failures of the last run each)."""
+    from pipelines.service.metrics import ServiceMetrics
+
+    def fill(n: int) -> None:
+        conn.execute("INSERT INTO ragpipe.collections (name, family, model, dimension, chunk_tokens, chunk_overlap) "
+                     "SELECT 'bench_metrics_' || i, 'bench_metrics_' || i, %s, 384, 256, 32 "
+                     "FROM generate_series(1, %s) i", (DEFAULT_MODEL, n))
+        ours = "SELECT id FROM ragpipe.collections WHERE family LIKE 'bench\\_metrics\\_%%'"
+        conn.execute(f"INSERT INTO ragpipe.documents (collection_id, source_id, uri, content_hash, chunk_count) "
+                     f"SELECT k.id, 'doc-' || j, 'file:///doc-' || j, md5(j::text), 3 FROM ({ours}) k, "
+                     f"generate_series(1, %s) j", (docs,))
+        conn.execute(f"INSERT INTO ragpipe.ingest_runs (collection_id, status, listed, new, unchanged, seconds, "
+                     f"started_at, finished_at) SELECT k.id, 'succeeded', %s, 1, %s - 1, 1.5, "
+                     f"now() - (%s - j) * interval '1 hour', now() - (%s - j) * interval '1 hour' + interval '2 s' "
+                     f"FROM ({ours}) k, generate_series(1, %s) j", (docs, docs, runs, runs, runs))
+        conn.execute(f"INSERT INTO ragpipe.ingest_failures (run_id, collection_id, source_id, stage, error) "
+                     f"SELECT (SELECT max(r.id) FROM ragpipe.ingest_runs r WHERE r.collection_id = k.id), k.id, "
+                     f"'bad-' || j, 'extract', 'not a PDF' FROM ({ours}) k, generate_series(1, 2) j")
+        conn.execute("ANALYZE ragpipe.collections, ragpipe.documents, ragpipe.ingest_runs, ragpipe.ingest_failures")
+
+    def rows() -> list[tuple]:
+        return conn.execute("SELECT * FROM ragpipe.pipeline_metrics() ORDER BY 1").fetchall()
+
+    def cache() -> list[tuple]:
+        return conn.execute("SELECT * FROM ragpipe.cache_metrics() ORDER BY 1").fetchall()
+
+    took: dict[int, tuple[float, float, int]] = {}
+    try:
+        for n in (10, collections):
+            conn.execute("DELETE FROM ragpipe.collections WHERE family LIKE 'bench\\_metrics\\_%'")
+            fill(n)
+            metrics = ServiceMetrics(rows, dict, cache)
+            sql_ms, text_ms = [], []
+            for _ in range(20):
+                t = time.perf_counter()
+                rows()
+                sql_ms.append((time.perf_counter() - t) * 1000)
+                t = time.perf_counter()
+                text = metrics.text()
+                text_ms.append((time.perf_counter() - t) * 1000)
+            took[n] = (float(np.percentile(sql_ms, 50)), float(np.percentile(text_ms, 50)), len(text))
+    finally:
+        conn.execute("DELETE FROM ragpipe.collections WHERE family LIKE 'bench\\_metrics\\_%'")
+    (small_sql, small_text, _), (sql_ms, text_ms, size) = took[10], took[collections]
+    record("metrics", f"scrape at {collections:,} collections: pipeline_metrics() p50 / whole scrape p50 / size",
+           f"{sql_ms:.1f} ms / {text_ms:.1f} ms / {size / 1024:.0f} KB (10 collections: {small_sql:.1f} / "
+           f"{small_text:.1f} ms)", metrics__scrape_1000_ms=text_ms, metrics__sql_1000_ms=sql_ms,
+           metrics__scrape_10_ms=small_text)
 
 
 def cpu_info() -> dict[str, Any]:
@@ -851,6 +904,8 @@ def main() -> None:
             bench_service(conn, min(cfg["search_chunks"], 100_000), cfg["queries"])
         if "freshness" in sections:
             bench_freshness(conn, tmp_path)
+        if "metrics" in sections:
+            bench_metrics(conn)
         shutil.rmtree(tmp_path / "rerun", ignore_errors=True)
     report = write_report(scale, time.perf_counter() - started)
     print(f"\nwrote {report.relative_to(PROJECT_ROOT)} ({(time.perf_counter() - started) / 60:.1f} min)")

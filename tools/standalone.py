@@ -15,6 +15,7 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from pipelines.airflow import SEARCH_URL_PREFIX as URL_PREFIX
 from pipelines.airflow.environment import airflow_environment
@@ -124,6 +125,44 @@ def check_search_plugin(api: AirflowAPI, port: int) -> None:
         f"in {found.json()['took_ms']} ms")
 
 
+SOURCE_NAMESPACES = {"sample": "file://", "sample_records": "file://", "sample_s3": "s3://ragpipe-sample",
+                     "sample_web": "http://127.0.0.1:8765", "sample_sql": "postgres://"}
+
+
+def check_lineage(api: AirflowAPI, receiver: Any, triggered: dict[str, str]) -> None:
+    """Each task of each triggered sample run sent START and COMPLETE to the OpenLineage receiver,
+    naming the source and the collection's chunk table, with the counts of its ingest_runs row."""
+    import psycopg
+    from psycopg.rows import dict_row
+
+    from pipelines.ingest import RUN_COUNTS
+    from tools.lineage_receiver import wait_for_events
+
+    with psycopg.connect(database_url(), autocommit=True, row_factory=dict_row) as conn:
+        for dag_id, run_id in triggered.items():
+            name = dag_id.removeprefix("ragpipe_ingest_")
+            batches = sum(ti["task_id"] == "process_batch" and ti["state"] == "success"
+                          for ti in api.task_instances(dag_id, run_id))
+            expected = {(f"{dag_id}.{task}", kind): n for task, n in
+                        (("plan", 1), ("process_batch", batches), ("finalize", 1)) for kind in ("START", "COMPLETE")}
+            try:
+                events = wait_for_events(receiver, dag_id, run_id, expected, timeout_s=60)
+            except TimeoutError as exc:
+                raise RunFailed(str(exc)) from None
+            [done] = [e for e in events if e["eventType"] == "COMPLETE" and e["job"]["name"] == f"{dag_id}.finalize"]
+            facet = done["run"]["facets"]["ragpipe"]
+            row = conn.execute("SELECT r.*, ragpipe.chunk_partition(r.collection_id) AS chunks "
+                               "FROM ragpipe.ingest_runs r WHERE r.id = %s", (facet["ingest_run"],)).fetchone()
+            sources = [i["namespace"] for i in done["inputs"]]
+            outputs = [o["name"].rsplit(".", 2)[-2:] for o in done["outputs"]]
+            if (not row or facet["counts"] != {k: row[k] for k in RUN_COUNTS} or outputs != [["ragpipe", row["chunks"]]]
+                    or not sources or not all(ns.startswith(SOURCE_NAMESPACES[name]) for ns in sources)):
+                raise RunFailed(f"lineage of {dag_id}: finalize's COMPLETE event does not match run "
+                                f"{facet['ingest_run']} ({row}): {json.dumps(done)[:1500]}")
+    say(f"OpenLineage: {len(receiver.events)} events received; every task of the {len(triggered)} sample runs "
+        "sent START and COMPLETE with its source, its chunk table and its run's counts")
+
+
 def check_freshness(api: AirflowAPI, home: Path) -> None:
     """A change to each watched sample source (a file written into examples/corpus, a row of
     samples.articles, an object of the sample bucket) is found by search without a manual trigger
@@ -205,6 +244,7 @@ def run_stack(mode: str) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with SIGINT ignored
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     rc = 0
+    receiver = None
     started = time.monotonic()
     try:
         from tools.samples import S3_PORT, WEB_PORT
@@ -215,6 +255,12 @@ def run_stack(mode: str) -> int:
         env = airflow_environment()
         home = Path(env["AIRFLOW_HOME"])
         env = dict(os.environ, **env, **start_sample_servers(home / "sample-servers.log"))
+        if mode == "smoke":  # the DAGs' OpenLineage events go to a receiver here (docs/lineage.md)
+            from tools.lineage_receiver import LineageReceiver
+
+            receiver = LineageReceiver().__enter__()
+            env.update(AIRFLOW__OPENLINEAGE__TRANSPORT=receiver.transport,
+                       AIRFLOW__OPENLINEAGE__NAMESPACE="ragpipe-smoke")
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # standalone runs `airflow`
         port = int(env.get("AIRFLOW__API__PORT", "8080"))
         log_path = home / "standalone.log"
@@ -237,6 +283,8 @@ def run_stack(mode: str) -> int:
 
         demo("Does coffee affect blood vessel function?")
         check_search_plugin(api, port)
+        if mode == "smoke":
+            check_lineage(api, receiver, triggered)
         check_freshness(api, home)
         if mode == "smoke":
             check_burst(api, home)
@@ -257,6 +305,8 @@ def run_stack(mode: str) -> int:
         rc = 1
     finally:
         left = tree.stop()
+        if receiver is not None:
+            receiver.__exit__(None, None, None)
         if not db_was_running:
             from pipelines.store.database import stop_embedded_server
 

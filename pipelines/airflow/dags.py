@@ -14,8 +14,10 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from airflow.sdk import DAG, Asset, Param, TaskGroup, dag, task
+from airflow.sdk import DAG, Asset, Param, TaskGroup, dag
 
+from pipelines.airflow.lineage import ragpipe_task as task
+from pipelines.airflow.lineage import register
 from pipelines.config import CollectionSpec, load_collections
 from pipelines.settings import Settings, load_settings
 
@@ -26,8 +28,10 @@ def collection_dags(collections_file: str | Path | None = None) -> dict[str, DAG
     dags: dict[str, DAG] = {}
     for spec in load_collections(Path(collections_file) if collections_file else settings.collections_file).values():
         dags[f"ragpipe_ingest_{spec.name}"] = ingest_dag(spec, settings)
+        register(f"ragpipe_ingest_{spec.name}", spec)
         if spec.smoke_queries:
             dags[f"ragpipe_smoke_check_{spec.name}"] = smoke_check_dag(spec, settings)
+            register(f"ragpipe_smoke_check_{spec.name}", spec)
     return dags
 
 
@@ -126,6 +130,7 @@ def sync_stage(spec: CollectionSpec, settings: Settings, target: str) -> Any:
     def plan(params: dict[str, Any] | None = None, ti: Any = None) -> list[dict[str, Any]]:
         """List the source and decide what to process; returns one entry per batch to map over."""
         from pipelines.airflow.connections import explained_timeout, vector_db_url
+        from pipelines.airflow.lineage import report
         from pipelines.airflow.steps import plan_step
 
         params = params or {}
@@ -136,6 +141,8 @@ def sync_stage(spec: CollectionSpec, settings: Settings, target: str) -> Any:
             print("no new version to build: collections.yml has the active version's settings")
             ti.xcom_push(key="plan", value={"version": None})
             return []
+        report(spec, p.collection, vector_db_url(), p.run_id, listed=p.listed, new=p.new, changed=p.changed,
+               unchanged=p.unchanged, deleted=len(p.deleted))
         batches = [] if dry_run else p.batches(spec.docs_per_batch)
         print(f"{p.collection}: listed {p.listed} (complete: {p.listing_complete}): new {p.new}, changed {p.changed}, "
               f"unchanged {p.unchanged}, to delete {len(p.deleted)}; processing "
@@ -153,12 +160,14 @@ def sync_stage(spec: CollectionSpec, settings: Settings, target: str) -> Any:
                       version: str | None = None) -> dict[str, int]:
         """Read, extract, chunk, embed and load one batch (document references only in XCom)."""
         from pipelines.airflow.connections import explained_timeout, vector_db_url
+        from pipelines.airflow.lineage import report
         from pipelines.airflow.steps import batch_step
         from pipelines.sources import DocumentRef
 
         with explained_timeout("batch"):
             result = batch_step(spec, ingest_run_id, [DocumentRef(**r) for r in refs], vector_db_url(),
                                 full_refresh, version)
+        report(spec, version or spec.name, vector_db_url(), ingest_run_id, **result.counts())
         print("batch: " + ", ".join(f"{k} {v}" for k, v in result.counts().items()))
         for source_id, stage, reason in result.failures:
             print(f"FAILED {source_id} ({stage}): {reason}")
@@ -172,8 +181,9 @@ def sync_stage(spec: CollectionSpec, settings: Settings, target: str) -> Any:
         from airflow.sdk.exceptions import AirflowSkipException
 
         from pipelines.airflow.connections import explained_timeout, vector_db_url
+        from pipelines.airflow.lineage import report
         from pipelines.airflow.steps import finalize_step
-        from pipelines.ingest import format_summary
+        from pipelines.ingest import RUN_COUNTS, format_summary
 
         if planned.get("version") is None:
             raise AirflowSkipException("no new version to build")
@@ -186,6 +196,8 @@ def sync_stage(spec: CollectionSpec, settings: Settings, target: str) -> Any:
             summary = finalize_step(spec, planned["ingest_run_id"], planned["deleted"], vector_db_url(),
                                     failed_batches=int(missing > 0), version=planned["version"],
                                     promote=(params or {}).get("promote"), complete=planned["complete"])
+        report(spec, planned["version"], vector_db_url(), planned["ingest_run_id"],
+               **{key: summary[key] for key in RUN_COUNTS})
         print(f"{planned['version']}: {format_summary(summary)}")
         if "promoted" in summary:
             verdict = summary.get("evaluation") or {}

@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 from pipelines.config import CollectionSpec
-from pipelines.faults import armed
+from pipelines.faults import armed, failpoint
 from pipelines.sources import DocumentRef
 from pipelines.store.connection import locked_connection
 from pipelines.sync import BatchResult, Plan, finalize_run, plan_run, process_batch
@@ -22,6 +22,7 @@ def plan_step(spec: CollectionSpec, url: str | None = None, full_refresh: bool =
               target: str = "active") -> Plan | None:
     """Plan the run of the active version, or (target="candidate") of the version being built; None
     when no version is being built. The plan's `collection` names the version its batches write."""
+    failpoint(f"plan_{spec.name}")  # tests: a task that fails (once, with RAGPIPE_FAILPOINT_DIR)
     check_eval_set(spec)
     with locked_connection(spec.family, url) as conn:
         with conn.transaction(force_rollback=dry_run):  # a dry run writes nothing

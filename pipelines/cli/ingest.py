@@ -116,13 +116,22 @@ def ingest(source: str | None, collection: str, full_refresh: bool, limit: int |
         sys.exit(1)
 
 
+def backlog_text(run: dict) -> str:
+    """The figures of `ragpipe_backlog_documents` and `ragpipe_freshness_lag_seconds` (docs/metrics.md)."""
+    if not run.get("backlog"):
+        return "backlog 0"
+    return f"backlog {run['backlog']} documents, listed {run['waiting_s']:.0f} s ago and not yet searchable"
+
+
 @click.command()
 @click.option("-c", "--collection", help="Only this collection.")
 @click.option("--failures", is_flag=True, help="List the last run's failed documents, and those it indexed with a note "
               "(a duplicate, a language it did not know).")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 def status(collection: str | None, failures: bool, as_json: bool) -> None:
-    """Collections with document and chunk counts, their last run and its failures."""
+    """Collections with document and chunk counts, their last run and its failures, and the
+    backlog: documents the last run listed as new or changed and has not indexed yet (still running,
+    or left by a `--limit` or a failed batch), with how long ago they were listed."""
     from pipelines.store.status import collection_status
 
     rows = collection_status(collection)
@@ -135,7 +144,7 @@ def status(collection: str | None, failures: bool, as_json: bool) -> None:
         run = row["last_run"] or {}
         click.echo(f"{row['collection']}: {row['documents']} documents, {row['chunks']} chunks, "
                    f"model {row['model']} ({row['dimension']}d); last run {run.get('status', '-')} "
-                   f"{run.get('finished_at') or ''} failed {run.get('failed', 0)}")
+                   f"{run.get('finished_at') or ''} failed {run.get('failed', 0)}; {backlog_text(run)}")
         for b in row["building"]:
             click.echo(f"  building version {b['version']} ({b['model']}, chunk_tokens={b['chunk_tokens']}, "
                        f"overlap={b['chunk_overlap']}): {b['documents']}/{b['of'] or '?'} documents; "

@@ -6,6 +6,7 @@ Documents go through the model's document side (`encode_document`), queries thro
 """
 
 import threading
+import time
 from dataclasses import dataclass
 from functools import cache, cached_property
 from typing import Any
@@ -33,9 +34,20 @@ class Loaded:
     already uses every core for one call (the search service's request threads share it)."""
 
 
+LOAD_SECONDS: dict[str, float] = {}
+"""Seconds each model of this process took to load (`ragpipe_model_load_seconds` of /metrics)."""
+
+
 @cache
 def load(model_id: str, device: str) -> Loaded:
     """The model of `model_id` on `device`, loaded once per process."""
+    started = time.perf_counter()
+    loaded = _load(model_id, device)
+    LOAD_SECONDS[model_id] = time.perf_counter() - started
+    return loaded
+
+
+def _load(model_id: str, device: str) -> Loaded:
     from transformers.utils import logging as hf_logging
 
     name, backend = split_model_id(model_id)

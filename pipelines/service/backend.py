@@ -65,13 +65,19 @@ class SearchService:
         self._warm_lock = threading.Lock()
         from pipelines.service.metrics import ServiceMetrics
 
-        self.metrics = ServiceMetrics(self.pipeline_rows, self.pool_stats)
+        self.metrics = ServiceMetrics(self.pipeline_rows, self.pool_stats, self.cache_rows)
 
     def pipeline_rows(self) -> list[tuple]:
         """ragpipe.pipeline_metrics(): one row of counts a collection, for a scrape."""
         self.open()
         with self.db.session() as conn:
             return conn.execute("SELECT * FROM ragpipe.pipeline_metrics() ORDER BY 1").fetchall()
+
+    def cache_rows(self) -> list[tuple]:
+        """ragpipe.cache_metrics(): (model, rows) of the embedding cache."""
+        self.open()
+        with self.db.session() as conn:
+            return conn.execute("SELECT * FROM ragpipe.cache_metrics() ORDER BY 1").fetchall()
 
     def pool_stats(self) -> dict[str, int]:
         return self.db.pool.get_stats() if self._opened else {}

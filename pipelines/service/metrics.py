@@ -16,10 +16,23 @@ SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 class PipelineCollector(Collector):
     """Gauges per collection and of the service's pool, computed when scraped."""
 
-    def __init__(self, rows: Callable[[], list[tuple]], pool_stats: Callable[[], dict[str, int]]) -> None:
-        self.rows, self.pool_stats = rows, pool_stats
+    def __init__(self, rows: Callable[[], list[tuple]], pool_stats: Callable[[], dict[str, int]],
+                 cache_rows: Callable[[], list[tuple]]) -> None:
+        self.rows, self.pool_stats, self.cache_rows = rows, pool_stats, cache_rows
 
     def collect(self) -> Iterator[Metric]:
+        from pipelines.embed.local import LOAD_SECONDS
+
+        loads = GaugeMetricFamily("ragpipe_model_load_seconds", "seconds the service took to load each model",
+                                  labels=["model"])
+        for model, seconds in sorted(LOAD_SECONDS.items()):
+            loads.add_metric([model], seconds)
+        yield loads
+        cache = GaugeMetricFamily("ragpipe_embedding_cache_rows", "vectors kept in the embedding cache, by model",
+                                  labels=["model"])
+        for model, count in self.cache_rows():
+            cache.add_metric([model], count)
+        yield cache
         stats = self.pool_stats()
         yield GaugeMetricFamily("ragpipe_pool_connections", "connections the service's pool holds",
                                 value=stats.get("pool_size", 0))
@@ -41,9 +54,15 @@ class PipelineCollector(Collector):
                                     "or runs now", labels=["collection"]),
             "failures": GaugeMetricFamily("ragpipe_last_run_failures", "documents the last run recorded as failed, "
                                           "by stage", labels=["collection", "stage"]),
+            "backlog": GaugeMetricFamily("ragpipe_backlog_documents", "documents the last run listed as new or "
+                                         "changed and has not indexed yet", labels=["collection"]),
+            "lag": GaugeMetricFamily("ragpipe_freshness_lag_seconds", "seconds since the listing of the oldest change "
+                                     "not yet searchable (0: none waiting)", labels=["collection"]),
         }
         now = time.time()
-        for name, version, documents, chunks, success_at, status, seconds, failures in self.rows():
+        for name, version, documents, chunks, success_at, status, seconds, failures, backlog, since in self.rows():
+            families["backlog"].add_metric([name], backlog)
+            families["lag"].add_metric([name], now - since.timestamp() if backlog and since else 0)
             families["documents"].add_metric([name], documents)
             families["chunks"].add_metric([name], chunks)
             families["version"].add_metric([name], version)
@@ -61,7 +80,8 @@ class PipelineCollector(Collector):
 class ServiceMetrics:
     """The service's own registry (several apps in one process never share counters)."""
 
-    def __init__(self, rows: Callable[[], list[tuple]], pool_stats: Callable[[], dict[str, int]]) -> None:
+    def __init__(self, rows: Callable[[], list[tuple]], pool_stats: Callable[[], dict[str, int]],
+                 cache_rows: Callable[[], list[tuple]]) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter("ragpipe_http_requests", "requests answered, by route, mode and status",
                                 ["route", "mode", "status"], registry=self.registry)
@@ -73,7 +93,7 @@ class ServiceMetrics:
                              buckets=SECONDS, registry=self.registry)
         self.errors = Counter("ragpipe_http_errors", "requests that failed, by kind", ["kind"],
                               registry=self.registry)
-        self.registry.register(PipelineCollector(rows, pool_stats))
+        self.registry.register(PipelineCollector(rows, pool_stats, cache_rows))
 
     def observe(self, route: str, mode: str, status: int, seconds: float) -> None:
         self.requests.labels(route, mode, str(status)).inc()

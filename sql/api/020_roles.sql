@@ -52,7 +52,7 @@ BEGIN
         ragpipe.similar_chunks(bigint, int, jsonb),
         ragpipe.similar_documents(text, text, int, jsonb),
         ragpipe.rag_context(text, text, vector, int, int, jsonb),
-        ragpipe.get_collection(text), ragpipe.pipeline_metrics() TO %I', role_name);
+        ragpipe.get_collection(text), ragpipe.pipeline_metrics(), ragpipe.cache_metrics() TO %I', role_name);
 END
 $fn$;
 REVOKE ALL ON FUNCTION ragpipe.grant_search(text) FROM PUBLIC;
@@ -75,7 +75,8 @@ BEGIN
     EXECUTE format('GRANT EXECUTE ON FUNCTION ragpipe.build_hnsw_index(int), '
                    'ragpipe.analyze_collection(int) TO %I', role_name);
     EXECUTE format('GRANT EXECUTE ON FUNCTION ragpipe.refresh_text_stats(int, bigint, double precision), '
-                   'ragpipe.refresh_impacts(int, double precision) TO %I', role_name);
+                   'ragpipe.refresh_impacts(int, double precision), ragpipe.run_backlog(ragpipe.ingest_runs) TO %I',
+                   role_name);
 END
 $fn$;
 REVOKE ALL ON FUNCTION ragpipe.grant_loader(text) FROM PUBLIC;

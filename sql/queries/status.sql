@@ -17,9 +17,12 @@ WHERE k.state = 'active' AND (%(name)s::text IS NULL OR k.name = %(name)s)
 ORDER BY k.name;
 
 -- name: last_run
+-- backlog: listed as new or changed, not yet indexed (ragpipe.run_backlog); waiting_s: how long
+-- since that listing (what `ragpipe_freshness_lag_seconds` reports).
 SELECT id, status, trigger, listed, new, changed, unchanged, deleted, failed, duplicates, chunks_embedded,
-       chunks_reused, seconds, started_at, finished_at, error
-FROM ragpipe.ingest_runs WHERE collection_id = %s AND status <> 'dry_run'
+       chunks_reused, seconds, started_at, finished_at, error, ragpipe.run_backlog(r) AS backlog,
+       CASE WHEN ragpipe.run_backlog(r) > 0 THEN extract(epoch FROM now() - started_at)::float8 END AS waiting_s
+FROM ragpipe.ingest_runs r WHERE collection_id = %s AND status <> 'dry_run'
 ORDER BY id DESC LIMIT 1;
 
 -- name: failures
