@@ -763,6 +763,32 @@ def bench_freshness(conn, tmp: Path, probes: int = 10) -> None:
                        check=False)
         for name in ("bench_fresh_folder", "bench_fresh_sql"):
             drop_collection(conn, name)
+    bench_airflow_freshness(tmp, probes)
+
+
+def bench_airflow_freshness(tmp: Path, probes: int) -> None:
+    """The same under the real scheduler: `python -m tools.standalone freshness` starts the stack of
+    `make run` in a temp home (its own database), then changes each watched sample source `probes` times."""
+    out, home = tmp / "airflow-freshness.json", tmp / "airflow-home"
+    log_path = PROJECT_ROOT / ".ragpipe" / "bench" / "airflow-freshness.log"
+    with log_path.open("w") as log:
+        print(f"standalone Airflow: log in {log_path}", flush=True)
+        done = subprocess.run([sys.executable, "-m", "tools.standalone", "freshness"], stdout=log,
+                              stderr=subprocess.STDOUT, timeout=3600, check=False, cwd=PROJECT_ROOT,
+                              env=dict(os.environ, RAGPIPE_HOME=str(home), FRESHNESS_OUT=str(out),
+                                       FRESHNESS_PROBES=str(probes)))
+    if done.returncode != 0 or not out.exists():
+        raise RuntimeError(f"tools.standalone freshness failed ({done.returncode}); see {log_path}")
+    for kind, seconds in json.loads(out.read_text()).items():
+        key = kind.split()[0].lower()
+        added, removed = seconds["add"], seconds["delete"]
+        record("freshness", f"Airflow (AssetWatcher), {kind}: change → searchable, p50 / p95 (add; delete)",
+               f"{np.percentile(added, 50):.1f} / {np.percentile(added, 95):.1f} s; "
+               f"{np.percentile(removed, 50):.1f} / {np.percentile(removed, 95):.1f} s",
+               **{f"freshness.airflow.{key}.add_p50_s": np.percentile(added, 50),
+                  f"freshness.airflow.{key}.add_p95_s": np.percentile(added, 95),
+                  f"freshness.airflow.{key}.delete_p50_s": np.percentile(removed, 50),
+                  f"freshness.airflow.{key}.delete_p95_s": np.percentile(removed, 95)})
 
 
 def bench_metrics(conn, collections: int = 1000, docs: int = 100, runs: int = 10) -> None:
@@ -772,9 +798,10 @@ def bench_metrics(conn, collections: int = 1000, docs: int = 100, runs: int = 10
     from pipelines.service.metrics import ServiceMetrics
 
     def fill(n: int) -> None:
-        conn.execute("INSERT INTO ragpipe.collections (name, family, model, dimension, chunk_tokens, chunk_overlap) "
-                     "SELECT 'bench_metrics_' || i, 'bench_metrics_' || i, %s, 384, 256, 32 "
-                     "FROM generate_series(1, %s) i", (DEFAULT_MODEL, n))
+        for first in range(1, n + 1, 100):  # each collection is a partition: a transaction locks each one it makes
+            conn.execute("INSERT INTO ragpipe.collections (name, family, model, dimension, chunk_tokens, "
+                         "chunk_overlap) SELECT 'bench_metrics_' || i, 'bench_metrics_' || i, %s, 384, 256, 32 "
+                         "FROM generate_series(%s::int, %s::int) i", (DEFAULT_MODEL, first, min(first + 99, n)))
         ours = "SELECT id FROM ragpipe.collections WHERE family LIKE 'bench\\_metrics\\_%%'"
         conn.execute(f"INSERT INTO ragpipe.documents (collection_id, source_id, uri, content_hash, chunk_count) "
                      f"SELECT k.id, 'doc-' || j, 'file:///doc-' || j, md5(j::text), 3 FROM ({ours}) k, "
@@ -794,10 +821,15 @@ def bench_metrics(conn, collections: int = 1000, docs: int = 100, runs: int = 10
     def cache() -> list[tuple]:
         return conn.execute("SELECT * FROM ragpipe.cache_metrics() ORDER BY 1").fetchall()
 
+    def empty() -> None:
+        while conn.execute("DELETE FROM ragpipe.collections WHERE id IN (SELECT id FROM ragpipe.collections "
+                           "WHERE family LIKE 'bench\\_metrics\\_%' LIMIT 100)").rowcount:
+            pass
+
     took: dict[int, tuple[float, float, int]] = {}
     try:
         for n in (10, collections):
-            conn.execute("DELETE FROM ragpipe.collections WHERE family LIKE 'bench\\_metrics\\_%'")
+            empty()
             fill(n)
             metrics = ServiceMetrics(rows, dict, cache)
             sql_ms, text_ms = [], []
@@ -810,7 +842,7 @@ def bench_metrics(conn, collections: int = 1000, docs: int = 100, runs: int = 10
                 text_ms.append((time.perf_counter() - t) * 1000)
             took[n] = (float(np.percentile(sql_ms, 50)), float(np.percentile(text_ms, 50)), len(text))
     finally:
-        conn.execute("DELETE FROM ragpipe.collections WHERE family LIKE 'bench\\_metrics\\_%'")
+        empty()
     (small_sql, small_text, _), (sql_ms, text_ms, size) = took[10], took[collections]
     record("metrics", f"scrape at {collections:,} collections: pipeline_metrics() p50 / whole scrape p50 / size",
            f"{sql_ms:.1f} ms / {text_ms:.1f} ms / {size / 1024:.0f} KB (10 collections: {small_sql:.1f} / "

@@ -43,15 +43,15 @@ class LineageReceiver:
         return json.dumps({"type": "http", "url": f"http://127.0.0.1:{self.server.server_port}",
                            "endpoint": ENDPOINT, "timeout": 5})
 
-    def task_events(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
-        """The task-level events of one DAG run (job name `dag_id.task_id`)."""
+    def task_events(self, dag_id: str, run_id: str | None) -> list[dict[str, Any]]:
+        """The task-level events of one DAG run (job name `dag_id.task_id`; any run when None)."""
         found = []
         for event in list(self.events):
             parent = (event.get("run", {}).get("facets", {}).get("parent") or {})
             airflow = event.get("run", {}).get("facets", {}).get("airflow") or {}
             dag_run = airflow.get("dagRun") or {}
             if (event.get("job", {}).get("name", "").startswith(f"{dag_id}.") and parent
-                    and dag_run.get("run_id", run_id) == run_id):
+                    and (run_id is None or dag_run.get("run_id", run_id) == run_id)):
                 found.append(event)
         return found
 
@@ -65,7 +65,7 @@ class LineageReceiver:
         self.thread.join(timeout=10)
 
 
-def wait_for_events(receiver: LineageReceiver, dag_id: str, run_id: str, expected: dict[tuple[str, str], int],
+def wait_for_events(receiver: LineageReceiver, dag_id: str, run_id: str | None, expected: dict[tuple[str, str], int],
                     timeout_s: float = 60) -> list[dict[str, Any]]:
     """The DAG run's task events once each (job name, eventType) has arrived `expected` times;
     a clear error naming what is missing after `timeout_s`."""

@@ -4,6 +4,8 @@ triggerer; LocalExecutor) on the embedded PostgreSQL, with the servers behind th
     python -m tools.standalone run     # trigger every sample DAG, print a search, run until Ctrl-C
     python -m tools.standalone smoke   # the same, then stop; exit 0 only if every run succeeded
                                            # and no process it started is left
+    FRESHNESS_OUT=f.json python -m tools.standalone freshness   # FRESHNESS_PROBES (10) changes of
+                                           # each watched sample source, their seconds to f.json (make bench)
 
 Both stop everything they started (checked by pid) on Ctrl-C, on SIGTERM and on their own failure.
 """
@@ -163,10 +165,11 @@ def check_lineage(api: AirflowAPI, receiver: Any, triggered: dict[str, str]) -> 
         "sent START and COMPLETE with its source, its chunk table and its run's counts")
 
 
-def check_freshness(api: AirflowAPI, home: Path) -> None:
+def check_freshness(api: AirflowAPI, home: Path, probes: int = 1) -> dict[str, dict[str, list[float]]]:
     """A change to each watched sample source (a file written into examples/corpus, a row of
     samples.articles, an object of the sample bucket) is found by search without a manual trigger
-    (the AssetWatcher's event schedules the DAG), and is gone after it is deleted."""
+    (the AssetWatcher's event schedules the DAG), and is gone after it is deleted; `probes` times
+    each. Returns the seconds of each: {kind: {"add": [...], "delete": [...]}}."""
     import boto3
     import psycopg
 
@@ -174,20 +177,26 @@ def check_freshness(api: AirflowAPI, home: Path) -> None:
     from tools.samples import S3_PORT
 
     s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{S3_PORT}")
+    seconds: dict[str, dict[str, list[float]]] = {}
     with psycopg.connect(database_url(), autocommit=True) as conn:
-        probes = {"folder": lambda: file_probe(SAMPLE_CORPUS, "sample", FRESHNESS_TIMEOUT_S),
-                  "sql table": lambda: row_probe(conn, "samples.articles", "sample_sql", "freshness-probe",
-                                                 FRESHNESS_TIMEOUT_S),
-                  "S3 bucket": lambda: object_probe(s3, "ragpipe-sample", "kb", "sample_s3", FRESHNESS_TIMEOUT_S)}
-        for kind, probe in probes.items():
-            try:
-                added, removed = probe()
-            except TimeoutError as exc:
-                raise RunFailed(f"freshness of the watched {kind}: {exc} (see the triggerer in "
-                                f"{home / 'standalone.log'})") from None
-            say(f"freshness under Airflow (watched {kind}): a new document searchable after {added:.1f} s, "
-                f"a deleted one gone after {removed:.1f} s")
+        probe_of = {"folder": lambda: file_probe(SAMPLE_CORPUS, "sample", FRESHNESS_TIMEOUT_S),
+                    "sql table": lambda: row_probe(conn, "samples.articles", "sample_sql", "freshness-probe",
+                                                   FRESHNESS_TIMEOUT_S),
+                    "S3 bucket": lambda: object_probe(s3, "ragpipe-sample", "kb", "sample_s3", FRESHNESS_TIMEOUT_S)}
+        for kind, probe in probe_of.items():
+            for _ in range(probes):
+                try:
+                    added, removed = probe()
+                except TimeoutError as exc:
+                    raise RunFailed(f"freshness of the watched {kind}: {exc} (see the triggerer in "
+                                    f"{home / 'standalone.log'})") from None
+                seconds.setdefault(kind, {"add": [], "delete": []})
+                seconds[kind]["add"].append(added)
+                seconds[kind]["delete"].append(removed)
+                say(f"freshness under Airflow (watched {kind}): a new document searchable after {added:.1f} s, "
+                    f"a deleted one gone after {removed:.1f} s")
     wait_for_runs(api, {}, home / "logs", RUNS_TIMEOUT_S, TASK_LIMIT_S, report=lambda _: None)
+    return seconds
 
 
 def check_burst(api: AirflowAPI, home: Path, files: int = 200) -> None:
@@ -235,6 +244,44 @@ def check_burst(api: AirflowAPI, home: Path, files: int = 200) -> None:
     say(f"a burst of {files} new files: {runs} DAG runs, all searchable after {took:.1f} s, each indexed once; "
         f"gone {gone:.1f} s after their folder was removed")
     wait_for_runs(api, {}, home / "logs", RUNS_TIMEOUT_S, TASK_LIMIT_S, report=lambda _: None)
+
+
+def check_killed_run(api: AirflowAPI, home: Path) -> None:
+    """A watched run killed while it runs (marked failed, as "Mark as failed" in the UI does) stops
+    neither the watcher nor the change it was indexing: the next change starts a run that makes
+    both searchable."""
+    import uuid
+
+    from tools.freshness import searchable, seconds_until
+
+    def watched() -> list[dict]:
+        return [r for r in api.dag_runs() if r["dag_id"] == "ragpipe_ingest_sample"
+                and r.get("run_type") == "asset_triggered"]
+
+    known = {r["dag_run_id"] for r in watched()}
+    words = [f"killed{uuid.uuid4().hex[:10]}" for _ in range(2)]
+    paths = [SAMPLE_CORPUS / f"freshness-{word}.md" for word in words]
+    try:
+        paths[0].write_text(f"# Killed run\n\nThe word {words[0]} was being indexed when its run was killed.\n")
+        try:
+            seconds_until(lambda: any(r["dag_run_id"] not in known for r in watched()), "a run of the change", 60)
+        except TimeoutError as exc:
+            raise RunFailed(f"killed run: {exc}") from None
+        run = next(r for r in watched() if r["dag_run_id"] not in known)
+        api.patch(f"/dags/ragpipe_ingest_sample/dagRuns/{run['dag_run_id']}", {"state": "failed"})
+        paths[1].write_text(f"# After the killed run\n\nThe word {words[1]} came after it.\n")
+        try:
+            took = seconds_until(lambda: all(searchable("sample", word) for word in words),
+                                 "both changes searchable", FRESHNESS_TIMEOUT_S)
+        except TimeoutError as exc:
+            raise RunFailed(f"after a killed run ({run['state']} when killed): {exc}") from None
+    finally:
+        for path in paths:
+            path.unlink(missing_ok=True)
+    say(f"a watched run killed while {run['state']}: the next change's run made both changes searchable "
+        f"{took:.1f} s later")
+    wait_for_runs(api, {}, home / "logs", RUNS_TIMEOUT_S, TASK_LIMIT_S, report=lambda _: None,
+                  killed=frozenset({run["dag_run_id"]}))
 
 
 def run_stack(mode: str) -> int:
@@ -285,9 +332,14 @@ def run_stack(mode: str) -> int:
         check_search_plugin(api, port)
         if mode == "smoke":
             check_lineage(api, receiver, triggered)
-        check_freshness(api, home)
+        freshness = check_freshness(api, home, int(os.environ.get("FRESHNESS_PROBES", "10")) if mode == "freshness"
+                                    else 1)
+        if mode == "freshness":  # for make bench (tools/benchmarks.py bench_airflow_freshness)
+            Path(os.environ["FRESHNESS_OUT"]).write_text(json.dumps(freshness))
+            return rc
         if mode == "smoke":
             check_burst(api, home)
+            check_killed_run(api, home)
         say(f"Airflow UI: http://localhost:{port}   login: {user} / {password}")
         say(f"Search page (also \"Search\" in the Airflow UI): http://localhost:{port}{URL_PREFIX}/"
             f"   API: http://localhost:{port}{URL_PREFIX}/docs")
@@ -322,8 +374,8 @@ def run_stack(mode: str) -> int:
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     mode = args[0] if args else "run"
-    if mode not in ("run", "smoke"):
-        raise SystemExit("usage: python -m tools.standalone [run|smoke]")
+    if mode not in ("run", "smoke", "freshness"):
+        raise SystemExit("usage: python -m tools.standalone [run|smoke|freshness]")
     sys.exit(run_stack(mode))
 
 

@@ -27,8 +27,8 @@ RETURNS TABLE (collection text, version int, documents bigint, chunks bigint, la
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, ragpipe AS $fn$
 SELECT k.name, k.version,
        coalesce(d.documents, 0), coalesce(d.chunks, 0),
-       (SELECT max(r.finished_at) FROM ragpipe.ingest_runs r
-        WHERE r.collection_id = k.id AND r.status = 'succeeded'),
+       (SELECT r.finished_at FROM ragpipe.ingest_runs r
+        WHERE r.collection_id = k.id AND r.status = 'succeeded' ORDER BY r.id DESC LIMIT 1),
        (last.run).status, (last.run).seconds,
        coalesce((SELECT jsonb_object_agg(f.stage, f.n) FROM
                  (SELECT stage, count(*) AS n FROM ragpipe.ingest_failures
