@@ -131,9 +131,10 @@ SOURCE_NAMESPACES = {"sample": "file://", "sample_records": "file://", "sample_s
                      "sample_web": "http://127.0.0.1:8765", "sample_sql": "postgres://"}
 
 
-def check_lineage(api: AirflowAPI, receiver: Any, triggered: dict[str, str]) -> None:
+def check_lineage(api: AirflowAPI, receiver: Any, triggered: dict[str, str], home: Path) -> None:
     """Each task of each triggered sample run sent START and COMPLETE to the OpenLineage receiver,
-    naming the source and the collection's chunk table, with the counts of its ingest_runs row."""
+    naming the source and the collection's chunk table, with the counts of its ingest_runs row
+    (every event received is kept in lineage-events.jsonl)."""
     import psycopg
     from psycopg.rows import dict_row
 
@@ -161,8 +162,10 @@ def check_lineage(api: AirflowAPI, receiver: Any, triggered: dict[str, str]) -> 
                     or not sources or not all(ns.startswith(SOURCE_NAMESPACES[name]) for ns in sources)):
                 raise RunFailed(f"lineage of {dag_id}: finalize's COMPLETE event does not match run "
                                 f"{facet['ingest_run']} ({row}): {json.dumps(done)[:1500]}")
-    say(f"OpenLineage: {len(receiver.events)} events received; every task of the {len(triggered)} sample runs "
-        "sent START and COMPLETE with its source, its chunk table and its run's counts")
+    received = home / "lineage-events.jsonl"
+    received.write_text("".join(json.dumps(e) + "\n" for e in receiver.events))
+    say(f"OpenLineage: {len(receiver.events)} events received ({received}); every task of the "
+        f"{len(triggered)} sample runs sent START and COMPLETE with its source, its chunk table and its run's counts")
 
 
 def check_freshness(api: AirflowAPI, home: Path, probes: int = 1) -> dict[str, dict[str, list[float]]]:
@@ -331,7 +334,7 @@ def run_stack(mode: str) -> int:
         demo("Does coffee affect blood vessel function?")
         check_search_plugin(api, port)
         if mode == "smoke":
-            check_lineage(api, receiver, triggered)
+            check_lineage(api, receiver, triggered, home)
         freshness = check_freshness(api, home, int(os.environ.get("FRESHNESS_PROBES", "10")) if mode == "freshness"
                                     else 1)
         if mode == "freshness":  # for make bench (tools/benchmarks.py bench_airflow_freshness)
