@@ -433,7 +433,7 @@ def test_each_task_emits_openlineage_with_the_source_the_chunk_table_and_the_cou
     [failed] = [e for e in events if e["eventType"] == "FAIL"]
     assert "injected fault" in failed["run"]["facets"]["errorMessage"]["message"]
     assert failed["inputs"][0]["name"] == str(corpus), "a failed task still names its source"
-    complete = {e["job"]["name"].rsplit(".", 1)[-1]: e for e in events if e["eventType"] == "COMPLETE"}
+    complete = {e["job"]["name"].removeprefix(f"{dag_id}."): e for e in events if e["eventType"] == "COMPLETE"}
     [source] = complete["finalize"]["inputs"]
     assert source["namespace"].startswith("file://") and source["name"] == str(corpus)
     [chunks] = complete["finalize"]["outputs"]

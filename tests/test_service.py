@@ -577,6 +577,7 @@ def test_metrics_count_the_requests_made_and_report_the_database_counts(served, 
     assert after[("ragpipe_last_run_succeeded", label)] == 1
     assert 0 <= after[("ragpipe_seconds_since_last_success", label)] < 24 * 3600
     assert after[("ragpipe_pool_connections", ())] >= 1
+    assert after[("ragpipe_pool_waits_total", ())] >= 0 and after[("ragpipe_pool_wait_seconds_total", ())] >= 0
     assert after[("ragpipe_backlog_documents", label)] == 0 and after[("ragpipe_freshness_lag_seconds", label)] == 0
     waiting = (("collection", partial),)
     assert after[("ragpipe_backlog_documents", waiting)] == 27

@@ -230,8 +230,10 @@ def smoke_check_dag(spec: CollectionSpec, settings: Settings) -> Any:
         @task(execution_timeout=timeout(settings, "smoke_check"))
         def run_queries() -> dict[str, str]:
             from pipelines.airflow.connections import explained_timeout, vector_db_url
+            from pipelines.airflow.lineage import report
             from pipelines.search import search
 
+            report(spec, spec.name, vector_db_url(), None, queries=len(spec.smoke_queries))
             top = {}
             for query in spec.smoke_queries:
                 with explained_timeout("smoke_check"):

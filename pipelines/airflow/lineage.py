@@ -26,8 +26,8 @@ log = logging.getLogger(__name__)
 
 PRODUCER = "https://github.com/ragpipe/ragpipe"
 FACET = "ragpipe"
-SCHEMA_URL = f"{PRODUCER}/blob/main/docs/lineage.md#the-ragpipe-run-facet"
 """The run facet's key: {collection, task, ingest_run, counts}."""
+SCHEMA_URL = f"{PRODUCER}/blob/main/docs/lineage.md#the-ragpipe-run-facet"
 _specs: dict[str, CollectionSpec] = {}
 _reported: dict[str, Any] = {}
 """What the task running in this process counted (one task per process under Airflow)."""
@@ -65,6 +65,10 @@ class RagpipeTaskOperator(_PythonDecoratedOperator):
     """`@task` with lineage: the source in, the chunk table out, and the task's counts."""
 
     custom_operator_name = "@task"
+
+    def execute(self, context: Any) -> Any:
+        _reported.clear()  # a process that runs several tasks (dag.test) never reports the last one's
+        return super().execute(context)
 
     def get_openlineage_facets_on_start(self) -> Any:
         return task_lineage(self.dag_id, self.task_id, {})

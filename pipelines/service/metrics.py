@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -40,6 +40,10 @@ class PipelineCollector(Collector):
                                 value=stats.get("pool_available", 0))
         yield GaugeMetricFamily("ragpipe_pool_waiting", "requests waiting for a connection now",
                                 value=stats.get("requests_waiting", 0))
+        yield CounterMetricFamily("ragpipe_pool_waits", "requests that had to wait for a connection",
+                                  value=stats.get("requests_queued", 0))
+        yield CounterMetricFamily("ragpipe_pool_wait_seconds", "seconds requests spent waiting for a connection",
+                                  value=stats.get("requests_wait_ms", 0) / 1000)
         families = {
             "documents": GaugeMetricFamily("ragpipe_documents", "documents of the active version",
                                            labels=["collection"]),
