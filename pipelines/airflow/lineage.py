@@ -104,8 +104,9 @@ def task_lineage(dag_id: str, task_id: str, reported: dict[str, Any]) -> Any:
     if sources is None:
         sources = [] if spec.source.get("conn_id") else source_datasets(spec.source)
     out_facets = {}
-    if "chunks_embedded" in counts:
-        out_facets["outputStatistics"] = stats.OutputStatisticsOutputDatasetFacet(rowCount=counts["chunks_embedded"])
+    if "chunks_embedded" in counts:  # the chunk rows written: embedded now, or with a vector reused
+        written = counts["chunks_embedded"] + counts.get("chunks_reused", 0)
+        out_facets["outputStatistics"] = stats.OutputStatisticsOutputDatasetFacet(rowCount=written)
     return OperatorLineage(inputs=[InputDataset(namespace, name) for namespace, name in sources],
                            outputs=[OutputDataset(*chunks, outputFacets=out_facets)] if chunks else [],
                            run_facets=facets)

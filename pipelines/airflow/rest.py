@@ -85,11 +85,12 @@ def wait_for(what: str, check: Callable[[], bool], timeout_s: float, every_s: fl
 
 def wait_for_runs(api: AirflowAPI, triggered: dict[str, str], logs_dir: Path, timeout_s: float,
                   task_limit_s: float, must_succeed: tuple[str, ...] = (), settle_s: float = 10,
-                  report: Callable[[str], None] = print, retries_allowed: bool = False,
+                  report: Callable[[str], None] = print, retries_allowed: bool | frozenset[str] = False,
                   killed: frozenset[str] = frozenset()) -> list[dict]:
     """Wait until every triggered run and every run the scheduler made on its own succeeded, and
     each DAG in must_succeed has a successful run. Fails at the first failed task (even one that
-    will be retried, unless retries_allowed) or task running longer than task_limit_s, with its log.
+    will be retried, unless retries_allowed: True, or the set of DAG ids that may retry) or task
+    running longer than task_limit_s, with its log.
     Runs whose id is in `killed` were marked failed on purpose: their state and tasks are ignored."""
     deadline = time.monotonic() + timeout_s
     seen: dict[str, str] = {}
@@ -101,9 +102,9 @@ def wait_for_runs(api: AirflowAPI, triggered: dict[str, str], logs_dir: Path, ti
             if seen.get(key) != run["state"]:
                 seen[key] = run["state"]
                 report(f"  {key}: {run['state']}")
-        bad = [ti for ti in api.task_instances(state=[s for s in BAD_TASK_STATES
-                                                      if not (retries_allowed and s == "up_for_retry")])
-               if ti["dag_run_id"] not in killed]
+        bad = [ti for ti in api.task_instances(state=list(BAD_TASK_STATES)) if ti["dag_run_id"] not in killed
+               and not (ti["state"] == "up_for_retry" and (retries_allowed is True or ti["dag_id"] in
+                                                           (retries_allowed or ())))]
         if bad:
             raise RunFailed(describe_failure(bad[0], logs_dir))
         for ti in api.task_instances(state=["running"]):
