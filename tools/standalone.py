@@ -211,50 +211,82 @@ def check_freshness(api: AirflowAPI, home: Path, probes: int = 1) -> dict[str, d
     return seconds
 
 
-def check_burst(api: AirflowAPI, home: Path, files: int = 200) -> None:
-    """A burst of `files` new files in the watched folder: a few DAG runs (the watcher coalesces),
-    every file searchable and indexed once; then the folder removed, and every file gone."""
+BURST_DAGS = {"folder": "sample", "S3 bucket": "sample_s3", "sql table": "sample_sql"}
+"""The watched sample collections make smoke sends a burst of changes to, all at once."""
+
+
+def check_bursts(api: AirflowAPI, home: Path, changes: int = 200) -> None:
+    """A burst of `changes` new documents in each watched sample source at once (files in a new
+    folder, objects under a new prefix, rows, each its own write and so its own event): a few DAG
+    runs each (the watchers coalesce), every document searchable and indexed once; then all of them
+    removed, and every one gone."""
     import shutil
     import uuid
 
+    import boto3
     import psycopg
 
-    from tools.freshness import seconds_until
-
-    def watched_runs() -> int:
-        return sum(r["dag_id"] == "ragpipe_ingest_sample" and r.get("run_type") == "asset_triggered"
-                   for r in api.dag_runs())
+    from tools.samples import S3_PORT
 
     tag = uuid.uuid4().hex[:8]
     folder = SAMPLE_CORPUS / f"freshness-burst-{tag}"
+    s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{S3_PORT}")
+    body = "# Note {i}\n\nBurst{tag}n{i:03d} is note {i} of a burst.\n"
+    ids = {"folder": f"{folder.name}/%", "S3 bucket": f"burst-{tag}/%", "sql table": f"burst-{tag}-%"}
     count = ("SELECT count(DISTINCT d.id), count(c.id) FROM ragpipe.documents d JOIN ragpipe.collections k "
-             "ON k.id = d.collection_id AND k.name = 'sample' AND k.state = 'active' "
+             "ON k.id = d.collection_id AND k.name = %s AND k.state = 'active' "
              "LEFT JOIN ragpipe.chunks c ON c.document_id = d.id WHERE d.source_id LIKE %s")
+
+    def watched_runs() -> dict[str, int]:
+        runs = [r["dag_id"] for r in api.dag_runs() if r.get("run_type") == "asset_triggered"]
+        return {kind: runs.count(f"ragpipe_ingest_{name}") for kind, name in BURST_DAGS.items()}
+
+    def remove(conn) -> None:
+        shutil.rmtree(folder, ignore_errors=True)
+        for i in range(changes):
+            s3.delete_object(Bucket="ragpipe-sample", Key=f"kb/burst-{tag}/note-{i:03d}.md")
+        conn.execute("DELETE FROM samples.articles WHERE id LIKE %s", (ids["sql table"],))
+
     before = watched_runs()
     with psycopg.connect(database_url(), autocommit=True) as conn:
-        def indexed() -> tuple[int, int]:
-            return conn.execute(count, (f"{folder.name}/%",)).fetchone()
+        def indexed(kind: str) -> tuple[int, int]:
+            return conn.execute(count, (BURST_DAGS[kind], ids[kind])).fetchone()
+
+        def wait_all(want: int, what: str) -> dict[str, float]:
+            """Seconds from now until each kind has `want` burst documents indexed."""
+            started, took = time.monotonic(), {}
+            while len(took) < len(BURST_DAGS):
+                for kind in BURST_DAGS.keys() - took.keys():
+                    if indexed(kind)[0] == want:
+                        took[kind] = time.monotonic() - started
+                if time.monotonic() - started > 2 * RUNS_TIMEOUT_S:
+                    late = {kind: indexed(kind)[0] for kind in BURST_DAGS.keys() - took.keys()}
+                    raise RunFailed(f"burst: {what} not seen within {2 * RUNS_TIMEOUT_S} s ({late} of {changes} are)")
+                time.sleep(0.5)
+            return took
 
         try:
             folder.mkdir()
-            for i in range(files):
-                (folder / f"note-{i:03d}.md").write_text(f"# Note {i}\n\nBurst{tag}n{i:03d} is note {i} of a burst.\n")
-            took = seconds_until(lambda: indexed()[0] == files, f"{files} burst files indexed", 2 * RUNS_TIMEOUT_S)
-        except TimeoutError as exc:
-            raise RunFailed(f"burst: {exc} ({indexed()[0]} are)") from None
+            for i in range(changes):
+                text = body.format(i=i, tag=tag)
+                (folder / f"note-{i:03d}.md").write_text(text)
+                s3.put_object(Bucket="ragpipe-sample", Key=f"kb/burst-{tag}/note-{i:03d}.md", Body=text.encode())
+                conn.execute("INSERT INTO samples.articles (id, title, body) VALUES (%s, %s, %s)",
+                             (f"burst-{tag}-{i:03d}", f"Note {i}", text))
+            took = wait_all(changes, f"{changes} burst documents indexed")
+            counts = {kind: indexed(kind) for kind in BURST_DAGS}
         finally:
-            shutil.rmtree(folder, ignore_errors=True)
-        documents, chunks = indexed()
-        runs = watched_runs() - before
-        if chunks != files or runs > 4:
-            raise RunFailed(f"burst of {files} files: {runs} DAG runs, {chunks} chunks for {documents} documents "
+            remove(conn)
+        runs = {kind: n - before[kind] for kind, n in watched_runs().items()}
+        wrong = {kind: (runs[kind], counts[kind]) for kind in BURST_DAGS
+                 if counts[kind] != (changes, changes) or runs[kind] > 4}
+        if wrong:
+            raise RunFailed(f"burst of {changes} documents: (DAG runs, (documents, chunks)) {wrong} "
                             "(want at most 4 runs and one chunk each)")
-        try:
-            gone = seconds_until(lambda: indexed()[0] == 0, "the burst files gone", 2 * RUNS_TIMEOUT_S)
-        except TimeoutError as exc:
-            raise RunFailed(f"burst: {exc}") from None
-    say(f"a burst of {files} new files: {runs} DAG runs, all searchable after {took:.1f} s, each indexed once; "
-        f"gone {gone:.1f} s after their folder was removed")
+        gone = wait_all(0, "the burst documents gone")
+    for kind in BURST_DAGS:
+        say(f"a burst of {changes} new documents in the watched {kind}: {runs[kind]} DAG runs, all searchable "
+            f"after {took[kind]:.1f} s, each indexed once; gone {gone[kind]:.1f} s after they were removed")
     wait_for_runs(api, {}, home / "logs", RUNS_TIMEOUT_S, TASK_LIMIT_S, report=lambda _: None)
 
 
@@ -353,7 +385,7 @@ def run_stack(mode: str) -> int:
             Path(os.environ["FRESHNESS_OUT"]).write_text(json.dumps(freshness))
             return rc
         if mode == "smoke":
-            check_burst(api, home)
+            check_bursts(api, home)
             check_killed_run(api, home)
         say(f"Airflow UI: http://localhost:{port}   login: {user} / {password}")
         say(f"Search page (also \"Search\" in the Airflow UI): http://localhost:{port}{URL_PREFIX}/"
