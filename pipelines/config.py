@@ -16,7 +16,7 @@ from pipelines.settings import DEFAULT_MODEL
 SCHEDULE_PRESETS = {"@once", "@hourly", "@daily", "@weekly", "@monthly", "@yearly", "@continuous"}
 VERSION_MARK = "@v"
 """A version that is not the active one is named `<collection>@v<N>` (ragpipe.version_name in SQL)."""
-DEFAULT_INDEX = {"m": 16, "ef_construction": 64, "ef_search": 40, "keyword_candidates": 10_000,
+DEFAULT_INDEX = {"m": 16, "ef_construction": 64, "ef_search": 40, "keyword_candidates": 1000,
                  "keyword_rescore": 200, "quantization": "none", "rerank": 40}
 LANGUAGE_PATTERN = r"^[a-z_][a-z0-9_]{0,62}$"
 """A text search configuration's name (english, german, simple, ...; `\\dF` in psql lists them)."""
@@ -116,7 +116,11 @@ class IndexOptions(BaseModel):
     ef_construction: Annotated[int, Field(ge=4, le=1000)] = DEFAULT_INDEX["ef_construction"]
     ef_search: Annotated[int, Field(ge=1, le=1000)] = DEFAULT_INDEX["ef_search"]
     keyword_candidates: Annotated[int, Field(ge=1)] = DEFAULT_INDEX["keyword_candidates"]
+    """Keyword search's first round: the postings it reads a query word (4x more each further round).
+    Speed only: the ranking is exact BM25 at any value (docs/keyword-search.md)."""
     keyword_rescore: Annotated[int, Field(ge=1, le=100_000)] = DEFAULT_INDEX["keyword_rescore"]
+    """Keyword search stops reading deeper once at most this many chunks need their other words
+    looked up to be scored exactly. Speed only, as keyword_candidates."""
     quantization: Literal["none", "binary"] = DEFAULT_INDEX["quantization"]
     """binary: the HNSW index holds one bit a dimension (Hamming distance); searches re-rank its best
     `rerank` × k candidates by exact cosine. A change builds a new version."""

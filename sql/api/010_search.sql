@@ -251,17 +251,24 @@ FROM unnest(CASE WHEN language IS NULL THEN ragpipe.collection_languages(setting
 CROSS JOIN LATERAL unnest(to_tsvector(l, query_text)) w
 $fn$;
 
--- keyword_search: BM25 (ragpipe.bm25_tf: k1 = 1.2, b = 0.75); any query word may match. Without a
--- filter it reads the impact postings (below). With one, it scores the chunks' tsvectors as follows.
--- Word frequencies come from ragpipe.term_stats, term frequencies from the tsvector (ts_rank_cd of a
--- one-word query with unit weights counts its occurrences), a chunk's length is its number of
--- distinct words. Candidates come from the GIN index for the rarest query words whose chunk counts
--- add up to at most `candidates` (collection setting index.keyword_candidates, default 10000; always at
--- least the rarest word some chunk has), and every query word is scored on them. When all the
--- query's words fit in that budget the ranking is exact BM25; beyond it a chunk that has only the
--- commonest words is not considered, which keeps a query over millions of chunks from scoring
--- every match. `language` (a text search configuration, e.g. 'german') parses the query in that
--- language alone; NULL (the default) parses it in every language the collection holds.
+-- keyword_search: exact BM25 (ragpipe.bm25_tf: k1 = 1.2, b = 0.75, idf from ragpipe.term_stats) top k;
+-- any query word may match. It reads the impact postings (008_postings.sql) of each query word best
+-- impact first, at most `depth` each (collection setting index.keyword_candidates, default 1000), as
+-- index-only scans that stop early, and stops when no chunk it has not ranked can reach the k-th
+-- best score (the threshold algorithm's safe stop):
+--   * a posting read gives its chunk that word's exact part, idf * bm25_tf(tf, len, mean length);
+--   * a chunk not read in a word's list has at most idf * impact-at-the-cut of it (times `slack`,
+--     which covers impacts computed with an older mean length: bm25_tf grows at most in proportion
+--     to the mean), and nothing of a word whose list was read to its end;
+--   * theta is the k-th best sum of known parts, a lower bound of the k-th best score.
+-- When the unread bound of a chunk seen nowhere is at most theta and at most `probes` seen chunks
+-- (index.keyword_rescore, default 200) could still pass theta with parts not yet read, those are
+-- scored exactly from the chunk index and the best k returned; otherwise every list is read four
+-- times deeper. So the ranking is BM25's for any collection size, ties aside; the two settings
+-- only trade the work of a round against the number of rounds (docs/keyword-search.md). With a
+-- `filter`, only postings of chunks whose metadata matches are read, and the same stop holds.
+-- `language` (a text search configuration, e.g. 'german') parses the query in that language alone;
+-- NULL (the default) parses it in every language the collection holds.
 CREATE OR REPLACE FUNCTION ragpipe.keyword_search(
     collection text, query_text text, k int DEFAULT 10, filter jsonb DEFAULT NULL, language text DEFAULT NULL)
 RETURNS SETOF ragpipe.search_hit
@@ -270,22 +277,33 @@ AS $fn$
 #variable_conflict use_column
 DECLARE
     coll ragpipe.collections := ragpipe.get_collection(collection);
-    budget bigint := coalesce((coll.settings #>> '{index,keyword_candidates}')::bigint, 10000);
-    rescore bigint := coalesce((coll.settings #>> '{index,keyword_rescore}')::bigint, 200);
+    depth bigint := coalesce((coll.settings #>> '{index,keyword_candidates}')::bigint, 1000);
+    probes bigint := coalesce((coll.settings #>> '{index,keyword_rescore}')::bigint, 200);
     n double precision;
     avg_len double precision;
+    slack double precision;
     words text[];
-    counts bigint[];
-    used int := 1;
-    total bigint;
-    essential tsquery;
+    idfs double precision[];
+    unseen double precision;
+    theta double precision;
+    open_count bigint;
+    pool_ids bigint[];
+    pool_known double precision[];
+    pool_open boolean[];
 BEGIN
     k := ragpipe.checked_k(k);
-    SELECT s.chunks, s.avg_length INTO n, avg_len FROM ragpipe.text_stats s WHERE s.collection_id = coll.id;
+    SELECT s.chunks, s.avg_length,
+           -- bm25_tf(tf, len, a) <= bm25_tf(tf, len, b) * max(1, a / b); 1e-6 covers real's rounding
+           greatest(1, coalesce(nullif(s.avg_length, 0), 1) / coalesce(nullif(s.impact_length, 0),
+                                                                    nullif(s.avg_length, 0), 1)) * (1 + 1e-6)
+    INTO n, avg_len, slack FROM ragpipe.text_stats s WHERE s.collection_id = coll.id;
+    slack := coalesce(slack, 1 + 1e-6);
+    depth := greatest(depth, k, 1);
     -- Bounded work per query, as search engines bound it: the first 16 kB of the text, and of its
     -- distinct words the 32 rarest that occur in the collection (then the ones that occur nowhere).
-    SELECT array_agg(x.lexeme ORDER BY x.c, x.lexeme), array_agg(x.c ORDER BY x.c, x.lexeme)
-    INTO words, counts
+    SELECT array_agg(x.lexeme ORDER BY x.c, x.lexeme),
+           array_agg(ln(1 + (greatest(coalesce(n, 0), x.c) - x.c + 0.5) / (x.c + 0.5)) ORDER BY x.c, x.lexeme)
+    INTO words, idfs
     FROM (SELECT w.lexeme, coalesce(t.chunks, 0)::bigint AS c
           FROM ragpipe.query_lexemes(coll.settings, left(coalesce(query_text, ''), 16384), language) w(lexeme)
           LEFT JOIN ragpipe.term_stats t ON t.collection_id = coll.id AND t.lexeme = w.lexeme
@@ -294,66 +312,60 @@ BEGIN
     IF words IS NULL THEN
         RETURN;
     END IF;
-    IF filter IS NULL THEN
-        -- Impact postings (008_postings.sql): each word's `budget` best postings (an index scan that
-        -- stops early) give every candidate a partial BM25 from its stored impacts; the best
-        -- max(`rescore`, 4k) (collection setting index.keyword_rescore, default 200) are then scored
-        -- exactly from tf and len. A word with at most `budget` postings is seen in full; beyond
-        -- that, a chunk that is in no word's best `budget`, or whose partial score ranks below the
-        -- rescored ones, is not returned (docs/keyword-search.md). Filtered queries take the exact
-        -- path below.
-        RETURN QUERY
+    LOOP
         WITH q AS MATERIALIZED (
-            SELECT x.w AS lexeme, ln(1 + (greatest(coalesce(n, 0), x.c) - x.c + 0.5) / (x.c + 0.5)) AS idf
-            FROM unnest(words, counts) AS x(w, c)),
-        partial AS MATERIALIZED (
-            SELECT p.chunk_id, sum(q.idf * p.impact) AS bound
+            SELECT x.i, x.w, x.idf FROM unnest(words, idfs) WITH ORDINALITY AS x(w, idf, i)),
+        read AS MATERIALIZED (
+            SELECT q.i, p.chunk_id, p.impact, q.idf * ragpipe.bm25_tf(p.tf, p.len, avg_len) AS part
             FROM q CROSS JOIN LATERAL (
-                SELECT po.chunk_id, po.impact FROM ragpipe.postings po
-                WHERE po.collection_id = coll.id AND po.lexeme = q.lexeme
-                ORDER BY po.impact DESC LIMIT budget) p
-            GROUP BY p.chunk_id
-            ORDER BY 2 DESC, 1
-            LIMIT greatest(rescore, 4 * k)),
-        scored AS (
-            SELECT c.chunk_id AS id, sum(q.idf * ragpipe.bm25_tf(p.tf, p.len, avg_len)) AS score
-            FROM partial c CROSS JOIN q
-            JOIN ragpipe.postings p ON p.collection_id = coll.id AND p.chunk_id = c.chunk_id AND p.lexeme = q.lexeme
-            GROUP BY c.chunk_id
-            ORDER BY 2 DESC, 1
-            LIMIT k)
-        SELECT ch.id, d.source_id, d.uri, d.title, ch.text, d.metadata, s.score
-        FROM scored s JOIN ragpipe.chunks ch ON ch.id = s.id AND ch.collection_id = coll.id
-        JOIN ragpipe.documents d ON d.id = ch.document_id
-        ORDER BY s.score DESC, s.id;
-        RETURN;
-    END IF;
-    total := counts[1];
-    WHILE used < cardinality(words)  -- words no chunk had at the last refresh count as 0
-          AND (counts[used] = 0 OR total + counts[used + 1] <= budget) LOOP
-        used := used + 1;
-        total := total + counts[used];
+                SELECT po.chunk_id, po.impact, po.tf, po.len FROM ragpipe.postings po
+                WHERE po.collection_id = coll.id AND po.lexeme = q.w
+                  AND (filter IS NULL OR EXISTS (
+                      SELECT FROM ragpipe.chunks ch
+                      WHERE ch.collection_id = coll.id AND ch.id = po.chunk_id AND ch.metadata @> filter))
+                ORDER BY po.impact DESC LIMIT depth) p),
+        cut AS MATERIALIZED (  -- what a chunk not read in a word's list may still have of it
+            SELECT q.i, CASE WHEN count(r.chunk_id) < depth THEN 0
+                             ELSE q.idf * slack * min(r.impact) END AS bound
+            FROM q LEFT JOIN read r ON r.i = q.i
+            GROUP BY q.i, q.idf),
+        total AS (
+            SELECT sum(c.bound) AS unseen, count(*) FILTER (WHERE c.bound > 0) AS open_words FROM cut c),
+        per AS MATERIALIZED (
+            SELECT r.chunk_id, sum(r.part) AS known, sum(c.bound) AS seen_bound,
+                   count(*) FILTER (WHERE c.bound > 0) AS seen_open
+            FROM read r JOIN cut c ON c.i = r.i
+            GROUP BY r.chunk_id),
+        th AS (
+            SELECT CASE WHEN count(*) < k THEN 0 ELSE min(b.known) END AS theta
+            FROM (SELECT p.known FROM per p ORDER BY p.known DESC LIMIT k) b),
+        pool AS (
+            SELECT p.chunk_id, p.known, p.seen_open < t.open_words AS open
+            FROM per p, total t, th
+            WHERE p.known + greatest(t.unseen - p.seen_bound, 0) >= th.theta)
+        SELECT t.unseen, th.theta,
+               (SELECT count(*) FROM pool WHERE pool.open),
+               (SELECT array_agg(pool.chunk_id) FROM pool), (SELECT array_agg(pool.known) FROM pool),
+               (SELECT array_agg(pool.open) FROM pool)
+        INTO unseen, theta, open_count, pool_ids, pool_known, pool_open
+        FROM total t, th;
+        EXIT WHEN unseen <= theta AND open_count <= probes;
+        depth := depth * 4;
     END LOOP;
-    essential := ragpipe.words_query(words[1:used]);
     RETURN QUERY
-    WITH q AS MATERIALIZED (
-        SELECT ragpipe.words_query(ARRAY[w]) AS word,
-               ln(1 + (greatest(coalesce(n, 0), c) - c + 0.5) / (c + 0.5)) AS idf
-        FROM unnest(words, counts) AS x(w, c)),
-    candidate AS MATERIALIZED (
-        SELECT ch.id, ch.tsv, length(ch.tsv)::float8 AS len FROM ragpipe.chunks ch
-        WHERE ch.collection_id = coll.id AND ch.tsv @@ essential
-          AND (filter IS NULL OR ch.metadata @> filter)),
-    scored AS (  -- @@ first: most (chunk, word) pairs do not match, and ts_rank_cd costs more than @@;
-                 -- OFFSET 0 computes each tf once (inlined, it would be computed once per use)
-        SELECT c.id, sum(q.idf * ragpipe.bm25_tf(f.tf, c.len, avg_len)) AS score
-        FROM candidate c JOIN q ON c.tsv @@ q.word
-        CROSS JOIN LATERAL (SELECT ts_rank_cd('{1,1,1,1}', c.tsv, q.word, 0)::float8 AS tf OFFSET 0) f
-        GROUP BY c.id
-        ORDER BY 2 DESC, 1
-        LIMIT k)
+    WITH pool AS (
+        SELECT * FROM unnest(pool_ids, pool_known, pool_open) AS p(chunk_id, known, open)),
+    scored AS (
+        SELECT p.chunk_id AS id, p.known AS score FROM pool p WHERE NOT p.open
+        UNION ALL
+        SELECT p.chunk_id, sum(x.idf * ragpipe.bm25_tf(po.tf, po.len, avg_len))
+        FROM pool p CROSS JOIN unnest(words, idfs) AS x(w, idf)
+        JOIN ragpipe.postings po ON po.collection_id = coll.id AND po.chunk_id = p.chunk_id AND po.lexeme = x.w
+        WHERE p.open
+        GROUP BY p.chunk_id),
+    best AS (SELECT s.id, s.score FROM scored s ORDER BY s.score DESC, s.id LIMIT k)
     SELECT ch.id, d.source_id, d.uri, d.title, ch.text, d.metadata, s.score
-    FROM scored s JOIN ragpipe.chunks ch ON ch.id = s.id AND ch.collection_id = coll.id
+    FROM best s JOIN ragpipe.chunks ch ON ch.id = s.id AND ch.collection_id = coll.id
     JOIN ragpipe.documents d ON d.id = ch.document_id
     ORDER BY s.score DESC, s.id;
 END
