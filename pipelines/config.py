@@ -16,7 +16,7 @@ from pipelines.settings import DEFAULT_MODEL
 SCHEDULE_PRESETS = {"@once", "@hourly", "@daily", "@weekly", "@monthly", "@yearly", "@continuous"}
 VERSION_MARK = "@v"
 """A version that is not the active one is named `<collection>@v<N>` (ragpipe.version_name in SQL)."""
-DEFAULT_INDEX = {"m": 16, "ef_construction": 64, "ef_search": 40, "keyword_candidates": 1000,
+DEFAULT_INDEX = {"m": 16, "ef_construction": 64, "ef_search": 40, "keyword_candidates": 4000,
                  "keyword_rescore": 200, "quantization": "none", "rerank": 40}
 LANGUAGE_PATTERN = r"^[a-z_][a-z0-9_]{0,62}$"
 """A text search configuration's name (english, german, simple, ...; `\\dF` in psql lists them)."""

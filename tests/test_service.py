@@ -591,3 +591,45 @@ def test_metrics_count_the_requests_made_and_report_the_database_counts(served, 
     shown = ragpipe("status", "-c", partial).stdout
     assert "backlog 27 documents, listed" in shown, shown
     assert "backlog 0" in ragpipe("status", "-c", sample).stdout
+
+
+def test_hybrid_runs_its_halves_on_two_connections_and_fuses_as_hybrid_search(sample):
+    """The service's hybrid search (keyword half on a second connection) returns what ragpipe.hybrid_search
+    returns for the same arguments, rrf and convex, with a filter; with no second connection free it runs
+    both halves on one, with the same result; the metric says which way each ran."""
+    from pipelines.search import HYBRID_DEFAULTS
+    from pipelines.service import create_app
+
+    service = create_app().state.service
+    service.open()
+    try:
+        def halves() -> dict[str, float]:
+            return {h: service.metrics.hybrid_halves.labels(h)._value.get() for h in ("concurrent", "sequential")}
+
+        walnuts = {"path": api.search(QUESTION, collection=sample, k=1, mode="keyword")[0].source_id}
+        cases = [dict(HYBRID_DEFAULTS), dict(HYBRID_DEFAULTS, fusion="convex", alpha=0.3),
+                 dict(HYBRID_DEFAULTS, semantic_weight=0.5, keyword_weight=2.0, rrf_k=10)]
+        for options in cases:
+            for flt in (None, walnuts):
+                want = api.search(QUESTION, collection=sample, k=12, mode="hybrid", filter=flt,
+                                  **{o: v for o, v in options.items() if v is not None})
+                embedding, version = service.embed(sample, QUESTION)
+                params = dict(options, collection=version, text=QUESTION, embedding=embedding, k=12,
+                              filter=api.jsonb_filter(flt), language=None)
+                before = halves()
+                with service.db.session() as conn:
+                    got = service.hybrid(conn, service.settings.serve_role, params)
+                assert halves()["concurrent"] == before["concurrent"] + 1
+                assert [h.chunk_id for h in got] == [h.chunk_id for h in want] and want, (options, flt)
+                assert [h.score for h in got] == pytest.approx([h.score for h in want], rel=1e-12)
+        held = [service.db.pool.getconn(timeout=10) for _ in range(service.settings.serve_pool_size - 1)]
+        try:  # the request's own connection is the last one: its keyword half waits for none
+            with service.db.session() as conn:
+                got = service.hybrid(conn, service.settings.serve_role, params)
+        finally:
+            for c in held:
+                service.db.pool.putconn(c)
+        assert halves()["sequential"] == before["sequential"] + 1
+        assert [h.chunk_id for h in got] == [h.chunk_id for h in want]
+    finally:
+        service.db.close()

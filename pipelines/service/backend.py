@@ -2,6 +2,7 @@
 
 import logging
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import psycopg
@@ -16,6 +17,8 @@ from pipelines.store.database import database_url, mask_url
 from pipelines.store.languages import collection_languages, language_of, named_language
 
 log = logging.getLogger(__name__)
+SPARE_WAIT_S = 0.05
+"""How long hybrid search waits for a second connection before it runs both halves on one."""
 COLLECTIONS = ("SELECT collection AS name, model, documents, chunks, last_run_status, last_run_at "
                "FROM ragpipe.collection_stats ORDER BY collection")
 TENANT_COLLECTIONS = """
@@ -57,6 +60,8 @@ class SearchService:
         self.url = settings.serve_database_url or database_url(settings)
         self.db = ServiceDatabase(self.url, settings.serve_role, settings.serve_pool_size,
                                   settings.serve_pool_wait_s, int(settings.serve_statement_timeout_s * 1000))
+        self._halves = ThreadPoolExecutor(max_workers=settings.serve_pool_size, thread_name_prefix="ragpipe-half")
+        """Runs hybrid searches' keyword halves on a connection of their own."""
         self._opened = False
         self._opening = threading.Lock()
         self.warmed = threading.Event()
@@ -186,7 +191,30 @@ class SearchService:
         params = dict(HYBRID_DEFAULTS, collection=collection, text=q, embedding=embedding, k=k,
                       filter=jsonb_filter(filter), language=self.checked_language(language))
         with self.db.session(role) as conn, self.metrics.sql.labels(mode).time():
+            if mode == "hybrid" and not tenant:
+                return self.hybrid(conn, role, params)
             return run_search(conn, "tenant" if tenant else mode, params)
+
+    def hybrid(self, conn: psycopg.Connection, role: str, params: dict[str, Any]) -> list[SearchResult]:
+        """Hybrid search with its keyword half on a second connection while `conn` runs the semantic
+        half (one after the other on `conn` when the pool has none free within SPARE_WAIT_S), fused
+        by ragpipe.fuse_rankings exactly as ragpipe.hybrid_search fuses them."""
+        from pipelines.store.sqlfiles import query
+
+        def ranking(on: psycopg.Connection, half: str) -> str | None:
+            return on.execute(query("search", half), params).fetchone()[0]
+
+        def keyword_half() -> str | None | bool:
+            with self.db.spare_session(role, SPARE_WAIT_S) as spare:
+                return False if spare is None else ranking(spare, "hybrid_keyword")
+
+        keyword = self._halves.submit(keyword_half)
+        semantic = ranking(conn, "hybrid_semantic")
+        found = keyword.result()
+        self.metrics.hybrid_halves.labels("concurrent" if found is not False else "sequential").inc()
+        if found is False:
+            found = ranking(conn, "hybrid_keyword")
+        return run_search(conn, "hybrid_fuse", dict(params, semantic=semantic, keyword=found))
 
     def checked_language(self, language: str | None) -> str | None:
         """The text search configuration `language` names (None for none), or BadRequest."""

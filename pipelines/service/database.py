@@ -97,6 +97,23 @@ class ServiceDatabase:
             raise self._unavailable() from None
 
     @contextmanager
+    def spare_session(self, role: str, wait_s: float) -> Iterator[psycopg.Connection | None]:
+        """A second connection for a request that holds one (as `role`, in a transaction), or None when
+        none is free within wait_s: a request never waits for the pool while holding a connection."""
+        with ExitStack() as stack:
+            try:
+                conn = stack.enter_context(self.pool.connection(timeout=wait_s))
+            except PoolTimeout:
+                conn = None
+            if conn is None:
+                yield None
+                return
+            with conn.transaction():
+                conn.execute(sql.SQL("SET LOCAL ROLE {}; SET LOCAL statement_timeout = {}").format(
+                    sql.Identifier(role), sql.Literal(self.statement_timeout_ms)))
+                yield conn
+
+    @contextmanager
     def _connection(self) -> Iterator[psycopg.Connection]:
         """A pooled connection: after FIRST_WAIT_S without one, the server is asked directly whether it
         is up (then a DatabaseError at once); if it is, the wait goes on (then Busy)."""

@@ -95,6 +95,9 @@ class ServiceMetrics:
                                registry=self.registry)
         self.sql = Histogram("ragpipe_sql_seconds", "seconds in the search SQL, by mode", ["mode"],
                              buckets=SECONDS, registry=self.registry)
+        self.hybrid_halves = Counter("ragpipe_hybrid_searches", "hybrid searches by how their two halves ran: "
+                                     "concurrent (two connections) or sequential (no second one free)", ["halves"],
+                                     registry=self.registry)
         self.errors = Counter("ragpipe_http_errors", "requests that failed, by kind", ["kind"],
                               registry=self.registry)
         self.registry.register(PipelineCollector(rows, pool_stats, cache_rows))

@@ -252,23 +252,23 @@ CROSS JOIN LATERAL unnest(to_tsvector(l, query_text)) w
 $fn$;
 
 -- keyword_search: exact BM25 (ragpipe.bm25_tf: k1 = 1.2, b = 0.75, idf from ragpipe.term_stats) top k;
--- any query word may match. It reads the impact postings (008_postings.sql) of each query word best
--- impact first, at most `depth` each (collection setting index.keyword_candidates, default 1000), as
--- index-only scans that stop early, and stops when no chunk it has not ranked can reach the k-th
--- best score (the threshold algorithm's safe stop):
---   * a posting read gives its chunk that word's exact part, idf * bm25_tf(tf, len, mean length);
---   * a chunk not read in a word's list has at most idf * impact-at-the-cut of it (times `slack`,
---     which covers impacts computed with an older mean length: bm25_tf grows at most in proportion
---     to the mean), and nothing of a word whose list was read to its end;
---   * theta is the k-th best sum of known parts, a lower bound of the k-th best score.
--- When the unread bound of a chunk seen nowhere is at most theta and at most `probes` seen chunks
--- (index.keyword_rescore, default 200) could still pass theta with parts not yet read, those are
--- scored exactly from the chunk index and the best k returned; otherwise every list is read four
--- times deeper. So the ranking is BM25's for any collection size, ties aside; the two settings
--- only trade the work of a round against the number of rounds (docs/keyword-search.md). With a
--- `filter`, only postings of chunks whose metadata matches are read, and the same stop holds.
--- `language` (a text search configuration, e.g. 'german') parses the query in that language alone;
--- NULL (the default) parses it in every language the collection holds.
+-- any query word may match. It reads impact postings (008_postings.sql; the word index carries tf and
+-- len, so a posting read gives its chunk that word's exact part, idf * bm25_tf(tf, len, mean length))
+-- in rounds, and stops as soon as no chunk it has not scored can reach the k-th best score (the
+-- threshold algorithm's safe stop; docs/keyword-search.md):
+--   * a round reads each word's best `depth` postings (index.keyword_candidates, default 4000; 4x
+--     more each round). A chunk not read in a word's list has at most idf * slack * the impact at
+--     that list's cut (slack covers impacts computed with an older mean length: bm25_tf grows at
+--     most in proportion to the mean), and nothing of a word read to its end;
+--   * theta, the k-th best score known so far, is a lower bound of the k-th best score. The open
+--     chunks whose known parts plus those bounds can still pass it are scored exactly from the
+--     chunk index, best bound first, `probes` at a time (index.keyword_rescore, default 200),
+--     raising theta: one batch a round, or all of them once no chunk read in no list can pass
+--     theta and they are at most 4 batches. Then it returns the best k; else it reads deeper.
+-- So the ranking is exact BM25 for any collection size, with or without a filter, ties aside; the
+-- two settings only size the work of a round. With a `filter`, only postings of chunks whose
+-- metadata matches it are read. `language` (a text search configuration, e.g. 'german') parses the
+-- query in that language alone; NULL (the default) in every language the collection holds.
 CREATE OR REPLACE FUNCTION ragpipe.keyword_search(
     collection text, query_text text, k int DEFAULT 10, filter jsonb DEFAULT NULL, language text DEFAULT NULL)
 RETURNS SETOF ragpipe.search_hit
@@ -277,19 +277,25 @@ AS $fn$
 #variable_conflict use_column
 DECLARE
     coll ragpipe.collections := ragpipe.get_collection(collection);
-    depth bigint := coalesce((coll.settings #>> '{index,keyword_candidates}')::bigint, 1000);
-    probes bigint := coalesce((coll.settings #>> '{index,keyword_rescore}')::bigint, 200);
+    depth bigint := coalesce((coll.settings #>> '{index,keyword_candidates}')::bigint, 4000);
+    probes int := coalesce((coll.settings #>> '{index,keyword_rescore}')::int, 200);
     n double precision;
     avg_len double precision;
     slack double precision;
     words text[];
     idfs double precision[];
     unseen double precision;
-    theta double precision;
-    open_count bigint;
+    open_words int;
+    theta double precision := 0;
     pool_ids bigint[];
     pool_known double precision[];
     pool_open boolean[];
+    pool_ub double precision[];
+    probed_ids bigint[] := '{}';
+    probed_scores double precision[] := '{}';
+    batch bigint[];
+    left_over bigint;
+    rounds_probed int := 0;
 BEGIN
     k := ragpipe.checked_k(k);
     SELECT s.chunks, s.avg_length,
@@ -299,6 +305,7 @@ BEGIN
     INTO n, avg_len, slack FROM ragpipe.text_stats s WHERE s.collection_id = coll.id;
     slack := coalesce(slack, 1 + 1e-6);
     depth := greatest(depth, k, 1);
+    probes := greatest(probes, 1);
     -- Bounded work per query, as search engines bound it: the first 16 kB of the text, and of its
     -- distinct words the 32 rarest that occur in the collection (then the ones that occur nowhere).
     SELECT array_agg(x.lexeme ORDER BY x.c, x.lexeme),
@@ -313,6 +320,7 @@ BEGIN
         RETURN;
     END IF;
     LOOP
+        -- Each word's best `depth` postings.
         WITH q AS MATERIALIZED (
             SELECT x.i, x.w, x.idf FROM unnest(words, idfs) WITH ORDINALITY AS x(w, idf, i)),
         read AS MATERIALIZED (
@@ -323,10 +331,10 @@ BEGIN
                   AND (filter IS NULL OR EXISTS (
                       SELECT FROM ragpipe.chunks ch
                       WHERE ch.collection_id = coll.id AND ch.id = po.chunk_id AND ch.metadata @> filter))
-                ORDER BY po.impact DESC LIMIT depth) p),
-        cut AS MATERIALIZED (  -- what a chunk not read in a word's list may still have of it
-            SELECT q.i, CASE WHEN count(r.chunk_id) < depth THEN 0
-                             ELSE q.idf * slack * min(r.impact) END AS bound
+                ORDER BY po.impact DESC
+                LIMIT depth) p),
+        cut AS MATERIALIZED (  -- the most a chunk not read in a word's list may still have of it
+            SELECT q.i, CASE WHEN count(r.chunk_id) >= depth THEN q.idf * slack * min(r.impact) ELSE 0 END AS bound
             FROM q LEFT JOIN read r ON r.i = q.i
             GROUP BY q.i, q.idf),
         total AS (
@@ -337,32 +345,57 @@ BEGIN
             FROM read r JOIN cut c ON c.i = r.i
             GROUP BY r.chunk_id),
         th AS (
-            SELECT CASE WHEN count(*) < k THEN 0 ELSE min(b.known) END AS theta
+            SELECT greatest(theta, CASE WHEN count(*) < k THEN 0 ELSE min(b.known) END) AS theta
             FROM (SELECT p.known FROM per p ORDER BY p.known DESC LIMIT k) b),
-        pool AS (
-            SELECT p.chunk_id, p.known, p.seen_open < t.open_words AS open
+        pool AS (  -- the chunks that can still pass theta, best bound first
+            SELECT p.chunk_id, p.known, p.seen_open < t.open_words AS open,
+                   p.known + greatest(t.unseen - p.seen_bound, 0) AS ub
             FROM per p, total t, th
             WHERE p.known + greatest(t.unseen - p.seen_bound, 0) >= th.theta)
-        SELECT t.unseen, th.theta,
-               (SELECT count(*) FROM pool WHERE pool.open),
-               (SELECT array_agg(pool.chunk_id) FROM pool), (SELECT array_agg(pool.known) FROM pool),
-               (SELECT array_agg(pool.open) FROM pool)
-        INTO unseen, theta, open_count, pool_ids, pool_known, pool_open
+        SELECT t.unseen, t.open_words, th.theta,
+               (SELECT array_agg(pool.chunk_id ORDER BY pool.ub DESC, pool.chunk_id) FROM pool),
+               (SELECT array_agg(pool.known ORDER BY pool.ub DESC, pool.chunk_id) FROM pool),
+               (SELECT array_agg(pool.open ORDER BY pool.ub DESC, pool.chunk_id) FROM pool),
+               (SELECT array_agg(pool.ub ORDER BY pool.ub DESC, pool.chunk_id) FROM pool)
+        INTO unseen, open_words, theta, pool_ids, pool_known, pool_open, pool_ub
         FROM total t, th;
-        EXIT WHEN unseen <= theta AND open_count <= probes;
+        -- Score exactly the open chunks of best bound, `probes` at a time, raising theta: one batch
+        -- a round, or all that can still pass theta once no unread chunk can (unseen <= theta) and
+        -- they are few (at most 4 batches).
+        LOOP
+            SELECT array_agg(x.id), max(x.left_over) INTO batch, left_over FROM (
+                SELECT p.id, count(*) OVER () AS left_over
+                FROM unnest(pool_ids, pool_open, pool_ub) WITH ORDINALITY AS p(id, open, ub, o)
+                LEFT JOIN unnest(probed_ids) AS e(id) ON e.id = p.id
+                WHERE p.open AND p.ub >= theta AND e.id IS NULL
+                ORDER BY p.o) x;
+            EXIT WHEN batch IS NULL OR (rounds_probed > 0 AND (unseen > theta OR left_over > 4 * probes));
+            batch := batch[1:probes];
+            rounds_probed := rounds_probed + 1;
+            SELECT probed_ids || array_agg(s.id), probed_scores || array_agg(s.score)
+            INTO probed_ids, probed_scores
+            FROM (SELECT b.id, sum(x.idf * ragpipe.bm25_tf(po.tf, po.len, avg_len)) AS score
+                  FROM unnest(batch) AS b(id) CROSS JOIN unnest(words, idfs) AS x(w, idf)
+                  JOIN ragpipe.postings po ON po.collection_id = coll.id AND po.chunk_id = b.id AND po.lexeme = x.w
+                  GROUP BY b.id) s;
+            SELECT greatest(theta, CASE WHEN count(*) < k THEN 0 ELSE min(v.score) END) INTO theta
+            FROM (SELECT coalesce(e.score, p.known) AS score
+                  FROM unnest(pool_ids, pool_known) AS p(id, known)
+                  LEFT JOIN unnest(probed_ids, probed_scores) AS e(id, score) ON e.id = p.id
+                  ORDER BY 1 DESC LIMIT k) v;
+        END LOOP;
+        rounds_probed := 0;
+        EXIT WHEN batch IS NULL AND unseen <= theta;
         depth := depth * 4;
     END LOOP;
     RETURN QUERY
-    WITH pool AS (
-        SELECT * FROM unnest(pool_ids, pool_known, pool_open) AS p(chunk_id, known, open)),
-    scored AS (
-        SELECT p.chunk_id AS id, p.known AS score FROM pool p WHERE NOT p.open
-        UNION ALL
-        SELECT p.chunk_id, sum(x.idf * ragpipe.bm25_tf(po.tf, po.len, avg_len))
-        FROM pool p CROSS JOIN unnest(words, idfs) AS x(w, idf)
-        JOIN ragpipe.postings po ON po.collection_id = coll.id AND po.chunk_id = p.chunk_id AND po.lexeme = x.w
-        WHERE p.open
-        GROUP BY p.chunk_id),
+    WITH scored AS (
+        SELECT p.id, coalesce(e.score, p.known) AS score
+        FROM unnest(pool_ids, pool_known, pool_open) AS p(id, known, open)
+        LEFT JOIN unnest(probed_ids, probed_scores) AS e(id, score) ON e.id = p.id
+        WHERE NOT p.open OR e.id IS NOT NULL
+        UNION
+        SELECT e.id, e.score FROM unnest(probed_ids, probed_scores) AS e(id, score)),
     best AS (SELECT s.id, s.score FROM scored s ORDER BY s.score DESC, s.id LIMIT k)
     SELECT ch.id, d.source_id, d.uri, d.title, ch.text, d.metadata, s.score
     FROM best s JOIN ragpipe.chunks ch ON ch.id = s.id AND ch.collection_id = coll.id
@@ -393,17 +426,24 @@ LANGUAGE sql IMMUTABLE AS $fn$
                               'alpha', 0.5) || coalesce(coll.settings -> 'search', '{}')
 $fn$;
 
-CREATE OR REPLACE FUNCTION ragpipe.hybrid_search(
-    collection text, query_text text, query_embedding vector, k int DEFAULT 10, filter jsonb DEFAULT NULL,
+-- How many candidates hybrid search takes from each ranking: `candidates`, else max(4k, 50).
+CREATE OR REPLACE FUNCTION ragpipe.hybrid_candidates(k int, candidates int DEFAULT NULL) RETURNS int
+LANGUAGE sql IMMUTABLE SECURITY DEFINER SET search_path = ragpipe, public, pg_temp AS $fn$
+    SELECT ragpipe.checked('candidates', coalesce(candidates, greatest(4 * ragpipe.checked_k(k, 2500), 50)), 1, 10000)::int
+$fn$;
+
+-- fuse_rankings: hybrid_search's fusion (above) of a semantic and a keyword ranking, each best first
+-- as semantic_search and keyword_search return them. A client that runs the two searches at once on
+-- two connections (the search service does) fuses them here, exactly as hybrid_search does.
+CREATE OR REPLACE FUNCTION ragpipe.fuse_rankings(
+    collection text, semantic ragpipe.search_hit[], keyword ragpipe.search_hit[], k int DEFAULT 10,
     semantic_weight double precision DEFAULT NULL, keyword_weight double precision DEFAULT NULL,
-    rrf_k int DEFAULT NULL, candidates int DEFAULT NULL, fusion text DEFAULT NULL,
-    alpha double precision DEFAULT NULL, language text DEFAULT NULL)
+    rrf_k int DEFAULT NULL, fusion text DEFAULT NULL, alpha double precision DEFAULT NULL)
 RETURNS SETOF ragpipe.search_hit
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = ragpipe, public, pg_temp
 AS $fn$
 DECLARE
     d jsonb := ragpipe.hybrid_defaults(ragpipe.get_collection(collection));
-    n int;
 BEGIN
     k := ragpipe.checked_k(k, 2500);
     fusion := coalesce(fusion, d ->> 'fusion');
@@ -415,18 +455,15 @@ BEGIN
     keyword_weight := ragpipe.checked('keyword_weight', coalesce(keyword_weight, (d ->> 'keyword_weight')::float8));
     rrf_k := ragpipe.checked('rrf_k', coalesce(rrf_k, (d ->> 'rrf_k')::int), 0);
     alpha := ragpipe.checked('alpha', coalesce(alpha, (d ->> 'alpha')::float8), 0, 1);
-    n := ragpipe.checked('candidates', coalesce(candidates, greatest(4 * k, 50)), 1, 10000);
     RETURN QUERY
     WITH sem AS (
         SELECT s.*, row_number() OVER (ORDER BY s.score DESC, s.chunk_id) AS r,
                min(s.score) OVER () AS lo, max(s.score) OVER () AS hi
-        FROM ragpipe.semantic_search(collection, query_embedding, n, filter) s
-        WHERE query_embedding IS NOT NULL),
+        FROM unnest(semantic) s),
     kw AS (
         SELECT s.*, row_number() OVER (ORDER BY s.score DESC, s.chunk_id) AS r,
                min(s.score) OVER () AS lo, max(s.score) OVER () AS hi
-        FROM ragpipe.keyword_search(collection, query_text, n, filter, language) s
-        WHERE query_text IS NOT NULL),
+        FROM unnest(keyword) s),
     fused AS (
         SELECT coalesce(sem.chunk_id, kw.chunk_id) AS chunk_id, coalesce(sem.source_id, kw.source_id) AS source_id,
                coalesce(sem.uri, kw.uri) AS uri, coalesce(sem.title, kw.title) AS title,
@@ -443,6 +480,26 @@ BEGIN
     FROM fused f
     ORDER BY f.score DESC, f.chunk_id
     LIMIT k;
+END
+$fn$;
+
+CREATE OR REPLACE FUNCTION ragpipe.hybrid_search(
+    collection text, query_text text, query_embedding vector, k int DEFAULT 10, filter jsonb DEFAULT NULL,
+    semantic_weight double precision DEFAULT NULL, keyword_weight double precision DEFAULT NULL,
+    rrf_k int DEFAULT NULL, candidates int DEFAULT NULL, fusion text DEFAULT NULL,
+    alpha double precision DEFAULT NULL, language text DEFAULT NULL)
+RETURNS SETOF ragpipe.search_hit
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = ragpipe, public, pg_temp
+AS $fn$
+DECLARE
+    n int := ragpipe.hybrid_candidates(k, candidates);
+BEGIN
+    RETURN QUERY
+    SELECT f.* FROM ragpipe.fuse_rankings(
+        collection,
+        CASE WHEN query_embedding IS NOT NULL THEN ARRAY(SELECT s FROM ragpipe.semantic_search(collection, query_embedding, n, filter) s) END,
+        CASE WHEN query_text IS NOT NULL THEN ARRAY(SELECT s FROM ragpipe.keyword_search(collection, query_text, n, filter, language) s) END,
+        k, semantic_weight, keyword_weight, rrf_k, fusion, alpha) f;
 END
 $fn$;
 

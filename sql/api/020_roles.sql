@@ -49,6 +49,9 @@ BEGIN
         ragpipe.keyword_search(text, text, int, jsonb, text),
         ragpipe.hybrid_search(text, text, vector, int, jsonb, double precision, double precision, int, int, text,
                               double precision, text),
+        ragpipe.hybrid_candidates(int, int),
+        ragpipe.fuse_rankings(text, ragpipe.search_hit[], ragpipe.search_hit[], int, double precision,
+                              double precision, int, text, double precision),
         ragpipe.similar_chunks(bigint, int, jsonb),
         ragpipe.similar_documents(text, text, int, jsonb),
         ragpipe.rag_context(text, text, vector, int, int, jsonb),
@@ -83,3 +86,17 @@ REVOKE ALL ON FUNCTION ragpipe.grant_loader(text) FROM PUBLIC;
 
 SELECT ragpipe.grant_reader('ragpipe_reader');
 SELECT ragpipe.grant_loader('ragpipe_loader');
+
+DO $$
+DECLARE
+    r name;
+BEGIN  -- roles granted before hybrid search had halves (ragpipe.grant_search grants them from now on)
+    FOR r IN SELECT DISTINCT grantee FROM information_schema.routine_privileges
+             WHERE routine_schema = 'ragpipe' AND routine_name = 'hybrid_search'
+               AND grantee NOT IN (current_user, 'PUBLIC') LOOP
+        EXECUTE format('GRANT EXECUTE ON FUNCTION ragpipe.hybrid_candidates(int, int), ragpipe.fuse_rankings(text, '
+                       'ragpipe.search_hit[], ragpipe.search_hit[], int, double precision, double precision, int, '
+                       'text, double precision) TO %I', r);
+    END LOOP;
+END
+$$;

@@ -15,6 +15,23 @@ FROM ragpipe.hybrid_search(%(collection)s, %(text)s, %(embedding)s, %(k)s, %(fil
                            rrf_k => %(rrf_k)s, fusion => %(fusion)s, alpha => %(alpha)s,
                            language => %(language)s);
 
+-- The halves of hybrid search for a client that runs them at once on two connections (the search
+-- service): each ranking as a search_hit[] literal, fused by ragpipe.fuse_rankings as hybrid_search fuses.
+-- name: hybrid_semantic
+SELECT array_agg(s)::text
+FROM ragpipe.semantic_search(%(collection)s, %(embedding)s, ragpipe.hybrid_candidates(%(k)s), %(filter)s) s;
+
+-- name: hybrid_keyword
+SELECT array_agg(s)::text
+FROM ragpipe.keyword_search(%(collection)s, %(text)s, ragpipe.hybrid_candidates(%(k)s), %(filter)s,
+                            language => %(language)s) s;
+
+-- name: hybrid_fuse
+SELECT *
+FROM ragpipe.fuse_rankings(%(collection)s, %(semantic)s::ragpipe.search_hit[], %(keyword)s::ragpipe.search_hit[],
+                           %(k)s, semantic_weight => %(semantic_weight)s, keyword_weight => %(keyword_weight)s,
+                           rrf_k => %(rrf_k)s, fusion => %(fusion)s, alpha => %(alpha)s);
+
 -- name: tenant
 SELECT *
 FROM ragpipe.tenant_search(%(collection)s, %(embedding)s, %(k)s, %(filter)s);
