@@ -87,8 +87,7 @@ class ServiceDatabase:
             self._check_up()
         try:
             with self._connection() as conn, conn.transaction():
-                conn.execute(sql.SQL("SET LOCAL ROLE {}; SET LOCAL statement_timeout = {}").format(
-                    sql.Identifier(role or self.role), sql.Literal(self.statement_timeout_ms)))
+                self._act_as(conn, role or self.role)
                 yield conn
         except psycopg.errors.QueryCanceled:
             raise
@@ -109,9 +108,13 @@ class ServiceDatabase:
                 yield None
                 return
             with conn.transaction():
-                conn.execute(sql.SQL("SET LOCAL ROLE {}; SET LOCAL statement_timeout = {}").format(
-                    sql.Identifier(role), sql.Literal(self.statement_timeout_ms)))
+                self._act_as(conn, role)
                 yield conn
+
+    def _act_as(self, conn: psycopg.Connection, role: str) -> None:
+        """Switch the transaction to `role`, with the service's statement timeout."""
+        conn.execute(sql.SQL("SET LOCAL ROLE {}; SET LOCAL statement_timeout = {}").format(
+            sql.Identifier(role), sql.Literal(self.statement_timeout_ms)))
 
     @contextmanager
     def _connection(self) -> Iterator[psycopg.Connection]:

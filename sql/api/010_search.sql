@@ -211,7 +211,7 @@ BEGIN
 END
 $fn$;
 
-DROP FUNCTION IF EXISTS ragpipe.any_word_query(text);  -- replaced by words_query
+DROP FUNCTION IF EXISTS ragpipe.any_word_query(text);  -- replaced by words_query, itself gone
 
 -- The text search configurations a collection's chunks are made in: its `language` (default
 -- english) and the other `languages` its documents may name.
@@ -404,13 +404,7 @@ BEGIN
 END
 $fn$;
 
--- A tsquery matching any of the given lexemes (quoted, so each is taken literally).
-CREATE OR REPLACE FUNCTION ragpipe.words_query(words text[])
-RETURNS tsquery LANGUAGE sql IMMUTABLE PARALLEL SAFE
-AS $fn$
-    SELECT string_agg('''' || replace(replace(w, '\', '\\'), '''', '''''') || '''', ' | ')::tsquery
-    FROM unnest(words) w
-$fn$;
+DROP FUNCTION IF EXISTS ragpipe.words_query(text[]);  -- the tsvector path of keyword_search used it
 
 -- hybrid_search: fuses the semantic and keyword rankings of the top `candidates` of each (default
 -- max(4k, 50)). Two fusions (fusion => 'rrf' or 'convex'):
