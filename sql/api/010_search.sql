@@ -374,10 +374,13 @@ BEGIN
             rounds_probed := rounds_probed + 1;
             SELECT probed_ids || array_agg(s.id), probed_scores || array_agg(s.score)
             INTO probed_ids, probed_scores
-            FROM (SELECT b.id, sum(x.idf * ragpipe.bm25_tf(po.tf, po.len, avg_len)) AS score
-                  FROM unnest(batch) AS b(id) CROSS JOIN unnest(words, idfs) AS x(w, idf)
-                  JOIN ragpipe.postings po ON po.collection_id = coll.id AND po.chunk_id = b.id AND po.lexeme = x.w
-                  GROUP BY b.id) s;
+            -- One descent of the chunk index per chunk (LATERAL): as a join, the planner misjudges
+            -- the lists' lengths and reads every query word's whole list instead (3x slower at 100k).
+            FROM (SELECT b.id, e.score
+                  FROM unnest(batch) AS b(id) CROSS JOIN LATERAL (
+                      SELECT sum(x.idf * ragpipe.bm25_tf(po.tf, po.len, avg_len)) AS score
+                      FROM ragpipe.postings po JOIN unnest(words, idfs) AS x(w, idf) ON x.w = po.lexeme
+                      WHERE po.collection_id = coll.id AND po.chunk_id = b.id AND po.lexeme = ANY (words)) e) s;
             SELECT greatest(theta, CASE WHEN count(*) < k THEN 0 ELSE min(v.score) END) INTO theta
             FROM (SELECT coalesce(e.score, p.known) AS score
                   FROM unnest(pool_ids, pool_known) AS p(id, known)
