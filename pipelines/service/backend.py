@@ -2,7 +2,7 @@
 
 import logging
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import psycopg
@@ -172,11 +172,15 @@ class SearchService:
 
     def embed(self, collection: str, text: str) -> tuple[Any, str]:
         """The query's embedding as the collection's searches compute it, and the version it is for."""
+        version = self.version_of(collection)
+        return self.embed_for(collection, version, text), version[1]
+
+    def embed_for(self, collection: str, version: tuple[str, str, dict[str, Any]], text: str) -> Any:
+        """The query's embedding for `version` (what version_of returned), as embed computes it."""
         from pipelines.collection import query_embedder
 
-        model, version, settings = self.version_of(collection)
         with self.metrics.embed.time():
-            return query_embedder(collection, model, settings).embed_query(text), version
+            return query_embedder(collection, version[0], version[2]).embed_query(text)
 
     def search(self, role: str, collection: str, q: str, k: int, mode: Mode,
                filter: dict[str, Any] | None, language: str | None = None) -> list[SearchResult]:
@@ -184,31 +188,39 @@ class SearchService:
         tenant = self.db.is_tenant(role)
         if tenant and mode != "semantic":
             raise Forbidden("a tenant token searches with mode=semantic only (row-level security applies there)")
-        if mode == "keyword":
-            embedding, collection = None, self.version_of(collection)[1]  # unknown names: a 404 in every mode
-        else:
-            embedding, collection = self.embed(collection, q)
-        params = dict(HYBRID_DEFAULTS, collection=collection, text=q, embedding=embedding, k=k,
+        version = self.version_of(collection)  # unknown names: a 404 in every mode
+        params = dict(HYBRID_DEFAULTS, collection=version[1], text=q, embedding=None, k=k,
                       filter=jsonb_filter(filter), language=self.checked_language(language))
+        keyword = None
+        if mode == "hybrid" and not tenant:  # the keyword half needs no embedding: it starts first
+            keyword = self._halves.submit(self.keyword_half, role, params)
+        if mode != "keyword":
+            params = dict(params, embedding=self.embed_for(collection, version, q))
         with self.db.session(role) as conn, self.metrics.sql.labels(mode).time():
-            if mode == "hybrid" and not tenant:
-                return self.hybrid(conn, role, params)
+            if keyword is not None:
+                return self.hybrid(conn, role, params, keyword)
             return run_search(conn, "tenant" if tenant else mode, params)
 
-    def hybrid(self, conn: psycopg.Connection, role: str, params: dict[str, Any]) -> list[SearchResult]:
-        """Hybrid search with its keyword half on a second connection while `conn` runs the semantic
-        half (one after the other on `conn` when the pool has none free within SPARE_WAIT_S), fused
-        by ragpipe.fuse_rankings exactly as ragpipe.hybrid_search fuses them."""
+    def keyword_half(self, role: str, params: dict[str, Any]) -> str | None | bool:
+        """Hybrid search's keyword ranking on a spare connection, or False when none is free within SPARE_WAIT_S."""
+        from pipelines.store.sqlfiles import query
+
+        with self.db.spare_session(role, SPARE_WAIT_S) as spare:
+            return False if spare is None else spare.execute(query("search", "hybrid_keyword"), params).fetchone()[0]
+
+    def hybrid(self, conn: psycopg.Connection, role: str, params: dict[str, Any],
+               keyword: Future | None = None) -> list[SearchResult]:
+        """Hybrid search with its keyword half on a second connection (`keyword`, started by the
+        caller before embedding the query, or here) while `conn` runs the semantic half (one after
+        the other on `conn` when the pool has none free within SPARE_WAIT_S), fused by
+        ragpipe.fuse_rankings exactly as ragpipe.hybrid_search fuses them."""
         from pipelines.store.sqlfiles import query
 
         def ranking(on: psycopg.Connection, half: str) -> str | None:
             return on.execute(query("search", half), params).fetchone()[0]
 
-        def keyword_half() -> str | None | bool:
-            with self.db.spare_session(role, SPARE_WAIT_S) as spare:
-                return False if spare is None else ranking(spare, "hybrid_keyword")
-
-        keyword = self._halves.submit(keyword_half)
+        if keyword is None:
+            keyword = self._halves.submit(self.keyword_half, role, params)
         semantic = ranking(conn, "hybrid_semantic")
         found = keyword.result()
         self.metrics.hybrid_halves.labels("concurrent" if found is not False else "sequential").inc()
