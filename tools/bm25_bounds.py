@@ -31,11 +31,10 @@ SELECT w.lexeme, t.chunks FROM ragpipe.query_lexemes(%s, %s) w(lexeme)
 JOIN ragpipe.term_stats t ON t.collection_id = %s AND t.lexeme = w.lexeme
 ORDER BY t.chunks, w.lexeme LIMIT 32
 """
-POSTINGS = "SELECT chunk_id, tf, len FROM ragpipe.postings WHERE collection_id = %s AND lexeme = %s ORDER BY chunk_id"
-
-
-def bm25_tf(tf: np.ndarray, length: np.ndarray, avg: float) -> np.ndarray:
-    return tf * 2.2 / (tf + 1.2 * (0.25 + 0.75 * length / avg))
+POSTINGS = """
+SELECT chunk_id, ragpipe.bm25_tf(tf, len, %s) FROM ragpipe.postings
+WHERE collection_id = %s AND lexeme = %s ORDER BY chunk_id
+"""
 
 
 def sums(ids: list[np.ndarray], parts: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -83,8 +82,8 @@ def main() -> None:
             words = []
             for lexeme, df in conn.execute(WORDS, (json.dumps(settings), q, cid)).fetchall():
                 idf = math.log(1 + (n - df + 0.5) / (df + 0.5))
-                a = np.array(conn.execute(POSTINGS, (cid, lexeme)).fetchall(), dtype=np.float64)
-                words.append((a[:, 0].astype(np.int64), idf * bm25_tf(a[:, 1], a[:, 2], avg)))
+                a = np.array(conn.execute(POSTINGS, (avg, cid, lexeme)).fetchall(), dtype=np.float64)
+                words.append((a[:, 0].astype(np.int64), idf * a[:, 1]))
             if words:
                 rows.append(work(words))
     a = np.array(rows, dtype=float)

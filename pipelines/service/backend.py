@@ -38,6 +38,13 @@ MARKED = ("SELECT ts_headline(l::regconfig, t, plainto_tsquery(l::regconfig, %s)
 escapes the text, then marks them)."""
 
 
+def hybrid_ranking(conn: psycopg.Connection, half: str, params: dict[str, Any]) -> str | None:
+    """One half of hybrid search (sql/queries/search.sql `hybrid_semantic` or `hybrid_keyword`): its ranking as text."""
+    from pipelines.store.sqlfiles import query
+
+    return conn.execute(query("search", half), params).fetchone()[0]
+
+
 def declared_models(settings: Settings) -> set[str]:
     """The models of the collections declared in collections.yml, as their versions record them
     (nothing when there is no such file or it does not parse: `ragpipe config check` reports that)."""
@@ -203,10 +210,8 @@ class SearchService:
 
     def keyword_half(self, role: str, params: dict[str, Any]) -> str | None | bool:
         """Hybrid search's keyword ranking on a spare connection, or False when none is free within SPARE_WAIT_S."""
-        from pipelines.store.sqlfiles import query
-
         with self.db.spare_session(role, SPARE_WAIT_S) as spare:
-            return False if spare is None else spare.execute(query("search", "hybrid_keyword"), params).fetchone()[0]
+            return False if spare is None else hybrid_ranking(spare, "hybrid_keyword", params)
 
     def hybrid(self, conn: psycopg.Connection, role: str, params: dict[str, Any],
                keyword: Future | None = None) -> list[SearchResult]:
@@ -214,18 +219,13 @@ class SearchService:
         caller before embedding the query, or here) while `conn` runs the semantic half (one after
         the other on `conn` when the pool has none free within SPARE_WAIT_S), fused by
         ragpipe.fuse_rankings exactly as ragpipe.hybrid_search fuses them."""
-        from pipelines.store.sqlfiles import query
-
-        def ranking(on: psycopg.Connection, half: str) -> str | None:
-            return on.execute(query("search", half), params).fetchone()[0]
-
         if keyword is None:
             keyword = self._halves.submit(self.keyword_half, role, params)
-        semantic = ranking(conn, "hybrid_semantic")
+        semantic = hybrid_ranking(conn, "hybrid_semantic", params)
         found = keyword.result()
         self.metrics.hybrid_halves.labels("concurrent" if found is not False else "sequential").inc()
         if found is False:
-            found = ranking(conn, "hybrid_keyword")
+            found = hybrid_ranking(conn, "hybrid_keyword", params)
         return run_search(conn, "hybrid_fuse", dict(params, semantic=semantic, keyword=found))
 
     def checked_language(self, language: str | None) -> str | None:
