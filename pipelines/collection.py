@@ -107,6 +107,7 @@ def open_collection(conn: psycopg.Connection, spec: CollectionSpec) -> tuple[sto
     if existing is not None and existing.model == spec.model and (
             spec.chunk_tokens in (None, existing.chunk_tokens) and spec.chunk_overlap == existing.chunk_overlap
             and existing.settings == settings):
+        embedder.expect_dimension(existing.dimension)
         return existing, embedder
     chunk_tokens = chunk_tokens_for(spec, embedder, existing)
     if existing is not None and key_of(existing) != build_key(spec.model, chunk_tokens, spec.chunk_overlap, settings):

@@ -139,13 +139,23 @@ class PromptOptions(BaseModel):
     document: Annotated[str, Field(max_length=2000)] | None = None
 
 
+def _no_credentials(url: str) -> str:
+    from urllib.parse import urlsplit
+
+    if "@" in urlsplit(url).netloc:
+        raise ValueError("must not carry credentials (user:password@): they would be stored with the collection; "
+                         "give the key through api_key_env or an Airflow connection (`connection:`)")
+    return url
+
+
 class ApiOptions(BaseModel):
     """`embedder:` in collections.yml, for `model: openai:<model>`: an endpoint speaking OpenAI's
     /v1/embeddings (OpenAI, Azure OpenAI, Ollama, vLLM, TEI, LiteLLM). The key is never stored: it is
     read from the environment variable `api_key_env`, or the Airflow connection `connection`."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
-    base_url: Annotated[str, Field(pattern=r"^https?://[^\s]+$")] = "https://api.openai.com/v1"
+    base_url: Annotated[str, Field(pattern=r"^https?://[^\s]+$"), AfterValidator(_no_credentials)] = \
+        "https://api.openai.com/v1"
     api_key_env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] | None = "OPENAI_API_KEY"
     """The variable holding the key; an unset variable sends no key (Ollama and local servers need none)."""
     key_header: Literal["authorization", "api-key"] = "authorization"
@@ -368,8 +378,16 @@ def _describe(error: Any) -> str:
     if error["type"] == "extra_forbidden":
         text = f"{'.'.join(loc)}: unknown key"
     elif "input" in error and error["type"] not in ("missing", "union_tag_not_found"):
-        text += f" (got {error['input']!r})"
+        text += f" (got {shown_value(error['input'])})"
     return text
+
+
+def shown_value(value: Any, limit: int = 80) -> str:
+    """A user's value in a message: repr, URL passwords masked, cut to `limit` characters."""
+    from pipelines.store.database import mask_url
+
+    shown = mask_url(repr(value))
+    return shown if len(shown) <= limit else shown[:limit] + "…"
 
 
 def check_schedule(schedule: Any, where: str) -> None:

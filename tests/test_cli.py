@@ -265,6 +265,37 @@ def test_migrating_a_database_that_a_newer_ragpipe_migrated_is_refused(conn, db_
         conn.execute("DROP DATABASE IF EXISTS newer_schema WITH (FORCE)")
 
 
+def test_an_older_release_does_not_put_its_sql_api_back(conn, db_url):
+    """Defect (#42.17): a release older than the database re-applied its own sql/api files (same migrations,
+    older functions) under every newer process of a rolling deploy."""
+    import psycopg
+
+    conn.execute("DROP DATABASE IF EXISTS newer_api")
+    conn.execute("CREATE DATABASE newer_api")
+    url = psycopg.conninfo.make_conninfo(db_url, dbname="newer_api")
+    try:
+        ragpipe("db", "migrate", env={"RAGPIPE_DATABASE_URL": url})
+        with psycopg.connect(url, autocommit=True) as other:
+            other.execute("UPDATE ragpipe.schema_migrations SET checksum = '9999' WHERE name = 'api/level'")
+            other.execute("UPDATE ragpipe.schema_migrations SET checksum = 'newer' WHERE name LIKE 'api/0%'")
+            for args in (("db", "migrate"), ("status",)):
+                failed = ragpipe(*args, check=False, env={"RAGPIPE_DATABASE_URL": url})
+                assert failed.returncode == 1 and len(failed.stderr.strip().splitlines()) == 1, failed.stderr
+                assert "SQL API (level 9999) is newer than this ragpipe's" in failed.stderr, failed.stderr
+            assert other.execute("SELECT count(*) FROM ragpipe.schema_migrations WHERE checksum = 'newer'"
+                                 ).fetchone()[0] > 0, "nothing was re-applied"
+    finally:
+        conn.execute("DROP DATABASE IF EXISTS newer_api WITH (FORCE)")
+
+
+def test_the_sql_api_level_names_the_sql_api_it_ships():
+    """sql/api-level's sha256 is that of sql/api/*.sql: a change there must raise the level."""
+    from pipelines.store.migrations import api_checksum, api_level
+
+    assert api_level()[1] == api_checksum(), (
+        f"sql/api/*.sql changed: raise `level` in sql/api-level and set sha256={api_checksum()}")
+
+
 @pytest.mark.parametrize("entry, message", [
     ({"name": " "}, "a collection name is 1-200 letters"),
     ({"name": "a\nb"}, "a collection name is 1-200 letters"),

@@ -260,7 +260,7 @@ def test_an_endpoint_that_never_answers_times_out(endpoint, corpus, name, conn):
     assert chunk_state(conn, name) == []
 
 
-@pytest.mark.parametrize("fault, reason", [("wrong_dimension", "a vector of 383 dimensions where 384 were"),
+@pytest.mark.parametrize("fault, reason", [("wrong_dimension", "a vector of 383 dimensions where"),
                                            ("wrong_count", "vectors for"), ("nan", "NaN"),
                                            ("garbage", "not an embeddings response")])
 def test_a_bad_answer_fails_its_batch_and_writes_nothing_of_it(endpoint, tmp_path, name, conn, fault, reason):
@@ -334,3 +334,100 @@ def test_config_errors_name_the_key(tmp_path):
     spec = parse_collection({"name": "x", "source": source, "model": "openai:text-embedding-3-small",
                              "embedder": {"dimensions": 512}}, where="x", base=tmp_path)
     assert spec.model == "openai:text-embedding-3-small#512" and spec.embedder["api_key_env"] == "OPENAI_API_KEY"
+
+
+def test_an_answer_that_drips_ends_at_timeout_s_for_runs_searches_and_the_service(endpoint, corpus, name, conn):
+    """Defect (#42.1): one byte every 0.5 s kept every read alive; runs and searches waited 300 s."""
+    from pipelines.service import create_app
+
+    declare(api_collection(name, corpus, endpoint, timeout_s=2, query_timeout_s=1, retries=1, max_backoff_s=0.5))
+    run_ingest(declared(name))
+    endpoint.faults.ahead["drip"] = 100
+    started = time.monotonic()
+    with pytest.raises(EmbeddingFailed, match=r"failed 2 tries: no answer within 1 s"):
+        search(QUESTION, name, k=3, mode="semantic")
+    assert time.monotonic() - started < 5, "two tries of 1 s and a back-off of 0.5 s at most"
+    with serving(create_app()) as base:
+        started = time.monotonic()
+        got = httpx.get(f"{base}/api/search", params=dict(collection=name, q=QUESTION), timeout=60)
+        assert got.status_code == 503 and "no answer within 1 s" in got.json()["detail"], got.text
+        assert time.monotonic() - started < 5
+    (corpus_copy := corpus.parent / f"{name}-more").mkdir(exist_ok=True)
+    (corpus_copy / "new.md").write_text(f"# {name}\n\nA text that no test embedded before: {name} drips.\n")
+    declare(api_collection(name, corpus_copy, endpoint, timeout_s=2, retries=1, max_backoff_s=0.5))
+    started = time.monotonic()
+    with pytest.raises(EmbeddingFailed, match=r"failed 2 tries: no answer within 2 s"):
+        run_ingest(declared(name))
+    assert time.monotonic() - started < 10, "two tries of 2 s each, whole answers included"
+
+
+@pytest.mark.parametrize("header", ["authorization", "api-key"])
+def test_the_key_never_shows_in_an_error_wherever_the_endpoint_puts_it(endpoint, corpus, name, header):
+    """Defect (#42.2): the detail was cut to 200 characters before the key was masked, leaving a prefix."""
+    import base64
+
+    from pipelines.embed.api import ApiEmbedder, redact
+
+    key = "sk-proj-" + "Ab3_x-Z9" * 20
+    os.environ["RAGPIPE_TEST_LONG_KEY"] = key
+    try:
+        embedder = ApiEmbedder("openai:m", {"base_url": endpoint.base_url, "api_key_env": "RAGPIPE_TEST_LONG_KEY",
+                                            "key_header": header})
+        basic = base64.b64encode(f"me:{key}".encode()).decode()
+        for offset in range(0, 260):
+            for form in (key, f"Bearer {key}", f"Basic {basic}", key[:100], key[-60:], json.dumps(key)):
+                text = "x" * offset + form + " and more" * 30
+                for shown in (embedder._detail(json.dumps({"error": {"message": text}}).encode()),
+                              embedder._detail(text.encode())):
+                    assert key[:12] not in shown and key[-12:] not in shown and basic[:16] not in shown, (offset, form)
+                    assert len(shown) <= 205
+        assert redact(f"https://me:{key}@host/v1 {basic}", [key]).count("***") == 2
+    finally:
+        del os.environ["RAGPIPE_TEST_LONG_KEY"]
+    declare(api_collection(name, corpus, endpoint, retries=0))
+    endpoint.faults.ahead["echo"], endpoint.faults.echo_offset = 10, 170
+    failed = ragpipe("ingest", "-c", name, check=False)
+    assert failed.returncode == 1 and "HTTP 401" in failed.stderr, failed.stderr
+    assert KEY[:8] not in failed.stdout + failed.stderr and "Traceback" not in failed.stderr
+
+
+def test_a_base_url_with_credentials_is_refused_and_never_stored(tmp_path):
+    """Defect (#42.3): https://user:password@host was stored in collections.settings, readable by readers."""
+    from pipelines.config import ConfigError, parse_collection
+
+    source = {"kind": "folder", "path": str(tmp_path)}
+    with pytest.raises(ConfigError, match=r"embedder.base_url: .*must not carry credentials.*api_key_env") as err:
+        parse_collection({"name": "x", "source": source, "model": "openai:m",
+                          "embedder": {"base_url": "https://me:s3cret-pw@host/v1"}}, where="x", base=tmp_path)
+    assert "s3cret-pw" not in str(err.value)
+
+
+def test_an_unreadable_retry_after_is_treated_as_absent(endpoint, corpus, name, conn):
+    """Defect (#42.4): `Retry-After: soon` crashed with a ValueError traceback and no retry."""
+    declare(api_collection(name, corpus, endpoint, concurrency=1, max_backoff_s=0.5))
+    endpoint.faults.ahead["429"], endpoint.faults.retry_after = 2, "soon"
+    run_ingest(declared(name))
+    assert endpoint.seen.answered > 0 and len(stored(conn, name)[0]) > 0
+
+
+def test_an_answer_larger_than_its_batch_can_be_fails_the_batch_in_one_line(endpoint, tmp_path, name, conn):
+    """Defect (#42.5): a 300 MB answer was read whole (1.7 GB peak)."""
+    folder = many_batches(tmp_path, name, 3)
+    declare(api_collection(name, folder, endpoint, dimensions=384, retries=0))
+    endpoint.faults.ahead["huge"] = 1
+    failed = ragpipe("ingest", "-c", name, check=False)
+    assert failed.returncode == 1 and len(failed.stderr.strip().splitlines()) == 1, failed.stderr
+    assert "answered more than 1 MiB for" in failed.stderr, failed.stderr
+    assert chunk_state(conn, name) == []
+
+
+def test_a_width_that_changed_since_the_last_run_names_the_setting(endpoint, tmp_path, name, conn):
+    """Defect (#42.6): pgvector's `expected 384 dimensions, not 383` named neither endpoint nor setting."""
+    folder = many_batches(tmp_path, name, 2)
+    declare(api_collection(name, folder, endpoint))
+    run_ingest(declared(name))
+    (folder / "later.md").write_text(f"# later\n\n{name}: a document added after the endpoint changed.\n")
+    endpoint.faults.ahead["wrong_dimension"] = 10
+    with pytest.raises(EmbeddingFailed, match=r"a vector of 383 dimensions where the collection stores 384 .*"
+                                              r"embedder.dimensions"):
+        run_ingest(declared(name))

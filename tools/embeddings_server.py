@@ -20,7 +20,9 @@ from typing import Any
 from pipelines.settings import DEFAULT_MODEL
 
 SCALE = 3.0
-FAULTS = ("429", "500", "hang", "wrong_dimension", "wrong_count", "nan", "garbage")
+FAULTS = ("429", "500", "hang", "drip", "huge", "echo", "wrong_dimension", "wrong_count", "nan", "garbage")
+DRIP_S = 0.5
+"""`drip` sends its answer one byte every this many seconds."""
 
 
 @dataclass
@@ -30,7 +32,11 @@ class Faults:
     ahead: dict[str, int] = field(default_factory=dict)
     skip: int = 0
     """Requests answered normally before the faults begin."""
-    retry_after: float = 1.0
+    retry_after: float | str = 1.0
+    """429's Retry-After: seconds, or any text (an unreadable value)."""
+    echo_offset: int = 0
+    """`echo` answers 401 with the request's Authorization header this many characters into its message."""
+    huge_mb: int = 300
     delay_s: float = 0.0
     """Seconds every request takes before it answers (a slow endpoint)."""
 
@@ -74,7 +80,7 @@ class EmbeddingsServer(ThreadingHTTPServer):
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.server_address[1]}/v1"
 
-    def answer(self, body: dict[str, Any]) -> tuple[int, dict[str, str], bytes]:
+    def answer(self, body: dict[str, Any], authorization: str = "") -> tuple[int, dict[str, str], bytes]:
         with self.lock:
             self.seen.requests += 1
             self.seen.times.append(time.monotonic())
@@ -87,7 +93,14 @@ class EmbeddingsServer(ThreadingHTTPServer):
             self.released.wait(600)
             return 503, {}, b""
         if fault == "429":
-            return 429, {"Retry-After": f"{self.faults.retry_after:g}"}, b'{"error": {"message": "rate limited"}}'
+            after = self.faults.retry_after
+            return 429, {"Retry-After": after if isinstance(after, str) else f"{after:g}"}, \
+                b'{"error": {"message": "rate limited"}}'
+        if fault == "echo":
+            message = "x" * self.faults.echo_offset + f"bad credentials: {authorization} (check them)" + "y" * 300
+            return 401, {}, json.dumps({"error": {"message": message}}).encode()
+        if fault == "huge":
+            return 200, {"_huge": str(self.faults.huge_mb)}, b""
         if fault == "500":
             return 500, {}, b'{"error": {"message": "the model server fell over"}}'
         if fault == "garbage":
@@ -106,13 +119,14 @@ class EmbeddingsServer(ThreadingHTTPServer):
             vectors = vectors[:-1]
         elif fault == "nan":
             vectors[0][0] = math.nan
+        headers = {"_drip": "1"} if fault == "drip" else {}
         with self.lock:
             self.seen.texts += len(texts)
             self.seen.answered += 1
         data = [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)]
         payload = {"object": "list", "data": data, "model": body.get("model"),
                    "usage": {"prompt_tokens": 0, "total_tokens": 0}}
-        return 200, {}, json.dumps(payload).encode()  # NaN is written as NaN, as a buggy server would
+        return 200, headers, json.dumps(payload).encode()  # NaN is written as NaN, as a buggy server would
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A client that gave up (its timeout) is not the server's error: no traceback."""
@@ -142,20 +156,34 @@ class Handler(BaseHTTPRequestHandler):
             body = json.loads(raw)
         except ValueError:
             return self._send(400, {}, b'{"error": {"message": "not JSON"}}')
-        status, headers, payload = self.server.answer(body)
+        status, headers, payload = self.server.answer(body, self.headers.get("Authorization", ""))
         if not payload and status == 503:  # a hang that was released: drop the connection
             self.close_connection = True
             return None
         self._send(status, headers, payload)
 
     def _send(self, status: int, headers: dict[str, str], payload: bytes) -> None:
+        drip, huge = headers.pop("_drip", None), int(headers.pop("_huge", 0))
+        size = huge << 20 if huge else len(payload)
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
+        self.send_header("Content-Length", str(size))
         for k, v in headers.items():
             self.send_header(k, v)
         self.end_headers()
-        self.wfile.write(payload)
+        if drip:  # one byte at a time, until the answer is sent or the server stops
+            for i in range(len(payload)):
+                self.wfile.write(payload[i:i + 1])
+                self.wfile.flush()
+                if self.server.released.wait(DRIP_S):
+                    return
+        elif huge:  # a valid start, then numbers without end
+            piece = b"1.0," * (1 << 16)
+            self.wfile.write(b'{"data": [{"index": 0, "embedding": [')
+            for _ in range(size // len(piece)):
+                self.wfile.write(piece)
+        else:
+            self.wfile.write(payload)
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
         pass

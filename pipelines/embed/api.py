@@ -2,6 +2,7 @@
 vLLM, Hugging Face TEI, LiteLLM): batched by count and estimated tokens, requests in parallel,
 429 and 5xx retried with bounded back-off (honouring Retry-After), every answer checked."""
 
+import base64
 import email.utils
 import json
 import logging
@@ -12,7 +13,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import httpx
 import numpy as np
@@ -29,6 +30,18 @@ DEFAULT_CHUNK_TOKENS = 512
 QUERY_BACKOFF_S = 2.0
 """A query waits at most this long before its one retry (a search must answer soon or say why)."""
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
+ERROR_BODY_BYTES = 64 * 1024
+"""An error answer is read this far (only its message is shown)."""
+BYTES_PER_NUMBER = 32
+"""An answer may spend this many bytes of JSON on each number of its vectors (a float is 20 at most)."""
+ANSWER_SLACK_BYTES = 1 << 20
+WIDEST = 16_000
+"""Widths an answer's size cap assumes before the endpoint's width is known (ApiOptions.dimensions' limit)."""
+DETAIL_CHARS = 200
+
+
+class AnswerTooLarge(Exception):
+    pass
 
 
 def estimate_tokens(text: str) -> int:
@@ -67,8 +80,71 @@ def retry_after(response: httpx.Response) -> float | None:
     try:
         return max(0.0, float(value))
     except ValueError:
+        pass
+    try:
         when = email.utils.parsedate_to_datetime(value)
-        return max(0.0, when.timestamp() - time.time()) if when else None
+    except (TypeError, ValueError, IndexError):
+        return None  # neither seconds nor an HTTP date: as if absent
+    return max(0.0, when.timestamp() - time.time()) if when else None
+
+
+def secret_forms(secret: str) -> set[str]:
+    """The ways a secret can come back in an answer: as is, URL- and JSON-escaped, base64 (alone, or as
+    the password of a `Basic` header)."""
+    forms = {secret, quote(secret, safe=""), quote(secret), json.dumps(secret)[1:-1]}
+    for raw in (secret, f":{secret}"):
+        forms.add(base64.b64encode(raw.encode()).decode().rstrip("="))
+    return {f for f in forms if f}
+
+
+def redact(text: str, secrets: list[str]) -> str:
+    """`text` with every form of each secret replaced by ***, and any run of 8 or more characters that
+    begins a secret or ends it (an endpoint that echoes part of a key); run it before cutting a text."""
+    from pipelines.store.database import mask_url
+
+    for secret in (s for s in secrets if s):
+        for form in sorted(secret_forms(secret), key=len, reverse=True):
+            text = text.replace(form, "***")
+        if len(secret) >= 8:
+            text = _mask_partial(text, secret)
+    return mask_url(text)
+
+
+def _mask_partial(text: str, secret: str) -> str:
+    """Each run that begins like `secret` (8 characters or more), and each that ends like it, masked."""
+    head, tail = secret[:8], secret[-8:]
+    i = text.find(head)
+    while i >= 0:
+        n = len(head)
+        while n < len(secret) and i + n < len(text) and text[i + n] == secret[n]:
+            n += 1
+        text = text[:i] + "***" + text[i + n:]
+        i = text.find(head, i + 3)
+    j = text.find(tail)
+    while j >= 0:
+        end, n = j + len(tail), len(tail)
+        while n < len(secret) and end - n - 1 >= 0 and text[end - n - 1] == secret[-n - 1]:
+            n += 1
+        text = text[:end - n] + "***" + text[end:]
+        j = text.find(tail, end - n + 3)
+    return text
+
+
+def read_within(response: httpx.Response, deadline: float, cap: int) -> bytes:
+    """The body of a streamed answer, read by `deadline` (time.monotonic()) and up to `cap` bytes:
+    httpx.ReadTimeout past the deadline (an answer that drips), AnswerTooLarge past the cap."""
+    body = bytearray()
+    timeouts = response.request.extensions.get("timeout")
+    for piece in response.iter_bytes():
+        body += piece
+        if len(body) > cap:
+            raise AnswerTooLarge(len(body))
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise httpx.ReadTimeout("the answer did not arrive in time")
+        if isinstance(timeouts, dict):
+            timeouts["read"] = left  # httpcore reads this at each read: no read outlives the deadline
+    return bytes(body)
 
 
 class ApiEmbedder(Embedder):
@@ -82,6 +158,7 @@ class ApiEmbedder(Embedder):
         self.document_prompt = document_prompt or ""
         self.endpoint = self.options.base_url.rstrip("/") + "/embeddings"
         self._dimension = self.requested_dimensions
+        self._stored_dimension: int | None = None
         self._dimension_lock = threading.Lock()
 
     @cached_property
@@ -179,23 +256,39 @@ class ApiEmbedder(Embedder):
         return os.environ.get(self.options.api_key_env) if self.options.api_key_env else None
 
     def _post(self, inputs: list[str], timeout: float, retries: int, max_backoff: float) -> list[np.ndarray]:
-        """One request, tried 1 + `retries` times on 429, 5xx, a timeout or a lost connection."""
+        """One request, tried 1 + `retries` times on 429, 5xx, a timeout or a lost connection; each try
+        ends within `timeout` seconds (connect and the whole answer), each wait between tries within
+        `max_backoff`."""
         body: dict[str, Any] = {"model": self.model, "input": inputs, "encoding_format": "float"}
         if self.requested_dimensions:
             body["dimensions"] = self.requested_dimensions
         for attempt in range(retries + 1):
             last = attempt == retries
+            deadline = time.monotonic() + timeout
             try:
-                response = self._client.post(self.endpoint, json=body, headers=self._headers(),
-                                             timeout=httpx.Timeout(timeout))
+                with self._client.stream("POST", self.endpoint, json=body, headers=self._headers(),
+                                         timeout=httpx.Timeout(timeout)) as response:
+                    ok = response.status_code == 200
+                    try:
+                        content = read_within(response, deadline, self._answer_cap(len(inputs)) if ok
+                                              else ERROR_BODY_BYTES)
+                    except AnswerTooLarge:
+                        if not ok:
+                            content = b""
+                        else:
+                            raise EmbeddingFailed(
+                                f"the embedding endpoint {self.where} answered more than "
+                                f"{self._answer_cap(len(inputs)) >> 20} MiB for {len(inputs)} texts; nothing of "
+                                "this batch is stored (is base_url an embeddings endpoint?)") from None
             except httpx.TimeoutException:
                 reason, wait = f"no answer within {timeout:g} s", None
             except httpx.TransportError as exc:
                 reason, wait = f"cannot connect ({type(exc).__name__})", None
             else:
-                if response.status_code == 200:
-                    return self._vectors(response, len(inputs))
-                reason, wait = f"HTTP {response.status_code}{self._detail(response)}", retry_after(response)
+                if ok:
+                    return self._vectors(content, len(inputs))
+                reason = f"HTTP {response.status_code}{self._detail(content)}"
+                wait = retry_after(response)
                 if response.status_code not in RETRY_STATUS:
                     hint = (f"; check the key in {self._key_source()}"
                             if response.status_code in (401, 403) else "")
@@ -206,35 +299,40 @@ class ApiEmbedder(Embedder):
             log.warning("embedding endpoint %s: %s; try %d of %d in %.1f s", self.where, reason, attempt + 2,
                         retries + 1, delay)
             time.sleep(delay)
-        raise EmbeddingFailed(f"the embedding endpoint {self.where} failed {retries + 1} tries: {reason}. Batches "
-                              "already stored are kept; run again when it answers")
+        raise EmbeddingFailed(f"the embedding endpoint {self.where} failed {retries + 1} tries: {reason}")
+
+    def _answer_cap(self, count: int) -> int:
+        """The most bytes an answer of `count` vectors may take (the width asked for or seen, else the widest)."""
+        width = self._dimension or WIDEST
+        return ANSWER_SLACK_BYTES + count * width * BYTES_PER_NUMBER
 
     def _key_source(self) -> str:
         if self.options.connection:
             return f"the Airflow connection {self.options.connection!r}"
         return f"${self.options.api_key_env}" if self.options.api_key_env else "embedder.api_key_env (none is set)"
 
-    def _detail(self, response: httpx.Response) -> str:
-        """The endpoint's own error message, short, with the key masked should it be echoed."""
+    def _detail(self, content: bytes) -> str:
+        """The endpoint's own error message, short, with every form of the key masked before it is cut."""
+        text = content.decode("utf-8", "replace")
         try:
-            message = response.json().get("error", {})
+            message = json.loads(text).get("error", {})
             message = message.get("message", "") if isinstance(message, dict) else str(message)
         except (ValueError, AttributeError):
-            message = response.text
-        message = " ".join(str(message).split())[:200]
+            message = text
         key = self._key()
-        if key:
-            message = message.replace(key, "***")
+        message = redact(" ".join(str(message).split()), [key] if key else [])
+        if len(message) > DETAIL_CHARS:
+            message = message[:DETAIL_CHARS] + "…"
         return f" ({message})" if message else ""
 
-    def _vectors(self, response: httpx.Response, count: int) -> list[np.ndarray]:
+    def _vectors(self, content: bytes, count: int) -> list[np.ndarray]:
         """The answer's vectors in input order, normalised; EmbeddingFailed when they cannot be used."""
         def bad(why: str) -> EmbeddingFailed:
             return EmbeddingFailed(f"the embedding endpoint {self.where} answered {why}; nothing of this batch "
                                    "is stored")
 
         try:
-            data = response.json()["data"]
+            data = json.loads(content)["data"]
             rows = sorted(data, key=lambda d: d["index"])
             raw = [d["embedding"] for d in rows]
         except (ValueError, KeyError, TypeError):
@@ -255,7 +353,19 @@ class ApiEmbedder(Embedder):
             vectors.append((array / norm).astype(np.float32))
         return vectors
 
+    def expect_dimension(self, stored: int) -> None:
+        """The width the collection stores: an answer of another width fails, naming the setting."""
+        self._stored_dimension = stored
+        with self._dimension_lock:
+            self._dimension = self._dimension or stored
+
     def _check_dimension(self, width: int, bad: Any) -> None:
+        if self._stored_dimension is not None and width != self._stored_dimension:
+            setting = (f"embedder.dimensions: {self.requested_dimensions}" if self.requested_dimensions
+                       else "no embedder.dimensions")
+            raise bad(f"a vector of {width} dimensions where the collection stores {self._stored_dimension} "
+                      f"(model {self.model!r}, {setting}): ask for {self._stored_dimension} with "
+                      "embedder.dimensions, or give the new width a new model name (a new version)")
         with self._dimension_lock:
             if self._dimension is None:
                 self._dimension = width

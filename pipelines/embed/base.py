@@ -19,6 +19,10 @@ class Embedder(ABC):
     @abstractmethod
     def dimension(self) -> int: ...
 
+    def expect_dimension(self, stored: int) -> None:
+        """The width the collection stores (an API model's answers are checked against it)."""
+        return None
+
     @property
     @abstractmethod
     def max_tokens(self) -> int:

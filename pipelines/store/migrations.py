@@ -17,6 +17,24 @@ CREATE TABLE IF NOT EXISTS ragpipe.schema_migrations (
     name text PRIMARY KEY, checksum text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())
 """
 MIGRATION_LOCK = 7_266_101  # advisory lock key: one migrator at a time
+API_LEVEL_ROW = "api/level"
+"""The schema_migrations row whose checksum holds the level of the SQL API last applied."""
+
+
+def api_level() -> tuple[int, str]:
+    """(level, sha256) of this release's SQL API as sql/api-level records it: the level rises with every
+    change of sql/api/*.sql (a test checks the sha256), so an older release can tell it is older."""
+    lines = (SQL_DIR / "api-level").read_text().splitlines()
+    fields = dict(line.strip().split("=", 1) for line in lines if "=" in line and not line.startswith("#"))
+    return int(fields["level"]), fields["sha256"]
+
+
+def api_checksum() -> str:
+    """One sha256 over every sql/api/*.sql file, in order."""
+    digest = hashlib.sha256()
+    for path in sorted((SQL_DIR / "api").glob("*.sql")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
 
 
 def migrate(url: str, last: str | None = None) -> list[str]:
@@ -38,6 +56,9 @@ def migrate(url: str, last: str | None = None) -> list[str]:
             done = dict(conn.execute("SELECT name, checksum FROM ragpipe.schema_migrations").fetchall())
             migrations = sorted((SQL_DIR / "migrations").glob("*.sql"))
             _refuse_newer_schema(done, migrations)
+            level = api_level()[0]
+            if last is None:
+                _refuse_newer_api(done, level)
             if last is not None:
                 migrations = [p for p in migrations if p.name <= last]
             api = sorted((SQL_DIR / "api").glob("*.sql")) if last is None else []
@@ -59,6 +80,10 @@ def migrate(url: str, last: str | None = None) -> list[str]:
                         "ON CONFLICT (name) DO UPDATE SET checksum = excluded.checksum, applied_at = now()",
                         (name, checksum))
                 applied_now.append(name)
+            if last is None:
+                conn.execute("INSERT INTO ragpipe.schema_migrations (name, checksum) VALUES (%s, %s) ON CONFLICT "
+                             "(name) DO UPDATE SET checksum = excluded.checksum WHERE "
+                             "ragpipe.schema_migrations.checksum <> excluded.checksum", (API_LEVEL_ROW, str(level)))
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
     return applied_now
@@ -72,6 +97,15 @@ def _refuse_newer_schema(done: dict[str, str], migrations: list[Path]) -> None:
     if unknown:
         raise DatabaseError(f"the database schema is newer than this ragpipe (it has {', '.join(unknown)}, which "
                             "this version does not know): upgrade the ragpipe package; nothing was changed")
+
+
+def _refuse_newer_api(done: dict[str, str], level: int) -> None:
+    """A database whose SQL API a newer ragpipe applied keeps it: an older worker in a rolling deploy must
+    not put its own functions back under every other process."""
+    stored = done.get(API_LEVEL_ROW)
+    if stored is not None and stored.isdigit() and int(stored) > level:
+        raise DatabaseError(f"the database's SQL API (level {stored}) is newer than this ragpipe's (level {level}): "
+                            "upgrade the ragpipe package on this machine; nothing was changed")
 
 
 def _name(path: Path) -> str:

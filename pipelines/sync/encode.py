@@ -3,7 +3,7 @@ same texts were found when the batch was read."""
 
 from collections.abc import Iterator
 
-from pipelines.embed import Embedder
+from pipelines.embed import Embedder, EmbeddingFailed
 from pipelines.sync.read import BatchWork
 
 EMBED_AT_LEAST = 1024
@@ -22,7 +22,11 @@ def embed_batch(*works: BatchWork, embedder: Embedder) -> None:
     to several of them is embedded once and counts as fresh in the first."""
     needed = [new_texts(work) for work in works]
     texts = {h: t for batch in needed for h, t in batch.items()}
-    vectors = dict(zip(texts, embedder.encode_documents(list(texts.values())), strict=True))
+    try:
+        encoded = embedder.encode_documents(list(texts.values()))
+    except EmbeddingFailed as exc:
+        raise EmbeddingFailed(f"{exc}. Batches already stored are kept; run again when it answers") from None
+    vectors = dict(zip(texts, encoded, strict=True))
     for work, batch in zip(works, needed, strict=True):
         work.vectors.update((h, vectors[h]) for h in batch)
         work.fresh = {h for h in batch if texts.pop(h, None) is not None}
