@@ -74,6 +74,14 @@ class Settings(BaseSettings):
     serve_pool_size: int = Field(8, ge=1, le=200, validation_alias="RAGPIPE_SERVE_POOL_SIZE")
     serve_pool_wait_s: float = Field(10, gt=0, validation_alias="RAGPIPE_SERVE_POOL_WAIT")
     serve_statement_timeout_s: float = Field(10, gt=0, validation_alias="RAGPIPE_SERVE_STATEMENT_TIMEOUT")
+    serve_deadline_s: float = Field(15, gt=0, validation_alias="RAGPIPE_SERVE_DEADLINE")
+    """Every API request is answered within this many seconds of its arrival (503 when it cannot be)."""
+    serve_max_in_flight: int = Field(0, ge=0, validation_alias="RAGPIPE_SERVE_MAX_IN_FLIGHT")
+    """Requests admitted at once (0: 4 x the pool size); more get a fast 503 with Retry-After."""
+    serve_heavy_concurrency: int = Field(0, ge=0, validation_alias="RAGPIPE_SERVE_HEAVY_CONCURRENCY")
+    """Expensive searches (keyword or hybrid of more than RAGPIPE_SERVE_HEAVY_WORDS words, or k > 100) run
+    at once (0: half the pool, at least 1); as many again may wait for a turn."""
+    serve_heavy_words: int = Field(8, ge=0, validation_alias="RAGPIPE_SERVE_HEAVY_WORDS")
     failpoints: str = Field("", validation_alias="RAGPIPE_FAILPOINTS")
     """Tests only: comma-separated fault names (pipelines/faults.py)."""
     failpoint_dir: Path | None = Field(None, validation_alias="RAGPIPE_FAILPOINT_DIR")

@@ -211,6 +211,19 @@ def test_tokens_map_callers_to_roles_and_row_level_security_applies(tmp_path, na
         page = httpx.get(f"{base}/", headers={"Authorization": "Bearer acme-token-0123456789"})
         assert f'value="{name}"' in page.text and not any(f'value="{h}"' in page.text for h in hidden)
 
+        # Defect (#42.16): another tenant's collection answered 200 with no results, an unknown one 404.
+        other, unknown = get("acme-token-0123456789", mode="semantic", collection=sorted(hidden)[0]), \
+            get("acme-token-0123456789", mode="semantic", collection=f"{name}_none")
+        assert other.status_code == unknown.status_code == 404, (other.text, unknown.text)
+        assert other.json()["detail"].split("'")[2] == unknown.json()["detail"].split("'")[2]
+        # Defect (#42.16): /metrics listed every tenant's collections to anyone.
+        scrapes = {who: httpx.get(f"{base}/metrics", headers={"Authorization": f"Bearer {who}"} if who else {},
+                                  timeout=30) for who in (None, "acme-token-0123456789", "reader-token-0123456789")}
+        assert all(r.status_code == 200 for r in scrapes.values())
+        assert f'collection="{name}"' in scrapes["reader-token-0123456789"].text
+        assert "collection=" not in scrapes[None].text + scrapes["acme-token-0123456789"].text
+        assert "ragpipe_http_requests_total" in scrapes[None].text, "the service's own series stay open"
+
 
 def test_the_service_never_searches_as_the_owner(monkeypatch):
     from pipelines.service import create_app

@@ -15,6 +15,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingRes
 
 from pipelines.search import MODES, Mode
 from pipelines.service.access import Unauthorized
+from pipelines.service.admission import RETRY_AFTER_S, Admission, Limits
 from pipelines.service.backend import SearchService
 from pipelines.service.database import Busy
 from pipelines.service.guards import Guards, allowed_hosts
@@ -57,26 +58,39 @@ def create_app(settings: Settings | None = None, warm: bool = False, bind: str |
     if origins:
         app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type"])
+    app.add_middleware(Admission, limits=_limits(service.settings), on_shed=service.metrics.shed.inc)
     app.add_middleware(Guards, hosts=allowed_hosts(service.settings.serve_allowed_hosts, bind),
                        max_body_bytes=MAX_BODY_BYTES)
     _add_error_handlers(app)
     _add_request_metrics(app, service)
     Auth = Annotated[str | None, Header(include_in_schema=False)]
 
+    import anyio
+
+    operations = anyio.CapacityLimiter(4)
+    """Threads of their own for /healthz and /metrics: they answer while every search thread is busy."""
+
     @app.get("/healthz")
-    def healthz() -> dict[str, str]:
-        """Up, and the database answers."""
-        service.open()
-        with service.db.session() as conn:
-            conn.execute("SELECT 1")
+    async def healthz() -> dict[str, str]:
+        """Up, and the database answers (on a connection of its own when the pool has none free)."""
+        def check() -> None:
+            service.open()
+            with service.db.probe_session() as conn:
+                conn.execute("SELECT 1")
+
+        await anyio.to_thread.run_sync(check, limiter=operations)
         return {"status": "ok"}
 
     @app.get("/metrics", include_in_schema=False)
-    def metrics() -> Response:
-        """Prometheus text format: the service's requests, and every collection's state (docs/metrics.md)."""
+    async def metrics(authorization: Auth = None) -> Response:
+        """Prometheus text format: the service's requests, and every collection's state (docs/metrics.md);
+        with tokens configured, the collections' series need a reader's token (a tenant's is not one)."""
         from prometheus_client import CONTENT_TYPE_LATEST
 
-        return Response(service.metrics.text(), media_type=CONTENT_TYPE_LATEST)
+        def scrape() -> bytes:
+            return service.metrics.text(collections=service.may_see_every_collection(authorization))
+
+        return Response(await anyio.to_thread.run_sync(scrape, limiter=operations), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/api/collections")
     def collections(authorization: Auth = None) -> list[dict[str, Any]]:
@@ -144,9 +158,17 @@ def create_app(settings: Settings | None = None, warm: bool = False, bind: str |
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page(request: Request, authorization: Auth = None) -> HTMLResponse:
-        return HTMLResponse(render_page(service, request.query_params, authorization))
+        html, status = render_page(service, request.query_params, authorization)
+        headers = {"Retry-After": str(RETRY_AFTER_S)} if status == 503 else None
+        return HTMLResponse(html, status, headers=headers)
 
     return app
+
+
+def _limits(settings: Settings) -> Limits:
+    pool = settings.serve_pool_size
+    return Limits(settings.serve_deadline_s, settings.serve_max_in_flight or 4 * pool,
+                  settings.serve_heavy_concurrency or max(1, pool // 2), settings.serve_heavy_words)
 
 
 def _ms(started: float) -> float:
@@ -179,6 +201,8 @@ def _add_error_handlers(app: FastAPI) -> None:
         if status == 500:
             log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
         headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+        if status == 503:
+            headers = {"Retry-After": str(RETRY_AFTER_S)}
         return JSONResponse({"detail": message}, status, headers=headers)
 
     def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

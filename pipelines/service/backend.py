@@ -1,5 +1,6 @@
 """The search service behind the routes: the database pool, who may do what, and query embedding."""
 
+import contextvars
 import logging
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -58,6 +59,33 @@ def declared_models(settings: Settings) -> set[str]:
     return {resolve_model(spec.model) for spec in specs.values()}
 
 
+class Half:
+    """A hybrid search's keyword half, which its request cancels when it fails (a 503 during overload)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.conn: psycopg.Connection | None = None
+        self.cancelled = False
+
+    def start(self, conn: psycopg.Connection) -> bool:
+        with self._lock:
+            self.conn = None if self.cancelled else conn
+            return not self.cancelled
+
+    def end(self) -> None:
+        with self._lock:
+            self.conn = None
+
+    def cancel(self) -> bool:
+        """Stop the half: before it starts, or its statement while it runs; True when there was one to stop."""
+        with self._lock:
+            self.cancelled = True
+            if self.conn is None:
+                return False
+            self.conn.cancel_safe(timeout=3)
+            return True
+
+
 class SearchService:
     """What the routes share: the database, who may do what, and query embedding."""
 
@@ -82,13 +110,13 @@ class SearchService:
     def pipeline_rows(self) -> list[tuple]:
         """ragpipe.pipeline_metrics(): one row of counts a collection, for a scrape."""
         self.open()
-        with self.db.session() as conn:
+        with self.db.probe_session() as conn:
             return conn.execute("SELECT * FROM ragpipe.pipeline_metrics() ORDER BY 1").fetchall()
 
     def cache_rows(self) -> list[tuple]:
         """ragpipe.cache_metrics(): (model, rows) of the embedding cache."""
         self.open()
-        with self.db.session() as conn:
+        with self.db.probe_session() as conn:
             return conn.execute("SELECT * FROM ragpipe.cache_metrics() ORDER BY 1").fetchall()
 
     def pool_stats(self) -> dict[str, int]:
@@ -198,20 +226,39 @@ class SearchService:
         version = self.version_of(collection)  # unknown names: a 404 in every mode
         params = dict(HYBRID_DEFAULTS, collection=version[1], text=q, embedding=None, k=k,
                       filter=jsonb_filter(filter), language=self.checked_language(language))
-        keyword = None
+        if tenant:
+            self.check_visible(role, collection)
+        keyword = half = None
         if mode == "hybrid" and not tenant:  # the keyword half needs no embedding: it starts first
-            keyword = self._halves.submit(self.keyword_half, role, params)
-        if mode != "keyword":
-            params = dict(params, embedding=self.embed_for(collection, version, q))
-        with self.db.session(role) as conn, self.metrics.sql.labels(mode).time():
-            if keyword is not None:
-                return self.hybrid(conn, role, params, keyword)
-            return run_search(conn, "tenant" if tenant else mode, params)
+            half = Half()
+            keyword = self._halves.submit(contextvars.copy_context().run, self.keyword_half, role, params, half)
+        try:
+            if mode != "keyword":
+                params = dict(params, embedding=self.embed_for(collection, version, q))
+            with self.db.session(role) as conn, self.metrics.sql.labels(mode).time():
+                if keyword is not None:
+                    return self.hybrid(conn, role, params, keyword)
+                return run_search(conn, "tenant" if tenant else mode, params)
+        except BaseException:
+            if half is not None and half.cancel():
+                self.metrics.cancelled_halves.inc()
+            raise
 
-    def keyword_half(self, role: str, params: dict[str, Any]) -> str | None | bool:
-        """Hybrid search's keyword ranking on a spare connection, or False when none is free within SPARE_WAIT_S."""
+    def keyword_half(self, role: str, params: dict[str, Any], half: "Half | None" = None) -> str | None | bool:
+        """Hybrid search's keyword ranking on a spare connection, or False when none is free within SPARE_WAIT_S
+        (or the request has failed meanwhile: `half` cancelled)."""
+        half = half or Half()
         with self.db.spare_session(role, SPARE_WAIT_S) as spare:
-            return False if spare is None else hybrid_ranking(spare, "hybrid_keyword", params)
+            if spare is None or not half.start(spare):
+                return False
+            try:
+                return hybrid_ranking(spare, "hybrid_keyword", params)
+            except psycopg.errors.QueryCanceled:
+                if half.cancelled:
+                    return False
+                raise
+            finally:
+                half.end()
 
     def hybrid(self, conn: psycopg.Connection, role: str, params: dict[str, Any],
                keyword: Future | None = None) -> list[SearchResult]:
@@ -253,6 +300,28 @@ class SearchService:
         with self.db.session(role) as conn:
             return rag_context_row(conn, dict(collection=version, text=body.q, embedding=embedding, k=body.k,
                                               max_tokens=body.max_tokens, filter=jsonb_filter(body.filter)))
+
+    def check_visible(self, role: str, collection: str) -> None:
+        """A tenant sees only collections holding rows of its own: any other name is as unknown as one that
+        does not exist (the same 404)."""
+        with self.db.session(role) as conn:
+            seen = conn.execute("SELECT EXISTS (SELECT 1 FROM ragpipe.documents d JOIN ragpipe.collections k "
+                                "ON k.id = d.collection_id WHERE k.name = %s AND k.state = 'active')",
+                                (collection,)).fetchone()[0]
+        if not seen:
+            raise NotFound(f"no collection named {collection!r}; GET /api/collections lists them")
+
+    def may_see_every_collection(self, authorization: str | None) -> bool:
+        """Whether a scrape may read every collection's series: always without tokens, else with a
+        token of a role that is not a tenant's."""
+        if not self.access.required:
+            return True
+        try:
+            role = self.access.role_for(authorization)
+        except Exception:
+            return False
+        self.open()
+        return not self.db.is_tenant(role)
 
     def forbid_tenant(self, role: str, what: str) -> None:
         if self.db.is_tenant(role):

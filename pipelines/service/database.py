@@ -10,6 +10,7 @@ from pgvector.psycopg import register_vector
 from psycopg import sql
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from pipelines.service.admission import time_left
 from pipelines.store.database import DatabaseError, first_line, mask_url
 
 log = logging.getLogger(__name__)
@@ -111,27 +112,50 @@ class ServiceDatabase:
                 self._act_as(conn, role)
                 yield conn
 
+    @contextmanager
+    def probe_session(self) -> Iterator[psycopg.Connection]:
+        """For /healthz and /metrics: a pooled connection if one is free at once, else one of their own
+        (connect and statements bounded to a few seconds), so they answer under any load."""
+        with ExitStack() as stack:
+            try:
+                conn = stack.enter_context(self.pool.connection(timeout=0.1))
+            except PoolTimeout:
+                conn = stack.enter_context(psycopg.connect(self.url, connect_timeout=3, autocommit=True,
+                                                           options="-c statement_timeout=5000"))
+                register_vector(conn)
+            with conn.transaction():
+                self._act_as(conn, self.role)
+                yield conn
+
     def _act_as(self, conn: psycopg.Connection, role: str) -> None:
-        """Switch the transaction to `role`, with the service's statement timeout."""
+        """Switch the transaction to `role`, with the service's statement timeout (or less: what is left
+        of the request's deadline)."""
+        timeout_ms = max(1, int(min(self.statement_timeout_ms, time_left(self.statement_timeout_ms / 1000) * 1000)))
         conn.execute(sql.SQL("SET LOCAL ROLE {}; SET LOCAL statement_timeout = {}").format(
-            sql.Identifier(role), sql.Literal(self.statement_timeout_ms)))
+            sql.Identifier(role), sql.Literal(timeout_ms)))
 
     @contextmanager
     def _connection(self) -> Iterator[psycopg.Connection]:
         """A pooled connection: after FIRST_WAIT_S without one, the server is asked directly whether it
         is up (then a DatabaseError at once); if it is, the wait goes on (then Busy)."""
         started = time.monotonic()
+        wait = time_left(self.wait_s)
+        busy = Busy(f"no database connection became free within {wait:g} s (RAGPIPE_SERVE_POOL_SIZE, "
+                    "RAGPIPE_SERVE_POOL_WAIT, RAGPIPE_SERVE_DEADLINE)")
+        if wait <= 0:
+            raise busy
         with ExitStack() as stack:
             try:
-                conn = stack.enter_context(self.pool.connection(timeout=min(FIRST_WAIT_S, self.wait_s)))
+                conn = stack.enter_context(self.pool.connection(timeout=min(FIRST_WAIT_S, wait)))
             except PoolTimeout:
                 self._check_up()
                 try:
-                    left = max(0.0, self.wait_s - (time.monotonic() - started))
+                    left = max(0.0, wait - (time.monotonic() - started))
+                    if left <= 0:
+                        raise PoolTimeout()
                     conn = stack.enter_context(self.pool.connection(timeout=left))
                 except PoolTimeout:
-                    raise Busy(f"no database connection became free within {self.wait_s:g} s "
-                               "(RAGPIPE_SERVE_POOL_SIZE, RAGPIPE_SERVE_POOL_WAIT)") from None
+                    raise busy from None
             yield conn
 
     def _check_up(self) -> None:

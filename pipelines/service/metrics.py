@@ -100,16 +100,22 @@ class ServiceMetrics:
                                      registry=self.registry)
         self.errors = Counter("ragpipe_http_errors", "requests that failed, by kind", ["kind"],
                               registry=self.registry)
-        self.registry.register(PipelineCollector(rows, pool_stats, cache_rows))
+        self.shed = Counter("ragpipe_http_shed", "requests answered 503 at once, without running (over capacity)",
+                            registry=self.registry)
+        self.cancelled_halves = Counter("ragpipe_hybrid_halves_cancelled", "keyword halves of hybrid searches "
+                                        "cancelled because their request failed", registry=self.registry)
+        self.collections = CollectorRegistry()
+        self.collections.register(PipelineCollector(rows, pool_stats, cache_rows))
 
     def observe(self, route: str, mode: str, status: int, seconds: float) -> None:
         self.requests.labels(route, mode, str(status)).inc()
         self.latency.labels(route).observe(seconds)
 
-    def text(self) -> bytes:
+    def text(self, collections: bool = True) -> bytes:
+        """The service's series, and with `collections` every collection's (and the pool's)."""
         from prometheus_client import generate_latest
 
-        return generate_latest(self.registry)
+        return generate_latest(self.registry) + (generate_latest(self.collections) if collections else b"")
 
 
 def route_of(scope: dict[str, Any]) -> str:

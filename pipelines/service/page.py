@@ -15,6 +15,9 @@ from pipelines.service.backend import MARK_END, MARK_START
 from pipelines.service.requests import MAX_K, BadRequest, error_status, parse_filter
 
 DEFAULT_K = 10
+MARKED_HITS = 50
+"""The page marks the query's words in this many hits at most (the rest are shown plain): marking is
+PostgreSQL's ts_headline over each whole text, the page's costliest step at a large k."""
 log = logging.getLogger(__name__)
 
 
@@ -26,8 +29,9 @@ def _template():
     return env.get_template("search.html")
 
 
-def render_page(service: Any, params: QueryParams, authorization: str | None) -> str:
-    """The page for these URL parameters: the form, and results grouped by document or a readable error."""
+def render_page(service: Any, params: QueryParams, authorization: str | None) -> tuple[str, int]:
+    """The page for these URL parameters (the form, and results grouped by document or a readable error)
+    and its HTTP status: an error is the status error_status gives it, as in the API."""
     view: dict[str, Any] = dict(collection=params.get("collection", ""), q=params.get("q", ""),
                                 mode=params.get("mode", "hybrid"), filter=params.get("filter", ""),
                                 similar=params.get("similar"), k=params.get("k", str(DEFAULT_K)),
@@ -51,17 +55,21 @@ def render_page(service: Any, params: QueryParams, authorization: str | None) ->
         elif view["q"].strip():
             view["results"] = service.search(role, view["collection"], view["q"], k, view["mode"],
                                              parse_filter(view["filter"]), view["language"])
-            marked = [highlight(t) for t in service.marked(view["collection"], view["results"], view["q"],
+            results = view["results"]
+            marked = [highlight(t) for t in service.marked(view["collection"], results[:MARKED_HITS], view["q"],
                                                            view["language"])]
+            marked += [escape(r.text) for r in results[MARKED_HITS:]]
         if view["results"] is not None:
             view["documents"] = by_document(view["results"], marked)
         view["took_ms"] = round((time.perf_counter() - started) * 1000, 1)
     except Exception as exc:
         status, message = error_status(exc)
         view["error"] = message
+        service.metrics.errors.labels(type(exc).__name__).inc()
         if status == 500:
             log.error("search page failed", exc_info=exc)
-    return _template().render(**view)
+        return _template().render(**view), status
+    return _template().render(**view), 200
 
 
 @dataclass
