@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 def run_ingest(spec: CollectionSpec, full_refresh: bool = False, limit: int | None = None,
                dry_run: bool = False, trigger: str = "cli",
                progress: Callable[[int, int], None] | None = None, url: str | None = None,
-               promote: str | None = None) -> dict[str, Any]:
+               promote: str | None = None, allow_mass_delete: bool = False) -> dict[str, Any]:
     """A whole run in this process, holding the collection's write lock throughout: the active
     version is synced; when collections.yml asks for new build settings, the new version is then
     built (or resumed), scored and promoted (`promote`: auto, manual, force; default collections.yml).
@@ -35,13 +35,15 @@ def run_ingest(spec: CollectionSpec, full_refresh: bool = False, limit: int | No
         if dry_run:
             with conn.transaction(force_rollback=True):
                 targets = plan_versions(conn, spec)
-            return dry_run_plan(conn, targets.active, full_refresh, limit, trigger)
+            return dry_run_plan(conn, targets.active, full_refresh, limit, trigger, allow_mass_delete)
         targets = plan_versions(conn, spec)
         if targets.note:
             log.warning(targets.note)
-        summary = sync_collection(conn, url, targets.active, full_refresh, limit, trigger, progress)
+        summary = sync_collection(conn, url, targets.active, full_refresh, limit, trigger, progress,
+                                  allow_mass_delete)
         if targets.candidate is not None and summary["status"] == "succeeded":
-            built = sync_collection(conn, url, targets.candidate, full_refresh, limit, trigger, progress)
+            built = sync_collection(conn, url, targets.candidate, full_refresh, limit, trigger, progress,
+                                    allow_mass_delete)
             if built["status"] == "succeeded" and limit is None:
                 built.update(conclude(conn, targets.candidate, promote))
             summary["new_version"] = built
@@ -54,7 +56,12 @@ RUN_COUNTS = ("listed", "new", "changed", "unchanged", "deleted", "failed", "dup
 
 
 def format_summary(summary: dict[str, Any]) -> str:
-    """The one-line account of a run that the CLI and the DAG print."""
+    """The one-line account of a run that the CLI and the DAG print (a dry run: what a run would do)."""
+    if summary.get("status") == "dry_run":
+        refused = summary.get("deletions_refused")
+        return ("dry run (nothing written): listed {listed}, new {new}, changed {changed}, unchanged {unchanged}, "
+                "would process {would_process}, would delete {would_delete}").format(**summary) + (
+                    f" (refused {refused}: more than the mass-deletion guard allows)" if refused else "")
     return ("run {id} {status}: listed {listed}, new {new}, changed {changed}, unchanged {unchanged}, "
             "deleted {deleted}, failed {failed}, duplicates {duplicates}, chunks embedded {chunks_embedded} "
             "(reused {chunks_reused}) in {seconds:.1f}s").format(**summary)

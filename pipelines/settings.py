@@ -82,6 +82,10 @@ class Settings(BaseSettings):
     """Expensive searches (keyword or hybrid of more than RAGPIPE_SERVE_HEAVY_WORDS words, or k > 100) run
     at once (0: half the pool, at least 1); as many again may wait for a turn."""
     serve_heavy_words: int = Field(8, ge=0, validation_alias="RAGPIPE_SERVE_HEAVY_WORDS")
+    mass_delete_fraction: float = Field(0.5, ge=0, le=1, validation_alias="RAGPIPE_MASS_DELETE_FRACTION")
+    """A run deletes no more than this share of a collection's documents unless confirmed (1: no guard)."""
+    mass_delete_min: int = Field(20, ge=1, validation_alias="RAGPIPE_MASS_DELETE_MIN")
+    """...once it would delete at least this many."""
     failpoints: str = Field("", validation_alias="RAGPIPE_FAILPOINTS")
     """Tests only: comma-separated fault names (pipelines/faults.py)."""
     failpoint_dir: Path | None = Field(None, validation_alias="RAGPIPE_FAILPOINT_DIR")

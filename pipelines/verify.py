@@ -16,6 +16,7 @@ from pipelines.sources import make_source
 from pipelines.store.connection import locked_connection, open_database
 from pipelines.store.database import connect
 from pipelines.store.sqlfiles import query
+from pipelines.sync.plan import mass_deletion
 
 EXAMPLES = 5
 STATS_TOLERANCE = 0.1
@@ -78,6 +79,7 @@ def _add(report: Report, check: str, items: list[Any], meaning: str, repair: str
 def _source_checks(conn: psycopg.Connection, coll: store.Collection, spec: CollectionSpec, report: Report) -> None:
     listing = make_source(spec.source).list()
     listed = {r.source_id: r.fingerprint for r in listing.refs}
+    unreadable = {where for where, _ in listing.rejected}
     indexed = dict(conn.execute(_q("indexed_documents"), (coll.id,)).fetchall())
     recorded = {r[0] for r in conn.execute(_q("recorded_failures"), (coll.id,)).fetchall()}
     _add(report, "not_indexed", sorted(set(listed) - set(indexed) - recorded),
@@ -85,11 +87,14 @@ def _source_checks(conn: psycopg.Connection, coll: store.Collection, spec: Colle
     _add(report, "changed_in_source", sorted(s for s in set(listed) & set(indexed) if listed[s] != indexed[s]),
          "changed in the source since the last run (searches return the old text)", "a run re-reads them")
     if listing.complete:
-        _add(report, "gone_from_source", sorted(set(indexed) - set(listed)),
-             "indexed, but no longer in the source", "a run deletes them")
+        gone = sorted(set(indexed) - set(listed) - unreadable)
+        _add(report, "gone_from_source", gone, "indexed, but no longer in the source", "a run deletes them")
+        if gone and (refusal := mass_deletion(len(gone), len(indexed), coll.name)):
+            report.notes.append(f"a run would refuse these deletions: {refusal}")
     else:
-        report.notes.append("the source listing was incomplete (" + "; ".join(listing.problems[:2])
-                            + "): documents gone from it were not checked")
+        _add(report, "incomplete_listing", listing.problems,
+             "part of the source could not be listed, so no run deletes anything: documents gone from the source "
+             "stay searchable", "nothing: make those parts readable (or exclude them), then run again")
 
 
 def _row_checks(conn: psycopg.Connection, coll: store.Collection, report: Report) -> None:
@@ -119,7 +124,8 @@ def _index_name(conn: psycopg.Connection, coll: store.Collection) -> str:
     return conn.execute("SELECT ragpipe.hnsw_index_name(%s)", (coll.id,)).fetchone()[0]
 
 
-def repair(report: Report, spec: CollectionSpec | None, url: str | None = None) -> Report:
+def repair(report: Report, spec: CollectionSpec | None, url: str | None = None,
+           allow_mass_delete: bool = False) -> Report:
     """Fix what a normal run can, under the collection's lock, then run the collection once when
     documents need it (and collections.yml declares it); returns the report of a second verify."""
     found = {f.check: f for f in report.findings}
@@ -149,7 +155,10 @@ def repair(report: Report, spec: CollectionSpec | None, url: str | None = None) 
         if "invalid_index" in found or "missing_index" in found:
             with conn.transaction():
                 store.ensure_hnsw_index(conn, coll)
-            report.repaired.append("HNSW index built")
+            if conn.execute(_q("index_state"), (coll.id,)).fetchone() == (True, True):
+                report.repaired.append("HNSW index built")
+            else:
+                report.notes.append("the HNSW index was not built (a collection without chunks has none)")
         if "stale_statistics" in found:
             store.refresh_text_stats(conn, coll.id, min_change=0)
             report.repaired.append("BM25 statistics refreshed")
@@ -157,7 +166,8 @@ def repair(report: Report, spec: CollectionSpec | None, url: str | None = None) 
     if needs_run and spec is not None:
         from pipelines.ingest import format_summary, run_ingest
 
-        report.repaired.append("ran the collection: " + format_summary(run_ingest(spec, trigger="verify")))
+        report.repaired.append("ran the collection: " + format_summary(
+            run_ingest(spec, trigger="verify", allow_mass_delete=allow_mass_delete)))
     elif needs_run:
         report.notes.append("documents need a run, and the collection is not in collections.yml: "
                             "run `ragpipe ingest SOURCE -c NAME`")

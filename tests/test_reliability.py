@@ -458,3 +458,23 @@ def test_a_copy_of_a_document_edited_in_the_same_run_keeps_the_old_text_searchab
     assert (summary["new"], summary["changed"], summary["duplicates"]) == (1, 1, 0)
     texts = {sid: text for sid, _, text, *_ in chunk_state(conn, name)}
     assert "Normandy" in texts["b-backup.md"] and "quinces" in texts["a.md"]
+
+
+def test_a_source_that_is_missing_fails_its_run_with_the_reason(tmp_path, name, conn):
+    """Defect (#42.14): the run row stayed `running` (the next run relabelled it abandoned) and the cause was lost."""
+    import shutil
+
+    from pipelines.sources import SourceError
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.md").write_text("# A\n\nAlpha.")
+    spec = folder_spec(name, docs)
+    run_ingest(spec)
+    shutil.rmtree(docs)
+    with pytest.raises(SourceError, match="does not exist"):
+        run_ingest(spec)
+    status, error = conn.execute("SELECT r.status, r.error FROM ragpipe.ingest_runs r JOIN ragpipe.collections k "
+                                 "ON k.id = r.collection_id WHERE k.name = %s ORDER BY r.id DESC LIMIT 1",
+                                 (name,)).fetchone()
+    assert status == "failed" and "does not exist" in error, (status, error)

@@ -56,6 +56,10 @@ def test_failed_bucket_listing_deletes_nothing(s3, name, conn, tmp_path):
     summary = run_ingest(broken)
     assert summary["listing_complete"] is False and summary["deleted"] == 0
     assert set(documents(conn, name)) == {"a.md"}
+    from pipelines.verify import verify
+
+    report = verify(name, broken)  # defect (#42.12): verify said all agreed while no run could delete
+    assert not report.clean and [f.check for f in report.findings] == ["incomplete_listing"], report.to_dict()
 
 
 # --- web ------------------------------------------------------------------------------------------

@@ -85,3 +85,68 @@ def test_a_failed_document_is_accounted_for_and_an_undeclared_collection_is_note
     got = ragpipe("verify", "no_such_collection", check=False, env={"RAGPIPE_COLLECTIONS": str(config)})
     assert got.returncode == 1 and got.stderr.count("\n") == 1 and "no collection named" in got.stderr
     assert os.environ.get("RAGPIPE_DATABASE_URL") is None
+
+
+def test_an_emptied_source_deletes_nothing_unless_confirmed(tmp_path, name, conn):
+    """Defect (#42.15): a folder suddenly empty (an unmounted share) deleted every document, by a run and by
+    `verify --repair`; the dry run's text said `deleted 0` where its JSON said `would_delete`."""
+    import json
+    import shutil
+
+    import yaml
+
+    from tests.conftest import ragpipe
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for i in range(30):
+        (docs / f"note-{i:02d}.md").write_text(f"# Note {i}\n\nMassdel{i:02d} is note {i}.")
+    config = tmp_path / "collections.yml"
+    config.write_text(yaml.safe_dump({"collections": [{"name": name, "source": {"kind": "folder",
+                                                                                "path": str(docs)}}]}))
+    env = {"RAGPIPE_COLLECTIONS": str(config)}
+    ragpipe("ingest", "-c", name, env=env)
+    shutil.rmtree(docs)
+    docs.mkdir()
+    (docs / "note-00.md").write_text("# Note 0\n\nMassdel00 is note 0.")
+    dry = ragpipe("ingest", "-c", name, "--dry-run", env=env)
+    assert "would delete 0 (refused 29" in dry.stdout and "changed 1" in dry.stdout, dry.stdout
+    assert "failures:" not in dry.stdout, "a dry run records nothing"
+    as_json = json.loads(ragpipe("ingest", "-c", name, "--dry-run", "--json", env=env).stdout)
+    assert (as_json["would_delete"], as_json["deletions_refused"], as_json["changed"]) == (0, 29, 1)
+    run = ragpipe("ingest", "-c", name, env=env)
+    assert "deleted 0" in run.stdout and "failed 1" in run.stdout, run.stdout
+    failures = ragpipe("status", "--failures", "-c", name, env=env).stdout
+    assert "refused to delete 29 of 30 documents" in failures and "--allow-mass-delete" in failures, failures
+    repaired = ragpipe("verify", name, "--repair", check=False, env=env)
+    assert repaired.returncode == 1 and "a run would refuse these deletions" in repaired.stdout, repaired.stdout
+    count = "SELECT count(*) FROM ragpipe.documents d JOIN ragpipe.collections k ON k.id = d.collection_id " \
+            "WHERE k.name = %s"
+    assert conn.execute(count, (name,)).fetchone()[0] == 30, "nothing deleted without confirmation"
+    ragpipe("verify", name, "--repair", "--allow-mass-delete", env=env)
+    assert conn.execute(count, (name,)).fetchone()[0] == 1
+
+
+def test_a_broken_link_fails_alone_and_deletions_go_on(tmp_path, name, conn):
+    """Defect (#42.12): one dangling or looping `*.md` link made every listing incomplete (no deletion ever
+    again) while `ragpipe verify` said everything agreed."""
+
+    import yaml
+
+    from tests.conftest import ragpipe
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for stem in ("tea", "stone"):
+        (docs / f"{stem}.md").write_text(f"# {stem}\n\nText about {stem}.")
+    (docs / ".#tea.md").symlink_to("root@host.1234:1700000000")  # an editor's lock file
+    (docs / "loop.md").symlink_to(docs / "loop.md")
+    config = tmp_path / "collections.yml"
+    config.write_text(yaml.safe_dump({"collections": [{"name": name, "source": {"kind": "folder",
+                                                                                "path": str(docs)}}]}))
+    env = {"RAGPIPE_COLLECTIONS": str(config)}
+    ragpipe("ingest", "-c", name, env=env)
+    (docs / "stone.md").unlink()
+    run = ragpipe("ingest", "-c", name, env=env)
+    assert "deleted 1" in run.stdout and "failed 2" in run.stdout, run.stdout
+    assert ragpipe("verify", name, env=env).returncode == 0

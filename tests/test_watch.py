@@ -24,12 +24,12 @@ LINE_TIMEOUT_S = 120
 class Watcher:
     """A `ragpipe watch` process; its output lines as they come."""
 
-    def __init__(self, collections: Path, *args: str) -> None:
+    def __init__(self, collections: Path, *args: str, env: dict[str, str] | None = None) -> None:
         self.lines: queue.Queue[str] = queue.Queue()
         self.seen: list[str] = []
         self.proc = subprocess.Popen([*RAGPIPE, "watch", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      text=True, start_new_session=True,
-                                     env=dict(os.environ, RAGPIPE_COLLECTIONS=str(collections)))
+                                     env=dict(os.environ, RAGPIPE_COLLECTIONS=str(collections), **(env or {})))
         threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self) -> None:
@@ -249,3 +249,60 @@ def test_a_watched_table_is_followed_across_a_restart_of_its_database(tmp_path, 
             watcher.stop()
     finally:
         stop_embedded_server(pgdata)
+
+
+def test_a_folder_removed_or_swapped_is_watched_again_and_links_out_are_not_followed(tmp_path, name):
+    """Defects (#42.11, 12): `mv dir dir.old; mkdir dir` or rm -r and mkdir left the folder unwatched; a link to
+    a folder outside the root was followed by the watcher."""
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "tea.md").write_text("# Tea\n\nGreen tea contains catechins.")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (docs / "elsewhere").symlink_to(outside, target_is_directory=True)
+    config = collections_file(tmp_path, {"name": name, "source": {"kind": "folder", "path": str(docs)},
+                                         "watch": {"debounce_s": 0.3}})
+    watcher = Watcher(config, name)
+    try:
+        assert "catching up" in watcher.run_line(name)
+        (outside / "far.md").write_text("# Far\n\nA file outside the watched folder.")
+        with pytest.raises(AssertionError, match="no run line"):
+            watcher.wait_for(lambda line: "→ run " in line, "run line", timeout_s=3)
+
+        docs.rename(tmp_path / "docs.old")  # as a deploy or a checkout swaps it
+        docs.mkdir()
+        (docs / "stone.md").write_text("# Stone\n\nQuartzite is a hard metamorphic rock.")
+        watcher.wait_for(lambda line: "→ run " in line and found(name, "quartzite") == {"stone.md"},
+                         "the swapped folder's file indexed")
+        (docs / "glass.md").write_text("# Glass\n\nObsidian is volcanic glass.")
+        watcher.wait_for(lambda line: "→ run " in line and found(name, "obsidian") == {"glass.md"},
+                         "a new file of the new folder indexed")
+
+        import shutil
+
+        shutil.rmtree(docs)
+        docs.mkdir()
+        (docs / "salt.md").write_text("# Salt\n\nHalite is rock salt.")
+        watcher.wait_for(lambda line: "→ run " in line and found(name, "halite") == {"salt.md"},
+                         "the re-created folder's file indexed")
+    finally:
+        watcher.stop()
+
+
+def test_out_of_inotify_watches_the_folder_is_polled_and_said_in_one_line(tmp_path, name):
+    """Defect (#42.13): the inotify limit crashed `ragpipe watch` with a traceback, unwatching every collection."""
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "tea.md").write_text("# Tea\n\nGreen tea contains catechins.")
+    config = collections_file(tmp_path, {"name": name, "source": {"kind": "folder", "path": str(docs)},
+                                         "watch": {"debounce_s": 0.3}})
+    watcher = Watcher(config, name, env={"RAGPIPE_FAILPOINTS": "watch_limit"})
+    try:
+        watcher.run_line(name)
+        (docs / "stone.md").write_text("# Stone\n\nQuartzite is a hard metamorphic rock.")
+        watcher.wait_for(lambda line: "→ run " in line and found(name, "quartzite") == {"stone.md"},
+                         "a new file found by polling")
+        assert any("polling it instead" in line for line in watcher.seen), watcher.seen
+        assert not any("Traceback" in line for line in watcher.seen)
+    finally:
+        watcher.stop()

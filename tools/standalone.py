@@ -353,7 +353,10 @@ def run_stack(mode: str) -> int:
             env.update(AIRFLOW__OPENLINEAGE__TRANSPORT=receiver.transport,
                        AIRFLOW__OPENLINEAGE__NAMESPACE="ragpipe-smoke",
                        # the web sample's plan fails once (its retry succeeds): a FAIL event to check
-                       RAGPIPE_FAILPOINTS=f"plan_{FAILING_ONCE}", RAGPIPE_FAILPOINT_DIR=str(home / "failpoints"))
+                       RAGPIPE_FAILPOINTS=f"plan_{FAILING_ONCE}", RAGPIPE_FAILPOINT_DIR=str(home / "failpoints"),
+                       # the burst check removes its 200 documents at once, most of each watched sample
+                       # collection: deletions the mass-deletion guard would rightly refuse (tests cover it)
+                       RAGPIPE_MASS_DELETE_FRACTION="1")
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # standalone runs `airflow`
         port = int(env.get("AIRFLOW__API__PORT", "8080"))
         log_path = home / "standalone.log"

@@ -53,6 +53,8 @@ PARAMS = {
     "limit": Param(None, type=["null", "integer"], minimum=1,
                    description="Process at most this many new/changed documents (empty: all)."),
     "dry_run": Param(False, type="boolean", description="Plan only: report what would change, write nothing."),
+    "allow_mass_delete": Param(False, type="boolean", description="Delete documents gone from the source even "
+                               "when they are more than RAGPIPE_MASS_DELETE_FRACTION of the collection."),
 }
 
 
@@ -136,7 +138,8 @@ def sync_stage(spec: CollectionSpec, settings: Settings, target: str) -> Any:
         params = params or {}
         dry_run, full_refresh = bool(params.get("dry_run")), bool(params.get("full_refresh"))
         with explained_timeout("plan"):
-            p = plan_step(spec, vector_db_url(), full_refresh, params.get("limit"), dry_run, target=target)
+            p = plan_step(spec, vector_db_url(), full_refresh, params.get("limit"), dry_run, target=target,
+                          allow_mass_delete=bool(params.get("allow_mass_delete")))
         if p is None:
             print("no new version to build: collections.yml has the active version's settings")
             ti.xcom_push(key="plan", value={"version": None})

@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 def plan_step(spec: CollectionSpec, url: str | None = None, full_refresh: bool = False,
               limit: int | None = None, dry_run: bool = False, trigger: str = "airflow",
-              target: str = "active") -> Plan | None:
+              target: str = "active", allow_mass_delete: bool = False) -> Plan | None:
     """Plan the run of the active version, or (target="candidate") of the version being built; None
     when no version is being built. The plan's `collection` names the version its batches write."""
     failpoint(f"plan_{spec.name}")  # tests: a task that fails (once, with RAGPIPE_FAILPOINT_DIR)
@@ -30,7 +30,7 @@ def plan_step(spec: CollectionSpec, url: str | None = None, full_refresh: bool =
             chosen = targets.active if target == "active" else targets.candidate
             if targets.note and target == "active":
                 log.warning(targets.note)
-            return plan_run(conn, chosen, full_refresh, limit, trigger) if chosen else None
+            return plan_run(conn, chosen, full_refresh, limit, trigger, allow_mass_delete) if chosen else None
 
 
 def batch_step(spec: CollectionSpec, run_id: int, refs: list[DocumentRef], url: str | None = None,

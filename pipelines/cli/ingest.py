@@ -59,12 +59,14 @@ def spec_from_options(source: str | None, name: str, opts: dict[str, Any]) -> Co
 @click.option("--full-refresh", is_flag=True, help="Re-read and re-embed every document.")
 @click.option("--limit", type=int, help="Process at most N new/changed documents.")
 @click.option("--dry-run", is_flag=True, help="Plan only: report what would change.")
+@click.option("--allow-mass-delete", is_flag=True, help="Delete documents gone from the source even when they are "
+              "more than RAGPIPE_MASS_DELETE_FRACTION (default half) of the collection [default: refused, recorded].")
 @click.option("--promote", type=click.Choice(["auto", "manual", "force"]), default=None,
               help="A new version: promote it if its scores hold (auto), leave it for `ragpipe promote` "
                    "(manual), or promote it whatever its scores (force) [default: collections.yml, auto].")
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as one JSON object.")
 def ingest(source: str | None, collection: str, full_refresh: bool, limit: int | None, dry_run: bool,
-           promote: str | None, as_json: bool, **opts: Any) -> None:
+           promote: str | None, as_json: bool, allow_mass_delete: bool, **opts: Any) -> None:
     """Ingest SOURCE (a folder, or a .csv/.jsonl/.parquet table) into a collection.
 
     Without SOURCE the collection's source from collections.yml is used. Re-runs only embed what
@@ -99,7 +101,7 @@ def ingest(source: str | None, collection: str, full_refresh: bool, limit: int |
                        f"{rate:.1f}/s", err=True)
 
     summary = run_ingest(spec, full_refresh=full_refresh, limit=limit, dry_run=dry_run, progress=progress,
-                         promote=promote)
+                         promote=promote, allow_mass_delete=allow_mass_delete)
     if bar is not None:
         bar.close()
     built = summary.get("new_version")
@@ -110,7 +112,7 @@ def ingest(source: str | None, collection: str, full_refresh: bool, limit: int |
         if built:
             click.echo(f"new version {built.get('version', '?')}: {format_summary(built)}; "
                        f"{version_outcome(built)}")
-        if summary.get("failed"):
+        if summary.get("failed") and summary["status"] != "dry_run":
             click.echo(f"failures: ragpipe status --failures --collection {collection}")
     if summary["status"] == "failed" or (built and built["status"] == "failed"):
         sys.exit(1)

@@ -46,7 +46,10 @@ class FolderSource(FileFilters):
                               f"{', '.join(sorted(EXTRACTORS))})")
 
     def list(self) -> Listing:
-        refs, problems = [], []
+        """Every wanted file below the root (links to folders are not followed). A file that cannot be
+        stat'ed (a dangling or looping link, an editor's lock file) is a failure of that entry, kept if
+        indexed before; a folder that cannot be read makes the listing incomplete (nothing is deleted)."""
+        refs, problems, rejected = [], [], []
         if self.single:
             st = (self.root / self.single).stat()
             return Listing([DocumentRef(self.single, (self.root / self.single).as_uri(),
@@ -60,11 +63,14 @@ class FolderSource(FileFilters):
                     continue
                 try:
                     st = full.stat()
-                except OSError as exc:  # vanished or unreadable between walk and stat
-                    problems.append(f"{rel}: {exc.strerror}")
+                except OSError as exc:  # a dangling or looping link, or gone between walk and stat
+                    if full.is_symlink() or isinstance(exc, FileNotFoundError):
+                        rejected.append((rel, f"cannot be read: {exc.strerror}"))
+                    else:
+                        problems.append(f"{rel}: {exc.strerror}")
                     continue
                 refs.append(DocumentRef(rel, full.as_uri(), f"{st.st_size}:{st.st_mtime_ns}"))
-        return Listing(refs, complete=not problems, problems=problems)
+        return Listing(refs, complete=not problems, problems=problems, rejected=rejected)
 
     def read_many(self, refs: Iterable[DocumentRef], previous: dict[str, str | None] | None = None
                   ) -> Iterator[tuple[DocumentRef, RawDocument | Exception]]:

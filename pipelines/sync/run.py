@@ -29,9 +29,10 @@ READ_AHEAD_MAX = 16
 
 
 def sync_collection(conn: psycopg.Connection, url: str, spec: CollectionSpec, full_refresh: bool, limit: int | None,
-                    trigger: str, progress: Callable[[int, int], None] | None) -> dict[str, Any]:
+                    trigger: str, progress: Callable[[int, int], None] | None,
+                    allow_mass_delete: bool = False) -> dict[str, Any]:
     """One run of the collection row `spec.name`: plan, batches (read ahead, embed, load), finalize."""
-    plan = plan_run(conn, spec, full_refresh, limit, trigger)
+    plan = plan_run(conn, spec, full_refresh, limit, trigger, allow_mass_delete)
     done = 0
 
     def loaded(work: BatchWork) -> None:  # in the loading thread, after each batch's commit

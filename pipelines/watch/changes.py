@@ -63,13 +63,18 @@ def source_changes(spec: CollectionSpec, stop: asyncio.Event,
 
 
 async def file_changes(spec: CollectionSpec, stop: asyncio.Event, ready: asyncio.Event) -> AsyncIterator[str]:
-    from watchfiles import Change, awatch
+    """The folder's (or the table file's folder's) file events. Each real folder of the tree is watched
+    on its own (links to folders are not followed, as the listing follows none); a new or removed
+    folder re-arms the watches. A folder removed and made again, or swapped (`mv dir dir.old; mkdir
+    dir`), is watched again and counts as a change; with inotify out of watches, the folder is polled."""
+    from watchfiles import Change
 
     source = make_source(spec.source)
     if spec.source["kind"] == "tabular":
         root, wanted = source.file.parent, (lambda rel: rel == source.file.name)
     else:
         root, wanted = source.root, (lambda rel: source.single == rel if source.single else source.wanted(rel))
+    flat = spec.source["kind"] == "tabular" or bool(source.single)
 
     def relevant(change: Any, path: str) -> bool:
         """A wanted file's event, or a folder's: files made in a new folder before its own watch
@@ -78,26 +83,128 @@ async def file_changes(spec: CollectionSpec, stop: asyncio.Event, ready: asyncio
             rel = Path(path).relative_to(root).as_posix()
         except ValueError:
             return False
-        if spec.source["kind"] == "tabular" or source.single:
+        if flat:
             return wanted(rel)
-        return wanted(rel) or Path(path).is_dir() or (change == Change.deleted and not Path(path).suffix)
+        return wanted(rel) or _is_folder_event(change, path)
 
-    stream = awatch(root, watch_filter=relevant, stop_event=stop, recursive=True, debounce=50, step=20,
-                    yield_on_timeout=False, rust_timeout=1000)
+    polling = False
+    while not stop.is_set():
+        if not root.is_dir():
+            log.warning("collection %s: the folder %s is gone; watching for it to come back", spec.name, root)
+            ready.set()
+            while not root.is_dir():
+                if await _stopped(stop, 1.0):
+                    return
+            yield f"the folder {root} is back"
+        identity = _identity(root)
+        folders = [root] if flat else _real_folders(root, spec.name)
+        rearm = asyncio.Event()
+        watchdog = asyncio.ensure_future(_watch_identity(root, identity, stop, rearm))
+        try:
+            async for changes in _file_events(folders, relevant, rearm, polling):
+                if changes is None:  # watching now
+                    ready.set()
+                    continue
+                yield ", ".join(sorted(f"{c.name} {_shown(p, root)}" for c, p in changes)[:3]) + (
+                    f" and {len(changes) - 3} more" if len(changes) > 3 else "")
+                if not flat and any(_is_folder_event(c, p) or c == Change.deleted and p == str(root)
+                                    for c, p in changes):
+                    rearm.set()  # a new folder needs a watch of its own; a removed one leaves
+        except FileNotFoundError:  # a folder went between the walk and its watch: look again
+            await _stopped(stop, 0.2)
+            continue
+        except OSError as exc:
+            if polling:
+                raise
+            log.warning("collection %s: cannot watch %s with inotify (%s); polling it instead (raise "
+                        "fs.inotify.max_user_watches to watch it with events)", spec.name, root, exc.strerror or exc)
+            polling = True
+            yield f"polling {root}"
+            continue
+        finally:
+            watchdog.cancel()
+        if stop.is_set():
+            return
+        if _identity(root) != identity:
+            log.warning("collection %s: the folder %s was replaced; watching the new one", spec.name, root)
+            yield f"the folder {root} was replaced"
+
+
+async def _file_events(folders: list[Path], relevant: Any, stop: asyncio.Event,
+                       polling: bool) -> AsyncIterator[set | None]:
+    """watchfiles' events of `folders` (each without its sub-folders) until `stop`: None once watching,
+    then each set of changes. OSError when the watches cannot be made (inotify's limit)."""
+    from watchfiles import awatch
+
+    from pipelines.faults import armed
+
+    if not polling and armed("watch_limit"):
+        raise OSError(28, "OS file watch limit reached")
+    stream = awatch(*folders, watch_filter=relevant, stop_event=stop, recursive=False, debounce=50, step=20,
+                    yield_on_timeout=False, rust_timeout=1000, force_polling=polling, poll_delay_ms=500,
+                    ignore_permission_denied=True)
     following = asyncio.ensure_future(anext(stream))
-    await asyncio.sleep(0)  # the stream's first step makes the inotify watch, before its first await
-    ready.set()
+    await asyncio.sleep(0)  # the stream's first step makes the watches, before its first await
+    if following.done() and following.exception() is not None:
+        raise following.exception()
+    yield None
     try:
         while True:
             try:
                 changes = await following
             except StopAsyncIteration:  # stopped
                 return
+            except FileNotFoundError:  # a watched folder went before its watch was made: watch again
+                return
             following = asyncio.ensure_future(anext(stream))
-            yield ", ".join(sorted(f"{c.name} {Path(p).relative_to(root)}" for c, p in changes)[:3]) + (
-                f" and {len(changes) - 3} more" if len(changes) > 3 else "")
+            yield changes
     finally:
         following.cancel()
+
+
+def _is_folder_event(change: Any, path: str) -> bool:
+    from watchfiles import Change
+
+    return Path(path).is_dir() or (change == Change.deleted and not Path(path).suffix)
+
+
+def _shown(path: str, root: Path) -> str:
+    try:
+        return str(Path(path).relative_to(root))
+    except ValueError:
+        return path
+
+
+def _identity(root: Path) -> tuple[int, int] | None:
+    try:
+        st = root.stat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+async def _watch_identity(root: Path, identity: tuple[int, int] | None, stop: asyncio.Event,
+                          rearm: asyncio.Event) -> None:
+    """Set `rearm` when `stop` is set or the folder at `root` is no longer the one watched (checked each second)."""
+    while not stop.is_set() and _identity(root) == identity:
+        try:
+            await asyncio.wait_for(stop.wait(), 1.0)
+        except TimeoutError:
+            pass
+    rearm.set()
+
+
+def _real_folders(root: Path, collection: str) -> list[Path]:
+    """`root` and every folder below it, not through links (as the folder source lists it); a folder
+    that cannot be read is left out, saying so in one line (its files are listed as failures)."""
+    import os
+
+    folders = [root]
+    for dirpath, dirnames, _ in os.walk(root, onerror=lambda e: log.warning(
+            "collection %s: cannot watch %s (%s)", collection, e.filename, e.strerror)):
+        dirnames.sort()
+        folders += [Path(dirpath, d) for d in dirnames if not Path(dirpath, d).is_symlink()]
+    return folders
 
 
 async def notifications(spec: CollectionSpec, stop: asyncio.Event, ready: asyncio.Event) -> AsyncIterator[str]:

@@ -100,6 +100,8 @@ async def watch_collections(specs: list[CollectionSpec], stop: asyncio.Event, sa
             if stop.is_set():
                 return
             await settle(spec, pending)
+            if stop.is_set():  # stopped while the burst settled: no new run starts
+                return
             changes = pending.take()
             started = time.monotonic()
             try:
