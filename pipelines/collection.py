@@ -53,6 +53,12 @@ def chunk_tokens_for(spec: CollectionSpec, embedder: Embedder, existing: store.C
                              text_tokens(chunk_tokens, spec.chunk_context, embedder.document_prompt_tokens),
                              spec.chunk_overlap)
     except ValueError as exc:
+        prompt = embedder.document_prompt_tokens
+        if prompt and prompt >= chunk_tokens // 2:
+            limit = "" if spec.chunk_tokens else " (the model's limit)"
+            raise ConfigError(f"collection {spec.family!r}: the document prompt takes {prompt} of the {chunk_tokens} "
+                              f"tokens of each chunk{limit}, leaving too few for its text: shorten "
+                              "prompts.document") from None
         raise ConfigError(f"collection {spec.family!r}: {exc}") from None
     return chunk_tokens
 

@@ -28,13 +28,15 @@ class ConfigError(ValueError):
     """collections.yml (or a command line) describes a collection that cannot work."""
 
 
-NAME_PATTERN = re.compile(r"[\w.-]{1,200}")
-"""A collection name: letters, digits, `_`, `.` and `-` (it names an Airflow DAG and an SQL argument)."""
+NAME_PATTERN = re.compile(r"\w[\w.-]{0,199}")
+"""A collection name: letters, digits, `_`, `.` and `-`, beginning with a letter, digit or `_` (it names an
+Airflow DAG, an SQL argument and a CLI argument: `..` or `-x` would be read as a path or an option)."""
 
 
 def collection_name(name: str) -> str:
     if not NAME_PATTERN.fullmatch(name):
-        raise ValueError("a collection name is 1-200 letters, digits, '_', '.' or '-' (no spaces, newlines or '@'): "
+        raise ValueError("a collection name is 1-200 letters, digits, '_', '.' or '-', beginning with a letter, digit "
+                         "or '_' (no spaces, newlines or '@'): "
                          "it names the collection's Airflow DAG and is what SQL and the CLI search by")
     return name
 

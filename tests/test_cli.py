@@ -336,3 +336,49 @@ def test_ingest_reports_progress_when_its_output_is_not_a_terminal(corpus, name)
     lines = [line for line in result.stderr.splitlines() if line.startswith(f"ingest {name}: ")]
     assert lines and lines[-1].startswith(f"ingest {name}: 30/30 documents (100%)"), result.stderr
     assert json.loads(result.stdout)["new"] == 30
+
+
+def test_odd_values_are_refused_or_noted_in_one_short_line(sample, tmp_path):
+    """Defects (#42.19): a non-string `language` was indexed in English with no note; a newline in one split its
+    note in two; a 10 kB --language and a 10,000-character prompt were echoed whole; a long prompt said
+    `chunk_tokens=-144 is too small` to a user who never set chunk_tokens; names `..` and `-x` were accepted."""
+    from pipelines.config import ConfigError, parse_collection
+    from pipelines.store.languages import language_of
+
+    for value in (5, ["english"], {"a": 1}):
+        language, note = language_of({"language": value}, "english", ["english", "german"])
+        assert language == "english" and note and "is not a text" in note, (value, note)
+    _, note = language_of({"language": "german\nERROR forged line " + "x" * 500}, "english", ["english"])
+    assert "\n" not in note and len(note) < 300, note
+    source = {"kind": "folder", "path": str(tmp_path)}
+    for bad in ("..", "-x", ".hidden"):
+        with pytest.raises(ConfigError, match="beginning with a letter"):
+            parse_collection({"name": bad, "source": source}, where=bad, base=tmp_path)
+    with pytest.raises(ConfigError) as err:
+        parse_collection({"name": "p", "source": source, "prompts": {"document": "x" * 10_000}}, where="p",
+                         base=tmp_path)
+    assert len(str(err.value)) < 300, str(err.value)
+    searched = ragpipe("search", "coffee", "-c", sample, "--language", "y" * 10_000, check=False)
+    assert searched.returncode == 1 and len(searched.stderr) < 400, searched.stderr[:500]
+    (tmp_path / "a.md").write_text("# A\n\nAlpha.")
+    from pipelines.ingest import run_ingest
+
+    long_prompt = parse_collection({"name": "long_prompt", "source": source, "prompts": {"document": "word " * 390}},
+                                   where="long_prompt", base=tmp_path)
+    with pytest.raises(ConfigError, match=r"the document prompt takes \d+ of the 256 tokens of each chunk \(the "
+                                          r"model's limit\).*shorten prompts.document"):
+        run_ingest(long_prompt)
+
+
+def test_search_groups_chunks_by_document_unless_asked_for_chunks(sample):
+    """Defect (#42.21): `ragpipe search` printed the same document two or three times in a top 3."""
+    import re
+
+    grouped = ragpipe("search", "coffee blood pressure", "-c", sample, "-k", "10").stdout
+    raw = ragpipe("search", "coffee blood pressure", "-c", sample, "-k", "10", "--chunks").stdout
+    chunks = json.loads(ragpipe("search", "coffee blood pressure", "-c", sample, "-k", "10", "--json").stdout)
+    heads = [line for line in grouped.splitlines() if re.match(r"\d+\. \[", line)]
+    ids = [re.search(r"\(([^()]+)\)(  \+\d+ more passages?)?$", h).group(1) for h in heads]
+    assert len(ids) == len(set(ids)) == len({c["source_id"] for c in chunks}), grouped
+    assert sum(int(m) for m in re.findall(r"\+(\d+) more passage", grouped)) == 10 - len(ids)
+    assert len([line for line in raw.splitlines() if re.match(r"\d+\. \[", line)]) == 10

@@ -300,7 +300,7 @@ def test_an_ingest_killed_mid_run_resumes_to_a_clean_runs_result(endpoint, tmp_p
     assert_same_chunks(chunk_state(conn, name), chunk_state(conn, f"{name}_clean"))
 
 
-def test_the_service_answers_503_when_the_endpoint_is_down(endpoint, corpus, name, conn):
+def test_the_service_answers_503_when_the_endpoint_is_down(endpoint, corpus, name, conn, capfd):
     from pipelines.service import create_app
 
     declare(api_collection(name, corpus, endpoint, query_timeout_s=1))
@@ -318,6 +318,9 @@ def test_the_service_answers_503_when_the_endpoint_is_down(endpoint, corpus, nam
         assert hung.status_code == 503 and "no answer within 1 s" in hung.json()["detail"], hung.text
         assert time.monotonic() - started < 10, "a query waits query_timeout_s, twice at most"
         assert KEY not in down.text + hung.text
+        assert down.headers["retry-after"] and "run again" not in down.text, "no run advice for a search"
+    logged = capfd.readouterr()
+    assert "Exception in ASGI application" not in logged.out + logged.err, "a 503 is no traceback (#42.20)"
 
 
 def test_config_errors_name_the_key(tmp_path):

@@ -461,3 +461,18 @@ def test_tune_measures_the_recall_curve_and_changes_nothing(conn, name):
     assert conn.execute("SELECT settings FROM ragpipe.collections WHERE id = %s", (coll.id,)).fetchone()[0] == before
     out = ragpipe("tune", name, "--recall", "0.99", "--queries", "5", "--json")
     assert json.loads(out.stdout)["ef_search"] in (40, 64, 100, 160, 240, 320, 480, 640, 1000)
+
+
+def test_a_reader_that_lifts_statement_timeout_still_cannot_run_keyword_search_unbounded(conn, name):
+    """Defect (#42.18): ragpipe_reader could `SET statement_timeout = 0`, so its 30 s bound was only a default;
+    keyword search now checks its own time each round (30 s, or a collection's index.max_search_s)."""
+    load_random_collection(conn, name, documents=50, chunks_per_doc=2)
+    with psycopg.connect(conn.info.dsn, autocommit=True) as reader:
+        reader.execute("SET ROLE ragpipe_reader")
+        reader.execute("SET statement_timeout = 0")
+        assert reader.execute("SELECT count(*) FROM ragpipe.keyword_search(%s, 'doc chunk', 5)",
+                              (name,)).fetchone()[0] == 5
+        conn.execute("UPDATE ragpipe.collections SET settings = jsonb_set(settings, '{index,max_search_s}', '0') "
+                     "WHERE name = %s", (name,))
+        with pytest.raises(psycopg.errors.QueryCanceled, match="keyword search stopped after 0 s"):
+            reader.execute("SELECT count(*) FROM ragpipe.keyword_search(%s, 'doc chunk', 5)", (name,))

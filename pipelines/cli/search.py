@@ -19,13 +19,19 @@ def parse_filter(filter_: str | None) -> dict[str, Any] | None:
     return filt
 
 
-def print_hits(results: list, as_json: bool) -> None:
+def print_hits(results: list, as_json: bool, by_document: bool = False) -> None:
+    """One line a hit and its text; `by_document`: one entry a document (its best passage, and how many
+    more of its chunks are among the results), in the order of each document's best hit."""
     if as_json:
         emit([r.to_dict() for r in results])
         return
-    for i, r in enumerate(results, 1):
-        click.echo(f"{i}. [{r.score:.3f}] {r.title or r.source_id}  ({r.source_id})")
-        click.echo("   " + " ".join(r.text.split())[:240])
+    groups: dict[str, list] = {}
+    for r in results:
+        groups.setdefault(r.source_id if by_document else str(len(groups)), []).append(r)
+    for i, (best, *others) in enumerate(groups.values(), 1):
+        more = f"  +{len(others)} more passage{'s' if len(others) > 1 else ''}" if others else ""
+        click.echo(f"{i}. [{best.score:.3f}] {best.title or best.source_id}  ({best.source_id}){more}")
+        click.echo("   " + " ".join(best.text.split())[:240])
 
 
 @click.command()
@@ -37,14 +43,17 @@ def print_hits(results: list, as_json: bool) -> None:
 @click.option("--filter", "filter_", help='Document metadata that must match (JSON), e.g. \'{"topic": "soy"}\'.')
 @click.option("--language", help="Parse QUERY's words in this language alone (a text search configuration or ISO "
               "code: german, de); default: in every language the collection holds. Keyword and hybrid modes.")
-@click.option("--json", "as_json", is_flag=True, help="Print results as a JSON list.")
+@click.option("--chunks", is_flag=True, help="List every chunk of the K on a line of its own, instead of grouping "
+              "them by document.")
+@click.option("--json", "as_json", is_flag=True, help="Print the K chunks as a JSON list.")
 def search(query: str, collection: str, k: int, mode: str, filter_: str | None, language: str | None,
-           as_json: bool) -> None:
-    """Search a collection: the K chunks that best match QUERY."""
+           chunks: bool, as_json: bool) -> None:
+    """Search a collection: the K chunks that best match QUERY, grouped by document (its best passage
+    first, with the count of its other chunks among the K), as the search page shows them."""
     from pipelines.search import search as run_search
 
     hits = run_search(query, collection=collection, k=k, filter=parse_filter(filter_), mode=mode, language=language)
-    print_hits(hits, as_json)
+    print_hits(hits, as_json, by_document=not chunks)
     if not hits and not as_json:
         click.echo(f"no results in {collection!r} ({mode} search{', with that filter' if filter_ else ''}): "
                    "is it the collection you meant (`ragpipe status` lists them, with their document counts)? "

@@ -13,6 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 
+from pipelines.embed.errors import EmbeddingFailed
 from pipelines.search import MODES, Mode
 from pipelines.service.access import Unauthorized
 from pipelines.service.admission import RETRY_AFTER_S, Admission, Limits
@@ -211,7 +212,9 @@ def _add_error_handlers(app: FastAPI) -> None:
         return JSONResponse({"detail": problems}, 422)
 
     app.add_exception_handler(RequestValidationError, invalid)
-    for kind in (Unauthorized, Forbidden, NotFound, BadRequest, Busy, DatabaseError, psycopg.Error, Exception):
+    # each kind by name: a handler of Exception alone answers, then re-raises (a traceback in the log)
+    for kind in (Unauthorized, Forbidden, NotFound, BadRequest, Busy, DatabaseError, EmbeddingFailed, psycopg.Error,
+                 Exception):
         app.add_exception_handler(kind, handle)
 
 

@@ -15,7 +15,7 @@ from pipelines.service.database import ServiceDatabase
 from pipelines.service.requests import BadRequest, Forbidden, NotFound, RagContextRequest, check_query
 from pipelines.settings import Settings
 from pipelines.store.database import database_url, mask_url
-from pipelines.store.languages import collection_languages, language_of, named_language
+from pipelines.store.languages import collection_languages, language_of, named_language, shown
 
 log = logging.getLogger(__name__)
 SPARE_WAIT_S = 0.05
@@ -282,7 +282,7 @@ class SearchService:
         name = named_language(language)
         with self.db.session() as conn:
             if conn.execute("SELECT 1 FROM pg_ts_config WHERE cfgname = %s", (name,)).fetchone() is None:
-                raise BadRequest(f"language {language!r} is not a text search configuration of the database "
+                raise BadRequest(f"language {shown(language)} is not a text search configuration of the database "
                                  "(english, german, simple, ...: SELECT cfgname FROM pg_ts_config)")
         return name
 

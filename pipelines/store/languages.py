@@ -40,14 +40,22 @@ def language_of(metadata: Any, default: str, allowed: Iterable[str]) -> tuple[st
     """The language a document's chunks are made in: its metadata `language` when that is one of
     `allowed`, else `default`; and the reason it fell back (None when it did not)."""
     named = metadata.get("language") if isinstance(metadata, dict) else None
-    if not isinstance(named, str) or not named.strip():
+    if named is None or (isinstance(named, str) and not named.strip()):
         return default, None
+    if not isinstance(named, str):
+        return default, f"language {shown(named)} is not a text: indexed in {default}"
     allowed = list(allowed)
     wanted = named_language(named)
     if wanted in allowed:
         return wanted, None
-    return default, (f"language {named!r} is not among the collection's ({', '.join(allowed)}): indexed in "
-                     f"{default}; add it to the collection's `languages` to stem it as {wanted}")
+    return default, (f"language {shown(named)} is not among the collection's ({', '.join(allowed)}): indexed in "
+                     f"{default}; add it to the collection's `languages` to stem it as {shown(wanted, 40)}")
+
+
+def shown(value: Any, limit: int = 40) -> str:
+    """A value from a document or a user in one line of a message: repr (a newline stays `\\n`), cut."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 def document_languages(conn: psycopg.Connection, collection: Any,

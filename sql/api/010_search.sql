@@ -230,7 +230,8 @@ DECLARE
 BEGIN
     SELECT c.oid::regconfig INTO found FROM pg_ts_config c WHERE c.cfgname = lower(language);
     IF found IS NULL THEN
-        RAISE EXCEPTION 'ragpipe: language % is not a text search configuration of this database', quote_literal(language)
+        RAISE EXCEPTION 'ragpipe: language % is not a text search configuration of this database',
+            quote_literal(left(language, 40)) || CASE WHEN length(language) > 40 THEN '…' ELSE '' END
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'Give one of SELECT cfgname FROM pg_ts_config (english, german, simple, ...), or NULL for the collection''s languages.';
     END IF;
@@ -269,6 +270,20 @@ $fn$;
 -- two settings only size the work of a round. With a `filter`, only postings of chunks whose
 -- metadata matches it are read. `language` (a text search configuration, e.g. 'german') parses the
 -- query in that language alone; NULL (the default) in every language the collection holds.
+-- A bound on a search function's own work that its caller cannot lift: statement_timeout is a
+-- default a reader may SET to 0, so keyword search checks its time at each round and stops past
+-- `limit_s` (30 s; a collection's settings index.max_search_s may lower it), as a cancel would.
+CREATE OR REPLACE FUNCTION ragpipe.check_search_time(limit_s double precision) RETURNS void
+LANGUAGE plpgsql VOLATILE SET search_path = ragpipe, public, pg_temp
+AS $fn$
+BEGIN
+    IF extract(epoch FROM clock_timestamp() - statement_timestamp()) > limit_s THEN
+        RAISE EXCEPTION 'ragpipe: keyword search stopped after % s, its bound whatever statement_timeout says; '
+                        'use fewer or rarer words, or a filter', limit_s USING ERRCODE = 'query_canceled';
+    END IF;
+END
+$fn$;
+
 CREATE OR REPLACE FUNCTION ragpipe.keyword_search(
     collection text, query_text text, k int DEFAULT 10, filter jsonb DEFAULT NULL, language text DEFAULT NULL)
 RETURNS SETOF ragpipe.search_hit
@@ -296,6 +311,7 @@ DECLARE
     batch bigint[];
     left_over bigint;
     rounds_probed int := 0;
+    max_s double precision := coalesce((coll.settings #>> '{index,max_search_s}')::double precision, 30);
 BEGIN
     k := ragpipe.checked_k(k);
     SELECT s.chunks, s.avg_length,
@@ -320,6 +336,7 @@ BEGIN
         RETURN;
     END IF;
     LOOP
+        PERFORM ragpipe.check_search_time(max_s);
         -- Each word's best `depth` postings.
         WITH q AS MATERIALIZED (
             SELECT x.i, x.w, x.idf FROM unnest(words, idfs) WITH ORDINALITY AS x(w, idf, i)),
@@ -363,6 +380,7 @@ BEGIN
         -- a round, or all that can still pass theta once no unread chunk can (unseen <= theta) and
         -- they are few (at most 4 batches).
         LOOP
+            PERFORM ragpipe.check_search_time(max_s);
             SELECT array_agg(x.id), max(x.left_over) INTO batch, left_over FROM (
                 SELECT p.id, count(*) OVER () AS left_over
                 FROM unnest(pool_ids, pool_open, pool_ub) WITH ORDINALITY AS p(id, open, ub, o)
