@@ -30,6 +30,7 @@ def stored_settings(spec: CollectionSpec) -> dict[str, Any]:
             **({"embedder": spec.embedder} if spec.embedder else {}),
             **({"storage": spec.storage} if spec.storage != "float32" else {}),
             **({"dimensions": spec.dimensions} if spec.dimensions else {}),
+            **({"keyword": False} if not spec.keyword else {}),
             **({"language": spec.language} if spec.language != "english" else {}),
             **({"languages": sorted(set(spec.languages) - {spec.language})} if set(spec.languages) - {spec.language}
                else {})}

@@ -103,6 +103,10 @@ class CollectionSpec:
     embedder.dimensions, which the endpoint makes). A change builds a new version."""
     watch: dict[str, Any] | None = None
     """WatchOptions when the collection runs on source changes (`watch: true` or options), else None."""
+    keyword: bool = True
+    """False: no keyword (BM25) index at all, for a collection searched only semantically (keyword and
+    hybrid searches of it are an error naming this setting; RAG context is semantic). A change builds a
+    new version."""
 
     @property
     def family(self) -> str:
@@ -297,6 +301,7 @@ def collection_model() -> type[BaseModel]:
         languages: list[Annotated[str, Field(pattern=LANGUAGE_PATTERN)]] = Field(default_factory=list)
         dimensions: Annotated[int, Field(ge=8, le=16_000)] | None = None
         watch: WatchOptions | bool | None = None
+        keyword: bool = True
 
     return Collection
 

@@ -103,11 +103,15 @@ def _row_checks(conn: psycopg.Connection, coll: store.Collection, report: Report
          "documents with fewer (or more) chunk rows than were loaded", "re-read and re-embedded by a run")
     _add(report, "wrong_dimension", [r[0] for r in conn.execute(_q("wrong_dimension"), params)],
          f"documents with vectors that are not {coll.dimension}-dimensional", "re-read and re-embedded by a run")
-    _add(report, "wrong_postings", [r[0] for r in conn.execute(_q("wrong_postings"), params)],
-         "chunks whose BM25 postings do not match their text (keyword search misranks them)",
-         "their postings are written again")
+    keyword = store.has_keyword_index(coll)
+    if keyword:
+        _add(report, "wrong_postings", [r[0] for r in conn.execute(_q("wrong_postings"), params)],
+             "chunks whose BM25 postings do not match their text (keyword search misranks them)",
+             "their postings are written again")
+    else:
+        report.notes.append("keyword: false: the collection has no keyword index to check")
     stats, actual = conn.execute(_q("statistics"), params).fetchone()
-    if actual and (stats is None or abs(actual - stats) > STATS_TOLERANCE * max(stats, 1)):
+    if keyword and actual and (stats is None or abs(actual - stats) > STATS_TOLERANCE * max(stats, 1)):
         _add(report, "stale_statistics", [f"statistics count {stats or 0} chunks, the collection has {actual}"],
              "BM25 statistics older than the data (more than 10% changed since they were refreshed)",
              "refreshed")

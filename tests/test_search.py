@@ -476,3 +476,33 @@ def test_a_reader_that_lifts_statement_timeout_still_cannot_run_keyword_search_u
                      "WHERE name = %s", (name,))
         with pytest.raises(psycopg.errors.QueryCanceled, match="keyword search stopped after 0 s"):
             reader.execute("SELECT count(*) FROM ragpipe.keyword_search(%s, 'doc chunk', 5)", (name,))
+
+
+def test_a_collection_without_a_keyword_index_writes_no_postings_and_says_so(corpus, name, conn):
+    """keyword: false (#43.4): no postings or BM25 statistics are written; keyword and hybrid searches are a
+    one-line error naming the setting; semantic search and RAG context are those of the same collection with one."""
+    from pipelines.config import parse_collection
+
+    def declared(collection: str, **extra) -> object:
+        return parse_collection({"name": collection, "source": {"kind": "folder", "path": str(corpus)}, **extra},
+                                where=collection, base=corpus)
+
+    run_ingest(declared(name, keyword=False))
+    run_ingest(declared(f"{name}_kw"))
+    counts = conn.execute(
+        "SELECT k.name, (SELECT count(*) FROM ragpipe.postings p WHERE p.collection_id = k.id), "
+        "(SELECT count(*) FROM ragpipe.chunks c WHERE c.collection_id = k.id) FROM ragpipe.collections k "
+        "WHERE k.name IN (%s, %s) ORDER BY k.name", (name, f"{name}_kw")).fetchall()
+    assert counts[0][0] == name and counts[0][1] == 0 and counts[0][2] > 0, counts
+    assert counts[1][1] > 0 and counts[1][2] == counts[0][2], counts
+    for mode in ("keyword", "hybrid"):
+        failed = ragpipe("search", "coffee", "-c", name, "--mode", mode, check=False)
+        assert failed.returncode == 1 and len(failed.stderr.strip().splitlines()) == 1, failed.stderr
+        assert "keyword: false" in failed.stderr and "mode semantic" in failed.stderr, failed.stderr
+    question = "does coffee raise blood pressure?"
+    same = [(h.source_id, round(h.score, 5)) for h in api.search(question, name, k=8, mode="semantic")]
+    assert same == [(h.source_id, round(h.score, 5)) for h in api.search(question, f"{name}_kw", k=8,
+                                                                           mode="semantic")]
+    context = api.rag_context(question, name, k=4)
+    assert context.citations and context.citations[0]["source_id"] == same[0][0]
+    assert ragpipe("verify", name).returncode == 0

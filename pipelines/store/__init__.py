@@ -191,7 +191,8 @@ def replace_documents(conn: psycopg.Connection, collection: Collection, run_id: 
     )).fetchall()
     languages, fell_back = document_languages(conn, collection, docs)
     copy_chunks(conn, collection.id, dict(rows), docs, languages)
-    add_postings(conn, collection.id, [doc_id for _, doc_id in rows])
+    if has_keyword_index(collection):
+        add_postings(conn, collection.id, [doc_id for _, doc_id in rows])
     for d, reason in fell_back:  # indexed, with a note: `ragpipe status --failures` lists it
         record_failure(conn, run_id, collection.id, d.source_id, d.uri, "language", reason)
 
@@ -217,6 +218,11 @@ def copy_chunks(conn: psycopg.Connection, collection_id: int, doc_ids: dict[str,
                                 meta, vector, languages[d.source_id]))
     if staged:
         conn.execute(_q("insert_chunk_stage"))
+
+
+def has_keyword_index(collection: Collection) -> bool:
+    """False for a collection declared `keyword: false`: no postings, no BM25 statistics."""
+    return collection.settings.get("keyword", True) is not False
 
 
 def add_postings(conn: psycopg.Connection, collection_id: int, document_ids: list[int]) -> None:

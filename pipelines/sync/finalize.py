@@ -32,7 +32,8 @@ def finalize_run(conn: psycopg.Connection, spec: CollectionSpec, run_id: int, de
                 log.info("built HNSW index for collection %s", spec.name)
         # Keyword (BM25) and planner statistics are refreshed together, once the runs since the
         # last refresh changed 10% of the collection.
-        if store.run_wrote(conn, run_id) and store.refresh_text_stats(conn, collection.id, run_id):
+        if store.has_keyword_index(collection) and store.run_wrote(conn, run_id) and \
+                store.refresh_text_stats(conn, collection.id, run_id):
             store.analyze_collection(conn, collection.id)
             log.info("refreshed keyword and planner statistics for collection %s", spec.name)
         settings = load_settings()

@@ -128,7 +128,10 @@ def pinned(c: store.Collection) -> str:
 
 def top_sources(conn: psycopg.Connection, c: store.Collection, text: str, k: int = 10,
                  mode: str = "hybrid") -> list[str]:
-    """Source ids of the best k documents for `text` in version `c` (hybrid search: as users search)."""
+    """Source ids of the best k documents for `text` in version `c` (hybrid search: as users search; semantic
+    for a version without a keyword index)."""
+    if not store.has_keyword_index(c):
+        mode = "semantic"
     embedding = query_embedder(c.family, c.model, c.settings).embed_query(text)
     rows = conn.execute(query("search", mode), dict(HYBRID_DEFAULTS, collection=pinned(c), text=text,
                                                      embedding=embedding, k=10 * k, filter=None)).fetchall()

@@ -313,6 +313,11 @@ DECLARE
     rounds_probed int := 0;
     max_s double precision := coalesce((coll.settings #>> '{index,max_search_s}')::double precision, 30);
 BEGIN
+    IF coll.settings ->> 'keyword' = 'false' THEN
+        RAISE EXCEPTION 'ragpipe: collection "%" has no keyword index (keyword: false in collections.yml): search it '
+                        'with mode semantic, or set keyword: true and run it', collection
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
     k := ragpipe.checked_k(k);
     SELECT s.chunks, s.avg_length,
            -- bm25_tf(tf, len, a) <= bm25_tf(tf, len, b) * max(1, a / b); 1e-6 covers real's rounding
@@ -565,7 +570,7 @@ END
 $fn$;
 
 -- rag_context: the context for a RAG prompt. Takes the best k chunks (hybrid when both query text
--- and embedding are given), merges chunks of one document that overlap (or nearly touch) into one
+-- and embedding are given and the collection has a keyword index), merges chunks of one document that overlap (or nearly touch) into one
 -- passage in document order, keeps passages in rank order (a passage ranks as its best chunk)
 -- while they fit in max_tokens, and numbers one citation per document. Returns the context text
 -- and the citations [{n, source_id, uri, title}].
@@ -588,7 +593,9 @@ BEGIN
         WITH hits AS (
             SELECT h.source_id, h.uri, h.title, ch.document_id AS doc, ch.char_start, ch.char_end,
                    ch.token_count, ch.text, row_number() OVER () AS rank
-            FROM ragpipe.hybrid_search(collection, query_text, query_embedding, k, filter) h
+            FROM ragpipe.hybrid_search(collection, CASE WHEN coll.settings ->> 'keyword' = 'false' THEN NULL
+                                                        ELSE query_text END,  -- keyword: false: semantic
+                                       query_embedding, k, filter) h
             CROSS JOIN LATERAL (SELECT * FROM ragpipe.chunks c  -- one index probe per hit
                                 WHERE c.id = h.chunk_id AND c.collection_id = coll.id) ch),
         ordered AS (
