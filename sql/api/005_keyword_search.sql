@@ -1,0 +1,224 @@
+-- Keyword search (BM25) of the SQL search API: the query's words in a collection's languages, and
+-- ragpipe.keyword_search, exact top-k over the impact postings (docs/keyword-search.md). Applied
+-- before 010_search.sql, whose first lines drop the older signatures it replaces.
+
+DROP FUNCTION IF EXISTS ragpipe.any_word_query(text);  -- replaced by words_query, itself gone
+
+-- The text search configurations a collection's chunks are made in: its `language` (default
+-- english) and the other `languages` its documents may name.
+CREATE OR REPLACE FUNCTION ragpipe.collection_languages(settings jsonb) RETURNS regconfig[]
+LANGUAGE sql STABLE PARALLEL SAFE AS $fn$
+SELECT array_agg(DISTINCT l::regconfig)
+FROM (SELECT coalesce(settings ->> 'language', 'english') AS l
+      UNION ALL SELECT jsonb_array_elements_text(coalesce(settings -> 'languages', '[]'))) x
+$fn$;
+
+-- The text search configuration named `language` (a search function's argument), or a clear error.
+CREATE OR REPLACE FUNCTION ragpipe.query_language(language text) RETURNS regconfig
+LANGUAGE plpgsql STABLE AS $fn$
+DECLARE
+    found regconfig;
+BEGIN
+    SELECT c.oid::regconfig INTO found FROM pg_ts_config c WHERE c.cfgname = lower(language);
+    IF found IS NULL THEN
+        RAISE EXCEPTION 'ragpipe: language % is not a text search configuration of this database',
+            quote_literal(left(language, 40)) || CASE WHEN length(language) > 40 THEN '…' ELSE '' END
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Give one of SELECT cfgname FROM pg_ts_config (english, german, simple, ...), or NULL for the collection''s languages.';
+    END IF;
+    RETURN found;
+END
+$fn$;
+
+-- A query's words as every one of those languages stems them (English alone: to_tsvector('english')),
+-- so documents in different languages are found and ranked together by one BM25; with `language`,
+-- as that language alone stems them.
+DROP FUNCTION IF EXISTS ragpipe.query_lexemes(jsonb, text);
+CREATE OR REPLACE FUNCTION ragpipe.query_lexemes(settings jsonb, query_text text, language text DEFAULT NULL)
+RETURNS SETOF text
+LANGUAGE sql STABLE PARALLEL SAFE AS $fn$
+SELECT DISTINCT w.lexeme
+FROM unnest(CASE WHEN language IS NULL THEN ragpipe.collection_languages(settings)
+                 ELSE ARRAY[ragpipe.query_language(language)] END) l
+CROSS JOIN LATERAL unnest(to_tsvector(l, query_text)) w
+$fn$;
+
+-- keyword_search: exact BM25 (ragpipe.bm25_tf: k1 = 1.2, b = 0.75, idf from ragpipe.term_stats) top k;
+-- any query word may match. It reads impact postings (008_postings.sql; the word index carries tf and
+-- len, so a posting read gives its chunk that word's exact part, idf * bm25_tf(tf, len, mean length))
+-- in rounds, and stops as soon as no chunk it has not scored can reach the k-th best score (the
+-- threshold algorithm's safe stop; docs/keyword-search.md):
+--   * a round reads each word's best `depth` postings (index.keyword_candidates, default 4000; 4x
+--     more each round). A chunk not read in a word's list has at most idf * slack * the impact at
+--     that list's cut (slack covers impacts computed with an older mean length: bm25_tf grows at
+--     most in proportion to the mean), and nothing of a word read to its end;
+--   * theta, the k-th best score known so far, is a lower bound of the k-th best score. The open
+--     chunks whose known parts plus those bounds can still pass it are scored exactly from the
+--     chunk index, best bound first, `probes` at a time (index.keyword_rescore, default 200),
+--     raising theta: one batch a round, or all of them once no chunk read in no list can pass
+--     theta and they are at most 4 batches. Then it returns the best k; else it reads deeper.
+-- So the ranking is exact BM25 for any collection size, with or without a filter, ties aside; the
+-- two settings only size the work of a round. With a `filter`, only postings of chunks whose
+-- metadata matches it are read. `language` (a text search configuration, e.g. 'german') parses the
+-- query in that language alone; NULL (the default) in every language the collection holds.
+-- A bound on a search function's own work that its caller cannot lift: statement_timeout is a
+-- default a reader may SET to 0, so keyword search checks its time at each round and stops past
+-- `limit_s` (30 s; a collection's settings index.max_search_s may lower it), as a cancel would.
+CREATE OR REPLACE FUNCTION ragpipe.check_search_time(limit_s double precision) RETURNS void
+LANGUAGE plpgsql VOLATILE SET search_path = ragpipe, public, pg_temp
+AS $fn$
+BEGIN
+    IF extract(epoch FROM clock_timestamp() - statement_timestamp()) > limit_s THEN
+        RAISE EXCEPTION 'ragpipe: keyword search stopped after % s, its bound whatever statement_timeout says; '
+                        'use fewer or rarer words, or a filter', limit_s USING ERRCODE = 'query_canceled';
+    END IF;
+END
+$fn$;
+
+CREATE OR REPLACE FUNCTION ragpipe.keyword_search(
+    collection text, query_text text, k int DEFAULT 10, filter jsonb DEFAULT NULL, language text DEFAULT NULL)
+RETURNS SETOF ragpipe.search_hit
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = ragpipe, public, pg_temp
+AS $fn$
+#variable_conflict use_column
+DECLARE
+    coll ragpipe.collections := ragpipe.get_collection(collection);
+    depth bigint := coalesce((coll.settings #>> '{index,keyword_candidates}')::bigint, 4000);
+    probes int := coalesce((coll.settings #>> '{index,keyword_rescore}')::int, 200);
+    n double precision;
+    avg_len double precision;
+    slack double precision;
+    words text[];
+    idfs double precision[];
+    unseen double precision;
+    open_words int;
+    theta double precision := 0;
+    pool_ids bigint[];
+    pool_known double precision[];
+    pool_open boolean[];
+    pool_ub double precision[];
+    probed_ids bigint[] := '{}';
+    probed_scores double precision[] := '{}';
+    batch bigint[];
+    left_over bigint;
+    rounds_probed int := 0;
+    max_s double precision := coalesce((coll.settings #>> '{index,max_search_s}')::double precision, 30);
+BEGIN
+    IF coll.settings ->> 'keyword' = 'false' THEN
+        RAISE EXCEPTION 'ragpipe: collection "%" has no keyword index (keyword: false in collections.yml): search it '
+                        'with mode semantic, or set keyword: true and run it', collection
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    k := ragpipe.checked_k(k);
+    SELECT s.chunks, s.avg_length,
+           -- bm25_tf(tf, len, a) <= bm25_tf(tf, len, b) * max(1, a / b); 1e-6 covers real's rounding
+           greatest(1, coalesce(nullif(s.avg_length, 0), 1) / coalesce(nullif(s.impact_length, 0),
+                                                                    nullif(s.avg_length, 0), 1)) * (1 + 1e-6)
+    INTO n, avg_len, slack FROM ragpipe.text_stats s WHERE s.collection_id = coll.id;
+    slack := coalesce(slack, 1 + 1e-6);
+    depth := greatest(depth, k, 1);
+    probes := greatest(probes, 1);
+    -- Bounded work per query, as search engines bound it: the first 16 kB of the text, and of its
+    -- distinct words the 32 rarest that occur in the collection (then the ones that occur nowhere).
+    SELECT array_agg(x.lexeme ORDER BY x.c, x.lexeme),
+           array_agg(ln(1 + (greatest(coalesce(n, 0), x.c) - x.c + 0.5) / (x.c + 0.5)) ORDER BY x.c, x.lexeme)
+    INTO words, idfs
+    FROM (SELECT w.lexeme, coalesce(t.chunks, 0)::bigint AS c
+          FROM ragpipe.query_lexemes(coll.settings, left(coalesce(query_text, ''), 16384), language) w(lexeme)
+          LEFT JOIN ragpipe.term_stats t ON t.collection_id = coll.id AND t.lexeme = w.lexeme
+          ORDER BY coalesce(t.chunks, 0) = 0, coalesce(t.chunks, 0), w.lexeme
+          LIMIT 32) x;
+    IF words IS NULL THEN
+        RETURN;
+    END IF;
+    LOOP
+        PERFORM ragpipe.check_search_time(max_s);
+        -- Each word's best `depth` postings.
+        WITH q AS MATERIALIZED (
+            SELECT x.i, x.w, x.idf FROM unnest(words, idfs) WITH ORDINALITY AS x(w, idf, i)),
+        read AS MATERIALIZED (
+            SELECT q.i, p.chunk_id, p.impact, q.idf * ragpipe.bm25_tf(p.tf, p.len, avg_len) AS part
+            FROM q CROSS JOIN LATERAL (
+                SELECT po.chunk_id, po.impact, po.tf, po.len FROM ragpipe.postings po
+                WHERE po.collection_id = coll.id AND po.lexeme = q.w
+                  AND (filter IS NULL OR EXISTS (
+                      SELECT FROM ragpipe.chunks ch
+                      WHERE ch.collection_id = coll.id AND ch.id = po.chunk_id AND ch.metadata @> filter))
+                ORDER BY po.impact DESC
+                LIMIT depth) p),
+        cut AS MATERIALIZED (  -- the most a chunk not read in a word's list may still have of it
+            SELECT q.i, CASE WHEN count(r.chunk_id) >= depth THEN q.idf * slack * min(r.impact) ELSE 0 END AS bound
+            FROM q LEFT JOIN read r ON r.i = q.i
+            GROUP BY q.i, q.idf),
+        total AS (
+            SELECT sum(c.bound) AS unseen, count(*) FILTER (WHERE c.bound > 0) AS open_words FROM cut c),
+        per AS MATERIALIZED (
+            SELECT r.chunk_id, sum(r.part) AS known, sum(c.bound) AS seen_bound,
+                   count(*) FILTER (WHERE c.bound > 0) AS seen_open
+            FROM read r JOIN cut c ON c.i = r.i
+            GROUP BY r.chunk_id),
+        th AS (
+            SELECT greatest(theta, CASE WHEN count(*) < k THEN 0 ELSE min(b.known) END) AS theta
+            FROM (SELECT p.known FROM per p ORDER BY p.known DESC LIMIT k) b),
+        pool AS (  -- the chunks that can still pass theta, best bound first
+            SELECT p.chunk_id, p.known, p.seen_open < t.open_words AS open,
+                   p.known + greatest(t.unseen - p.seen_bound, 0) AS ub
+            FROM per p, total t, th
+            WHERE p.known + greatest(t.unseen - p.seen_bound, 0) >= th.theta)
+        SELECT t.unseen, t.open_words, th.theta,
+               (SELECT array_agg(pool.chunk_id ORDER BY pool.ub DESC, pool.chunk_id) FROM pool),
+               (SELECT array_agg(pool.known ORDER BY pool.ub DESC, pool.chunk_id) FROM pool),
+               (SELECT array_agg(pool.open ORDER BY pool.ub DESC, pool.chunk_id) FROM pool),
+               (SELECT array_agg(pool.ub ORDER BY pool.ub DESC, pool.chunk_id) FROM pool)
+        INTO unseen, open_words, theta, pool_ids, pool_known, pool_open, pool_ub
+        FROM total t, th;
+        -- Score exactly the open chunks of best bound, `probes` at a time, raising theta: one batch
+        -- a round, or all that can still pass theta once no unread chunk can (unseen <= theta) and
+        -- they are few (at most 4 batches).
+        LOOP
+            PERFORM ragpipe.check_search_time(max_s);
+            SELECT array_agg(x.id), max(x.left_over) INTO batch, left_over FROM (
+                SELECT p.id, count(*) OVER () AS left_over
+                FROM unnest(pool_ids, pool_open, pool_ub) WITH ORDINALITY AS p(id, open, ub, o)
+                LEFT JOIN unnest(probed_ids) AS e(id) ON e.id = p.id
+                WHERE p.open AND p.ub >= theta AND e.id IS NULL
+                ORDER BY p.o) x;
+            EXIT WHEN batch IS NULL OR (rounds_probed > 0 AND (unseen > theta OR left_over > 4 * probes));
+            batch := batch[1:probes];
+            rounds_probed := rounds_probed + 1;
+            SELECT probed_ids || array_agg(s.id), probed_scores || array_agg(s.score)
+            INTO probed_ids, probed_scores
+            -- One descent of the chunk index per chunk (LATERAL): as a join, the planner misjudges
+            -- the lists' lengths and reads every query word's whole list instead (3x slower at 100k).
+            FROM (SELECT b.id, e.score
+                  FROM unnest(batch) AS b(id) CROSS JOIN LATERAL (
+                      SELECT sum(x.idf * ragpipe.bm25_tf(po.tf, po.len, avg_len)) AS score
+                      FROM ragpipe.postings po JOIN unnest(words, idfs) AS x(w, idf) ON x.w = po.lexeme
+                      WHERE po.collection_id = coll.id AND po.chunk_id = b.id AND po.lexeme = ANY (words)) e) s;
+            SELECT greatest(theta, CASE WHEN count(*) < k THEN 0 ELSE min(v.score) END) INTO theta
+            FROM (SELECT coalesce(e.score, p.known) AS score
+                  FROM unnest(pool_ids, pool_known) AS p(id, known)
+                  LEFT JOIN unnest(probed_ids, probed_scores) AS e(id, score) ON e.id = p.id
+                  ORDER BY 1 DESC LIMIT k) v;
+        END LOOP;
+        rounds_probed := 0;
+        EXIT WHEN batch IS NULL AND unseen <= theta;
+        depth := depth * 4;
+    END LOOP;
+    RETURN QUERY
+    WITH scored AS (
+        SELECT p.id, coalesce(e.score, p.known) AS score
+        FROM unnest(pool_ids, pool_known, pool_open) AS p(id, known, open)
+        LEFT JOIN unnest(probed_ids, probed_scores) AS e(id, score) ON e.id = p.id
+        WHERE NOT p.open OR e.id IS NOT NULL
+        UNION
+        SELECT e.id, e.score FROM unnest(probed_ids, probed_scores) AS e(id, score)),
+    best AS (SELECT s.id, s.score FROM scored s ORDER BY s.score DESC, s.id LIMIT k)
+    SELECT ch.id, d.source_id, d.uri, d.title, ch.text, d.metadata, s.score
+    FROM best s JOIN ragpipe.chunks ch ON ch.id = s.id AND ch.collection_id = coll.id
+    JOIN ragpipe.documents d ON d.id = ch.document_id
+    ORDER BY s.score DESC, s.id;
+END
+$fn$;
+
+DROP FUNCTION IF EXISTS ragpipe.words_query(text[]);  -- the tsvector path of keyword_search used it
