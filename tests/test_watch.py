@@ -306,3 +306,44 @@ def test_out_of_inotify_watches_the_folder_is_polled_and_said_in_one_line(tmp_pa
         assert not any("Traceback" in line for line in watcher.seen)
     finally:
         watcher.stop()
+
+
+def test_no_run_starts_after_ctrl_c_while_a_burst_settles(tmp_path, name, monkeypatch):
+    """Defect (#42.20): after the first Ctrl-C, a run still waiting for its burst to settle started anyway."""
+    import asyncio
+
+    from pipelines.config import parse_collection
+    from pipelines.watch import live
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.md").write_text("# A\n\nAlpha.")
+    spec = parse_collection({"name": name, "source": {"kind": "folder", "path": str(docs)},
+                             "watch": {"debounce_s": 30}}, where=name, base=tmp_path)
+    runs: list[str] = []
+    arrived = threading.Event()
+    add = live.Pending.add
+
+    def noting(self, change: str) -> None:
+        add(self, change)
+        arrived.set()
+
+    monkeypatch.setattr(live.Pending, "add", noting)
+
+    async def scenario() -> int:
+        stop = asyncio.Event()
+        watching = asyncio.create_task(live.watch_collections([spec], stop, lambda line: None,
+                                                              run=lambda s: runs.append(s.name) or {}))
+        deadline = time.monotonic() + 60
+        while not runs:  # the catch-up run
+            assert time.monotonic() < deadline and not watching.done(), "no catch-up run"
+            await asyncio.sleep(0.05)
+        (docs / "b.md").write_text("# B\n\nBeta.")
+        while not arrived.is_set():
+            assert time.monotonic() < deadline, "the change was not seen"
+            await asyncio.sleep(0.05)
+        stop.set()  # Ctrl-C while the burst settles (debounce 30 s)
+        return await asyncio.wait_for(watching, 30)
+
+    asyncio.run(scenario())
+    assert runs == [name], f"only the catch-up run: {runs}"
