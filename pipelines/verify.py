@@ -147,13 +147,13 @@ def repair(report: Report, spec: CollectionSpec | None, url: str | None = None,
                 conn.execute(_q("drop_chunks"), {**params, "source_ids": sorted(requeue)})
                 conn.execute(_q("requeue_documents"), (coll.id, sorted(requeue)))
             report.repaired.append(f"{len(requeue)} documents' chunks dropped, to be read and embedded again")
-        chunks = [r[0] for r in conn.execute(_q("wrong_postings"), params)] if "wrong_postings" in found else []
-        if chunks:
+        if "wrong_postings" in found:
             with conn.transaction():
-                documents = [r[0] for r in conn.execute(_q("documents_of_chunks"), (coll.id, chunks))]
-                conn.execute(_q("repair_postings"), {**params, "chunks": chunks})
-                store.add_postings(conn, coll.id, documents)
-            report.repaired.append(f"postings of {len(chunks)} chunks written again")
+                conn.execute(_q("repair_postings"), params)
+                store.add_postings(conn, coll.id, None)
+                store.compact_postings(conn, coll.id, full_merge=True)
+            report.repaired.append(f"postings rebuilt from the chunks ({found['wrong_postings'].count} chunks "
+                                   "were wrong)")
         if "invalid_index" in found:
             conn.execute(conn.execute(_q("drop_invalid_index"), (coll.id,)).fetchone()[0])
         if "invalid_index" in found or "missing_index" in found:

@@ -447,29 +447,47 @@ def test_keyword_postings_follow_every_replace_and_delete(corpus, name, conn):
     def in_step() -> bool:
         words, postings = conn.execute(
             "SELECT (SELECT coalesce(sum(length(c.tsv)), 0) FROM ragpipe.chunks c WHERE c.collection_id = k.id), "
-            "(SELECT count(*) FROM ragpipe.postings p WHERE p.collection_id = k.id) "
+            "(SELECT count(*) FROM ragpipe.keyword_postings p WHERE p.collection_id = k.id) "
             "FROM ragpipe.collections k WHERE k.name = %s", (name,)).fetchone()
         return words == postings > 0
 
     def impacts_use_one_mean_length() -> float:
-        """Every posting's impact is BM25's tf part (computed here) at the collection's impact_length,
-        which is within 20% of its mean length; returns that length."""
-        rows = conn.execute(
-            "SELECT p.tf, p.len, p.impact, s.impact_length, s.avg_length FROM ragpipe.postings p "
-            "JOIN ragpipe.collections k ON k.id = p.collection_id JOIN ragpipe.text_stats s ON s.collection_id = k.id "
-            "WHERE k.name = %s", (name,)).fetchall()
-        mean, avg = rows[0][3], rows[0][4]
-        assert abs(avg / mean - 1) <= 0.2 and len({r[1] for r in rows}) > 10
-        for tf, length, impact, _, _ in rows:
-            assert impact == pytest.approx(tf * 2.2 / (tf + 1.2 * (0.25 + 0.75 * length / mean)), rel=1e-5)
+        """Every list of blocks is ordered by BM25's tf part (computed here) at the collection's
+        impact_length, which is within 20% of its mean length, each block's min_impact its last part;
+        every delta posting's impact is that part. Returns that length."""
+        mean, avg = conn.execute("SELECT s.impact_length, s.avg_length FROM ragpipe.text_stats s JOIN "
+                                 "ragpipe.collections k ON k.id = s.collection_id WHERE k.name = %s", (name,)).fetchone()
+        assert abs(avg / mean - 1) <= 0.2
+
+        def part(tf: int, length: int) -> float:
+            return tf * 2.2 / (tf + 1.2 * (0.25 + 0.75 * length / mean))
+
+        blocks = conn.execute(
+            "SELECT b.lexeme, b.segment, b.block, b.min_impact, b.last, b.tfs, b.lens FROM ragpipe.posting_blocks b "
+            "JOIN ragpipe.collections k ON k.id = b.collection_id WHERE k.name = %s "
+            "ORDER BY b.lexeme, b.segment, b.block", (name,)).fetchall()
+        assert blocks and len({length for *_, lens in blocks for length in lens}) > 10
+        previous: dict[tuple, float] = {}
+        for lexeme, segment, block, low, last, tfs, lens in blocks:
+            parts = [part(tf, length) for tf, length in zip(tfs, lens, strict=True)]
+            assert len(parts) == 128 or last, "blocks of 128, but the last"
+            assert parts == sorted(parts, reverse=True) and low == pytest.approx(parts[-1], rel=1e-5)
+            assert parts[0] <= previous.get((lexeme, segment), parts[0]) * (1 + 1e-6), "lists best impact first"
+            previous[(lexeme, segment)] = parts[-1]
+        for tf, length, impact in conn.execute(
+                "SELECT p.tf, p.len, p.impact FROM ragpipe.postings p JOIN ragpipe.collections k "
+                "ON k.id = p.collection_id WHERE k.name = %s", (name,)).fetchall():
+            assert impact == pytest.approx(part(tf, length), rel=1e-5)
         return mean
 
     run_ingest(folder_spec(name, corpus))
     assert in_step()
     impacts_use_one_mean_length()  # a first load too: it has no statistics until its end
-    assert conn.execute(  # vacuumed at the end of the run: keyword_search's index-only scans skip the heap
+    assert conn.execute(  # compacted, then vacuumed at the end of the run: the delta is empty, the blocks visible
         "SELECT relallvisible = relpages AND relpages > 0 FROM pg_class WHERE oid = "
-        "('ragpipe.' || ragpipe.postings_partition((ragpipe.get_collection(%s)).id))::regclass", (name,)).fetchone()[0]
+        "('ragpipe.' || ragpipe.blocks_partition((ragpipe.get_collection(%s)).id))::regclass", (name,)).fetchone()[0]
+    assert conn.execute("SELECT count(*) FROM ragpipe.postings p WHERE p.collection_id = "
+                        "(ragpipe.get_collection(%s)).id", (name,)).fetchone()[0] == 0
     coll_id = store.get_collection(conn, name).id
     conn.execute("UPDATE ragpipe.text_stats SET impact_length = avg_length * 2 WHERE collection_id = %s", (coll_id,))
     assert conn.execute("SELECT ragpipe.refresh_impacts(%s)", (coll_id,)).fetchone()[0], "drifted: recomputed"

@@ -181,7 +181,12 @@ def test_keyword_search_is_exact_bm25_when_every_word_has_far_more_postings_than
             hits = api.search(text, collection=name, k=10, mode="keyword", filter={"group": 2})
             assert_bm25_top(hits, only, 10, f"{phase}, filter group 2: {text!r}")
 
-    check("first load")
+    check("first load (all in the delta)")
+    assert "compacted" in store.compact_postings(conn, coll.id)
+    blocks, longest = conn.execute("SELECT count(*), max(block) + 1 FROM ragpipe.posting_blocks "
+                                   "WHERE collection_id = %s", (coll.id,)).fetchone()
+    assert longest >= 10, f"lists many blocks long ({blocks} blocks, the longest {longest})"
+    check("in blocks")
     load(range(0, 100), bm25_chunks(rng, 100, 5, longer=30))  # edited: longer chunks
     with conn.transaction():
         store.delete_documents(conn, coll, [f"doc-{i}" for i in range(500, 600)])
@@ -191,7 +196,20 @@ def test_keyword_search_is_exact_bm25_when_every_word_has_far_more_postings_than
     mean, used = conn.execute("SELECT avg_length, impact_length FROM ragpipe.text_stats WHERE collection_id = %s",
                               (coll.id,)).fetchone()
     assert mean > used * 1.05, "the stored impacts use an older mean length: the bound's slack is exercised"
-    check("after edits and deletes")
+    delta, dead = conn.execute("SELECT (SELECT count(*) FROM ragpipe.postings WHERE collection_id = %(c)s), "
+                               "(SELECT count(*) FROM ragpipe.dead_chunks WHERE collection_id = %(c)s)",
+                               {"c": coll.id}).fetchone()
+    assert delta > 0 and dead == 1000, (delta, dead)
+    check("after edits and deletes (a delta, and deleted chunks in blocks)")
+    assert "merged: segment 2" in store.compact_postings(conn, coll.id), "deleted chunks past 10%: a merge"
+    assert conn.execute("SELECT count(*) FROM ragpipe.dead_chunks WHERE collection_id = %s", (coll.id,)
+                        ).fetchone()[0] == 0, "a merge drops the deleted chunks' postings"
+    check("merged into one segment")
+    load(range(600, 640), bm25_chunks(rng, 40, 5))
+    assert "compacted: segment 3" in store.compact_postings(conn, coll.id)
+    groups = dict(conn.execute("SELECT c.id, (d.metadata ->> 'group')::int FROM ragpipe.chunks c JOIN "
+                               "ragpipe.documents d ON d.id = c.document_id WHERE c.collection_id = %s", (coll.id,)))
+    check("two segments")
 
 
 def test_similar_chunks_and_documents(sample):
@@ -490,7 +508,8 @@ def test_a_collection_without_a_keyword_index_writes_no_postings_and_says_so(cor
     run_ingest(declared(name, keyword=False))
     run_ingest(declared(f"{name}_kw"))
     counts = conn.execute(
-        "SELECT k.name, (SELECT count(*) FROM ragpipe.postings p WHERE p.collection_id = k.id), "
+        "SELECT k.name, (SELECT count(*) FROM ragpipe.postings p WHERE p.collection_id = k.id) + (SELECT "
+        "coalesce(sum(cardinality(b.chunk_ids)), 0) FROM ragpipe.posting_blocks b WHERE b.collection_id = k.id), "
         "(SELECT count(*) FROM ragpipe.chunks c WHERE c.collection_id = k.id) FROM ragpipe.collections k "
         "WHERE k.name IN (%s, %s) ORDER BY k.name", (name, f"{name}_kw")).fetchall()
     assert counts[0][0] == name and counts[0][1] == 0 and counts[0][2] > 0, counts

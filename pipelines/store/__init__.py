@@ -225,10 +225,16 @@ def has_keyword_index(collection: Collection) -> bool:
     return collection.settings.get("keyword", True) is not False
 
 
-def add_postings(conn: psycopg.Connection, collection_id: int, document_ids: list[int]) -> None:
-    """Write the BM25 impact postings of these documents' chunks (ragpipe.add_postings), which
-    keyword_search reads."""
+def add_postings(conn: psycopg.Connection, collection_id: int, document_ids: list[int] | None) -> None:
+    """Write the BM25 impact postings of these documents' chunks (None: every chunk's) into the delta
+    (ragpipe.add_postings), which keyword_search reads beside the blocks."""
     conn.execute(_q("add_postings"), (collection_id, document_ids))
+
+
+def compact_postings(conn: psycopg.Connection, collection_id: int, full_merge: bool = False) -> str:
+    """Turn the collection's postings delta into a segment of blocks, or merge every segment into one
+    (ragpipe.compact_postings); returns what it did."""
+    return conn.execute(_q("compact_postings"), (collection_id, full_merge)).fetchone()[0]
 
 
 def record_failure(conn: psycopg.Connection, run_id: int | None, collection_id: int, source_id: str,
@@ -282,14 +288,14 @@ def ensure_hnsw_index(conn: psycopg.Connection, collection: Collection) -> bool:
 
 
 def analyze_collection(conn: psycopg.Connection, collection_id: int) -> None:
-    """VACUUM the collection's chunk and postings partitions, then refresh their planner statistics
+    """VACUUM the collection's chunk and postings partitions (delta and blocks), then refresh their planner statistics
     and the documents table's. The VACUUM sets the visibility map, without which keyword_search's
     index-only scans read the heap for every posting (4x slower at 1M chunks just after a load). It
     needs an autocommit connection and the tables' owner (or MAINTAIN); a role without either
     leaves it to autovacuum."""
     if conn.autocommit:
         try:
-            names = conn.execute(_q("collection_partitions"), (collection_id, collection_id)).fetchone()
+            names = conn.execute(_q("collection_partitions"), {"id": collection_id}).fetchone()
             conn.execute(sql.SQL("VACUUM (SKIP_LOCKED) {}").format(
                 sql.SQL(", ").join(sql.Identifier("ragpipe", n) for n in names)))
         except psycopg.Error as exc:

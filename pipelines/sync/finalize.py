@@ -32,6 +32,9 @@ def finalize_run(conn: psycopg.Connection, spec: CollectionSpec, run_id: int, de
                 log.info("built HNSW index for collection %s", spec.name)
         # Keyword (BM25) and planner statistics are refreshed together, once the runs since the
         # last refresh changed 10% of the collection.
+        if store.has_keyword_index(collection):  # the run's postings into blocks (ragpipe.compact_postings)
+            with conn.transaction():
+                log.info("collection %s: postings %s", spec.name, store.compact_postings(conn, collection.id))
         if store.has_keyword_index(collection) and store.run_wrote(conn, run_id) and \
                 store.refresh_text_stats(conn, collection.id, run_id):
             store.analyze_collection(conn, collection.id)

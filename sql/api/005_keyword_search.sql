@@ -103,6 +103,8 @@ DECLARE
     left_over bigint;
     rounds_probed int := 0;
     max_s double precision := coalesce((coll.settings #>> '{index,max_search_s}')::double precision, 30);
+    has_blocks boolean := EXISTS (SELECT FROM ragpipe.posting_segments g WHERE g.collection_id = coll.id);
+    has_dead boolean := EXISTS (SELECT FROM ragpipe.dead_chunks d WHERE d.collection_id = coll.id);
 BEGIN
     IF coll.settings ->> 'keyword' = 'false' THEN
         RAISE EXCEPTION 'ragpipe: collection "%" has no keyword index (keyword: false in collections.yml): search it '
@@ -133,10 +135,11 @@ BEGIN
     END IF;
     LOOP
         PERFORM ragpipe.check_search_time(max_s);
-        -- Each word's best `depth` postings.
+        -- Each word's best `depth` postings of the delta, and its first ceil(depth / 128) blocks of
+        -- every segment (a deleted chunk's postings in blocks are skipped).
         WITH q AS MATERIALIZED (
             SELECT x.i, x.w, x.idf FROM unnest(words, idfs) WITH ORDINALITY AS x(w, idf, i)),
-        read AS MATERIALIZED (
+        delta AS MATERIALIZED (
             SELECT q.i, p.chunk_id, p.impact, q.idf * ragpipe.bm25_tf(p.tf, p.len, avg_len) AS part
             FROM q CROSS JOIN LATERAL (
                 SELECT po.chunk_id, po.impact, po.tf, po.len FROM ragpipe.postings po
@@ -146,10 +149,28 @@ BEGIN
                       WHERE ch.collection_id = coll.id AND ch.id = po.chunk_id AND ch.metadata @> filter))
                 ORDER BY po.impact DESC
                 LIMIT depth) p),
-        cut AS MATERIALIZED (  -- the most a chunk not read in a word's list may still have of it
-            SELECT q.i, CASE WHEN count(r.chunk_id) >= depth THEN q.idf * slack * min(r.impact) ELSE 0 END AS bound
-            FROM q LEFT JOIN read r ON r.i = q.i
-            GROUP BY q.i, q.idf),
+        blocks AS MATERIALIZED (
+            SELECT q.i, b.block, b.last, b.min_impact, b.chunk_ids, b.tfs, b.lens
+            FROM q JOIN ragpipe.posting_blocks b
+                ON b.collection_id = coll.id AND b.lexeme = q.w AND b.block < (depth + 127) / 128
+            WHERE has_blocks),
+        read AS MATERIALIZED (
+            SELECT d.i, d.chunk_id, d.part FROM delta d
+            UNION ALL
+            SELECT b.i, u.chunk_id, q.idf * ragpipe.bm25_tf(u.tf, u.len, avg_len)
+            FROM blocks b JOIN q ON q.i = b.i
+            CROSS JOIN LATERAL unnest(b.chunk_ids, b.tfs, b.lens) AS u(chunk_id, tf, len)
+            WHERE (NOT has_dead OR NOT EXISTS (
+                      SELECT FROM ragpipe.dead_chunks dc WHERE dc.collection_id = coll.id AND dc.chunk_id = u.chunk_id))
+              AND (filter IS NULL OR EXISTS (
+                      SELECT FROM ragpipe.chunks ch
+                      WHERE ch.collection_id = coll.id AND ch.id = u.chunk_id AND ch.metadata @> filter))),
+        cut AS MATERIALIZED (  -- the most a chunk not read in a word's lists may still have of it
+            SELECT q.i, q.idf * slack * greatest(
+                       (SELECT CASE WHEN count(*) >= depth THEN min(d.impact) ELSE 0 END FROM delta d WHERE d.i = q.i),
+                       coalesce((SELECT max(b.min_impact) FROM blocks b
+                                 WHERE b.i = q.i AND NOT b.last AND b.block = (depth + 127) / 128 - 1), 0)) AS bound
+            FROM q),
         total AS (
             SELECT sum(c.bound) AS unseen, count(*) FILTER (WHERE c.bound > 0) AS open_words FROM cut c),
         per AS MATERIALIZED (
@@ -188,13 +209,14 @@ BEGIN
             rounds_probed := rounds_probed + 1;
             SELECT probed_ids || array_agg(s.id), probed_scores || array_agg(s.score)
             INTO probed_ids, probed_scores
-            -- One descent of the chunk index per chunk (LATERAL): as a join, the planner misjudges
-            -- the lists' lengths and reads every query word's whole list instead (3x slower at 100k).
+            -- A chunk's exact score from its own words (its tsvector, the postings' source: the same tf
+            -- and len), one descent of the chunk index per chunk (LATERAL).
             FROM (SELECT b.id, e.score
                   FROM unnest(batch) AS b(id) CROSS JOIN LATERAL (
-                      SELECT sum(x.idf * ragpipe.bm25_tf(po.tf, po.len, avg_len)) AS score
-                      FROM ragpipe.postings po JOIN unnest(words, idfs) AS x(w, idf) ON x.w = po.lexeme
-                      WHERE po.collection_id = coll.id AND po.chunk_id = b.id AND po.lexeme = ANY (words)) e) s;
+                      SELECT sum(x.idf * ragpipe.bm25_tf(cardinality(t.positions), length(ch.tsv), avg_len)) AS score
+                      FROM ragpipe.chunks ch CROSS JOIN LATERAL unnest(ch.tsv) t
+                      JOIN unnest(words, idfs) AS x(w, idf) ON x.w = t.lexeme
+                      WHERE ch.collection_id = coll.id AND ch.id = b.id) e) s;
             SELECT greatest(theta, CASE WHEN count(*) < k THEN 0 ELSE min(v.score) END) INTO theta
             FROM (SELECT coalesce(e.score, p.known) AS score
                   FROM unnest(pool_ids, pool_known) AS p(id, known)
@@ -222,3 +244,100 @@ END
 $fn$;
 
 DROP FUNCTION IF EXISTS ragpipe.words_query(text[]);  -- the tsvector path of keyword_search used it
+
+-- keyword_postings: every live posting of every collection, one row a posting (the delta's with their
+-- stored impact; those in blocks with their segment), for audits (ragpipe verify) and tests.
+CREATE OR REPLACE VIEW ragpipe.keyword_postings AS
+SELECT p.collection_id, p.lexeme, p.chunk_id, p.tf, p.len, p.impact, NULL::int AS segment
+FROM ragpipe.postings p
+UNION ALL
+SELECT b.collection_id, b.lexeme, u.chunk_id, u.tf, u.len, NULL::real, b.segment
+FROM ragpipe.posting_blocks b CROSS JOIN LATERAL unnest(b.chunk_ids, b.tfs, b.lens) AS u(chunk_id, tf, len)
+WHERE NOT EXISTS (SELECT FROM ragpipe.dead_chunks d WHERE d.collection_id = b.collection_id AND d.chunk_id = u.chunk_id);
+
+-- compact_postings: the delta (ragpipe.postings) of a collection becomes a new segment of blocks
+-- (sql/migrations/014_posting_blocks.sql), in one transaction: a search sees the postings before or
+-- after, and a crash leaves the old ones. Every segment, the delta and the impacts are merged into
+-- one segment instead (`full_merge`, or when there are 8 segments, or deleted chunks are 10% of the
+-- collection), which drops deleted chunks' postings for good. Blocks hold each word's postings best
+-- impact first (bm25_tf with text_stats.impact_length), 128 a block. Returns what it did.
+CREATE OR REPLACE FUNCTION ragpipe.compact_postings(collection int, full_merge boolean DEFAULT false)
+RETURNS text LANGUAGE plpgsql SECURITY DEFINER SET search_path = ragpipe, public, pg_temp
+AS $fn$
+DECLARE
+    mean double precision;
+    chunks bigint;
+    segments int;
+    next_segment int;
+    dead bigint;
+    written bigint;
+BEGIN
+    PERFORM pg_advisory_xact_lock(7266102, collection);  -- one compaction of a collection at a time
+    SELECT s.impact_length, s.chunks INTO mean, chunks FROM ragpipe.text_stats s WHERE s.collection_id = collection;
+    IF mean IS NULL THEN
+        RETURN 'nothing to compact';
+    END IF;
+    SELECT count(*), coalesce(max(g.segment), 0) + 1 INTO segments, next_segment
+    FROM ragpipe.posting_segments g WHERE g.collection_id = collection;
+    SELECT count(*) INTO dead FROM ragpipe.dead_chunks d WHERE d.collection_id = collection;
+    full_merge := full_merge OR segments >= 8 OR (segments > 0 AND dead > 0.1 * greatest(chunks, 1));
+    IF NOT full_merge AND NOT EXISTS (SELECT FROM ragpipe.postings p WHERE p.collection_id = collection) THEN
+        RETURN 'nothing to compact';
+    END IF;
+    CREATE TEMP TABLE compacting ON COMMIT DROP AS
+    SELECT p.lexeme, p.chunk_id, p.tf, p.len FROM ragpipe.postings p WHERE p.collection_id = collection;
+    IF full_merge THEN
+        INSERT INTO compacting
+        SELECT b.lexeme, u.chunk_id, u.tf, u.len
+        FROM ragpipe.posting_blocks b CROSS JOIN LATERAL unnest(b.chunk_ids, b.tfs, b.lens) u(chunk_id, tf, len)
+        WHERE b.collection_id = collection
+          AND NOT EXISTS (SELECT FROM ragpipe.dead_chunks d WHERE d.collection_id = collection AND d.chunk_id = u.chunk_id);
+    END IF;
+    INSERT INTO ragpipe.posting_blocks (collection_id, lexeme, segment, block, min_impact, last, chunk_ids, tfs, lens)
+    SELECT collection, r.lexeme, next_segment, r.blk, min(r.impact), bool_or(r.rn = r.cnt),
+           array_agg(r.chunk_id ORDER BY r.rn), array_agg(r.tf::int2 ORDER BY r.rn), array_agg(r.len::int2 ORDER BY r.rn)
+    FROM (SELECT x.*, (x.rn - 1) / 128 AS blk FROM (
+              SELECT c.lexeme, c.chunk_id, c.tf, c.len, ragpipe.bm25_tf(c.tf, c.len, mean)::real AS impact,
+                     row_number() OVER w AS rn, count(*) OVER (PARTITION BY c.lexeme) AS cnt
+              FROM compacting c
+              WINDOW w AS (PARTITION BY c.lexeme ORDER BY ragpipe.bm25_tf(c.tf, c.len, mean) DESC, c.chunk_id)) x) r
+    GROUP BY r.lexeme, r.blk;
+    GET DIAGNOSTICS written = ROW_COUNT;
+    DELETE FROM ragpipe.postings p WHERE p.collection_id = collection;
+    IF full_merge THEN
+        DELETE FROM ragpipe.posting_blocks b WHERE b.collection_id = collection AND b.segment <> next_segment;
+        DELETE FROM ragpipe.posting_segments g WHERE g.collection_id = collection;
+        DELETE FROM ragpipe.dead_chunks d WHERE d.collection_id = collection;
+    END IF;
+    INSERT INTO ragpipe.posting_segments (collection_id, segment, postings)
+    SELECT collection, next_segment, count(*) FROM compacting;
+    DROP TABLE compacting;
+    RETURN format('%s: segment %s, %s blocks', CASE WHEN full_merge THEN 'merged' ELSE 'compacted' END,
+                  next_segment, written);
+END
+$fn$;
+REVOKE ALL ON FUNCTION ragpipe.compact_postings(int, boolean) FROM PUBLIC;
+
+-- refresh_impacts: the stored impacts (the delta's, and the blocks' order) follow the collection's
+-- mean length once it drifted more than max_drift from the one they use. True if recomputed.
+CREATE OR REPLACE FUNCTION ragpipe.refresh_impacts(collection int, max_drift double precision DEFAULT 0.2)
+RETURNS boolean LANGUAGE plpgsql SECURITY DEFINER SET search_path = ragpipe, public, pg_temp
+AS $fn$
+DECLARE
+    stats ragpipe.text_stats;
+BEGIN
+    SELECT * INTO stats FROM ragpipe.text_stats s WHERE s.collection_id = collection;
+    IF NOT FOUND OR stats.avg_length <= 0
+       OR abs(stats.avg_length / coalesce(nullif(stats.impact_length, 0), 1e-9) - 1) <= max_drift THEN
+        RETURN false;
+    END IF;
+    UPDATE ragpipe.text_stats s SET impact_length = stats.avg_length WHERE s.collection_id = collection;
+    UPDATE ragpipe.postings p SET impact = ragpipe.bm25_tf(p.tf, p.len, stats.avg_length)
+    WHERE p.collection_id = collection;
+    IF EXISTS (SELECT FROM ragpipe.posting_segments g WHERE g.collection_id = collection) THEN
+        PERFORM ragpipe.compact_postings(collection, true);  -- the blocks, ordered by the new impacts
+    END IF;
+    RETURN true;
+END
+$fn$;
+REVOKE ALL ON FUNCTION ragpipe.refresh_impacts(int, double precision) FROM PUBLIC;

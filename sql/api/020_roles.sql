@@ -70,7 +70,10 @@ BEGIN
                    'ragpipe.chunks, ragpipe.ingest_runs, ragpipe.ingest_failures, ragpipe.embedding_cache TO %I',
                    role_name);
     EXECUTE format('GRANT SELECT, DELETE ON ragpipe.postings TO %I', role_name);
-    EXECUTE format('GRANT EXECUTE ON FUNCTION ragpipe.add_postings(int, bigint[]) TO %I', role_name);
+    EXECUTE format('GRANT SELECT, DELETE ON ragpipe.posting_blocks, ragpipe.posting_segments TO %I', role_name);
+    EXECUTE format('GRANT SELECT, INSERT, DELETE ON ragpipe.dead_chunks TO %I', role_name);
+    EXECUTE format('GRANT EXECUTE ON FUNCTION ragpipe.add_postings(int, bigint[]), '
+                   'ragpipe.compact_postings(int, boolean) TO %I', role_name);
     EXECUTE format('GRANT EXECUTE ON FUNCTION ragpipe.promote_version(text, int), ragpipe.rollback_version(text), '
                    'ragpipe.version_name(text, int) TO %I', role_name);
     EXECUTE format('GRANT SELECT ON ragpipe.schema_migrations TO %I', role_name);
@@ -86,6 +89,19 @@ REVOKE ALL ON FUNCTION ragpipe.grant_loader(text) FROM PUBLIC;
 
 SELECT ragpipe.grant_reader('ragpipe_reader');
 SELECT ragpipe.grant_loader('ragpipe_loader');
+DO $$
+DECLARE
+    r name;
+BEGIN  -- loader roles granted by an older release: what postings in blocks need of them
+    FOR r IN SELECT DISTINCT grantee FROM information_schema.routine_privileges
+             WHERE routine_schema = 'ragpipe' AND routine_name = 'add_postings'
+               AND grantee NOT IN (current_user, 'PUBLIC', 'ragpipe_loader') LOOP
+        EXECUTE format('GRANT SELECT, DELETE ON ragpipe.posting_blocks, ragpipe.posting_segments TO %I', r);
+        EXECUTE format('GRANT SELECT, INSERT, DELETE ON ragpipe.dead_chunks TO %I', r);
+        EXECUTE format('GRANT EXECUTE ON FUNCTION ragpipe.compact_postings(int, boolean) TO %I', r);
+    END LOOP;
+END
+$$;
 
 DO $$
 DECLARE

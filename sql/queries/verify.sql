@@ -27,8 +27,8 @@ ORDER BY 1;
 WITH expected AS (
     SELECT c.id AS chunk_id, t.lexeme, cardinality(t.positions) AS tf, length(c.tsv) AS len
     FROM ragpipe.chunks c CROSS JOIN LATERAL unnest(c.tsv) t WHERE c.collection_id = %(collection)s),
-actual AS (
-    SELECT p.chunk_id, p.lexeme, p.tf, p.len FROM ragpipe.postings p WHERE p.collection_id = %(collection)s),
+actual AS (  -- the delta's, and those in blocks of chunks not deleted since
+    SELECT p.chunk_id, p.lexeme, p.tf, p.len FROM ragpipe.keyword_postings p WHERE p.collection_id = %(collection)s),
 differ AS ((TABLE expected EXCEPT ALL TABLE actual) UNION ALL (TABLE actual EXCEPT ALL TABLE expected))
 SELECT DISTINCT chunk_id FROM differ ORDER BY 1;
 
@@ -51,10 +51,11 @@ UPDATE ragpipe.documents SET fingerprint = NULL, content_hash = ''
 WHERE collection_id = %s AND source_id = ANY(%s);
 
 -- name: repair_postings
-DELETE FROM ragpipe.postings WHERE collection_id = %(collection)s AND chunk_id = ANY(%(chunks)s);
-
--- name: documents_of_chunks
-SELECT DISTINCT document_id FROM ragpipe.chunks WHERE collection_id = %s AND id = ANY(%s);
+-- Every posting of the collection made again from its chunks (into the delta; compacted after).
+WITH blocks AS (DELETE FROM ragpipe.posting_blocks WHERE collection_id = %(collection)s),
+     segments AS (DELETE FROM ragpipe.posting_segments WHERE collection_id = %(collection)s),
+     dead AS (DELETE FROM ragpipe.dead_chunks WHERE collection_id = %(collection)s)
+DELETE FROM ragpipe.postings WHERE collection_id = %(collection)s;
 
 -- name: drop_chunks
 -- The chunks and postings of documents to be read again (not kept in the embedding cache: they are
@@ -63,5 +64,12 @@ WITH gone AS (
     DELETE FROM ragpipe.chunks c USING ragpipe.documents d
     WHERE c.collection_id = %(collection)s AND c.document_id = d.id AND d.collection_id = %(collection)s
       AND d.source_id = ANY(%(source_ids)s)
-    RETURNING c.id)
-DELETE FROM ragpipe.postings p WHERE p.collection_id = %(collection)s AND p.chunk_id IN (SELECT id FROM gone)
+    RETURNING c.id),
+unposted AS (
+    DELETE FROM ragpipe.postings p WHERE p.collection_id = %(collection)s AND p.chunk_id IN (SELECT id FROM gone)
+    RETURNING p.chunk_id)
+INSERT INTO ragpipe.dead_chunks (collection_id, chunk_id)
+SELECT %(collection)s, g.id FROM gone g
+WHERE EXISTS (SELECT FROM ragpipe.posting_segments s WHERE s.collection_id = %(collection)s)
+  AND NOT EXISTS (SELECT FROM unposted u WHERE u.chunk_id = g.id)
+ON CONFLICT DO NOTHING
