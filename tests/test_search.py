@@ -525,3 +525,158 @@ def test_a_collection_without_a_keyword_index_writes_no_postings_and_says_so(cor
     context = api.rag_context(question, name, k=4)
     assert context.citations and context.citations[0]["source_id"] == same[0][0]
     assert ragpipe("verify", name).returncode == 0
+
+
+def bm25_collection(conn, name: str, documents: int = 300, seed: int = 11):
+    """A collection of BM25_WORDS chunks loaded through the real loader (in the delta until compacted)."""
+    import numpy as np
+
+    from pipelines import store
+    from pipelines.chunking import Chunk
+
+    rng = np.random.default_rng(seed)
+    coll = store.ensure_collection(conn, name, "sentence-transformers/all-MiniLM-L6-v2", 8, 256, 32, {"index": {}})
+    docs = [store.LoadedDocument(f"doc-{i}", f"mem://{i}", None, str(i), "", {"group": i % 4},
+                                 [Chunk(j, t, 0, 1, 3) for j, t in enumerate(chunks)],
+                                 rng.normal(size=(len(chunks), 8)).astype(np.float32))
+            for i, chunks in enumerate(bm25_chunks(rng, documents, 5))]
+    with conn.transaction():
+        store.replace_documents(conn, coll, None, docs)
+    store.refresh_text_stats(conn, coll.id, min_change=0)
+    store.set_index_settings(conn, coll.id, keyword_candidates=5, keyword_rescore=3)
+    return coll
+
+
+def keyword_hits(conn, name: str, text: str, k: int = 10) -> list:
+    """ragpipe.keyword_search on this connection (its database, its lock_timeout)."""
+    return [api.SearchResult(*row) for row in conn.execute("SELECT * FROM ragpipe.keyword_search(%s, %s, %s)",
+                                                           (name, text, k)).fetchall()]
+
+
+def assert_exact(conn, name: str, what: str) -> None:
+    for text in ("heron marsh", "coffee pepper garden silver", "walnut cherry kettle ribbon anchor beacon comet"):
+        assert_bm25_top(keyword_hits(conn, name, text), bm25_reference(conn, name, text), 10, f"{what}: {text!r}")
+
+
+def test_searches_during_a_compaction_are_exact_and_never_wait(conn, name, db_url):
+    """A compaction is one transaction: searches while it runs (uncommitted, then committed) are exact BM25."""
+    from pipelines import store
+
+    coll = bm25_collection(conn, name)
+    assert_exact(conn, name, "all in the delta")
+    with psycopg.connect(db_url) as compactor:  # not autocommit: the compaction stays open
+        assert "compacted" in compactor.execute("SELECT ragpipe.compact_postings(%s)", (coll.id,)).fetchone()[0]
+        conn.execute("SET lock_timeout = '2s'")  # a search that waited for the compaction would fail here
+        assert_exact(conn, name, "while a compaction is open")
+        compactor.commit()
+    assert_exact(conn, name, "after the compaction")
+    with conn.transaction():
+        store.delete_documents(conn, coll, [f"doc-{i}" for i in range(0, 300, 3)])
+    store.refresh_text_stats(conn, coll.id, min_change=0)
+    assert_exact(conn, name, "deleted chunks masked in the blocks")
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def searching() -> None:
+        try:
+            while not stop.is_set():
+                api.search("coffee pepper garden silver", collection=name, k=10, mode="keyword")
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    thread = threading.Thread(target=searching, daemon=True)
+    thread.start()
+    try:
+        with psycopg.connect(db_url, autocommit=True) as compactor:
+            assert "merged" in compactor.execute("SELECT ragpipe.compact_postings(%s, true)", (coll.id,)).fetchone()[0]
+    finally:
+        stop.set()
+        thread.join(60)
+    assert not thread.is_alive() and not errors, errors
+    conn.execute("RESET lock_timeout")
+    assert_exact(conn, name, "after a merge that dropped deleted chunks")
+
+
+def test_a_database_left_by_the_row_layout_migrates_and_stays_exact(db_url):
+    """The upgrade: a collection whose postings are rows (migrations up to 012) is exact after `migrate`,
+    its rows now the delta, and again once its first compaction made blocks of them."""
+    from pipelines import store
+    from pipelines.store.database import connect
+    from pipelines.store.migrations import migrate
+
+    url = psycopg.conninfo.make_conninfo(db_url, dbname="ragpipe_row_layout")
+    with psycopg.connect(db_url, autocommit=True) as admin:
+        admin.execute("DROP DATABASE IF EXISTS ragpipe_row_layout WITH (FORCE)")
+        admin.execute("CREATE DATABASE ragpipe_row_layout")
+    try:
+        migrate(url, last="012_postings_scores.sql")
+        import numpy as np
+
+        with connect(url, autocommit=True) as old:  # loaded as that release did: rows of chunks, then postings
+            coll_id = old.execute("INSERT INTO ragpipe.collections (name, model, dimension, chunk_tokens, "
+                                  "chunk_overlap, family, settings) VALUES ('upgraded', 'm', 3, 256, 32, 'upgraded', "
+                                  "'{\"index\": {\"keyword_candidates\": 5, \"keyword_rescore\": 3}}') "
+                                  "RETURNING id").fetchone()[0]
+            texts = bm25_chunks(np.random.default_rng(5), 200, 5)
+            for i, chunks in enumerate(texts):
+                doc = old.execute("INSERT INTO ragpipe.documents (collection_id, source_id, uri, content_hash, "
+                                  "metadata) VALUES (%s, %s, 'mem://', 'h', '{}') RETURNING id",
+                                  (coll_id, f"doc-{i}")).fetchone()[0]
+                for j, text in enumerate(chunks):
+                    old.execute("INSERT INTO ragpipe.chunks (collection_id, document_id, ordinal, text, token_count, "
+                                "char_start, char_end, content_hash, metadata, embedding) "
+                                "VALUES (%s, %s, %s, %s, 5, 0, 5, 'c', '{}', '[1,0,0]')", (coll_id, doc, j, text))
+            old.execute("SELECT ragpipe.add_postings(%s, NULL)", (coll_id,))
+            old.execute("SELECT ragpipe.refresh_text_stats(%s, NULL, 0)", (coll_id,))
+            rows = old.execute("SELECT count(*) FROM ragpipe.postings").fetchone()[0]
+        migrate(url)
+        with connect(url, autocommit=True) as new:
+            assert new.execute("SELECT count(*) FROM ragpipe.keyword_postings").fetchone()[0] == rows
+            want = {t: bm25_reference(new, "upgraded", t) for t in ("heron marsh", "walnut cherry kettle ribbon")}
+            for text, reference in want.items():
+                assert_bm25_top(keyword_hits(new, "upgraded", text), reference, 10, f"migrated: {text!r}")
+            assert "compacted" in store.compact_postings(new, coll_id)
+            assert new.execute("SELECT count(*) FROM ragpipe.postings").fetchone()[0] == 0
+            for text, reference in want.items():
+                assert_bm25_top(keyword_hits(new, "upgraded", text), reference, 10, f"compacted: {text!r}")
+    finally:
+        with psycopg.connect(db_url, autocommit=True) as admin:
+            admin.execute("DROP DATABASE IF EXISTS ragpipe_row_layout WITH (FORCE)")
+
+
+def test_a_compaction_killed_with_sigkill_leaves_the_old_postings_and_the_next_one_completes(conn, name, db_url):
+    """kill -9 of the process running a compaction: its transaction never commits, searches stay exact on
+    the old postings, and the next compaction (a run's finalize, or verify --repair) does the work."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from pipelines import store
+
+    coll = bm25_collection(conn, name)
+    script = ("import sys, psycopg\n"
+              "with psycopg.connect(sys.argv[1], options='-c client_connection_check_interval=100') as c:\n"
+              "    print(c.execute('SELECT ragpipe.compact_postings(%s)', (int(sys.argv[2]),)).fetchone()[0], "
+              "flush=True)\n"
+              "    c.execute('SELECT pg_sleep(600)')\n")
+    proc = subprocess.Popen([sys.executable, "-c", script, db_url, str(coll.id)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert "compacted" in proc.stdout.readline(), "the compaction ran, uncommitted"
+        assert_exact(conn, name, "while the compaction waits to commit")
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        proc.kill()
+        proc.wait(30)
+    deadline = time.monotonic() + 30
+    while conn.execute("SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(600)%' "
+                       "AND pid <> pg_backend_pid()").fetchone()[0]:
+        assert time.monotonic() < deadline, "the killed client's backend ended"
+        time.sleep(0.1)
+    assert conn.execute("SELECT count(*) FROM ragpipe.posting_segments WHERE collection_id = %s",
+                        (coll.id,)).fetchone()[0] == 0, "nothing of the killed compaction is left"
+    assert_exact(conn, name, "after the kill")
+    assert "compacted: segment 1" in store.compact_postings(conn, coll.id)
+    assert_exact(conn, name, "after the next compaction")
