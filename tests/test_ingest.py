@@ -455,8 +455,9 @@ def test_keyword_postings_follow_every_replace_and_delete(corpus, name, conn):
         """Every list of blocks is ordered by BM25's tf part (computed here) at the collection's
         impact_length, which is within 20% of its mean length, each block's min_impact its last part;
         every delta posting's impact is that part. Returns that length."""
-        mean, avg = conn.execute("SELECT s.impact_length, s.avg_length FROM ragpipe.text_stats s JOIN ragpipe.collections "
-                                 "k ON k.id = s.collection_id WHERE k.name = %s", (name,)).fetchone()
+        mean, avg = conn.execute("SELECT s.impact_length, s.avg_length FROM ragpipe.text_stats s "
+                                 "JOIN ragpipe.collections k ON k.id = s.collection_id WHERE k.name = %s",
+                                 (name,)).fetchone()
         assert abs(avg / mean - 1) <= 0.2
 
         def part(tf: int, length: int) -> float:
