@@ -70,7 +70,7 @@ def build_key(model: str, chunk_tokens: int, chunk_overlap: int, settings: dict[
     return (model, chunk_tokens, chunk_overlap, bool(settings.get("chunk_context")),
             *(index[k] for k in REBUILD_INDEX_KEYS), (settings.get("prompts") or {}).get("document"),
             settings.get("storage", "float32"), settings.get("dimensions"), settings.get("language", "english"),
-            tuple(settings.get("languages", ())))
+            tuple(settings.get("languages", ())), settings.get("keyword", True))
 
 
 def check_languages(conn: psycopg.Connection, spec: CollectionSpec) -> None:

@@ -525,6 +525,10 @@ def test_a_collection_without_a_keyword_index_writes_no_postings_and_says_so(cor
     context = api.rag_context(question, name, k=4)
     assert context.citations and context.citations[0]["source_id"] == same[0][0]
     assert ragpipe("verify", name).returncode == 0
+    built = run_ingest(declared(f"{name}_kw", keyword=False))["new_version"]  # a change is a new version
+    assert built["status"] == "succeeded", built
+    failed = ragpipe("search", "coffee", "-c", f"{name}_kw", "--mode", "keyword", check=False)
+    assert failed.returncode == 1 and "keyword: false" in failed.stderr, (built, failed.stderr)
 
 
 def bm25_collection(conn, name: str, documents: int = 300, seed: int = 11):

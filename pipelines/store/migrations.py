@@ -80,10 +80,9 @@ def migrate(url: str, last: str | None = None) -> list[str]:
                         "ON CONFLICT (name) DO UPDATE SET checksum = excluded.checksum, applied_at = now()",
                         (name, checksum))
                 applied_now.append(name)
-            if last is None:
+            if last is None and done.get(API_LEVEL_ROW) != str(level):  # a role that only reads writes nothing
                 conn.execute("INSERT INTO ragpipe.schema_migrations (name, checksum) VALUES (%s, %s) ON CONFLICT "
-                             "(name) DO UPDATE SET checksum = excluded.checksum WHERE "
-                             "ragpipe.schema_migrations.checksum <> excluded.checksum", (API_LEVEL_ROW, str(level)))
+                             "(name) DO UPDATE SET checksum = excluded.checksum", (API_LEVEL_ROW, str(level)))
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
     return applied_now

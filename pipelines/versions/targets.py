@@ -53,7 +53,8 @@ def as_built(spec: CollectionSpec, version: store.Collection) -> CollectionSpec:
                                language=version.settings.get("language", "english"),
                                languages=version.settings.get("languages", []),
                                dimensions=version.settings.get("dimensions"),
-                               chunk_context=bool(version.settings.get("chunk_context")), index=index)
+                               chunk_context=bool(version.settings.get("chunk_context")), index=index,
+                               keyword=version.settings.get("keyword", True) is not False)
 
 
 def spec_for(conn: psycopg.Connection, spec: CollectionSpec, name: str) -> CollectionSpec:
