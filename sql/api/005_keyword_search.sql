@@ -260,7 +260,8 @@ WHERE NOT EXISTS (SELECT FROM ragpipe.dead_chunks d WHERE d.collection_id = b.co
 -- after, and a crash leaves the old ones. Every segment, the delta and the impacts are merged into
 -- one segment instead (`full_merge`, or when there are 8 segments, or deleted chunks are 10% of the
 -- collection), which drops deleted chunks' postings for good. Blocks hold each word's postings best
--- impact first (bm25_tf with text_stats.impact_length), 128 a block. Returns what it did.
+-- impact first (bm25_tf with text_stats.impact_length), 128 a block. Returns what it did. Called under
+-- the collection's exclusive lock (a run's finalize, verify --repair): no chunk is deleted meanwhile.
 CREATE OR REPLACE FUNCTION ragpipe.compact_postings(collection int, full_merge boolean DEFAULT false)
 RETURNS text LANGUAGE plpgsql SECURITY DEFINER SET search_path = ragpipe, public, pg_temp
 AS $fn$
@@ -303,7 +304,9 @@ BEGIN
               WINDOW w AS (PARTITION BY c.lexeme ORDER BY ragpipe.bm25_tf(c.tf, c.len, mean) DESC, c.chunk_id)) x) r
     GROUP BY r.lexeme, r.blk;
     GET DIAGNOSTICS written = ROW_COUNT;
-    DELETE FROM ragpipe.postings p WHERE p.collection_id = collection;
+    -- the delta rows compacted, not rows a writer added since (a chunk's rows come in one statement)
+    DELETE FROM ragpipe.postings p
+    WHERE p.collection_id = collection AND p.chunk_id IN (SELECT c.chunk_id FROM compacting c);
     IF full_merge THEN
         DELETE FROM ragpipe.posting_blocks b WHERE b.collection_id = collection AND b.segment <> next_segment;
         DELETE FROM ragpipe.posting_segments g WHERE g.collection_id = collection;
