@@ -135,6 +135,8 @@ def read_within(response: httpx.Response, deadline: float, cap: int) -> bytes:
     httpx.ReadTimeout past the deadline (an answer that drips), AnswerTooLarge past the cap."""
     body = bytearray()
     timeouts = response.request.extensions.get("timeout")
+    if isinstance(timeouts, dict):  # the first read too: the headers may have taken most of the time
+        timeouts["read"] = max(0.001, deadline - time.monotonic())
     for piece in response.iter_bytes():
         body += piece
         if len(body) > cap:
