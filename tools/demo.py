@@ -2,6 +2,7 @@
 
 import sys
 
+from pipelines.cli.search import print_hits
 from pipelines.embed import get_embedder
 from pipelines.search import search
 from pipelines.settings import DEFAULT_MODEL
@@ -12,8 +13,8 @@ FROM ragpipe.semantic_search('{collection}', '{vector}', k => 3);"""
 
 def main(question: str, collection: str = "sample") -> None:
     print(f"\nQuestion: {question}\n")
-    for i, hit in enumerate(search(question, collection=collection, k=3, mode="semantic"), 1):
-        print(f"{i}. [{hit.score:.3f}] {hit.title or hit.source_id}\n   {hit.source_id}")
+    # the best 5 chunks, grouped by document as `ragpipe search` and the page show them
+    print_hits(search(question, collection=collection, k=5, mode="semantic"), as_json=False, by_document=True)
     vector = get_embedder(DEFAULT_MODEL).encode([question])[0]
     short = "[" + ",".join(f"{x:.4f}" for x in vector[:3]) + ", ...384 numbers...]"
     print("\nThe same search in SQL (ragpipe db psql; the vector comes from `ragpipe embed \"...\"`):\n")
