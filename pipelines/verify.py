@@ -149,8 +149,6 @@ def repair(report: Report, spec: CollectionSpec | None, url: str | None = None,
             report.repaired.append(f"{len(requeue)} documents' chunks dropped, to be read and embedded again")
         if "wrong_postings" in found:
             with conn.transaction():
-                conn.execute(_q("repair_postings"), params)
-                store.add_postings(conn, coll.id, None)
                 store.compact_postings(conn, coll.id, full_merge=True)
             report.repaired.append(f"postings rebuilt from the chunks ({found['wrong_postings'].count} chunks "
                                    "were wrong)")

@@ -1,7 +1,7 @@
 """The service under load (#42.7-10): one deadline per request, fast 503s with Retry-After past capacity,
 /healthz and /metrics answering throughout, expensive searches in a lane of their own, a failed hybrid
 request's keyword half cancelled, and the page's work bounded. Keyword search is made to block by an
-owner's transaction that locks ragpipe.postings (bounded loopback load of a few seconds)."""
+owner's transaction that locks ragpipe.posting_segments (bounded loopback load of a few seconds)."""
 
 import time
 from collections.abc import Iterator
@@ -27,9 +27,9 @@ def wait_for(what: str, check, timeout_s: float) -> None:
 
 @contextmanager
 def keyword_search_blocked(db_url: str) -> Iterator[psycopg.Connection]:
-    """Every keyword search waits for a lock on ragpipe.postings until the block ends."""
+    """Every keyword search waits for a lock on ragpipe.posting_segments until the block ends."""
     with psycopg.connect(db_url) as owner:
-        owner.execute("LOCK TABLE ragpipe.postings IN ACCESS EXCLUSIVE MODE")
+        owner.execute("LOCK TABLE ragpipe.posting_segments IN ACCESS EXCLUSIVE MODE")
         try:
             yield owner
         finally:

@@ -39,10 +39,10 @@ def test_verify_finds_each_inconsistency_and_repair_mends_them(tmp_path, corpus,
     other = next(d for d in docs if d[0] != multi[0])  # a vector of the wrong width (which the index refused)
     conn.execute("UPDATE ragpipe.chunks SET embedding = '[1,0,0]' WHERE id = (SELECT min(id) FROM ragpipe.chunks "
                  "WHERE document_id = %s)", (other[0],))
-    corrupted = conn.execute("SELECT min(chunk_ids[1]) FROM ragpipe.posting_blocks WHERE collection_id = %s "
-                             "AND chunk_ids[1] <> %s", (coll_id, lost)).fetchone()[0]
-    conn.execute("UPDATE ragpipe.posting_blocks SET tfs[1] = tfs[1] + 7 WHERE collection_id = %s AND chunk_ids[1] = %s",
-                 (coll_id, corrupted))  # postings of one chunk, in the blocks the run's compaction made
+    corrupted = conn.execute("SELECT min(base + ids[1]) FROM ragpipe.posting_blocks WHERE collection_id = %s "
+                             "AND base + ids[1] <> %s", (coll_id, lost)).fetchone()[0]
+    conn.execute("UPDATE ragpipe.posting_blocks SET tfs[1] = tfs[1] + 7 WHERE collection_id = %s "
+                 "AND base + ids[1] = %s", (coll_id, corrupted))  # postings of one chunk, in the blocks the run's compaction made
     conn.execute("DELETE FROM ragpipe.text_stats WHERE collection_id = %s", (coll_id,))
     removed = Path(corpus / docs[-1][1])
     removed.unlink()  # gone from the source, no run since

@@ -190,9 +190,7 @@ def replace_documents(conn: psycopg.Connection, collection: Collection, run_id: 
         [d.body_hash for d in docs],
     )).fetchall()
     languages, fell_back = document_languages(conn, collection, docs)
-    copy_chunks(conn, collection.id, dict(rows), docs, languages)
-    if has_keyword_index(collection):
-        add_postings(conn, collection.id, [doc_id for _, doc_id in rows])
+    copy_chunks(conn, collection.id, dict(rows), docs, languages)  # keyword search reads new chunks as its delta
     for d, reason in fell_back:  # indexed, with a note: `ragpipe status --failures` lists it
         record_failure(conn, run_id, collection.id, d.source_id, d.uri, "language", reason)
 
@@ -225,15 +223,10 @@ def has_keyword_index(collection: Collection) -> bool:
     return collection.settings.get("keyword", True) is not False
 
 
-def add_postings(conn: psycopg.Connection, collection_id: int, document_ids: list[int] | None) -> None:
-    """Write the BM25 impact postings of these documents' chunks (None: every chunk's) into the delta
-    (ragpipe.add_postings), which keyword_search reads beside the blocks."""
-    conn.execute(_q("add_postings"), (collection_id, document_ids))
-
-
 def compact_postings(conn: psycopg.Connection, collection_id: int, full_merge: bool = False) -> str:
-    """Turn the collection's postings delta into a segment of blocks, or merge every segment into one
-    (ragpipe.compact_postings); returns what it did."""
+    """Turn the chunks loaded since the last compaction (keyword search's delta) into a segment of
+    BM25 postings in blocks, merging segments as they pile up; `full_merge` makes them all again from
+    the chunks (ragpipe.compact_postings). Returns what it did."""
     return conn.execute(_q("compact_postings"), (collection_id, full_merge)).fetchone()[0]
 
 

@@ -104,6 +104,10 @@ DECLARE
     rounds_probed int := 0;
     max_s double precision := coalesce((coll.settings #>> '{index,max_search_s}')::double precision, 30);
     has_blocks boolean := EXISTS (SELECT FROM ragpipe.posting_segments g WHERE g.collection_id = coll.id);
+    upto bigint := (SELECT coalesce(max(g.upto), 0) FROM ragpipe.posting_segments g WHERE g.collection_id = coll.id);
+    delta_words bigint[];
+    delta_ids bigint[];
+    delta_parts double precision[];
     has_dead boolean := EXISTS (SELECT FROM ragpipe.dead_chunks d WHERE d.collection_id = coll.id);
 BEGIN
     IF coll.settings ->> 'keyword' = 'false' THEN
@@ -133,59 +137,63 @@ BEGIN
     IF words IS NULL THEN
         RETURN;
     END IF;
+    -- The delta (chunks loaded since the last compaction) is read in full, once: its chunks' exact
+    -- scores, from their tsvectors.
+    SELECT array_agg(d.i), array_agg(d.id), array_agg(d.part) INTO delta_words, delta_ids, delta_parts
+    FROM (SELECT x.i, ch.id, x.idf * ragpipe.bm25_tf(cardinality(t.positions), length(ch.tsv), avg_len) AS part
+          FROM ragpipe.chunks ch CROSS JOIN LATERAL unnest(ch.tsv) t
+          JOIN unnest(words, idfs) WITH ORDINALITY AS x(w, idf, i) ON x.w = t.lexeme
+          WHERE ch.collection_id = coll.id AND ch.id > upto AND (filter IS NULL OR ch.metadata @> filter)) d;
     LOOP
         PERFORM ragpipe.check_search_time(max_s);
-        -- Each word's best `depth` postings of the delta, and its first ceil(depth / 128) blocks of
-        -- every segment (a deleted chunk's postings in blocks are skipped).
+        -- Each word's first ceil(depth / 128) blocks of every segment (a deleted chunk's postings in
+        -- blocks are skipped), and the delta's scores (whole: nothing of such a chunk is left unread).
         WITH q AS MATERIALIZED (
             SELECT x.i, x.w, x.idf FROM unnest(words, idfs) WITH ORDINALITY AS x(w, idf, i)),
-        delta AS MATERIALIZED (
-            SELECT q.i, p.chunk_id, p.impact, q.idf * ragpipe.bm25_tf(p.tf, p.len, avg_len) AS part
-            FROM q CROSS JOIN LATERAL (
-                SELECT po.chunk_id, po.impact, po.tf, po.len FROM ragpipe.postings po
-                WHERE po.collection_id = coll.id AND po.lexeme = q.w
-                  AND (filter IS NULL OR EXISTS (
-                      SELECT FROM ragpipe.chunks ch
-                      WHERE ch.collection_id = coll.id AND ch.id = po.chunk_id AND ch.metadata @> filter))
-                ORDER BY po.impact DESC
-                LIMIT depth) p),
         blocks AS MATERIALIZED (
-            SELECT q.i, b.block, b.last, b.min_impact, b.chunk_ids, b.tfs, b.lens
+            SELECT q.i, b.block, b.last, b.min_impact, b.base, b.ids, b.wide_ids, b.tfs, b.lens
             FROM q JOIN ragpipe.posting_blocks b
                 ON b.collection_id = coll.id AND b.lexeme = q.w AND b.block < (depth + 127) / 128
             WHERE has_blocks),
-        read AS MATERIALIZED (
-            SELECT d.i, d.chunk_id, d.part FROM delta d
+        posted AS (
+            SELECT b.i, b.base + u.off AS chunk_id, u.tf, u.len
+            FROM blocks b CROSS JOIN LATERAL unnest(b.ids, b.tfs, b.lens) AS u(off, tf, len)
+            WHERE b.ids IS NOT NULL
             UNION ALL
-            SELECT b.i, u.chunk_id, q.idf * ragpipe.bm25_tf(u.tf, u.len, avg_len)
-            FROM blocks b JOIN q ON q.i = b.i
-            CROSS JOIN LATERAL unnest(b.chunk_ids, b.tfs, b.lens) AS u(chunk_id, tf, len)
+            SELECT b.i, u.chunk_id, u.tf, u.len
+            FROM blocks b CROSS JOIN LATERAL unnest(b.wide_ids, b.tfs, b.lens) AS u(chunk_id, tf, len)
+            WHERE b.wide_ids IS NOT NULL),
+        read AS MATERIALIZED (
+            SELECT d.i, d.chunk_id, d.part, true AS whole
+            FROM unnest(delta_words, delta_ids, delta_parts) AS d(i, chunk_id, part)
+            UNION ALL
+            SELECT u.i, u.chunk_id, q.idf * ragpipe.bm25_tf(u.tf, u.len, avg_len), false
+            FROM posted u JOIN q ON q.i = u.i
             WHERE (NOT has_dead OR NOT EXISTS (
                       SELECT FROM ragpipe.dead_chunks dc WHERE dc.collection_id = coll.id AND dc.chunk_id = u.chunk_id))
               AND (filter IS NULL OR EXISTS (
                       SELECT FROM ragpipe.chunks ch
                       WHERE ch.collection_id = coll.id AND ch.id = u.chunk_id AND ch.metadata @> filter))),
         cut AS MATERIALIZED (  -- the most a chunk not read in a word's lists may still have of it
-            SELECT q.i, q.idf * slack * greatest(
-                       (SELECT CASE WHEN count(*) >= depth THEN min(d.impact) ELSE 0 END FROM delta d WHERE d.i = q.i),
-                       coalesce((SELECT max(b.min_impact) FROM blocks b
-                                 WHERE b.i = q.i AND NOT b.last AND b.block = (depth + 127) / 128 - 1), 0)) AS bound
+            SELECT q.i, q.idf * slack * coalesce((SELECT max(b.min_impact) FROM blocks b
+                                                  WHERE b.i = q.i AND NOT b.last AND b.block = (depth + 127) / 128 - 1),
+                                                 0) AS bound
             FROM q),
         total AS (
             SELECT sum(c.bound) AS unseen, count(*) FILTER (WHERE c.bound > 0) AS open_words FROM cut c),
         per AS MATERIALIZED (
             SELECT r.chunk_id, sum(r.part) AS known, sum(c.bound) AS seen_bound,
-                   count(*) FILTER (WHERE c.bound > 0) AS seen_open
+                   count(*) FILTER (WHERE c.bound > 0) AS seen_open, bool_or(r.whole) AS whole
             FROM read r JOIN cut c ON c.i = r.i
             GROUP BY r.chunk_id),
         th AS (
             SELECT greatest(theta, CASE WHEN count(*) < k THEN 0 ELSE min(b.known) END) AS theta
             FROM (SELECT p.known FROM per p ORDER BY p.known DESC LIMIT k) b),
         pool AS (  -- the chunks that can still pass theta, best bound first
-            SELECT p.chunk_id, p.known, p.seen_open < t.open_words AS open,
-                   p.known + greatest(t.unseen - p.seen_bound, 0) AS ub
+            SELECT p.chunk_id, p.known, NOT p.whole AND p.seen_open < t.open_words AS open,
+                   p.known + CASE WHEN p.whole THEN 0 ELSE greatest(t.unseen - p.seen_bound, 0) END AS ub
             FROM per p, total t, th
-            WHERE p.known + greatest(t.unseen - p.seen_bound, 0) >= th.theta)
+            WHERE p.known + CASE WHEN p.whole THEN 0 ELSE greatest(t.unseen - p.seen_bound, 0) END >= th.theta)
         SELECT t.unseen, t.open_words, th.theta,
                (SELECT array_agg(pool.chunk_id ORDER BY pool.ub DESC, pool.chunk_id) FROM pool),
                (SELECT array_agg(pool.known ORDER BY pool.ub DESC, pool.chunk_id) FROM pool),
@@ -245,23 +253,32 @@ $fn$;
 
 DROP FUNCTION IF EXISTS ragpipe.words_query(text[]);  -- the tsvector path of keyword_search used it
 
--- keyword_postings: every live posting of every collection, one row a posting (the delta's with their
--- stored impact; those in blocks with their segment), for audits (ragpipe verify) and tests.
-CREATE OR REPLACE VIEW ragpipe.keyword_postings AS
-SELECT p.collection_id, p.lexeme, p.chunk_id, p.tf, p.len, p.impact, NULL::int AS segment
-FROM ragpipe.postings p
+-- keyword_postings: every live posting of every collection, one row a posting (the delta's, made from
+-- its chunks' tsvectors, with segment NULL; those in blocks with their segment), for audits
+-- (ragpipe verify) and tests.
+DROP VIEW IF EXISTS ragpipe.keyword_postings;
+CREATE VIEW ragpipe.keyword_postings AS
+SELECT c.collection_id, t.lexeme, c.id AS chunk_id, cardinality(t.positions) AS tf, length(c.tsv) AS len,
+       NULL::int AS segment
+FROM ragpipe.chunks c CROSS JOIN LATERAL unnest(c.tsv) t
+WHERE c.id > (SELECT coalesce(max(g.upto), 0) FROM ragpipe.posting_segments g WHERE g.collection_id = c.collection_id)
+  AND coalesce((SELECT k.settings ->> 'keyword' FROM ragpipe.collections k WHERE k.id = c.collection_id), '') <> 'false'
 UNION ALL
-SELECT b.collection_id, b.lexeme, u.chunk_id, u.tf, u.len, NULL::real, b.segment
-FROM ragpipe.posting_blocks b CROSS JOIN LATERAL unnest(b.chunk_ids, b.tfs, b.lens) AS u(chunk_id, tf, len)
-WHERE NOT EXISTS (SELECT FROM ragpipe.dead_chunks d WHERE d.collection_id = b.collection_id AND d.chunk_id = u.chunk_id);
+SELECT b.collection_id, b.lexeme, coalesce(u.wide, b.base + u.off), u.tf, u.len, b.segment
+FROM ragpipe.posting_blocks b CROSS JOIN LATERAL unnest(b.ids, b.wide_ids, b.tfs, b.lens) AS u(off, wide, tf, len)
+WHERE NOT EXISTS (SELECT FROM ragpipe.dead_chunks d
+                  WHERE d.collection_id = b.collection_id AND d.chunk_id = coalesce(u.wide, b.base + u.off));
 
--- compact_postings: the delta (ragpipe.postings) of a collection becomes a new segment of blocks
--- (sql/migrations/014_posting_blocks.sql), in one transaction: a search sees the postings before or
--- after, and a crash leaves the old ones. Every segment, the delta and the impacts are merged into
--- one segment instead (`full_merge`, or when there are 8 segments, or deleted chunks are 10% of the
--- collection), which drops deleted chunks' postings for good. Blocks hold each word's postings best
--- impact first (bm25_tf with text_stats.impact_length), 128 a block. Returns what it did. Called under
--- the collection's exclusive lock (a run's finalize, verify --repair): no chunk is deleted meanwhile.
+-- compact_postings: the delta (the collection's chunks loaded since its last compaction: ids above
+-- every segment's `upto`) becomes a new segment of blocks (ragpipe.write_blocks,
+-- sql/migrations/015_blocks_from_chunks.sql), in one transaction: a search sees the postings before
+-- or after, and a crash leaves the old ones. Segments merge log-structured: at 8 segments, every
+-- segment but the largest (when it holds at least as many postings as the rest) is merged into the
+-- new one, read from their blocks. `full_merge` (and deleted chunks past 10% of the collection)
+-- makes one segment again from every chunk's tsvector, which drops deleted chunks' postings for good
+-- and repairs any block. Blocks hold each word's postings best impact first (bm25_tf with
+-- text_stats.impact_length), 128 a block. It holds a SHARE lock on the collection's chunks (loads
+-- wait; searches do not), so no chunk can commit below the new `upto` afterwards. Returns what it did.
 CREATE OR REPLACE FUNCTION ragpipe.compact_postings(collection int, full_merge boolean DEFAULT false)
 RETURNS text LANGUAGE plpgsql SECURITY DEFINER SET search_path = ragpipe, public, pg_temp
 AS $fn$
@@ -271,57 +288,76 @@ DECLARE
     segments int;
     next_segment int;
     dead bigint;
+    upto_old bigint;
+    upto_new bigint;
+    merged int[];
     written bigint;
 BEGIN
     PERFORM pg_advisory_xact_lock(7266102, collection);  -- one compaction of a collection at a time
-    SELECT s.impact_length, s.chunks INTO mean, chunks FROM ragpipe.text_stats s WHERE s.collection_id = collection;
-    IF mean IS NULL THEN
-        RETURN 'nothing to compact';
-    END IF;
-    SELECT count(*), coalesce(max(g.segment), 0) + 1 INTO segments, next_segment
+    EXECUTE format('LOCK TABLE ragpipe.%I IN SHARE MODE', ragpipe.chunk_partition(collection));
+    SELECT count(*), coalesce(max(g.segment), 0) + 1, coalesce(max(g.upto), 0)
+    INTO segments, next_segment, upto_old
     FROM ragpipe.posting_segments g WHERE g.collection_id = collection;
-    SELECT count(*) INTO dead FROM ragpipe.dead_chunks d WHERE d.collection_id = collection;
-    full_merge := full_merge OR segments >= 8 OR (segments > 0 AND dead > 0.1 * greatest(chunks, 1));
-    IF NOT full_merge AND NOT EXISTS (SELECT FROM ragpipe.postings p WHERE p.collection_id = collection) THEN
-        RETURN 'nothing to compact';
-    END IF;
-    CREATE TEMP TABLE compacting ON COMMIT DROP AS
-    SELECT p.lexeme, p.chunk_id, p.tf, p.len FROM ragpipe.postings p WHERE p.collection_id = collection;
-    IF full_merge THEN
-        INSERT INTO compacting
-        SELECT b.lexeme, u.chunk_id, u.tf, u.len
-        FROM ragpipe.posting_blocks b CROSS JOIN LATERAL unnest(b.chunk_ids, b.tfs, b.lens) u(chunk_id, tf, len)
-        WHERE b.collection_id = collection
-          AND NOT EXISTS (SELECT FROM ragpipe.dead_chunks d WHERE d.collection_id = collection AND d.chunk_id = u.chunk_id);
-    END IF;
-    INSERT INTO ragpipe.posting_blocks (collection_id, lexeme, segment, block, min_impact, last, chunk_ids, tfs, lens)
-    SELECT collection, r.lexeme, next_segment, r.blk, min(r.impact), bool_or(r.rn = r.cnt),
-           array_agg(r.chunk_id ORDER BY r.rn), array_agg(r.tf::int2 ORDER BY r.rn), array_agg(r.len::int2 ORDER BY r.rn)
-    FROM (SELECT x.*, (x.rn - 1) / 128 AS blk FROM (
-              SELECT c.lexeme, c.chunk_id, c.tf, c.len, ragpipe.bm25_tf(c.tf, c.len, mean)::real AS impact,
-                     row_number() OVER w AS rn, count(*) OVER (PARTITION BY c.lexeme) AS cnt
-              FROM compacting c
-              WINDOW w AS (PARTITION BY c.lexeme ORDER BY ragpipe.bm25_tf(c.tf, c.len, mean) DESC, c.chunk_id)) x) r
-    GROUP BY r.lexeme, r.blk;
-    GET DIAGNOSTICS written = ROW_COUNT;
-    -- the delta rows compacted, not rows a writer added since (a chunk's rows come in one statement)
-    DELETE FROM ragpipe.postings p
-    WHERE p.collection_id = collection AND p.chunk_id IN (SELECT c.chunk_id FROM compacting c);
-    IF full_merge THEN
-        DELETE FROM ragpipe.posting_blocks b WHERE b.collection_id = collection AND b.segment <> next_segment;
+    SELECT max(c.id), count(*) INTO upto_new, chunks FROM ragpipe.chunks c WHERE c.collection_id = collection;
+    IF upto_new IS NULL THEN  -- no chunks: no postings
+        DELETE FROM ragpipe.posting_blocks b WHERE b.collection_id = collection;
         DELETE FROM ragpipe.posting_segments g WHERE g.collection_id = collection;
         DELETE FROM ragpipe.dead_chunks d WHERE d.collection_id = collection;
+        RETURN 'nothing to compact';
     END IF;
-    INSERT INTO ragpipe.posting_segments (collection_id, segment, postings)
-    SELECT collection, next_segment, count(*) FROM compacting;
+    SELECT s.impact_length INTO mean FROM ragpipe.text_stats s WHERE s.collection_id = collection;
+    IF mean IS NULL THEN  -- the collection's first compaction: its mean length, kept from now on
+        SELECT avg(length(c.tsv)) INTO mean FROM ragpipe.chunks c WHERE c.collection_id = collection;
+        INSERT INTO ragpipe.text_stats AS s (collection_id, chunks, avg_length, impact_length)
+        VALUES (collection, 0, mean, mean)
+        ON CONFLICT (collection_id) DO UPDATE SET impact_length = coalesce(s.impact_length, excluded.impact_length)
+        RETURNING s.impact_length INTO mean;
+    END IF;
+    SELECT count(*) INTO dead FROM ragpipe.dead_chunks d WHERE d.collection_id = collection;
+    full_merge := full_merge OR (segments > 0 AND dead > 0.1 * greatest(chunks, 1));
+    IF full_merge THEN
+        upto_old := 0;
+        SELECT array_agg(g.segment) INTO merged FROM ragpipe.posting_segments g WHERE g.collection_id = collection;
+    ELSIF upto_new <= upto_old THEN
+        RETURN 'nothing to compact';
+    ELSIF segments + 1 >= 8 THEN  -- every segment but a largest that outweighs the others
+        SELECT array_agg(g.segment) INTO merged FROM ragpipe.posting_segments g
+        WHERE g.collection_id = collection AND g.segment IS DISTINCT FROM (
+            SELECT l.segment FROM ragpipe.posting_segments l WHERE l.collection_id = collection
+              AND 2 * l.postings >= (SELECT sum(a.postings) FROM ragpipe.posting_segments a
+                                     WHERE a.collection_id = collection)
+            ORDER BY l.postings DESC LIMIT 1);
+    END IF;
+    merged := coalesce(merged, '{}');
+    CREATE TEMP TABLE compacting ON COMMIT DROP AS
+    SELECT t.lexeme, c.id AS chunk_id, cardinality(t.positions) AS tf, length(c.tsv) AS len
+    FROM ragpipe.chunks c CROSS JOIN LATERAL unnest(c.tsv) t
+    WHERE c.collection_id = collection AND c.id > upto_old;
+    IF NOT full_merge AND cardinality(merged) > 0 THEN
+        INSERT INTO compacting
+        SELECT b.lexeme, coalesce(u.wide, b.base + u.off), u.tf, u.len
+        FROM ragpipe.posting_blocks b CROSS JOIN LATERAL unnest(b.ids, b.wide_ids, b.tfs, b.lens) u(off, wide, tf, len)
+        WHERE b.collection_id = collection AND b.segment = ANY (merged)
+          AND NOT EXISTS (SELECT FROM ragpipe.dead_chunks d
+                          WHERE d.collection_id = collection AND d.chunk_id = coalesce(u.wide, b.base + u.off));
+    END IF;
+    written := ragpipe.write_blocks(collection, next_segment, mean);
+    DELETE FROM ragpipe.posting_blocks b WHERE b.collection_id = collection AND b.segment = ANY (merged);
+    DELETE FROM ragpipe.posting_segments g WHERE g.collection_id = collection AND g.segment = ANY (merged);
+    IF full_merge THEN
+        DELETE FROM ragpipe.dead_chunks d WHERE d.collection_id = collection;
+    END IF;
+    INSERT INTO ragpipe.posting_segments (collection_id, segment, postings, upto)
+    SELECT collection, next_segment, count(*), upto_new FROM compacting;
     DROP TABLE compacting;
-    RETURN format('%s: segment %s, %s blocks', CASE WHEN full_merge THEN 'merged' ELSE 'compacted' END,
-                  next_segment, written);
+    RETURN format('%s: segment %s, %s blocks', CASE WHEN full_merge THEN 'rebuilt'
+                  WHEN cardinality(merged) > 0 THEN format('merged %s segments', cardinality(merged))
+                  ELSE 'compacted' END, next_segment, written);
 END
 $fn$;
 REVOKE ALL ON FUNCTION ragpipe.compact_postings(int, boolean) FROM PUBLIC;
 
--- refresh_impacts: the stored impacts (the delta's, and the blocks' order) follow the collection's
+-- refresh_impacts: the blocks' order (their impacts) follows the collection's
 -- mean length once it drifted more than max_drift from the one they use. True if recomputed.
 CREATE OR REPLACE FUNCTION ragpipe.refresh_impacts(collection int, max_drift double precision DEFAULT 0.2)
 RETURNS boolean LANGUAGE plpgsql SECURITY DEFINER SET search_path = ragpipe, public, pg_temp
@@ -335,8 +371,6 @@ BEGIN
         RETURN false;
     END IF;
     UPDATE ragpipe.text_stats s SET impact_length = stats.avg_length WHERE s.collection_id = collection;
-    UPDATE ragpipe.postings p SET impact = ragpipe.bm25_tf(p.tf, p.len, stats.avg_length)
-    WHERE p.collection_id = collection;
     IF EXISTS (SELECT FROM ragpipe.posting_segments g WHERE g.collection_id = collection) THEN
         PERFORM ragpipe.compact_postings(collection, true);  -- the blocks, ordered by the new impacts
     END IF;

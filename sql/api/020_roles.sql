@@ -69,11 +69,9 @@ BEGIN
     EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON ragpipe.collections, ragpipe.documents, '
                    'ragpipe.chunks, ragpipe.ingest_runs, ragpipe.ingest_failures, ragpipe.embedding_cache TO %I',
                    role_name);
-    EXECUTE format('GRANT SELECT, DELETE ON ragpipe.postings TO %I', role_name);
     EXECUTE format('GRANT SELECT, DELETE ON ragpipe.posting_blocks, ragpipe.posting_segments TO %I', role_name);
     EXECUTE format('GRANT SELECT, INSERT, DELETE ON ragpipe.dead_chunks TO %I', role_name);
-    EXECUTE format('GRANT EXECUTE ON FUNCTION ragpipe.add_postings(int, bigint[]), '
-                   'ragpipe.compact_postings(int, boolean) TO %I', role_name);
+    EXECUTE format('GRANT EXECUTE ON FUNCTION ragpipe.compact_postings(int, boolean) TO %I', role_name);
     EXECUTE format('GRANT EXECUTE ON FUNCTION ragpipe.promote_version(text, int), ragpipe.rollback_version(text), '
                    'ragpipe.version_name(text, int) TO %I', role_name);
     EXECUTE format('GRANT SELECT ON ragpipe.schema_migrations TO %I', role_name);
@@ -93,8 +91,8 @@ DO $$
 DECLARE
     r name;
 BEGIN  -- loader roles granted by an older release: what postings in blocks need of them
-    FOR r IN SELECT DISTINCT grantee FROM information_schema.routine_privileges
-             WHERE routine_schema = 'ragpipe' AND routine_name = 'add_postings'
+    FOR r IN SELECT DISTINCT grantee FROM information_schema.table_privileges
+             WHERE table_schema = 'ragpipe' AND table_name = 'chunks' AND privilege_type = 'INSERT'
                AND grantee NOT IN (current_user, 'PUBLIC', 'ragpipe_loader') LOOP
         EXECUTE format('GRANT SELECT, DELETE ON ragpipe.posting_blocks, ragpipe.posting_segments TO %I', r);
         EXECUTE format('GRANT SELECT, INSERT, DELETE ON ragpipe.dead_chunks TO %I', r);

@@ -160,15 +160,11 @@ WITH gone AS (
     WHERE c.collection_id = %(collection_id)s AND c.document_id = d.id
       AND d.collection_id = %(collection_id)s AND d.source_id = ANY(%(source_ids)s)
     RETURNING c.id, c.content_hash, c.embedding),
-unposted AS (
-    DELETE FROM ragpipe.postings p
-    WHERE p.collection_id = %(collection_id)s AND p.chunk_id IN (SELECT id FROM gone)
-    RETURNING p.chunk_id),
 masked AS (  -- postings already in blocks are skipped by searches until a compaction drops them
     INSERT INTO ragpipe.dead_chunks (collection_id, chunk_id)
     SELECT %(collection_id)s, g.id FROM gone g
-    WHERE EXISTS (SELECT FROM ragpipe.posting_segments s WHERE s.collection_id = %(collection_id)s)
-      AND NOT EXISTS (SELECT FROM unposted u WHERE u.chunk_id = g.id)
+    WHERE g.id <= (SELECT coalesce(max(s.upto), 0) FROM ragpipe.posting_segments s
+                   WHERE s.collection_id = %(collection_id)s)
     ON CONFLICT DO NOTHING)
 INSERT INTO ragpipe.embedding_cache (model, content_hash, embedding)
 SELECT DISTINCT ON (content_hash) %(model)s, content_hash, embedding FROM gone
@@ -247,7 +243,7 @@ SELECT count(*) FROM ragpipe.chunks WHERE collection_id = %s;
 SELECT * FROM ragpipe.build_hnsw_index(%s);
 
 -- name: collection_partitions
-SELECT ragpipe.chunk_partition(%(id)s), ragpipe.postings_partition(%(id)s), ragpipe.blocks_partition(%(id)s);
+SELECT ragpipe.chunk_partition(%(id)s), ragpipe.blocks_partition(%(id)s);
 
 -- name: analyze_collection
 SELECT ragpipe.analyze_collection(%s);
@@ -262,9 +258,6 @@ WHERE id = %s;
 
 -- name: refresh_impacts
 SELECT ragpipe.refresh_impacts(%(collection)s);
-
--- name: add_postings
-SELECT ragpipe.add_postings(%s, %s);
 
 -- name: compact_postings
 SELECT ragpipe.compact_postings(%s, %s);

@@ -50,26 +50,15 @@ SELECT format('DROP INDEX ragpipe.%I', ragpipe.hnsw_index_name(%s));
 UPDATE ragpipe.documents SET fingerprint = NULL, content_hash = ''
 WHERE collection_id = %s AND source_id = ANY(%s);
 
--- name: repair_postings
--- Every posting of the collection made again from its chunks (into the delta; compacted after).
-WITH blocks AS (DELETE FROM ragpipe.posting_blocks WHERE collection_id = %(collection)s),
-     segments AS (DELETE FROM ragpipe.posting_segments WHERE collection_id = %(collection)s),
-     dead AS (DELETE FROM ragpipe.dead_chunks WHERE collection_id = %(collection)s)
-DELETE FROM ragpipe.postings WHERE collection_id = %(collection)s;
-
 -- name: drop_chunks
--- The chunks and postings of documents to be read again (not kept in the embedding cache: they are
+-- The chunks of documents to be read again (their postings in blocks masked) (not kept in the embedding cache: they are
 -- what is wrong).
 WITH gone AS (
     DELETE FROM ragpipe.chunks c USING ragpipe.documents d
     WHERE c.collection_id = %(collection)s AND c.document_id = d.id AND d.collection_id = %(collection)s
       AND d.source_id = ANY(%(source_ids)s)
-    RETURNING c.id),
-unposted AS (
-    DELETE FROM ragpipe.postings p WHERE p.collection_id = %(collection)s AND p.chunk_id IN (SELECT id FROM gone)
-    RETURNING p.chunk_id)
+    RETURNING c.id)
 INSERT INTO ragpipe.dead_chunks (collection_id, chunk_id)
 SELECT %(collection)s, g.id FROM gone g
-WHERE EXISTS (SELECT FROM ragpipe.posting_segments s WHERE s.collection_id = %(collection)s)
-  AND NOT EXISTS (SELECT FROM unposted u WHERE u.chunk_id = g.id)
+WHERE g.id <= (SELECT coalesce(max(s.upto), 0) FROM ragpipe.posting_segments s WHERE s.collection_id = %(collection)s)
 ON CONFLICT DO NOTHING
