@@ -11,6 +11,8 @@
 -- migration (about 10 s per 100,000 chunks, docs/keyword-search.md).
 DROP INDEX IF EXISTS ragpipe.chunks_tsv_idx;
 
+DROP VIEW IF EXISTS ragpipe.keyword_postings;  -- the SQL API makes it again, over the blocks and the chunks
+
 DROP FUNCTION IF EXISTS ragpipe.add_postings(int, bigint[]);
 DROP TABLE ragpipe.postings;
 DROP FUNCTION ragpipe.postings_partition(int);
@@ -26,7 +28,8 @@ COMMENT ON COLUMN ragpipe.posting_segments.upto IS
     'The largest chunk id this segment was compacted up to: chunks above every segment''s are the delta';
 
 -- The blocks of one new segment from the postings in pg_temp.compacting (lexeme, chunk_id, tf, len):
--- per word, best impact (bm25_tf with `mean`) first, 128 a block. Returns the blocks written.
+-- per word, best impact (bm25_tf with `mean`) first, 128 a block, ids as offsets from the word's
+-- smallest (whole when the word's ids span 2^31 or more). Returns the blocks written.
 CREATE FUNCTION ragpipe.write_blocks(collection int, segment int, mean double precision) RETURNS bigint
 LANGUAGE plpgsql SET search_path = ragpipe, public, pg_temp AS $fn$
 DECLARE
@@ -34,19 +37,17 @@ DECLARE
 BEGIN
     INSERT INTO ragpipe.posting_blocks
         (collection_id, lexeme, segment, block, min_impact, last, base, ids, wide_ids, tfs, lens)
-    SELECT collection, r.lexeme, segment, r.blk, min(r.impact), bool_or(r.rn = r.cnt), min(r.base),
-           array_agg((r.chunk_id - r.base)::int4 ORDER BY r.rn) FILTER (WHERE r.span < 2147483648),
-           array_agg(r.chunk_id ORDER BY r.rn) FILTER (WHERE r.span >= 2147483648),
-           array_agg(r.tf::int2 ORDER BY r.rn), array_agg(r.len::int2 ORDER BY r.rn)
-    FROM (SELECT x.*, min(x.chunk_id) OVER b AS base, max(x.chunk_id) OVER b - min(x.chunk_id) OVER b AS span
-          FROM (SELECT y.*, (y.rn - 1) / 128 AS blk
-                FROM (SELECT c.lexeme, c.chunk_id, c.tf, c.len, ragpipe.bm25_tf(c.tf, c.len, mean)::real AS impact,
-                             row_number() OVER w AS rn, count(*) OVER (PARTITION BY c.lexeme) AS cnt
-                      FROM pg_temp.compacting c
-                      WINDOW w AS (PARTITION BY c.lexeme ORDER BY ragpipe.bm25_tf(c.tf, c.len, mean) DESC, c.chunk_id)) y
-               ) x
-          WINDOW b AS (PARTITION BY x.lexeme, x.blk)) r
-    GROUP BY r.lexeme, r.blk;
+    SELECT collection, r.lexeme, segment, (r.rn - 1) / 128, min(r.impact), bool_or(r.rn = r.cnt), min(r.base),
+           array_agg((r.chunk_id - r.base)::int4) FILTER (WHERE r.span < 2147483648),
+           array_agg(r.chunk_id) FILTER (WHERE r.span >= 2147483648),
+           array_agg(r.tf::int2), array_agg(r.len::int2)
+    FROM (SELECT c.lexeme COLLATE "C" AS lexeme, c.chunk_id, c.tf, c.len, ragpipe.bm25_tf(c.tf, c.len, mean)::real AS impact,
+                 row_number() OVER w AS rn, count(*) OVER l AS cnt,
+                 min(c.chunk_id) OVER l AS base, max(c.chunk_id) OVER l - min(c.chunk_id) OVER l AS span
+          FROM pg_temp.compacting c
+          WINDOW l AS (PARTITION BY c.lexeme COLLATE "C"),
+                 w AS (PARTITION BY c.lexeme COLLATE "C" ORDER BY ragpipe.bm25_tf(c.tf, c.len, mean) DESC, c.chunk_id)) r
+    GROUP BY r.lexeme, (r.rn - 1) / 128;  -- each array in the same (impact) order: one aggregate pass
     GET DIAGNOSTICS written = ROW_COUNT;
     RETURN written;
 END
