@@ -19,6 +19,11 @@ DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 TASK_TIMEOUT_DEFAULTS = {"plan": 1800.0, "batch": 3600.0, "finalize": 3600.0, "smoke_check": 600.0}
 """Seconds; RAGPIPE_PLAN_TIMEOUT, RAGPIPE_BATCH_TIMEOUT, ... override them."""
 
+MAX_K = 1000
+"""The most results a command or an HTTP request returns (the SQL functions check their own, larger bound)."""
+MAX_NEIGHBOURS = 20
+"""The most chunks before and after a hit that RAG context brings along (ragpipe.rag_context checks it too)."""
+
 
 class SettingsError(ValueError):
     """A RAGPIPE_* variable has a value that cannot work; the message names it."""

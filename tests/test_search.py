@@ -263,6 +263,57 @@ def test_rag_context_merges_neighbours_and_cites_documents(sample, conn):
     assert len(small.context) < len(ctx.context)
 
 
+def neighbour_collection(conn, name: str):
+    """Two documents of 10 adjacent chunks each ("a0 ..." to "a9 ...", "b0 ..." to "b9 ..."), 8-dim vectors."""
+    import numpy as np
+
+    from pipelines import store
+    from pipelines.chunking import Chunk
+
+    rng = np.random.default_rng(3)
+    coll = store.ensure_collection(conn, name, "sentence-transformers/all-MiniLM-L6-v2", 8, 256, 32, {"index": {}})
+    docs = []
+    for prefix in ("a", "b"):
+        texts = [f"{prefix}{i}word filler{i} text{i}" for i in range(10)]
+        starts = [sum(len(t) + 1 for t in texts[:i]) for i in range(10)]
+        chunks = [Chunk(i, t, starts[i], starts[i] + len(t), 10) for i, t in enumerate(texts)]
+        docs.append(store.LoadedDocument(f"doc-{prefix}", f"mem://{prefix}", f"Doc {prefix}", prefix, "", {}, chunks,
+                                         rng.normal(size=(10, 8)).astype(np.float32)))
+    with conn.transaction():
+        store.replace_documents(conn, coll, None, docs)
+    store.refresh_text_stats(conn, coll.id, min_change=0)
+    return coll
+
+
+def test_rag_context_brings_each_hits_neighbours_within_the_budget(conn, name):
+    """neighbours => n (#44.2): up to n chunks before and after each hit from its document, clipped at the
+    document's edges, overlapping windows merged into one passage, passages kept within max_tokens."""
+    neighbour_collection(conn, name)
+
+    def context(text: str, k: int, neighbours: int, max_tokens: int = 1000) -> tuple[str, list]:
+        return conn.execute("SELECT context, citations FROM ragpipe.rag_context(%s, %s, NULL, %s, %s, NULL, %s)",
+                            (name, text, k, max_tokens, neighbours)).fetchone()
+
+    def words(passage: str) -> list[str]:
+        return [w.removesuffix("word") for w in passage.split() if w.endswith("word")]
+
+    bare, cites = context("a0word", 1, 0)
+    assert words(bare) == ["a0"] and [c["source_id"] for c in cites] == ["doc-a"]
+    edge, _ = context("a0word", 1, 2)  # the document's first chunk: nothing before it
+    assert words(edge) == ["a0", "a1", "a2"] and edge.count("[1] Doc a") == 1, edge
+    end, _ = context("b9word", 1, 3)
+    assert words(end) == ["b6", "b7", "b8", "b9"], end
+    merged, cites = context("a3word a5word", 2, 1)  # windows 2-4 and 4-6 overlap: one passage, chunk 4 once
+    assert words(merged) == ["a2", "a3", "a4", "a5", "a6"] and merged.count("[1]") == 1 and len(cites) == 1, merged
+    assert "a3word filler3 text3 a4word filler4" in merged, "adjacent chunks joined in document order"
+    both, cites = context("a3word b5word", 2, 1)
+    assert sorted(words(both)) == ["a2", "a3", "a4", "b4", "b5", "b6"] and len(cites) == 2, both
+    budget, cites = context("a3word b5word", 2, 1, max_tokens=45)  # a passage of 3 chunks is 30 tokens
+    assert len(cites) == 1 and len(words(budget)) == 3, "the second passage does not fit in 45 tokens"
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match="neighbours must be between 0 and 20"):
+        context("a3word", 2, 21)
+
+
 def test_rag_context_merges_overlapping_chunks_exactly(ragpipe_home, db_url, tmp_path):
     """One long document in small overlapping chunks: neighbouring hits become one exact passage."""
     text = " ".join(f"Sentence {i} is about the blue heron nesting season in the marsh." for i in range(60))

@@ -145,6 +145,22 @@ def test_unknown_document_and_oversized_body_are_4xx(served, sample):
     assert got.status_code == 422 and "filter" in got.json()["detail"]
 
 
+def test_neighbours_reach_rag_context_through_python_http_and_ask(sample, served):
+    """neighbours= in Python, HTTP (rag-context and ask) and `ragpipe ask --neighbours`: the same context."""
+    question = "Does coffee affect blood vessel function?"
+    bare = api.rag_context(question, collection=sample, k=2, max_tokens=5000)
+    wide = api.rag_context(question, collection=sample, k=2, max_tokens=5000, neighbours=2)
+    assert len(wide.context) > len(bare.context) and wide.citations[0] == bare.citations[0]
+    got = httpx.post(f"{served}/api/rag-context", timeout=30,
+                     json=dict(collection=sample, q=question, k=2, max_tokens=5000, neighbours=2)).json()
+    assert got["context"] == wide.context and got["citations"] == wide.citations
+    bad = httpx.post(f"{served}/api/rag-context", timeout=30, json=dict(collection=sample, q=question, neighbours=99))
+    assert bad.status_code == 422
+    out = ragpipe("ask", question, "-c", sample, "-k", "2", "--max-tokens", "5000", "--neighbours", "2",
+                  env={"RAGPIPE_LLM_URL": ""})
+    assert wide.context in out.stdout
+
+
 def test_ask_streams_server_sent_events_from_the_llm(served, sample):
     FakeLLM.requests.clear()
     with httpx.stream("POST", f"{served}/api/ask", json=dict(collection=sample, q=QUESTION, k=3), timeout=60) as got:

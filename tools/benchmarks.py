@@ -911,11 +911,12 @@ def write_report(scale: str, seconds: float) -> Path:
     return report
 
 
-def merge_figures(path: Path, run: dict[str, Any]) -> None:
-    """Put this run's named figures into the scale's JSON file, each with the run it came from."""
+def merge_figures(path: Path, run: dict[str, Any], named: dict[str, float] | None = None) -> None:
+    """Put this run's named figures (default: `figures`) into the scale's JSON file, each with the run it
+    came from (run: cpu, date, command)."""
     doc = json.loads(path.read_text()) if path.exists() else {"cpu": run["cpu"], "figures": {}}
     doc.setdefault("figure_runs", {})
-    for key, value in figures.items():
+    for key, value in (figures if named is None else named).items():
         doc["figures"][key] = value
         doc["figure_runs"][key] = f"{run['date']}: {run['command']} on {run['cpu']['model']}"
     path.write_text(json.dumps(doc, indent=1) + "\n")

@@ -1,18 +1,21 @@
 """Keyword search before and after a compaction, side by side on one collection: the chunks just loaded
 (the delta, scored in full from their tsvectors) against the same postings in blocks.
 
-    python -m tools.keyword_layouts --chunks 100000 --queries 100
+    python -m tools.keyword_layouts --chunks 100000 --queries 100 [--record docs/benchmarks.json]
 
 Chunks are 2-4 neighbouring sentences of the bench corpus (NFCorpus), with 8-dimension random vectors
 (keyword search never reads them); queries are the corpus's queries. Prints the machine, the load
 time (the chunks' COPY: loads write nothing for keyword search) and the compaction's, the size of
 the blocks (bytes a posting), keyword p50/p95 of each, and whether the two return the same top 10
-(they must: both are exact BM25)."""
+(they must: both are exact BM25). --record merges the figures into a results file under named keys
+(storage.1m.keyword_bytes_per_posting, search.1m.keyword_p50_ms, loading.1m.seconds, ...)."""
 
 import argparse
 import json
 import statistics
 import time
+from datetime import date
+from pathlib import Path
 
 import numpy as np
 
@@ -66,6 +69,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--chunks", type=int, default=100_000)
     parser.add_argument("--queries", type=int, default=100)
+    parser.add_argument("--delta-queries", type=int, default=20, help="queries timed on the delta (read in full)")
+    parser.add_argument("--record", type=Path, help="a results file (docs/benchmarks*.json) to merge the figures into")
     args = parser.parse_args()
     from pipelines.embed.hardware import cpu_model_and_flags
 
@@ -78,7 +83,7 @@ def main() -> None:
         postings = conn.execute("SELECT count(*) FROM ragpipe.keyword_postings WHERE collection_id = %s",
                                 (coll.id,)).fetchone()[0]
         chunks_mb = conn.execute(SIZE, ([f"chunks_c{coll.id}"],)).fetchone()[0] / 2**20
-        few = queries[:max(10, len(queries) // 5)]  # the delta is read in full: slow by design
+        few = queries[:args.delta_queries]  # the delta is read in full: slow by design
         timed(conn, name, few[:3])  # warm
         delta_ms, delta_top = timed(conn, name, few)
         started = time.perf_counter()
@@ -98,6 +103,28 @@ def main() -> None:
               f"{p(blocks_ms, 50):.1f} ms, p95 {p(blocks_ms, 95):.1f} ms")
         same = sum(a == b for a, b in zip(delta_top, blocks_top[:len(few)], strict=True))
         print(f"same top 10 before and after the compaction: {same} of {len(few)} queries")
+    if args.record:
+        scale = f"{args.chunks // 1_000_000}m" if args.chunks >= 1_000_000 else f"{args.chunks // 1000}k"
+        record(args.record, f"python -m tools.keyword_layouts --chunks {args.chunks} --queries {args.queries}", {
+            f"storage.{scale}.keyword_bytes_per_posting": round(blocks_size / postings, 2),
+            f"storage.{scale}.keyword_mb": round(blocks_size / 2**20, 1),
+            f"storage.{scale}.chunks_mb": round(chunks_mb, 1),
+            f"storage.{scale}.postings": postings,
+            f"loading.{scale}.seconds": round(load_s + compact_s, 1),
+            f"loading.{scale}.copy_seconds": round(load_s, 1),
+            f"loading.{scale}.keyword_compaction_seconds": round(compact_s, 1),
+            f"loading.{scale}.keyword_over_copy": round(compact_s / load_s, 3),
+            f"search.{scale}.keyword_p50_ms": round(p(blocks_ms, 50), 1),
+            f"search.{scale}.keyword_p95_ms": round(p(blocks_ms, 95), 1),
+            f"search.{scale}.keyword_delta_p50_ms": round(p(delta_ms, 50), 1),
+            f"search.{scale}.keyword_same_top10_after_compaction": round(same / len(few), 3)})
+
+
+def record(path: Path, command: str, named: dict[str, float]) -> None:
+    """Merge named figures into a results file, each with the run it came from."""
+    from tools.benchmarks import cpu_info, merge_figures
+
+    merge_figures(path, {"cpu": cpu_info(), "date": date.today().isoformat(), "command": command}, named)
 
 
 if __name__ == "__main__":

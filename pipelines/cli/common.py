@@ -7,10 +7,7 @@ from typing import Any
 import click
 
 from pipelines.config import CollectionSpec, load_collections, parse_collection
-from pipelines.settings import load_settings
-
-MAX_K = 1000
-"""The most results a command returns (the SQL functions check their own, larger bound)."""
+from pipelines.settings import MAX_K, MAX_NEIGHBOURS, load_settings  # noqa: F401 - the commands' limits
 
 
 def fail(message: str) -> None:

@@ -5,7 +5,7 @@ from typing import Any
 
 import click
 
-from pipelines.cli.common import MAX_K, emit, fail
+from pipelines.cli.common import MAX_K, MAX_NEIGHBOURS, emit, fail
 from pipelines.settings import load_settings
 
 
@@ -81,7 +81,9 @@ def similar(source_id: str, collection: str, k: int, as_json: bool) -> None:
 @click.option("-k", "--k", "k", default=8, show_default=True, type=click.IntRange(1, MAX_K), help="Chunks to retrieve.")
 @click.option("--max-tokens", default=1500, show_default=True, help="Token budget of the context.")
 @click.option("--filter", "filter_", help="Document metadata that must match (JSON).")
-def ask(question: str, collection: str, k: int, max_tokens: int, filter_: str | None) -> None:
+@click.option("--neighbours", default=0, show_default=True, type=click.IntRange(0, MAX_NEIGHBOURS),
+              help="Chunks before and after each hit to bring along from its document (its passage in context).")
+def ask(question: str, collection: str, k: int, max_tokens: int, filter_: str | None, neighbours: int) -> None:
     """Answer QUESTION from the collection with an LLM, citing the sources.
 
     Set RAGPIPE_LLM_URL to an OpenAI-compatible API (e.g. http://localhost:11434/v1 for Ollama,
@@ -94,7 +96,8 @@ def ask(question: str, collection: str, k: int, max_tokens: int, filter_: str | 
     from pipelines.search.ask import build_messages, format_citations, llm_settings, stream_answer
     from pipelines.store.database import mask_url
 
-    ctx = rag_context(question, collection, k=k, max_tokens=max_tokens, filter=parse_filter(filter_))
+    ctx = rag_context(question, collection, k=k, max_tokens=max_tokens, filter=parse_filter(filter_),
+                      neighbours=neighbours)
     messages = build_messages(question, ctx)
     settings = llm_settings()
     if settings is None:

@@ -116,12 +116,13 @@ def similar_documents(collection: str, source_id: str, k: int = 10, filter: dict
 
 
 def rag_context(question: str, collection: str, k: int = 8, max_tokens: int = 1500,
-                filter: dict[str, Any] | None = None, url: str | None = None) -> RagContext:
-    """The best passages for `question` as one numbered context, with citations."""
+                filter: dict[str, Any] | None = None, url: str | None = None, neighbours: int = 0) -> RagContext:
+    """The best passages for `question` as one numbered context, with citations; each hit with up to
+    `neighbours` chunks before and after it in its document."""
     embedding, collection = embed_query(collection, question, url)
     with connect(open_database(url)) as conn:
         return rag_context_row(conn, dict(collection=collection, text=question, embedding=embedding, k=k,
-                                          max_tokens=max_tokens, filter=jsonb_filter(filter)))
+                                          max_tokens=max_tokens, filter=jsonb_filter(filter), neighbours=neighbours))
 
 
 def grant_reader(role: str, url: str | None = None) -> None:

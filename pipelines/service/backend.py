@@ -299,7 +299,8 @@ class SearchService:
         embedding, version = self.embed(body.collection, body.q)
         with self.db.session(role) as conn:
             return rag_context_row(conn, dict(collection=version, text=body.q, embedding=embedding, k=body.k,
-                                              max_tokens=body.max_tokens, filter=jsonb_filter(body.filter)))
+                                              max_tokens=body.max_tokens, filter=jsonb_filter(body.filter),
+                                              neighbours=body.neighbours))
 
     def check_visible(self, role: str, collection: str) -> None:
         """A tenant sees only collections holding rows of its own: any other name is as unknown as one that

@@ -10,9 +10,8 @@ from pydantic import BaseModel, Field
 from pipelines.embed.errors import EmbeddingFailed
 from pipelines.service.access import Unauthorized
 from pipelines.service.database import Busy
+from pipelines.settings import MAX_K, MAX_NEIGHBOURS
 from pipelines.store.database import DatabaseError, first_line, mask_url
-
-MAX_K = 1000
 
 
 MAX_QUERY_BYTES = 8192
@@ -38,6 +37,7 @@ class RagContextRequest(BaseModel):
     k: int = Field(8, ge=1, le=MAX_K)
     max_tokens: int = Field(1500, ge=1, le=100_000)
     filter: dict[str, Any] | None = None
+    neighbours: int = Field(0, ge=0, le=MAX_NEIGHBOURS)
 
 
 def check_query(q: str) -> None:

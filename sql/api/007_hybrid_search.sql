@@ -94,13 +94,16 @@ END
 $fn$;
 
 -- rag_context: the context for a RAG prompt. Takes the best k chunks (hybrid when both query text
--- and embedding are given and the collection has a keyword index), merges chunks of one document that overlap (or nearly touch) into one
--- passage in document order, keeps passages in rank order (a passage ranks as its best chunk)
--- while they fit in max_tokens, and numbers one citation per document. Returns the context text
--- and the citations [{n, source_id, uri, title}].
+-- and embedding are given and the collection has a keyword index), each with up to `neighbours`
+-- chunks before and after it in its document (its passage in context: "small to big"), merges
+-- chunks of one document that overlap (or nearly touch) into one passage in document order, keeps
+-- passages in rank order (a passage ranks as its best hit) while they fit in max_tokens, and
+-- numbers one citation per document. Returns the context text and the citations
+-- [{n, source_id, uri, title}].
+DROP FUNCTION IF EXISTS ragpipe.rag_context(text, text, vector, int, int, jsonb);
 CREATE OR REPLACE FUNCTION ragpipe.rag_context(
     collection text, query_text text, query_embedding vector, k int DEFAULT 8, max_tokens int DEFAULT 1500,
-    filter jsonb DEFAULT NULL)
+    filter jsonb DEFAULT NULL, neighbours int DEFAULT 0)
 RETURNS TABLE (context text, citations jsonb)
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = ragpipe, public, pg_temp
 AS $fn$
@@ -113,15 +116,25 @@ DECLARE
     cite_no int;
 BEGIN
     k := ragpipe.checked_k(k);
+    IF neighbours IS NULL OR neighbours < 0 OR neighbours > 20 THEN
+        RAISE EXCEPTION 'ragpipe: neighbours must be between 0 and 20 (chunks before and after each hit), got %',
+            coalesce(neighbours::text, 'NULL') USING ERRCODE = 'invalid_parameter_value';
+    END IF;
     FOR p IN
-        WITH hits AS (
-            SELECT h.source_id, h.uri, h.title, ch.document_id AS doc, ch.char_start, ch.char_end,
-                   ch.token_count, ch.text, row_number() OVER () AS rank
+        WITH found AS (
+            SELECT h.source_id, h.uri, h.title, ch.document_id AS doc, ch.ordinal, row_number() OVER () AS rank
             FROM ragpipe.hybrid_search(collection, CASE WHEN coll.settings ->> 'keyword' = 'false' THEN NULL
                                                         ELSE query_text END,  -- keyword: false: semantic
                                        query_embedding, k, filter) h
             CROSS JOIN LATERAL (SELECT * FROM ragpipe.chunks c  -- one index probe per hit
                                 WHERE c.id = h.chunk_id AND c.collection_id = coll.id) ch),
+        hits AS (  -- each hit and its neighbours (one range of the (document_id, ordinal) index), once each
+            SELECT DISTINCT ON (n.id) f.source_id, f.uri, f.title, f.doc, n.char_start, n.char_end, n.token_count,
+                   n.text, f.rank
+            FROM found f JOIN ragpipe.chunks n
+                ON n.document_id = f.doc AND n.collection_id = coll.id
+               AND n.ordinal BETWEEN f.ordinal - neighbours AND f.ordinal + neighbours
+            ORDER BY n.id, f.rank),
         ordered AS (
             SELECT *, max(char_end) OVER (PARTITION BY doc ORDER BY char_start, char_end
                                           ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS prev_end

@@ -54,7 +54,7 @@ BEGIN
                               double precision, int, text, double precision),
         ragpipe.similar_chunks(bigint, int, jsonb),
         ragpipe.similar_documents(text, text, int, jsonb),
-        ragpipe.rag_context(text, text, vector, int, int, jsonb),
+        ragpipe.rag_context(text, text, vector, int, int, jsonb, int),
         ragpipe.get_collection(text), ragpipe.pipeline_metrics(), ragpipe.cache_metrics() TO %I', role_name);
 END
 $fn$;
@@ -104,10 +104,12 @@ $$;
 DO $$
 DECLARE
     r name;
-BEGIN  -- roles granted before hybrid search had halves (ragpipe.grant_search grants them from now on)
+BEGIN  -- roles granted before hybrid search had halves (ragpipe.grant_search grants them from now on),
     FOR r IN SELECT DISTINCT grantee FROM information_schema.routine_privileges
              WHERE routine_schema = 'ragpipe' AND routine_name = 'hybrid_search'
                AND grantee NOT IN (current_user, 'PUBLIC') LOOP
+        -- and before rag_context took neighbours (its older signature was dropped with its grants)
+        EXECUTE format('GRANT EXECUTE ON FUNCTION ragpipe.rag_context(text, text, vector, int, int, jsonb, int) TO %I', r);
         EXECUTE format('GRANT EXECUTE ON FUNCTION ragpipe.hybrid_candidates(int, int), ragpipe.fuse_rankings(text, '
                        'ragpipe.search_hit[], ragpipe.search_hit[], int, double precision, double precision, int, '
                        'text, double precision) TO %I', r);

@@ -47,7 +47,8 @@ BEGIN
           FROM pg_temp.compacting c
           WINDOW l AS (PARTITION BY c.lexeme COLLATE "C"),
                  w AS (PARTITION BY c.lexeme COLLATE "C" ORDER BY ragpipe.bm25_tf(c.tf, c.len, mean) DESC, c.chunk_id)) r
-    GROUP BY r.lexeme, (r.rn - 1) / 128;  -- each array in the same (impact) order: one aggregate pass
+    GROUP BY r.lexeme, (r.rn - 1) / 128  -- each array in the same (impact) order: one aggregate pass
+    ORDER BY r.lexeme, (r.rn - 1) / 128;  -- a word's blocks side by side on disk: a search reads few pages
     GET DIAGNOSTICS written = ROW_COUNT;
     RETURN written;
 END

@@ -46,7 +46,8 @@ FROM ragpipe.similar_documents(%(collection)s, %(source_id)s, %(k)s, %(filter)s)
 
 -- name: rag_context
 SELECT context, citations
-FROM ragpipe.rag_context(%(collection)s, %(text)s, %(embedding)s, %(k)s, %(max_tokens)s, %(filter)s);
+FROM ragpipe.rag_context(%(collection)s, %(text)s, %(embedding)s, %(k)s, %(max_tokens)s, %(filter)s,
+                         %(neighbours)s);
 
 -- name: exact
 -- Brute-force cosine ranking, the ground truth for recall: ordering by the uncast distance, which no
