@@ -312,6 +312,17 @@ def test_rag_context_brings_each_hits_neighbours_within_the_budget(conn, name):
     assert len(cites) == 1 and len(words(budget)) == 3, "the second passage does not fit in 45 tokens"
     with pytest.raises(psycopg.errors.InvalidParameterValue, match="neighbours must be between 0 and 20"):
         context("a3word", 2, 21)
+    ids = dict(conn.execute("SELECT c.text, c.id FROM ragpipe.chunks c JOIN ragpipe.collections k "
+                            "ON k.id = c.collection_id WHERE k.name = %s", (name,)).fetchall())
+
+    def around(word: str, neighbours: int) -> list[tuple[str, bool]]:
+        chunk = next(i for t, i in ids.items() if t.startswith(word))
+        return [(t.split()[0].removesuffix("word"), hit) for t, hit in conn.execute(
+            "SELECT text, hit FROM ragpipe.chunk_context(%s, %s, %s)", (name, chunk, neighbours))]
+
+    assert around("a5word", 2) == [("a3", False), ("a4", False), ("a5", True), ("a6", False), ("a7", False)]
+    assert around("b0word", 1) == [("b0", True), ("b1", False)]
+    assert conn.execute("SELECT count(*) FROM ragpipe.chunk_context(%s, -1, 2)", (name,)).fetchone()[0] == 0
 
 
 def test_rag_context_merges_overlapping_chunks_exactly(ragpipe_home, db_url, tmp_path):

@@ -161,6 +161,22 @@ def test_neighbours_reach_rag_context_through_python_http_and_ask(sample, served
     assert wide.context in out.stdout
 
 
+def test_a_chunk_in_context_over_http_and_python(sample, served):
+    """GET /api/chunks/{collection}/{chunk_id}?neighbours=n: the hit's chunk and its neighbours in document
+    order, as chunk_context in Python; an unknown chunk is a 404, a bad n a 422."""
+    hit = api.search("Does coffee affect blood vessel function?", collection=sample, k=1)[0]
+    got = httpx.get(f"{served}/api/chunks/{sample}/{hit.chunk_id}", params={"neighbours": 1}, timeout=30)
+    assert got.status_code == 200, got.text
+    body = got.json()
+    want = api.chunk_context(sample, hit.chunk_id, neighbours=1)
+    assert body["chunks"] == want.chunks and body["source_id"] == hit.source_id == want.source_id
+    assert [c["chunk_id"] for c in body["chunks"] if c["hit"]] == [hit.chunk_id] and 1 <= len(body["chunks"]) <= 3
+    assert [c["ordinal"] for c in body["chunks"]] == sorted(c["ordinal"] for c in body["chunks"])
+    assert hit.text in body["text"]
+    assert httpx.get(f"{served}/api/chunks/{sample}/999999999", timeout=30).status_code == 404
+    assert httpx.get(f"{served}/api/chunks/{sample}/{hit.chunk_id}", params={"neighbours": 99}).status_code == 422
+
+
 def test_ask_streams_server_sent_events_from_the_llm(served, sample):
     FakeLLM.requests.clear()
     with httpx.stream("POST", f"{served}/api/ask", json=dict(collection=sample, q=QUESTION, k=3), timeout=60) as got:
@@ -317,6 +333,14 @@ def test_the_page_in_headless_chromium(served, sample, tmp_path):
         summary = driver.find_element(By.ID, "summary").text
         assert "results in" in summary and "ms" in summary
         driver.save_screenshot(str(tmp_path / "search-page.png"))
+        first = driver.find_element(By.CSS_SELECTOR, "#results li .text").text
+        driver.find_element(By.LINK_TEXT, "in context").click()  # the best hit with the chunks around it
+        WebDriverWait(driver, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#around .hit"))
+        assert "around=" in driver.current_url and driver.find_element(By.NAME, "q").get_attribute("value")
+        passages = driver.find_elements(By.CSS_SELECTOR, "#around .text")
+        assert len(passages) > 1 and driver.find_element(By.CSS_SELECTOR, "#around .hit").text.strip() == first.strip()
+        driver.back()
+        WebDriverWait(driver, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#results li"))
         driver.find_element(By.LINK_TEXT, "more like this").click()
         WebDriverWait(driver, 60).until(lambda d: "similar=" in d.current_url)
         assert "Documents like" in driver.find_element(By.ID, "summary").text

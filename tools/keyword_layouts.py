@@ -26,7 +26,7 @@ from pipelines.store.database import connect
 from tools.synthetic import bench_corpus, nearby_sentences, sentences
 
 SIZE = """
-SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0) FROM pg_class c
+SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0)::bigint FROM pg_class c
 WHERE c.relnamespace = 'ragpipe'::regnamespace AND c.relkind = 'r' AND c.relname = ANY(%s)"""
 
 

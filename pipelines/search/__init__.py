@@ -60,6 +60,24 @@ class RagContext:
     """[{n, source_id, uri, title}] in citation order."""
 
 
+@dataclass(frozen=True)
+class ChunkContext:
+    """A chunk with its neighbours in its document, in document order."""
+
+    source_id: str
+    uri: str
+    title: str | None
+    chunks: list[dict[str, Any]]
+    """[{chunk_id, ordinal, text, hit}]: `hit` marks the chunk asked for."""
+
+    @property
+    def text(self) -> str:
+        return "\n".join(c["text"] for c in self.chunks)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "text": self.text}
+
+
 class UnknownCollection(LookupError):
     pass
 
@@ -123,6 +141,23 @@ def rag_context(question: str, collection: str, k: int = 8, max_tokens: int = 15
     with connect(open_database(url)) as conn:
         return rag_context_row(conn, dict(collection=collection, text=question, embedding=embedding, k=k,
                                           max_tokens=max_tokens, filter=jsonb_filter(filter), neighbours=neighbours))
+
+
+def chunk_context(collection: str, chunk_id: int, neighbours: int = 2, url: str | None = None) -> ChunkContext | None:
+    """Chunk `chunk_id` of the collection with up to `neighbours` chunks before and after it (None if
+    the collection has no such chunk)."""
+    with connect(open_database(url)) as conn:
+        return chunk_context_rows(conn, collection, chunk_id, neighbours)
+
+
+def chunk_context_rows(conn: psycopg.Connection, collection: str, chunk_id: int,
+                       neighbours: int) -> ChunkContext | None:
+    rows = conn.execute(query("search", "chunk_context"), dict(collection=collection, chunk_id=chunk_id,
+                                                                neighbours=neighbours)).fetchall()
+    if not rows:
+        return None
+    return ChunkContext(rows[0][0], rows[0][1], rows[0][2],
+                        [dict(chunk_id=r[3], ordinal=r[4], text=r[5], hit=r[6]) for r in rows])
 
 
 def grant_reader(role: str, url: str | None = None) -> None:

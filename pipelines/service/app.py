@@ -24,6 +24,7 @@ from pipelines.service.page import render_page
 from pipelines.service.requests import (
     MAX_BODY_BYTES,
     MAX_K,
+    MAX_NEIGHBOURS,
     BadRequest,
     Forbidden,
     NotFound,
@@ -124,6 +125,15 @@ def create_app(settings: Settings | None = None, warm: bool = False, bind: str |
         hits = service.similar(role, collection, source_id, k)
         return {"collection": collection, "source_id": source_id, "took_ms": _ms(started),
                 "results": [h.to_dict() for h in hits]}
+
+    @app.get("/api/chunks/{collection}/{chunk_id}")
+    def chunk_context(collection: str, chunk_id: int,
+                      neighbours: Annotated[int, Query(ge=0, le=MAX_NEIGHBOURS)] = 2,
+                      authorization: Auth = None) -> dict[str, Any]:
+        """A chunk (a search hit's chunk_id) with up to `neighbours` chunks before and after it in its document."""
+        started = time.perf_counter()
+        found = service.chunk_context(service.role(authorization), collection, chunk_id, neighbours)
+        return {"collection": collection, **found.to_dict(), "took_ms": _ms(started)}
 
     @app.post("/api/rag-context")
     def rag_context(body: RagContextRequest, authorization: Auth = None) -> dict[str, Any]:

@@ -9,7 +9,8 @@ from typing import Any
 import psycopg
 
 from pipelines.config import version_name
-from pipelines.search import HYBRID_DEFAULTS, Mode, RagContext, SearchResult, jsonb_filter, rag_context_row, run_search
+from pipelines.search import (HYBRID_DEFAULTS, ChunkContext, Mode, RagContext, SearchResult, chunk_context_rows,
+                              jsonb_filter, rag_context_row, run_search)
 from pipelines.service.access import Access
 from pipelines.service.database import ServiceDatabase
 from pipelines.service.requests import BadRequest, Forbidden, NotFound, RagContextRequest, check_query
@@ -292,6 +293,17 @@ class SearchService:
         with self.db.session(role) as conn:
             return run_search(conn, "similar_documents", dict(collection=collection, source_id=source_id, k=k,
                                                               filter=None))
+
+    def chunk_context(self, role: str, collection: str, chunk_id: int, neighbours: int) -> ChunkContext:
+        """A chunk of the collection's searched version with its neighbours, or NotFound."""
+        self.forbid_tenant(role, "chunk context")
+        version = self.version_of(collection)[1]
+        with self.db.session(role) as conn:
+            found = chunk_context_rows(conn, version, chunk_id, neighbours)
+        if found is None:
+            raise NotFound(f"collection {collection!r} has no chunk {chunk_id} (chunk ids change when a document "
+                           "is read again: search again)")
+        return found
 
     def rag_context(self, role: str, body: RagContextRequest) -> RagContext:
         check_query(body.q)

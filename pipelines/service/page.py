@@ -18,6 +18,8 @@ DEFAULT_K = 10
 MARKED_HITS = 50
 """The page marks the query's words in this many hits at most (the rest are shown plain): marking is
 PostgreSQL's ts_headline over each whole text, the page's costliest step at a large k."""
+AROUND_NEIGHBOURS = 2
+"""Chunks before and after a hit that the page's "in context" view shows."""
 log = logging.getLogger(__name__)
 
 
@@ -36,7 +38,8 @@ def render_page(service: Any, params: QueryParams, authorization: str | None) ->
                                 mode=params.get("mode", "hybrid"), filter=params.get("filter", ""),
                                 similar=params.get("similar"), k=params.get("k", str(DEFAULT_K)),
                                 language=params.get("language") or None,
-                                modes=MODES, collections=[], results=None, documents=None, error=None, took_ms=None)
+                                around=None, modes=MODES, collections=[], results=None, documents=None, error=None,
+                                took_ms=None)
     try:
         role = service.role(authorization)
         view["collections"] = service.collections(role)
@@ -49,7 +52,11 @@ def render_page(service: Any, params: QueryParams, authorization: str | None) ->
         k = int(view["k"])
         started = time.perf_counter()
         marked: list[Markup] = []
-        if view["similar"]:
+        if params.get("around"):  # a hit's passage in context: its chunk and AROUND_NEIGHBOURS each side
+            if not params["around"].isdigit():
+                raise BadRequest("around must be a chunk id (a search hit's chunk_id)")
+            view["around"] = service.chunk_context(role, view["collection"], int(params["around"]), AROUND_NEIGHBOURS)
+        elif view["similar"]:
             view["results"] = service.similar(role, view["collection"], view["similar"], k)
             marked = [escape(r.text) for r in view["results"]]
         elif view["q"].strip():

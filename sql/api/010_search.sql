@@ -187,6 +187,32 @@ AS $fn$
     LIMIT ragpipe.checked_k(similar_chunks.k)
 $fn$;
 
+-- chunk_context: a chunk (a hit's chunk_id) of a collection with up to `neighbours` chunks before and after it in its
+-- document, in document order (`hit` marks the chunk asked for): a search hit's passage in context,
+-- for the search page and agents. No row when the collection has no such chunk.
+CREATE OR REPLACE FUNCTION ragpipe.chunk_context(collection text, chunk bigint, neighbours int DEFAULT 2)
+RETURNS TABLE (source_id text, uri text, title text, chunk_id bigint, ordinal int, text text, hit boolean)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = ragpipe, public, pg_temp
+AS $fn$
+#variable_conflict use_column
+DECLARE
+    coll ragpipe.collections := ragpipe.get_collection(collection);
+BEGIN
+    IF neighbours IS NULL OR neighbours < 0 OR neighbours > 20 THEN
+        RAISE EXCEPTION 'ragpipe: neighbours must be between 0 and 20 (chunks before and after the chunk), got %',
+            coalesce(neighbours::text, 'NULL') USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    RETURN QUERY
+    SELECT d.source_id, d.uri, d.title, n.id, n.ordinal, n.text, n.id = c.id
+    FROM ragpipe.chunks c
+    JOIN ragpipe.documents d ON d.id = c.document_id
+    JOIN ragpipe.chunks n ON n.document_id = c.document_id AND n.collection_id = coll.id
+                         AND n.ordinal BETWEEN c.ordinal - neighbours AND c.ordinal + neighbours
+    WHERE c.id = chunk AND c.collection_id = coll.id
+    ORDER BY n.ordinal;
+END
+$fn$;
+
 -- similar_documents: documents closest to a document (mean of its chunk embeddings); one row per
 -- document with its best chunk; a document's score is its best chunk's score.
 CREATE OR REPLACE FUNCTION ragpipe.similar_documents(
