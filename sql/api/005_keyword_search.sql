@@ -189,18 +189,19 @@ BEGIN
         th AS (
             SELECT greatest(theta, CASE WHEN count(*) < k THEN 0 ELSE min(b.known) END) AS theta
             FROM (SELECT p.known FROM per p ORDER BY p.known DESC LIMIT k) b),
-        pool AS (  -- the chunks that can still pass theta, best bound first
+        pool AS MATERIALIZED (  -- the chunks that can still pass theta, best bound first
             SELECT p.chunk_id, p.known, NOT p.whole AND p.seen_open < t.open_words AS open,
                    p.known + CASE WHEN p.whole THEN 0 ELSE greatest(t.unseen - p.seen_bound, 0) END AS ub
             FROM per p, total t, th
-            WHERE p.known + CASE WHEN p.whole THEN 0 ELSE greatest(t.unseen - p.seen_bound, 0) END >= th.theta)
-        SELECT t.unseen, t.open_words, th.theta,
-               (SELECT array_agg(pool.chunk_id ORDER BY pool.ub DESC, pool.chunk_id) FROM pool),
-               (SELECT array_agg(pool.known ORDER BY pool.ub DESC, pool.chunk_id) FROM pool),
-               (SELECT array_agg(pool.open ORDER BY pool.ub DESC, pool.chunk_id) FROM pool),
-               (SELECT array_agg(pool.ub ORDER BY pool.ub DESC, pool.chunk_id) FROM pool)
+            WHERE p.known + CASE WHEN p.whole THEN 0 ELSE greatest(t.unseen - p.seen_bound, 0) END >= th.theta
+            ORDER BY 4 DESC, 1),
+        arrays AS (  -- one pass over the pool, in its order
+            SELECT array_agg(pool.chunk_id) AS ids, array_agg(pool.known) AS known, array_agg(pool.open) AS open,
+                   array_agg(pool.ub) AS ub
+            FROM pool)
+        SELECT t.unseen, t.open_words, th.theta, a.ids, a.known, a.open, a.ub
         INTO unseen, open_words, theta, pool_ids, pool_known, pool_open, pool_ub
-        FROM total t, th;
+        FROM total t, th, arrays a;
         -- Score exactly the open chunks of best bound, `probes` at a time, raising theta: one batch
         -- a round, or all that can still pass theta once no unread chunk can (unseen <= theta) and
         -- they are few (at most 4 batches).
