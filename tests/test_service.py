@@ -196,9 +196,13 @@ def test_without_llm_ask_is_a_503_saying_what_to_set(sample, monkeypatch):
     assert got.status_code == 503 and "set RAGPIPE_LLM_URL" in got.json()["detail"]
 
 
-def test_tokens_map_callers_to_roles_and_row_level_security_applies(tmp_path, name, conn, monkeypatch):
+TENANT_TOKENS = {"acme-token-0123456789": "svc_acme", "reader-token-0123456789": "ragpipe_reader"}
+
+
+def tenant_collection(tmp_path, name: str, conn, monkeypatch) -> list[dict]:
+    """The sample records as collection `name`, each with a tenant (acme: milk and eggs, else globex),
+    role svc_acme reading acme's rows, and RAGPIPE_SERVE_TOKENS mapping TENANT_TOKENS. Returns the rows."""
     from pipelines.config import parse_collection
-    from pipelines.service import create_app
 
     rows = [json.loads(line) for line in (CORPUS / "records.jsonl").read_text().splitlines()]
     for row in rows:
@@ -208,8 +212,14 @@ def test_tokens_map_callers_to_roles_and_row_level_security_applies(tmp_path, na
                                                           "title_column": "title"}}, where=name, base=tmp_path))
     conn.execute("DROP ROLE IF EXISTS svc_acme")
     ragpipe("db", "grant-tenant", "svc_acme", "acme")
-    tokens = {"acme-token-0123456789": "svc_acme", "reader-token-0123456789": "ragpipe_reader"}
-    monkeypatch.setenv("RAGPIPE_SERVE_TOKENS", json.dumps(tokens))
+    monkeypatch.setenv("RAGPIPE_SERVE_TOKENS", json.dumps(TENANT_TOKENS))
+    return rows
+
+
+def test_tokens_map_callers_to_roles_and_row_level_security_applies(tmp_path, name, conn, monkeypatch):
+    from pipelines.service import create_app
+
+    rows = tenant_collection(tmp_path, name, conn, monkeypatch)
     with serving(create_app()) as base:
         def get(token: str | None, **params) -> httpx.Response:
             headers = {"Authorization": f"Bearer {token}"} if token else {}

@@ -1,4 +1,4 @@
-"""The `ragpipe` command: ingest, watch, search, serve, status, embed, db and config. Every command has --help.
+"""The `ragpipe` command: ingest, watch, search, serve, mcp, status, embed, db and config. Every command has --help.
 
 One module per command group (ingest.py, watch.py, verify.py, search.py, quality.py, versions.py, db.py, service.py);
 this one builds the group and turns expected failures into one-line errors.
@@ -27,7 +27,7 @@ def main(verbose: bool) -> None:
 
 for command in (ingest.ingest, ingest.status, search.search, search.similar, search.ask, search.embed,
                 quality.eval_, quality.tune, versions.versions, versions.promote, versions.rollback,
-                versions.prune, db.db, db.cache, service.serve, service.config, watch.watch,
+                versions.prune, db.db, db.cache, service.serve, service.mcp, service.config, watch.watch,
                 verify.verify):
     main.add_command(command)
 

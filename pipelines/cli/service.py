@@ -18,8 +18,10 @@ def serve(host: str, port: int) -> None:
     GET  /api/collections       name, model, documents, chunks, last run
     GET  /api/search?collection=C&q=TEXT&k=10&mode=hybrid|semantic|keyword&filter=JSON
     GET  /api/similar/C/SOURCE_ID
-    POST /api/rag-context       {"collection", "q", "k", "max_tokens", "filter"}
+    GET  /api/chunks/C/CHUNK_ID?neighbours=2   a hit's chunk with the chunks around it
+    POST /api/rag-context       {"collection", "q", "k", "max_tokens", "filter", "neighbours"}
     POST /api/ask               the same body; Server-Sent Events from RAGPIPE_LLM_URL
+    POST /mcp                   MCP (streamable HTTP) for agents: the tools of `ragpipe mcp`
     GET  /healthz, /docs        health, OpenAPI
 
     Searches run as RAGPIPE_SERVE_ROLE (default ragpipe_reader), never as the schema owner.
@@ -36,6 +38,29 @@ def serve(host: str, port: int) -> None:
     app.state.service.warm()
     click.echo(f"ragpipe search on http://{host}:{port}/ (API docs at /docs); Ctrl-C stops it", err=True)
     uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=5)
+
+
+@click.command()
+def mcp() -> None:
+    """Serve ragpipe's tools to an MCP client (Claude Desktop, Cursor, an agent) over stdio.
+
+    \b
+    Tools: list_collections, search, fetch_chunk, fetch_document, rag_context.
+    A client's config: {"command": "ragpipe", "args": ["mcp"], "env": {"RAGPIPE_DATABASE_URL": "..."}}.
+    Over HTTP the same tools answer at /mcp of `ragpipe serve` (and of the Airflow plugin).
+
+    Searches run as RAGPIPE_SERVE_ROLE (default ragpipe_reader), as over HTTP; with RAGPIPE_SERVE_TOKENS
+    set, RAGPIPE_MCP_TOKEN names the token (and so the role, a tenant's for instance) this server uses.
+    """
+    import logging
+
+    from pipelines.service.backend import SearchService
+    from pipelines.service.mcp import run_stdio
+
+    logging.basicConfig(level=logging.WARNING, force=True)  # stdout is the protocol's: logs go to stderr
+    service = SearchService(load_settings())
+    service.open()  # errors here are one line, before the client waits
+    run_stdio(service)
 
 
 @click.group()

@@ -12,8 +12,10 @@ from fastapi import FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
 
 from pipelines.embed.errors import EmbeddingFailed
+from pipelines.service.mcp import McpEndpoint
 from pipelines.search import MODES, Mode
 from pipelines.service.access import Unauthorized
 from pipelines.service.admission import RETRY_AFTER_S, Admission, Limits
@@ -44,12 +46,15 @@ def create_app(settings: Settings | None = None, warm: bool = False, bind: str |
     to the localhost names, `bind` (the address it listens on) and RAGPIPE_SERVE_ALLOWED_HOSTS."""
     service = SearchService(settings or load_settings())
 
+    mcp = McpEndpoint(service)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         if warm:
             service.open()
             service.warm()
         yield
+        mcp.stop()
         if service._opened:
             service.db.close()
 
@@ -71,6 +76,9 @@ def create_app(settings: Settings | None = None, warm: bool = False, bind: str |
 
     operations = anyio.CapacityLimiter(4)
     """Threads of their own for /healthz and /metrics: they answer while every search thread is busy."""
+
+    # MCP (streamable HTTP) for agents: the same tools as `ragpipe mcp`, the same tokens as the API
+    app.router.routes.append(Route("/mcp", endpoint=mcp, methods=["GET", "POST", "DELETE"], include_in_schema=False))
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

@@ -17,6 +17,7 @@ from pipelines.service.requests import BadRequest, Forbidden, NotFound, RagConte
 from pipelines.settings import Settings
 from pipelines.store.database import database_url, mask_url
 from pipelines.store.languages import collection_languages, language_of, named_language, shown
+from pipelines.store.sqlfiles import query
 
 log = logging.getLogger(__name__)
 SPARE_WAIT_S = 0.05
@@ -42,8 +43,6 @@ escapes the text, then marks them)."""
 
 def hybrid_ranking(conn: psycopg.Connection, half: str, params: dict[str, Any]) -> str | None:
     """One half of hybrid search (sql/queries/search.sql `hybrid_semantic` or `hybrid_keyword`): its ranking as text."""
-    from pipelines.store.sqlfiles import query
-
     return conn.execute(query("search", half), params).fetchone()[0]
 
 
@@ -304,6 +303,18 @@ class SearchService:
             raise NotFound(f"collection {collection!r} has no chunk {chunk_id} (chunk ids change when a document "
                            "is read again: search again)")
         return found
+
+    def document(self, role: str, collection: str, source_id: str) -> dict[str, Any]:
+        """A document of the collection's searched version as it holds it (ragpipe.document_text), or NotFound."""
+        self.forbid_tenant(role, "documents")
+        version = self.version_of(collection)[1]
+        with self.db.session(role) as conn:
+            cur = conn.execute(query("search", "document_text"), dict(collection=version, source_id=source_id))
+            row = cur.fetchone()
+            names = [c.name for c in cur.description]
+        if row is None:
+            raise NotFound(f"collection {collection!r} has no document {source_id!r} (search it for its source_id)")
+        return dict(zip(names, row, strict=True))
 
     def rag_context(self, role: str, body: RagContextRequest) -> RagContext:
         check_query(body.q)

@@ -213,6 +213,30 @@ BEGIN
 END
 $fn$;
 
+-- document_text: a document of a collection as the collection holds it, its chunks joined in
+-- document order with the text they share once (agents fetch it by a hit's source_id). No row when
+-- the collection has no such document.
+CREATE OR REPLACE FUNCTION ragpipe.document_text(collection text, document text)
+RETURNS TABLE (source_id text, uri text, title text, chunks int, text text)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = ragpipe, public, pg_temp
+AS $fn$
+    WITH c AS (
+        SELECT d.source_id, d.uri, d.title, ch.text, ch.char_start, ch.char_end,
+               max(ch.char_end) OVER (ORDER BY ch.char_start, ch.char_end
+                                      ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS prev_end
+        FROM ragpipe.documents d
+        JOIN ragpipe.chunks ch ON ch.document_id = d.id AND ch.collection_id = d.collection_id
+        WHERE d.collection_id = (ragpipe.get_collection(document_text.collection)).id
+          AND d.source_id = document_text.document)
+    SELECT min(c.source_id), min(c.uri), min(c.title), count(*)::int,
+           string_agg(CASE WHEN c.prev_end IS NULL THEN c.text
+                           WHEN c.char_start > c.prev_end + 2 THEN E'\n\n' || c.text
+                           WHEN c.char_start > c.prev_end THEN ' ' || c.text
+                           WHEN c.char_end > c.prev_end THEN substr(c.text, c.prev_end - c.char_start + 1)
+                           ELSE '' END, '' ORDER BY c.char_start, c.char_end)
+    FROM c HAVING count(*) > 0
+$fn$;
+
 -- similar_documents: documents closest to a document (mean of its chunk embeddings); one row per
 -- document with its best chunk; a document's score is its best chunk's score.
 CREATE OR REPLACE FUNCTION ragpipe.similar_documents(

@@ -47,6 +47,9 @@ FROM ragpipe.similar_documents(%(collection)s, %(source_id)s, %(k)s, %(filter)s)
 -- name: chunk_context
 SELECT * FROM ragpipe.chunk_context(%(collection)s, %(chunk_id)s, %(neighbours)s);
 
+-- name: document_text
+SELECT * FROM ragpipe.document_text(%(collection)s, %(source_id)s);
+
 -- name: rag_context
 SELECT context, citations
 FROM ragpipe.rag_context(%(collection)s, %(text)s, %(embedding)s, %(k)s, %(max_tokens)s, %(filter)s,
