@@ -125,6 +125,24 @@ def check_search_plugin(api: AirflowAPI, port: int) -> None:
                         f"{found.text[:300]}")
     say(f"search plugin: {len(found.json()['results'])} results from {base}/api/search "
         f"in {found.json()['took_ms']} ms")
+    tools = mcp_tools(f"{base}/mcp")
+    say(f"MCP under the plugin: {base}/mcp answers ({', '.join(tools)})")
+
+
+def mcp_tools(url: str) -> list[str]:
+    """The tool names an MCP client (the SDK's) gets from url, or RunFailed."""
+    import asyncio
+
+    from mcp import Client
+
+    async def listed() -> list[str]:
+        async with Client(url) as client:
+            return sorted(t.name for t in (await client.list_tools()).tools)
+
+    try:
+        return asyncio.run(asyncio.wait_for(listed(), PLUGIN_TIMEOUT_S))
+    except Exception as exc:  # noqa: BLE001 - any failure of the check is the run's failure
+        raise RunFailed(f"the MCP endpoint {url} did not answer: {type(exc).__name__}: {exc}") from None
 
 
 FAILING_ONCE = "sample_web"
@@ -393,6 +411,8 @@ def run_stack(mode: str) -> int:
         say(f"Airflow UI: http://localhost:{port}   login: {user} / {password}")
         say(f"Search page (also \"Search\" in the Airflow UI): http://localhost:{port}{URL_PREFIX}/"
             f"   API: http://localhost:{port}{URL_PREFIX}/docs")
+        say(f"MCP for agents: http://localhost:{port}{URL_PREFIX}/mcp (streamable HTTP), or over stdio: "
+            '{"command": "' + str(Path(".venv/bin/ragpipe").resolve()) + '", "args": ["mcp"]} in the client\'s config')
         if mode == "run":
             say("Edit or add a file in examples/corpus: "
                 "the sample collection watches it (collections.yml `watch:`), so within a minute, with no trigger, "
