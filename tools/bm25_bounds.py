@@ -32,7 +32,7 @@ JOIN ragpipe.term_stats t ON t.collection_id = %s AND t.lexeme = w.lexeme
 ORDER BY t.chunks, w.lexeme LIMIT 32
 """
 POSTINGS = """
-SELECT chunk_id, ragpipe.bm25_tf(tf, len, %s) FROM ragpipe.postings
+SELECT chunk_id, ragpipe.bm25_tf(tf, len, %s) FROM ragpipe.keyword_postings
 WHERE collection_id = %s AND lexeme = %s ORDER BY chunk_id
 """
 
