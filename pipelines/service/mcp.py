@@ -4,7 +4,7 @@ and the same tools over streamable HTTP at /mcp on `ragpipe serve` and under the
 Tools: list_collections, search, fetch_chunk (a hit with its neighbours), fetch_document and
 rag_context. Each goes through the search service with the caller's role, exactly as the HTTP API:
 over HTTP the request's `Authorization: Bearer <token>`, over stdio RAGPIPE_MCP_TOKEN (a token of
-RAGPIPE_SERVE_TOKENS) or, without one, the database login of the process. A failure is a tool error
+RAGPIPE_SERVE_TOKENS); without tokens configured, RAGPIPE_SERVE_ROLE (default ragpipe_reader). A failure is a tool error
 of one line, never a traceback. Built on the `mcp` SDK (MCPServer, stateless JSON responses)."""
 
 import asyncio
