@@ -33,7 +33,8 @@ def wide_model(tmp_path_factory) -> str:
 
 
 def stored(conn, name: str) -> tuple[list[int], np.ndarray, list[str]]:
-    rows = conn.execute("SELECT c.id, c.embedding, c.text FROM ragpipe.chunks c JOIN ragpipe.collections k "
+    rows = conn.execute("SELECT c.id, ragpipe.vector_of(c.embedding, c.embedding_half), c.text FROM ragpipe.chunks c "
+                        "JOIN ragpipe.collections k "
                         "ON k.id = c.collection_id WHERE k.name = %s ORDER BY c.id", (name,)).fetchall()
     return [r[0] for r in rows], np.stack([r[1].to_numpy() for r in rows]), [r[2] for r in rows]
 
@@ -75,6 +76,39 @@ def test_a_model_over_2000_dimensions_fails_up_front_on_float32_and_works_on_hal
     assert built["promoted"] and built["chunks_embedded"] == 0, "a new index type reuses the stored vectors"
     assert "bit_hamming_ops" in index_definition(conn, name)
     assert_exact_top_k(conn, name, embedder)
+
+
+def test_storage_halfvec_halves_the_table_and_answers_as_float32_does(corpus, name, conn, embedder):
+    """`storage: halfvec` (#43.5): the table holds 2-byte vectors (embedding NULL), the index is on them,
+    and searches answer as the float32 copy does within half precision; verify and re-runs work on it."""
+    from tests.conftest import ragpipe
+
+    run_ingest(folder_spec(f"{name}_f32", corpus))
+    run_ingest(folder_spec(name, corpus, storage="halfvec"))
+    sizes = dict((n, (full, half, nulls)) for n, full, half, nulls in conn.execute(
+        "SELECT k.name, sum(pg_column_size(c.embedding)), sum(pg_column_size(c.embedding_half)), "
+        "count(*) FILTER (WHERE c.embedding IS NULL) FROM ragpipe.chunks c JOIN ragpipe.collections k "
+        "ON k.id = c.collection_id WHERE k.name IN (%s, %s) GROUP BY k.name", (name, f"{name}_f32")))
+    full, _, _ = sizes[f"{name}_f32"]
+    none, half, nulls = sizes[name]
+    assert none is None and nulls > 0 and 0.49 < half / full < 0.51, sizes
+    assert "embedding_half" in index_definition(conn, name) and "halfvec_cosine_ops" in index_definition(conn, name)
+    assert_exact_top_k(conn, name, embedder)
+    for q in QUESTIONS:
+        halved = [(h.source_id, h.text, h.score) for h in search(q, name, k=5, mode="semantic")]
+        single = [(h.source_id, h.text, h.score) for h in search(q, f"{name}_f32", k=5, mode="semantic")]
+        assert len({t for _, t, _ in halved} & {t for _, t, _ in single}) >= 4, q
+        assert [s for *_, s in halved] == pytest.approx([s for *_, s in single], abs=2e-3), q
+    assert search(QUESTIONS[0], name, k=5, mode="hybrid")
+    assert ragpipe("verify", name).returncode == 0
+    (corpus / "coffee" / "halfvec-note.md").write_text("# Espresso\n\nA note on espresso and blood pressure.")
+    try:
+        again = run_ingest(folder_spec(name, corpus, storage="halfvec"))
+        assert again["chunks_embedded"] >= 1 and search("espresso note", name, k=1, mode="semantic")
+        assert conn.execute("SELECT count(*) FROM ragpipe.chunks c JOIN ragpipe.collections k ON k.id = "
+                            "c.collection_id WHERE k.name = %s AND c.embedding IS NOT NULL", (name,)).fetchone()[0] == 0
+    finally:
+        (corpus / "coffee" / "halfvec-note.md").unlink()
 
 
 def test_binary_quantization_reranks_to_the_exact_top_k_and_filters_still_return_k_rows(sample, corpus, name, conn,

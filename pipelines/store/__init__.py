@@ -11,6 +11,7 @@ import numpy as np
 import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
+from pgvector import HalfVector
 
 from pipelines.chunking import Chunk
 from pipelines.store.languages import document_languages
@@ -169,10 +170,11 @@ def touch_documents(conn: psycopg.Connection, collection_id: int, run_id: int, f
 
 
 def cached_embeddings(conn: psycopg.Connection, model: str, dimension: int,
-                      hashes: Iterable[str]) -> dict[str, np.ndarray]:
+                      hashes: Iterable[str], half: bool = False) -> dict[str, np.ndarray]:
     """Embeddings of these chunk hashes by the same model at the same width: stored in any collection
-    or version, or kept in the embedding cache."""
-    rows = conn.execute(_q("cached_embeddings"), dict(model=model, dimension=dimension,
+    or version, or kept in the embedding cache. A halfvec collection's 2-byte vectors serve only
+    another (`half`)."""
+    rows = conn.execute(_q("cached_embeddings"), dict(model=model, dimension=dimension, half=half,
                                                       hashes=list(set(hashes)))).fetchall()
     return {h: np.asarray(v, dtype=np.float32) if not hasattr(v, "to_numpy") else v.to_numpy() for h, v in rows}
 
@@ -190,14 +192,20 @@ def replace_documents(conn: psycopg.Connection, collection: Collection, run_id: 
         [d.body_hash for d in docs],
     )).fetchall()
     languages, fell_back = document_languages(conn, collection, docs)
-    copy_chunks(conn, collection.id, dict(rows), docs, languages)  # keyword search reads new chunks as its delta
+    copy_chunks(conn, collection.id, dict(rows), docs, languages, half=stores_halfvec(collection))  # keyword search reads new chunks as its delta
     for d, reason in fell_back:  # indexed, with a note: `ragpipe status --failures` lists it
         record_failure(conn, run_id, collection.id, d.source_id, d.uri, "language", reason)
 
 
+def stores_halfvec(collection: Collection) -> bool:
+    """`storage: halfvec`: the table holds the vectors as halfvec (embedding_half), not float32."""
+    return collection.settings.get("storage") == "halfvec"
+
+
 def copy_chunks(conn: psycopg.Connection, collection_id: int, doc_ids: dict[str, int],
-                docs: list[LoadedDocument], languages: dict[str, int]) -> None:
-    """Stream the documents' chunks and vectors into ragpipe.chunks with COPY ... (FORMAT BINARY).
+                docs: list[LoadedDocument], languages: dict[str, int], half: bool = False) -> None:
+    """Stream the documents' chunks and vectors into ragpipe.chunks with COPY ... (FORMAT BINARY);
+    with `half`, the vectors into embedding_half (2 bytes a dimension).
 
     PostgreSQL refuses COPY FROM into a table whose row-level security applies to the caller (a
     loader role that is not the table owner, once tenants exist): then the rows are copied into a
@@ -207,13 +215,14 @@ def copy_chunks(conn: psycopg.Connection, collection_id: int, doc_ids: dict[str,
         conn.execute(_q("create_chunk_stage"))
     with conn.cursor().copy(_q("copy_chunk_stage" if staged else "copy_chunks")) as copy:
         copy.set_types(["int4", "int8", "int4", "text", "int4", "int4", "int4", "text[]", "text", "jsonb",
-                        "vector", "oid"])  # regconfig travels as its oid
+                        "vector", "halfvec", "oid"])  # regconfig travels as its oid
         for d in docs:
             meta = Jsonb(d.metadata)
             for chunk, vector in zip(d.chunks, d.embeddings, strict=True):
                 copy.write_row((collection_id, doc_ids[d.source_id], chunk.ordinal, chunk.text, chunk.token_count,
                                 chunk.char_start, chunk.char_end, list(chunk.heading_path), chunk.content_hash,
-                                meta, vector, languages[d.source_id]))
+                                meta, None if half else vector, HalfVector(vector) if half else None,
+                                languages[d.source_id]))
     if staged:
         conn.execute(_q("insert_chunk_stage"))
 

@@ -108,7 +108,8 @@ def read_batch(conn: psycopg.Connection, collection: store.Collection, embedder:
     work = BatchWork(refs, existing, outcome, {}, skip_duplicates=skip_duplicates)
     hashes = [c.content_hash for p in work.prepared() for c in p.chunks]
     if hashes and not full_refresh:
-        work.vectors = store.cached_embeddings(conn, collection.model, collection.dimension, hashes)
+        work.vectors = store.cached_embeddings(conn, collection.model, collection.dimension, hashes,
+                                               half=store.stores_halfvec(collection))
     return work
 
 

@@ -70,6 +70,13 @@ CREATE OR REPLACE FUNCTION ragpipe.hnsw_build_memory_mb(rows bigint, dimension i
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 AS $fn$ SELECT (rows * (4 * dimension + 8 + 2 * m * 10 + 64) * 1.25 / 2^20)::int + 16 $fn$;
 
+-- The column a collection's chunks hold their vectors in: embedding_half (halfvec) for `storage:
+-- halfvec`, else embedding (float32); readers that need the vector take ragpipe.vector_of(both).
+CREATE OR REPLACE FUNCTION ragpipe.vector_column(settings jsonb) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $fn$
+SELECT CASE WHEN settings ->> 'storage' = 'halfvec' THEN 'embedding_half' ELSE 'embedding' END
+$fn$;
+
 -- What a collection's HNSW index holds of `col` (a vector column or argument), by its settings:
 -- float32 (vector), halfvec (`storage: halfvec`) or one bit a dimension (`index.quantization: binary`).
 -- The index, the ORDER BY of semantic_search and the query's side all use this one expression.
@@ -120,8 +127,8 @@ BEGIN
                                     coalesce((coll.settings #>> '{index,maintenance_work_mem_cap_mb}')::int, 2048)));
     PERFORM set_config('maintenance_work_mem', memory_mb || 'MB', true);
     EXECUTE format('CREATE INDEX %I ON ragpipe.%I USING hnsw ((%s) %s) WITH (m = %s, ef_construction = %s)',
-                   index_name, ragpipe.chunk_partition(coll.id), ragpipe.indexed('embedding', coll.dimension,
-                   coll.settings), (ragpipe.index_kind(coll.settings)).opclass, m,
+                   index_name, ragpipe.chunk_partition(coll.id), ragpipe.indexed(ragpipe.vector_column(coll.settings),
+                   coll.dimension, coll.settings), (ragpipe.index_kind(coll.settings)).opclass, m,
                    coalesce((coll.settings #>> '{index,ef_construction}')::int, 64));
     built := true;
 END
@@ -159,7 +166,7 @@ BEGIN
     RETURN QUERY EXECUTE format($q$
         SELECT r.id, d.source_id, d.uri, d.title, r.text, d.metadata, r.score
         FROM (SELECT c.id, c.document_id, c.text, 1 - (c.embedding::vector(%1$s) <=> $1::vector(%1$s)) AS score
-              FROM (SELECT ch.id, ch.document_id, ch.text, ch.embedding
+              FROM (SELECT ch.id, ch.document_id, ch.text, ragpipe.vector_of(ch.embedding, ch.embedding_half) AS embedding
                     FROM ragpipe.chunks ch
                     WHERE ch.collection_id = %2$s AND ($2::jsonb IS NULL OR ch.metadata @> $2::jsonb)
                     ORDER BY %3$s %5$s %4$s
@@ -167,8 +174,8 @@ BEGIN
               ORDER BY score DESC, c.id
               LIMIT $3) r
         JOIN ragpipe.documents d ON d.id = r.document_id
-        ORDER BY r.score DESC, r.id $q$, coll.dimension, coll.id, ragpipe.indexed('ch.embedding', coll.dimension,
-        coll.settings), ragpipe.indexed('$1', coll.dimension, coll.settings), (ragpipe.index_kind(coll.settings)).distance)
+        ORDER BY r.score DESC, r.id $q$, coll.dimension, coll.id, ragpipe.indexed('ch.' || ragpipe.vector_column(coll.settings),
+        coll.dimension, coll.settings), ragpipe.indexed('$1', coll.dimension, coll.settings), (ragpipe.index_kind(coll.settings)).distance)
     USING query_embedding, filter, k, candidates;
 END
 $fn$;
@@ -181,7 +188,8 @@ AS $fn$
     SELECT s.*
     FROM ragpipe.chunks src
     JOIN ragpipe.collections k ON k.id = src.collection_id
-    CROSS JOIN LATERAL ragpipe.semantic_search(k.name, src.embedding, similar_chunks.k + 1, filter) s
+    CROSS JOIN LATERAL ragpipe.semantic_search(k.name, ragpipe.vector_of(src.embedding, src.embedding_half),
+                                               similar_chunks.k + 1, filter) s
     WHERE src.id = similar_chunks.chunk_id AND s.chunk_id <> src.id
     ORDER BY s.score DESC, s.chunk_id
     LIMIT ragpipe.checked_k(similar_chunks.k)
@@ -250,7 +258,7 @@ DECLARE
     centroid vector;
 BEGIN
     k := ragpipe.checked_k(k, 1000);
-    EXECUTE format('SELECT l2_normalize(avg(c.embedding::vector(%s))) FROM ragpipe.chunks c '
+    EXECUTE format('SELECT l2_normalize(avg(ragpipe.vector_of(c.embedding, c.embedding_half)::vector(%s))) FROM ragpipe.chunks c '
                    'JOIN ragpipe.documents d ON d.id = c.document_id '
                    'WHERE d.collection_id = $1 AND d.source_id = $2', coll.dimension)
         INTO centroid USING coll.id, source_id;

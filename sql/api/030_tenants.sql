@@ -7,16 +7,18 @@ CREATE OR REPLACE FUNCTION ragpipe.tenant_search(
 RETURNS SETOF ragpipe.search_hit
 LANGUAGE sql STABLE SECURITY INVOKER SET search_path = ragpipe, public, pg_temp
 AS $fn$
-    SELECT c.id, d.source_id, d.uri, d.title, c.text, c.metadata, 1 - (c.embedding <=> query_embedding)
+    SELECT c.id, d.source_id, d.uri, d.title, c.text, c.metadata,
+           1 - (ragpipe.vector_of(c.embedding, c.embedding_half) <=> query_embedding)
     FROM ragpipe.chunks c
     JOIN ragpipe.documents d ON d.id = c.document_id
     WHERE c.collection_id = (SELECT coll.id FROM ragpipe.collections coll  -- the name, or a pinned `family@vN`
                              WHERE collection IN (coll.name, ragpipe.version_name(coll.family, coll.version)))
       AND c.tenant IS NOT NULL AND (filter IS NULL OR c.metadata @> filter)
-    ORDER BY c.embedding <=> query_embedding
+    ORDER BY ragpipe.vector_of(c.embedding, c.embedding_half) <=> query_embedding
     LIMIT ragpipe.checked_k(k);
 $fn$;
-GRANT EXECUTE ON FUNCTION ragpipe.tenant_search(text, vector, int, jsonb) TO ragpipe_tenant_reader;
+GRANT EXECUTE ON FUNCTION ragpipe.tenant_search(text, vector, int, jsonb), ragpipe.vector_of(vector, halfvec)
+    TO ragpipe_tenant_reader;
 GRANT EXECUTE ON FUNCTION ragpipe.version_name(text, int), ragpipe.checked_k(int, int), ragpipe.checked(text, double precision, double precision, double precision)
     TO ragpipe_tenant_reader;
 

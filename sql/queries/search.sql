@@ -60,11 +60,11 @@ FROM ragpipe.rag_context(%(collection)s, %(text)s, %(embedding)s, %(k)s, %(max_t
 -- index serves (the HNSW indexes are on embedding::vector(dim)). Switching index scans off is not
 -- enough: PostgreSQL 18 still picks the disabled HNSW scan for a LIMIT over a partitioned table.
 SELECT r.id, d.source_id, d.uri, d.title, r.text, d.metadata, r.score
-FROM (SELECT ch.id, ch.document_id, ch.text, 1 - (ch.embedding <=> %(embedding)s) AS score
+FROM (SELECT ch.id, ch.document_id, ch.text, 1 - (ragpipe.vector_of(ch.embedding, ch.embedding_half) <=> %(embedding)s) AS score
       FROM ragpipe.chunks ch
       WHERE ch.collection_id = (ragpipe.get_collection(%(collection)s)).id
         AND (%(filter)s::jsonb IS NULL OR ch.metadata @> %(filter)s::jsonb)
-      ORDER BY ch.embedding <=> %(embedding)s
+      ORDER BY ragpipe.vector_of(ch.embedding, ch.embedding_half) <=> %(embedding)s
       LIMIT %(k)s) r
 JOIN ragpipe.documents d ON d.id = r.document_id
 ORDER BY r.score DESC, r.id;

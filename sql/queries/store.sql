@@ -40,7 +40,7 @@ SELECT ragpipe.rollback_version(%s);
 INSERT INTO ragpipe.embedding_cache AS e (model, content_hash, embedding)
 SELECT DISTINCT ON (c.content_hash) k.model, c.content_hash, c.embedding
 FROM ragpipe.chunks c JOIN ragpipe.collections k ON k.id = c.collection_id
-WHERE c.collection_id = %(id)s
+WHERE c.collection_id = %(id)s AND c.embedding IS NOT NULL  -- full vectors only (not a halfvec collection's)
   AND NOT EXISTS (SELECT FROM ragpipe.chunks o JOIN ragpipe.collections ok ON ok.id = o.collection_id
                   WHERE o.content_hash = c.content_hash AND ok.model = k.model AND o.collection_id <> c.collection_id)
 ON CONFLICT (model, content_hash) DO UPDATE SET used_at = now();
@@ -141,11 +141,12 @@ WHERE d.collection_id = %s AND d.source_id = t.source_id;
 -- Vectors of these chunk texts embedded by the same model at the same width (a truncated vector
 -- never serves a full-size version): in any collection or version, or kept in the embedding cache
 -- after they left (then marked used, for its retention).
-WITH stored AS (
-    SELECT DISTINCT ON (c.content_hash) c.content_hash, c.embedding
+WITH stored AS (  -- a halfvec collection's vectors are 2-byte: only another of its kind reuses them
+    SELECT DISTINCT ON (c.content_hash) c.content_hash, ragpipe.vector_of(c.embedding, c.embedding_half) AS embedding
     FROM ragpipe.chunks c JOIN ragpipe.collections k ON k.id = c.collection_id
     WHERE k.model = %(model)s AND k.dimension = %(dimension)s AND c.content_hash = ANY(%(hashes)s)
-      AND vector_dims(c.embedding) = %(dimension)s),
+      AND vector_dims(ragpipe.vector_of(c.embedding, c.embedding_half)) = %(dimension)s
+      AND (c.embedding_half IS NULL OR %(half)s)),
 cached AS (
     UPDATE ragpipe.embedding_cache e SET used_at = now()
     WHERE e.model = %(model)s AND vector_dims(e.embedding) = %(dimension)s AND e.content_hash = ANY(%(hashes)s)
@@ -159,7 +160,7 @@ WITH gone AS (
     DELETE FROM ragpipe.chunks c USING ragpipe.documents d
     WHERE c.collection_id = %(collection_id)s AND c.document_id = d.id
       AND d.collection_id = %(collection_id)s AND d.source_id = ANY(%(source_ids)s)
-    RETURNING c.id, c.content_hash, c.embedding),
+    RETURNING c.id, c.content_hash, ragpipe.vector_of(c.embedding, c.embedding_half) AS embedding, c.embedding_half),
 masked AS (  -- postings already in blocks are skipped by searches until a compaction drops them
     INSERT INTO ragpipe.dead_chunks (collection_id, chunk_id)
     SELECT %(collection_id)s, g.id FROM gone g
@@ -168,6 +169,7 @@ masked AS (  -- postings already in blocks are skipped by searches until a compa
     ON CONFLICT DO NOTHING)
 INSERT INTO ragpipe.embedding_cache (model, content_hash, embedding)
 SELECT DISTINCT ON (content_hash) %(model)s, content_hash, embedding FROM gone
+WHERE embedding_half IS NULL  -- the cache keeps full vectors only: a float32 collection must never reuse 2-byte ones
 ON CONFLICT (model, content_hash) DO UPDATE SET used_at = now();
 
 -- name: upsert_documents
@@ -183,7 +185,7 @@ RETURNING d.source_id, d.id;
 
 -- name: copy_chunks
 COPY ragpipe.chunks (collection_id, document_id, ordinal, text, token_count, char_start, char_end,
-                     heading_path, content_hash, metadata, embedding, language)
+                     heading_path, content_hash, metadata, embedding, embedding_half, language)
 FROM STDIN (FORMAT BINARY);
 
 -- name: run_wrote
@@ -195,7 +197,8 @@ SELECT row_security_active('ragpipe.chunks');
 -- name: create_chunk_stage
 CREATE TEMP TABLE IF NOT EXISTS ragpipe_chunk_stage (
     collection_id int, document_id bigint, ordinal int, text text, token_count int, char_start int,
-    char_end int, heading_path text[], content_hash text, metadata jsonb, embedding vector, language regconfig
+    char_end int, heading_path text[], content_hash text, metadata jsonb, embedding vector, embedding_half halfvec,
+    language regconfig
 ) ON COMMIT DELETE ROWS;
 
 -- name: copy_chunk_stage
@@ -203,7 +206,7 @@ COPY ragpipe_chunk_stage FROM STDIN (FORMAT BINARY);
 
 -- name: insert_chunk_stage
 INSERT INTO ragpipe.chunks (collection_id, document_id, ordinal, text, token_count, char_start, char_end,
-                           heading_path, content_hash, metadata, embedding, language)
+                           heading_path, content_hash, metadata, embedding, embedding_half, language)
 SELECT * FROM ragpipe_chunk_stage;
 
 -- name: language_oids

@@ -18,7 +18,7 @@ ORDER BY 1;
 
 -- name: wrong_dimension
 SELECT DISTINCT d.source_id FROM ragpipe.chunks c JOIN ragpipe.documents d ON d.id = c.document_id
-WHERE c.collection_id = %(collection)s AND vector_dims(c.embedding) <> %(dimension)s
+WHERE c.collection_id = %(collection)s AND vector_dims(ragpipe.vector_of(c.embedding, c.embedding_half)) <> %(dimension)s
 ORDER BY 1;
 
 -- name: wrong_postings
