@@ -50,7 +50,7 @@ def assert_exact_top_k(conn, name: str, embedder, k: int = 5) -> None:
     ids, vectors, _ = stored(conn, name)
     for q in QUESTIONS:
         query = embedder.encode_queries([q])[0]
-        scores = vectors @ query
+        scores = vectors @ query / (np.linalg.norm(vectors, axis=1) * np.linalg.norm(query))  # cosine, as pgvector
         want = [ids[i] for i in np.argsort(-scores, kind="stable")[:k]]
         got = search(q, name, k=k, mode="semantic")
         assert [h.chunk_id for h in got] == want, q
@@ -238,3 +238,44 @@ def test_simple_matches_ids_exactly_and_a_missing_language_is_refused(tmp_path, 
     assert keyword_ids(name, "run") == [], "simple does not stem"
     with pytest.raises(ConfigError, match="no text search configuration klingon"):
         run_ingest(folder_spec(f"{name}_x", folder, language="klingon"))
+
+
+def test_a_halfvec_collection_built_before_migrates_to_the_halfvec_column(db_url):
+    """The upgrade (migration 016): a halfvec collection whose table held float32 vectors gets them in
+    embedding_half, its index on the old column dropped (its next run builds one), and searches as before."""
+    import psycopg
+
+    from pipelines.store.database import connect
+    from pipelines.store.migrations import migrate
+
+    url = psycopg.conninfo.make_conninfo(db_url, dbname="ragpipe_halfvec_upgrade")
+    with psycopg.connect(db_url, autocommit=True) as admin:
+        admin.execute("DROP DATABASE IF EXISTS ragpipe_halfvec_upgrade WITH (FORCE)")
+        admin.execute("CREATE DATABASE ragpipe_halfvec_upgrade")
+    try:
+        migrate(url, last="015_blocks_from_chunks.sql")
+        with connect(url, autocommit=True) as old:
+            coll = old.execute("INSERT INTO ragpipe.collections (name, model, dimension, chunk_tokens, chunk_overlap, "
+                               "family, settings) VALUES ('half', 'm', 3, 256, 32, 'half', '{\"storage\": \"halfvec\"}') "
+                               "RETURNING id").fetchone()[0]
+            doc = old.execute("INSERT INTO ragpipe.documents (collection_id, source_id, uri, content_hash, metadata) "
+                              "VALUES (%s, 'd', 'mem://', 'h', '{}') RETURNING id", (coll,)).fetchone()[0]
+            for i, vector in enumerate(["[1,0,0]", "[0.6,0.8,0]", "[0,0,1]"]):
+                old.execute("INSERT INTO ragpipe.chunks (collection_id, document_id, ordinal, text, token_count, "
+                            "char_start, char_end, content_hash, metadata, embedding) VALUES (%s, %s, %s, %s, 1, 0, 1, "
+                            "%s, '{}', %s)", (coll, doc, i, f"chunk {i}", f"c{i}", vector))
+            old.execute(f"CREATE INDEX chunks_hnsw_c{coll} ON ragpipe.chunks_c{coll} USING hnsw "
+                        "((embedding::halfvec(3)) halfvec_cosine_ops)")
+        migrate(url)
+        with connect(url, autocommit=True) as new:
+            assert new.execute("SELECT count(*) FILTER (WHERE embedding IS NULL AND embedding_half IS NOT NULL), "
+                               "count(*) FROM ragpipe.chunks").fetchone() == (3, 3)
+            assert new.execute("SELECT to_regclass(%s)", (f"ragpipe.chunks_hnsw_c{coll}",)).fetchone()[0] is None
+            hits = new.execute("SELECT text FROM ragpipe.semantic_search('half', '[1,0.1,0]', 3)").fetchall()
+            assert [h[0] for h in hits] == ["chunk 0", "chunk 1", "chunk 2"]
+            assert new.execute("SELECT (ragpipe.build_hnsw_index(%s)).built", (coll,)).fetchone()[0]
+            assert "embedding_half" in new.execute("SELECT indexdef FROM pg_indexes WHERE indexname = %s",
+                                                   (f"chunks_hnsw_c{coll}",)).fetchone()[0]
+    finally:
+        with psycopg.connect(db_url, autocommit=True) as admin:
+            admin.execute("DROP DATABASE IF EXISTS ragpipe_halfvec_upgrade WITH (FORCE)")
