@@ -72,7 +72,8 @@ BEGIN
                    role_name);
     EXECUTE format('GRANT SELECT, DELETE ON ragpipe.posting_blocks, ragpipe.posting_segments TO %I', role_name);
     EXECUTE format('GRANT SELECT, INSERT, DELETE ON ragpipe.dead_chunks TO %I', role_name);
-    EXECUTE format('GRANT EXECUTE ON FUNCTION ragpipe.compact_postings(int, boolean) TO %I', role_name);
+    EXECUTE format('GRANT EXECUTE ON FUNCTION ragpipe.compact_postings(int, boolean), '
+                   'ragpipe.vector_of(vector, halfvec) TO %I', role_name);
     EXECUTE format('GRANT EXECUTE ON FUNCTION ragpipe.promote_version(text, int), ragpipe.rollback_version(text), '
                    'ragpipe.version_name(text, int) TO %I', role_name);
     EXECUTE format('GRANT SELECT ON ragpipe.schema_migrations TO %I', role_name);
@@ -97,7 +98,8 @@ BEGIN  -- loader roles granted by an older release: what postings in blocks need
                AND grantee NOT IN (current_user, 'PUBLIC', 'ragpipe_loader') LOOP
         EXECUTE format('GRANT SELECT, DELETE ON ragpipe.posting_blocks, ragpipe.posting_segments TO %I', r);
         EXECUTE format('GRANT SELECT, INSERT, DELETE ON ragpipe.dead_chunks TO %I', r);
-        EXECUTE format('GRANT EXECUTE ON FUNCTION ragpipe.compact_postings(int, boolean) TO %I', r);
+        EXECUTE format('GRANT EXECUTE ON FUNCTION ragpipe.compact_postings(int, boolean), '
+                       'ragpipe.vector_of(vector, halfvec) TO %I', r);
     END LOOP;
 END
 $$;
