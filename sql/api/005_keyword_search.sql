@@ -139,15 +139,18 @@ BEGIN
     END IF;
     -- The delta (chunks loaded since the last compaction) is read in full, once: its chunks' exact
     -- scores, from their tsvectors.
-    -- Planned each time (EXECUTE), for its `upto`: a plan cached while the delta held every chunk would
-    -- keep reading the whole table once a compaction emptied it.
-    EXECUTE $q$
-        SELECT array_agg(d.i), array_agg(d.id), array_agg(d.part)
-        FROM (SELECT x.i, ch.id, x.idf * ragpipe.bm25_tf(cardinality(t.positions), length(ch.tsv), $6) AS part
-              FROM ragpipe.chunks ch CROSS JOIN LATERAL unnest(ch.tsv) t
-              JOIN unnest($3::text[], $4::float8[]) WITH ORDINALITY AS x(w, idf, i) ON x.w = t.lexeme
-              WHERE ch.collection_id = $1 AND ch.id > $2 AND ($5::jsonb IS NULL OR ch.metadata @> $5)) d $q$
-    INTO delta_words, delta_ids, delta_parts USING coll.id, upto, words, idfs, filter, avg_len;
+    -- Most searches find no delta: the newest chunk id (one step of the primary key, backwards) says so.
+    -- Else it is planned each time (EXECUTE), for its `upto`: a plan cached while the delta held every
+    -- chunk would keep reading the whole table once a compaction emptied it.
+    IF (SELECT max(ch.id) FROM ragpipe.chunks ch WHERE ch.collection_id = coll.id) > upto THEN
+        EXECUTE $q$
+            SELECT array_agg(d.i), array_agg(d.id), array_agg(d.part)
+            FROM (SELECT x.i, ch.id, x.idf * ragpipe.bm25_tf(cardinality(t.positions), length(ch.tsv), $6) AS part
+                  FROM ragpipe.chunks ch CROSS JOIN LATERAL unnest(ch.tsv) t
+                  JOIN unnest($3::text[], $4::float8[]) WITH ORDINALITY AS x(w, idf, i) ON x.w = t.lexeme
+                  WHERE ch.collection_id = $1 AND ch.id > $2 AND ($5::jsonb IS NULL OR ch.metadata @> $5)) d $q$
+        INTO delta_words, delta_ids, delta_parts USING coll.id, upto, words, idfs, filter, avg_len;
+    END IF;
     LOOP
         PERFORM ragpipe.check_search_time(max_s);
         -- Each word's first ceil(depth / 128) blocks of every segment (a deleted chunk's postings in
