@@ -42,7 +42,7 @@ def test_verify_finds_each_inconsistency_and_repair_mends_them(tmp_path, corpus,
     corrupted = conn.execute("SELECT min(base + ids[1]) FROM ragpipe.posting_blocks WHERE collection_id = %s "
                              "AND base + ids[1] <> %s", (coll_id, lost)).fetchone()[0]
     conn.execute("UPDATE ragpipe.posting_blocks SET tfs[1] = tfs[1] + 7 WHERE collection_id = %s "
-                 "AND base + ids[1] = %s", (coll_id, corrupted))  # postings of one chunk, in the blocks the run's compaction made
+                 "AND base + ids[1] = %s", (coll_id, corrupted))  # one chunk's postings, in the run's blocks
     conn.execute("DELETE FROM ragpipe.text_stats WHERE collection_id = %s", (coll_id,))
     removed = Path(corpus / docs[-1][1])
     removed.unlink()  # gone from the source, no run since

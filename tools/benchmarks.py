@@ -681,10 +681,10 @@ def bench_storage(conn, name: str, qvec: np.ndarray, truth: list[list[int]], sca
         coll = store.ensure_collection(conn, variant, DEFAULT_MODEL, 384, 256, 32, settings)
         half = store.stores_halfvec(coll)  # the table's vectors as the variant stores them
         conn.execute("INSERT INTO ragpipe.chunks (collection_id, document_id, ordinal, text, token_count, char_start, "
-                     "char_end, heading_path, content_hash, metadata, embedding, embedding_half) SELECT %s, document_id, "
-                     "ordinal, text, token_count, char_start, char_end, heading_path, content_hash, metadata, "
-                     "CASE WHEN %s THEN NULL ELSE embedding END, CASE WHEN %s THEN embedding::halfvec END "
-                     "FROM ragpipe.chunks WHERE collection_id = %s", (coll.id, half, half, base.id))  # the same documents
+                     "char_end, heading_path, content_hash, metadata, embedding, embedding_half) SELECT %s, "
+                     "document_id, ordinal, text, token_count, char_start, char_end, heading_path, content_hash, "
+                     "metadata, CASE WHEN %s THEN NULL ELSE embedding END, CASE WHEN %s THEN embedding::halfvec END "
+                     "FROM ragpipe.chunks WHERE collection_id = %s", (coll.id, half, half, base.id))  # same documents
         store.analyze_collection(conn, coll.id)
         same = dict(conn.execute("SELECT b.id, v.id FROM ragpipe.chunks b JOIN ragpipe.chunks v ON v.document_id = "
                                  "b.document_id AND v.ordinal = b.ordinal WHERE b.collection_id = %s AND "

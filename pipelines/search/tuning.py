@@ -34,7 +34,8 @@ class CurvePoint:
 def sample_queries(conn: psycopg.Connection, collection_id: int, n: int, seed: int = 0
                    ) -> list[tuple[int, np.ndarray]]:
     """`n` stored chunks (id, vector), the same ones for the same seed while the collection is unchanged."""
-    rows = conn.execute("SELECT id, ragpipe.vector_of(embedding, embedding_half) FROM ragpipe.chunks WHERE collection_id = %s "
+    rows = conn.execute("SELECT id, ragpipe.vector_of(embedding, embedding_half) FROM ragpipe.chunks "
+                        "WHERE collection_id = %s "
                         "ORDER BY md5(id::text || %s) LIMIT %s", (collection_id, str(seed), n)).fetchall()
     return [(chunk_id, vector.to_numpy()) for chunk_id, vector in rows]
 

@@ -15,13 +15,13 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingRes
 from starlette.routing import Route
 
 from pipelines.embed.errors import EmbeddingFailed
-from pipelines.service.mcp import McpEndpoint
 from pipelines.search import MODES, Mode
 from pipelines.service.access import Unauthorized
 from pipelines.service.admission import RETRY_AFTER_S, Admission, Limits
 from pipelines.service.backend import SearchService
 from pipelines.service.database import Busy
 from pipelines.service.guards import Guards, allowed_hosts
+from pipelines.service.mcp import McpEndpoint
 from pipelines.service.page import render_page
 from pipelines.service.requests import (
     MAX_BODY_BYTES,

@@ -9,8 +9,17 @@ from typing import Any
 import psycopg
 
 from pipelines.config import version_name
-from pipelines.search import (HYBRID_DEFAULTS, ChunkContext, Mode, RagContext, SearchResult, chunk_context_rows,
-                              jsonb_filter, rag_context_row, run_search)
+from pipelines.search import (
+    HYBRID_DEFAULTS,
+    ChunkContext,
+    Mode,
+    RagContext,
+    SearchResult,
+    chunk_context_rows,
+    jsonb_filter,
+    rag_context_row,
+    run_search,
+)
 from pipelines.service.access import Access
 from pipelines.service.database import ServiceDatabase
 from pipelines.service.requests import BadRequest, Forbidden, NotFound, RagContextRequest, check_query

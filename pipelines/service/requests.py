@@ -13,7 +13,6 @@ from pipelines.service.database import Busy
 from pipelines.settings import MAX_K, MAX_NEIGHBOURS
 from pipelines.store.database import DatabaseError, first_line, mask_url
 
-
 MAX_QUERY_BYTES = 8192
 MAX_BODY_BYTES = 1024 * 1024
 """The largest request body accepted (a 413 beyond it, before parsing)."""

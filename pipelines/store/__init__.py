@@ -9,9 +9,9 @@ from typing import Any
 
 import numpy as np
 import psycopg
+from pgvector import HalfVector
 from psycopg import sql
 from psycopg.types.json import Jsonb
-from pgvector import HalfVector
 
 from pipelines.chunking import Chunk
 from pipelines.store.languages import document_languages
@@ -192,7 +192,8 @@ def replace_documents(conn: psycopg.Connection, collection: Collection, run_id: 
         [d.body_hash for d in docs],
     )).fetchall()
     languages, fell_back = document_languages(conn, collection, docs)
-    copy_chunks(conn, collection.id, dict(rows), docs, languages, half=stores_halfvec(collection))  # keyword search reads new chunks as its delta
+    # keyword search reads new chunks as its delta: nothing to write for it here
+    copy_chunks(conn, collection.id, dict(rows), docs, languages, half=stores_halfvec(collection))
     for d, reason in fell_back:  # indexed, with a note: `ragpipe status --failures` lists it
         record_failure(conn, run_id, collection.id, d.source_id, d.uri, "language", reason)
 
