@@ -6,16 +6,26 @@ import asyncio
 import json
 import os
 import shutil
+from collections.abc import Iterator
 
 import httpx2
+import pytest
 from mcp import Client
 from mcp.client.stdio import StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 
 from pipelines import search as api
-from tests.test_service import QUESTION, TENANT_TOKENS, llm, served, serving, tenant_collection  # noqa: F401
+from tests.test_service import QUESTION, serving, tenant_collection
+from tools.service import ragpipe_serve
 
 TOOLS = {"list_collections", "search", "fetch_chunk", "fetch_document", "rag_context"}
+
+
+@pytest.fixture(scope="module")
+def served(sample, tmp_path_factory) -> Iterator[str]:
+    """`ragpipe serve` as a user starts it; stopped afterwards."""
+    with ragpipe_serve(tmp_path_factory.mktemp("mcp") / "serve.log", start_timeout_s=120) as (base, _):
+        yield base
 
 
 def result(got) -> object:

@@ -685,18 +685,14 @@ def test_searches_during_a_compaction_are_exact_and_never_wait(conn, name, db_ur
 def test_a_database_left_by_the_row_layout_migrates_and_stays_exact(db_url):
     """The upgrade: a collection whose postings are rows (migrations up to 012) is exact after `migrate`,
     which made blocks of the same postings from its chunks and dropped the rows and the tsvector GIN index."""
+    import numpy as np
+
     from pipelines import store
     from pipelines.store.database import connect
     from pipelines.store.migrations import migrate
+    from tests.conftest import database_at
 
-    url = psycopg.conninfo.make_conninfo(db_url, dbname="ragpipe_row_layout")
-    with psycopg.connect(db_url, autocommit=True) as admin:
-        admin.execute("DROP DATABASE IF EXISTS ragpipe_row_layout WITH (FORCE)")
-        admin.execute("CREATE DATABASE ragpipe_row_layout")
-    try:
-        migrate(url, last="012_postings_scores.sql")
-        import numpy as np
-
+    with database_at(db_url, "ragpipe_row_layout", last="012_postings_scores.sql") as url:
         with connect(url, autocommit=True) as old:  # loaded as that release did: rows of chunks, then postings
             coll_id = old.execute("INSERT INTO ragpipe.collections (name, model, dimension, chunk_tokens, "
                                   "chunk_overlap, family, settings) VALUES ('upgraded', 'm', 3, 256, 32, 'upgraded', "
@@ -723,9 +719,6 @@ def test_a_database_left_by_the_row_layout_migrates_and_stays_exact(db_url):
             for text, reference in want.items():
                 assert_bm25_top(keyword_hits(new, "upgraded", text), reference, 10, f"migrated: {text!r}")
             assert store.compact_postings(new, coll_id) == "nothing to compact"
-    finally:
-        with psycopg.connect(db_url, autocommit=True) as admin:
-            admin.execute("DROP DATABASE IF EXISTS ragpipe_row_layout WITH (FORCE)")
 
 
 def test_a_compaction_killed_with_sigkill_leaves_the_old_postings_and_the_next_one_completes(conn, name, db_url):

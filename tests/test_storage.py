@@ -243,21 +243,15 @@ def test_simple_matches_ids_exactly_and_a_missing_language_is_refused(tmp_path, 
 def test_a_halfvec_collection_built_before_migrates_to_the_halfvec_column(db_url):
     """The upgrade (migration 016): a halfvec collection whose table held float32 vectors gets them in
     embedding_half, its index on the old column dropped (its next run builds one), and searches as before."""
-    import psycopg
-
     from pipelines.store.database import connect
     from pipelines.store.migrations import migrate
+    from tests.conftest import database_at
 
-    url = psycopg.conninfo.make_conninfo(db_url, dbname="ragpipe_halfvec_upgrade")
-    with psycopg.connect(db_url, autocommit=True) as admin:
-        admin.execute("DROP DATABASE IF EXISTS ragpipe_halfvec_upgrade WITH (FORCE)")
-        admin.execute("CREATE DATABASE ragpipe_halfvec_upgrade")
-    try:
-        migrate(url, last="015_blocks_from_chunks.sql")
+    with database_at(db_url, "ragpipe_halfvec_upgrade", last="015_blocks_from_chunks.sql") as url:
         with connect(url, autocommit=True) as old:
             coll = old.execute("INSERT INTO ragpipe.collections (name, model, dimension, chunk_tokens, chunk_overlap, "
-                               "family, settings) VALUES ('half', 'm', 3, 256, 32, 'half', '{\"storage\": \"halfvec\"}') "
-                               "RETURNING id").fetchone()[0]
+                               "family, settings) VALUES ('half', 'm', 3, 256, 32, 'half', "
+                               "'{\"storage\": \"halfvec\"}') RETURNING id").fetchone()[0]
             doc = old.execute("INSERT INTO ragpipe.documents (collection_id, source_id, uri, content_hash, metadata) "
                               "VALUES (%s, 'd', 'mem://', 'h', '{}') RETURNING id", (coll,)).fetchone()[0]
             for i, vector in enumerate(["[1,0,0]", "[0.6,0.8,0]", "[0,0,1]"]):
@@ -276,6 +270,3 @@ def test_a_halfvec_collection_built_before_migrates_to_the_halfvec_column(db_url
             assert new.execute("SELECT (ragpipe.build_hnsw_index(%s)).built", (coll,)).fetchone()[0]
             assert "embedding_half" in new.execute("SELECT indexdef FROM pg_indexes WHERE indexname = %s",
                                                    (f"chunks_hnsw_c{coll}",)).fetchone()[0]
-    finally:
-        with psycopg.connect(db_url, autocommit=True) as admin:
-            admin.execute("DROP DATABASE IF EXISTS ragpipe_halfvec_upgrade WITH (FORCE)")

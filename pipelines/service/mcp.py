@@ -41,9 +41,9 @@ def authorization_of(ctx: Context) -> str | None:
 
 async def _call(service: SearchService, ctx: Context, work: Callable[[str], T]) -> T:
     """Run work(role) in a thread (the service is synchronous); any failure is one line, as over HTTP."""
+    authorization = authorization_of(ctx)
     try:
-        role = await anyio.to_thread.run_sync(service.role, authorization_of(ctx))
-        return await anyio.to_thread.run_sync(work, role)
+        return await anyio.to_thread.run_sync(lambda: work(service.role(authorization)))
     except Exception as exc:  # noqa: BLE001 - every failure becomes the tool's one-line error
         status, message = error_status(exc)
         raise ToolError(f"{message} (HTTP {status})" if status >= 500 else message) from None

@@ -103,8 +103,8 @@ DECLARE
     left_over bigint;
     rounds_probed int := 0;
     max_s double precision := coalesce((coll.settings #>> '{index,max_search_s}')::double precision, 30);
-    has_blocks boolean := EXISTS (SELECT FROM ragpipe.posting_segments g WHERE g.collection_id = coll.id);
     upto bigint := (SELECT coalesce(max(g.upto), 0) FROM ragpipe.posting_segments g WHERE g.collection_id = coll.id);
+    has_blocks boolean := upto > 0;  -- a segment's upto is its largest chunk id
     delta_words bigint[];
     delta_ids bigint[];
     delta_parts double precision[];
