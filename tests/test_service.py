@@ -173,7 +173,10 @@ def test_a_chunk_in_context_over_http_and_python(sample, served):
     assert [c["chunk_id"] for c in body["chunks"] if c["hit"]] == [hit.chunk_id] and 1 <= len(body["chunks"]) <= 3
     assert [c["ordinal"] for c in body["chunks"]] == sorted(c["ordinal"] for c in body["chunks"])
     assert hit.text in body["text"]
-    assert httpx.get(f"{served}/api/chunks/{sample}/999999999", timeout=30).status_code == 404
+    for unknown in ("999999999", "-5", "99999999999999999999"):  # none, negative, past bigint
+        assert httpx.get(f"{served}/api/chunks/{sample}/{unknown}", timeout=30).status_code == 404, unknown
+    page = httpx.get(f"{served}/", params={"collection": sample, "around": "99999999999999999999"}, timeout=30)
+    assert page.status_code == 404 and "has no chunk" in page.text
     assert httpx.get(f"{served}/api/chunks/{sample}/{hit.chunk_id}", params={"neighbours": 99}).status_code == 422
 
 

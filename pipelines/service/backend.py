@@ -306,8 +306,10 @@ class SearchService:
         """A chunk of the collection's searched version with its neighbours, or NotFound."""
         self.forbid_tenant(role, "chunk context")
         version = self.version_of(collection)[1]
-        with self.db.session(role) as conn:
-            found = chunk_context_rows(conn, version, chunk_id, neighbours)
+        found = None
+        if 0 < chunk_id < 2**63:  # a chunk id is a bigint: any other number names no chunk
+            with self.db.session(role) as conn:
+                found = chunk_context_rows(conn, version, chunk_id, neighbours)
         if found is None:
             raise NotFound(f"collection {collection!r} has no chunk {chunk_id} (chunk ids change when a document "
                            "is read again: search again)")

@@ -45,7 +45,7 @@ SELECT *
 FROM ragpipe.similar_documents(%(collection)s, %(source_id)s, %(k)s, %(filter)s);
 
 -- name: chunk_context
-SELECT * FROM ragpipe.chunk_context(%(collection)s, %(chunk_id)s, %(neighbours)s);
+SELECT * FROM ragpipe.chunk_context(%(collection)s, %(chunk_id)s::bigint, %(neighbours)s::int);
 
 -- name: document_text
 SELECT * FROM ragpipe.document_text(%(collection)s, %(source_id)s);
