@@ -2,8 +2,8 @@
 
 The build key (model, chunking, chunk context, document prompt, HNSW build settings) is what a row
 was built with; a spec with another key is another version (pipelines/versions decides which row a
-run writes). Search defaults, ef_search, keyword_candidates, keyword_rescore, the query prompt and
-an API model's endpoint options are stored settings that change in place.
+run writes). Search defaults, ef_search, keyword_candidates, keyword_rescore, the query prompt, the
+reranker and an API model's endpoint options are stored settings that change in place.
 """
 
 import dataclasses
@@ -31,6 +31,7 @@ def stored_settings(spec: CollectionSpec) -> dict[str, Any]:
             **({"storage": spec.storage} if spec.storage != "float32" else {}),
             **({"dimensions": spec.dimensions} if spec.dimensions else {}),
             **({"keyword": False} if not spec.keyword else {}),
+            **({"rerank": spec.rerank} if spec.rerank else {}),
             **({"language": spec.language} if spec.language != "english" else {}),
             **({"languages": sorted(set(spec.languages) - {spec.language})} if set(spec.languages) - {spec.language}
                else {})}
@@ -143,6 +144,20 @@ def query_embedder(family: str, model: str, settings: dict[str, Any]) -> Embedde
         prompts.update({k: v for k, v in declared.prompts.items() if k == "query"})
         settings = {**settings, "prompts": prompts}
     return embedder_for(model, settings)
+
+
+def rerank_options(family: str, settings: dict[str, Any], asked: bool | None = None) -> dict[str, Any] | None:
+    """The reranker (RerankOptions) a search of `family` uses: collections.yml's `rerank:` now when it
+    declares the collection (a change applies at once, with no run), else the one stored with the
+    version; None when `asked` is False. asked=True of a collection without one is a ConfigError."""
+    if asked is False:
+        return None
+    declared = declared_spec(family)
+    options = declared.rerank if declared is not None else settings.get("rerank")
+    if asked and not options:
+        raise ConfigError(f"collection {family!r} has no reranker: add `rerank: {{model: ...}}` to it in "
+                          "collections.yml (docs/rerank.md), or search without rerank")
+    return options
 
 
 def declared_spec(family: str) -> CollectionSpec | None:

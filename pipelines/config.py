@@ -11,7 +11,7 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from pipelines.embed.names import API_PREFIX, api_model_id
-from pipelines.settings import DEFAULT_MODEL
+from pipelines.settings import DEFAULT_MODEL, MAX_K
 
 SCHEDULE_PRESETS = {"@once", "@hourly", "@daily", "@weekly", "@monthly", "@yearly", "@continuous"}
 VERSION_MARK = "@v"
@@ -103,6 +103,8 @@ class CollectionSpec:
     embedder.dimensions, which the endpoint makes). A change builds a new version."""
     watch: dict[str, Any] | None = None
     """WatchOptions when the collection runs on source changes (`watch: true` or options), else None."""
+    rerank: dict[str, Any] | None = None
+    """RerankOptions when the collection's searches re-rank their best candidates, else None."""
     keyword: bool = True
     """False: no keyword (BM25) index at all, for a collection searched only semantically (keyword and
     hybrid searches of it are an error naming this setting; RAG context is semantic). A change builds a
@@ -154,20 +156,29 @@ def _no_credentials(url: str) -> str:
     return url
 
 
-class ApiOptions(BaseModel):
-    """`embedder:` in collections.yml, for `model: openai:<model>`: an endpoint speaking OpenAI's
-    /v1/embeddings (OpenAI, Azure OpenAI, Ollama, vLLM, TEI, LiteLLM). The key is never stored: it is
-    read from the environment variable `api_key_env`, or the Airflow connection `connection`."""
+EndpointUrl = Annotated[str, Field(pattern=r"^https?://[^\s]+$"), AfterValidator(_no_credentials)]
+KeyVariable = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+
+
+class EndpointKey(BaseModel):
+    """How an HTTP endpoint's key is found and sent. The key is never stored: it is read from the
+    environment variable `api_key_env`, or the Airflow connection `connection`."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
-    base_url: Annotated[str, Field(pattern=r"^https?://[^\s]+$"), AfterValidator(_no_credentials)] = \
-        "https://api.openai.com/v1"
-    api_key_env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] | None = "OPENAI_API_KEY"
+    api_key_env: KeyVariable | None = None
     """The variable holding the key; an unset variable sends no key (Ollama and local servers need none)."""
     key_header: Literal["authorization", "api-key"] = "authorization"
     """How the key is sent: `Authorization: Bearer KEY`, or `api-key: KEY` (Azure OpenAI)."""
     connection: Annotated[str, Field(pattern=r"^[\w.-]+$")] | None = None
     """An Airflow connection id whose password is the key (AIRFLOW_CONN_<ID>, or Airflow's secrets)."""
+
+
+class ApiOptions(EndpointKey):
+    """`embedder:` in collections.yml, for `model: openai:<model>`: an endpoint speaking OpenAI's
+    /v1/embeddings (OpenAI, Azure OpenAI, Ollama, vLLM, TEI, LiteLLM)."""
+
+    base_url: EndpointUrl = "https://api.openai.com/v1"
+    api_key_env: KeyVariable | None = "OPENAI_API_KEY"
     dimensions: Annotated[int, Field(ge=1, le=16_000)] | None = None
     """Ask for vectors this wide (text-embedding-3-*: any width up to the model's); recorded in the model id."""
     batch_size: Annotated[int, Field(ge=1, le=2048)] = 64
@@ -187,6 +198,29 @@ class ApiOptions(BaseModel):
     """Tries after the first, on 429, 5xx, a timeout or a lost connection (queries: at most 1)."""
     max_backoff_s: Annotated[float, Field(ge=0, le=600)] = 30.0
     """The longest wait between tries (Retry-After is honoured up to this)."""
+
+
+class RerankOptions(EndpointKey):
+    """`rerank:` in collections.yml: a search's best `candidates` re-scored by a cross-encoder before the
+    top k are returned (search, RAG context, ask, the service, MCP). Local: `model` is a
+    sentence-transformers CrossEncoder (a Hugging Face id in the local cache, or a path; never
+    downloaded). With `base_url`: an endpoint speaking the common /rerank shape (Cohere, Jina, Voyage,
+    vLLM, Infinity; `documents_field: texts` for Hugging Face TEI). Not a build setting: a change
+    applies to the next search. A reranker that fails or times out returns the first-stage order, flagged."""
+
+    model: Annotated[str, Field(min_length=1, max_length=500)]
+    base_url: EndpointUrl | None = None
+    """The API's base (POSTs go to <base_url>/rerank); unset: `model` runs here as a CrossEncoder."""
+    candidates: Annotated[int, Field(ge=1, le=MAX_K)] = 50
+    """How many first-stage hits are re-scored (at least k)."""
+    timeout_s: Annotated[float, Field(gt=0, le=120)] = 5.0
+    """An API reranker answers within this, tries included, or the search returns the first-stage order."""
+    retries: Annotated[int, Field(ge=0, le=3)] = 1
+    """Tries after the first, on 429, 5xx or a lost connection, while timeout_s lasts."""
+    documents_field: Literal["documents", "texts"] = "documents"
+    """The request's name for the candidates' texts: `documents` (Cohere, Jina, Voyage, vLLM), `texts` (TEI)."""
+    max_chars: Annotated[int, Field(ge=100, le=100_000)] = 4000
+    """Each candidate's text is cut to this many characters (cross-encoders read about 512 tokens)."""
 
 
 class SearchOptions(BaseModel):
@@ -301,6 +335,7 @@ def collection_model() -> type[BaseModel]:
         languages: list[Annotated[str, Field(pattern=LANGUAGE_PATTERN)]] = Field(default_factory=list)
         dimensions: Annotated[int, Field(ge=8, le=16_000)] | None = None
         watch: WatchOptions | bool | None = None
+        rerank: RerankOptions | None = None
         keyword: bool = True
 
     return Collection
@@ -370,8 +405,9 @@ def parse_collection(raw: Any, where: str, base: Path) -> CollectionSpec:
         raise ConfigError(f"{where}: `watch:` of a sql source needs `table: schema.table`, the table whose "
                           "changes notify (`ragpipe watch setup` installs its trigger)")
     return CollectionSpec(**dict(model.model_dump(exclude={"source", "index", "search", "eval", "prompts", "embedder",
-                                                           "watch"}),
+                                                           "watch", "rerank"}),
                                  watch=watch.model_dump() if watch else None,
+                                 rerank=model.rerank.model_dump() if model.rerank else None,
                                  source=source, index=index, search=search, eval=evaluation, embedder=embedder,
                                  prompts=model.prompts.model_dump(exclude_none=True)))
 

@@ -370,7 +370,7 @@ def test_the_key_never_shows_in_an_error_wherever_the_endpoint_puts_it(endpoint,
     """Defect (#42.2): the detail was cut to 200 characters before the key was masked, leaving a prefix."""
     import base64
 
-    from pipelines.embed.api import ApiEmbedder, redact
+    from pipelines.embed.api import ApiEmbedder, error_detail, redact
 
     key = "sk-proj-" + "Ab3_x-Z9" * 20
     os.environ["RAGPIPE_TEST_LONG_KEY"] = key
@@ -381,8 +381,8 @@ def test_the_key_never_shows_in_an_error_wherever_the_endpoint_puts_it(endpoint,
         for offset in range(0, 260):
             for form in (key, f"Bearer {key}", f"Basic {basic}", key[:100], key[-60:], json.dumps(key)):
                 text = "x" * offset + form + " and more" * 30
-                for shown in (embedder._detail(json.dumps({"error": {"message": text}}).encode()),
-                              embedder._detail(text.encode())):
+                for shown in (error_detail(json.dumps({"error": {"message": text}}).encode(), embedder._key()),
+                              error_detail(text.encode(), embedder._key())):
                     assert key[:12] not in shown and key[-12:] not in shown and basic[:16] not in shown, (offset, form)
                     assert len(shown) <= 205
         assert redact(f"https://me:{key}@host/v1 {basic}", [key]).count("***") == 2

@@ -229,6 +229,33 @@ def bench_api_embedder(chunks: list[str], raw_rate: float) -> None:
         server.wait(30)
 
 
+def bench_rerank(texts: list[str], candidates: int = 50, rounds: int = 30) -> None:
+    """What re-ranking adds beyond its model: `candidates` hits re-ranked through the loopback /rerank
+    endpoint (the model's time measured inside the server), p50 and p95 of the rest (HTTP, JSON, checks)."""
+    from pipelines.search import SearchResult
+    from pipelines.search.rerank import rerank
+    from tools.embeddings_server import running
+
+    hits = [SearchResult(i, f"d{i}", f"file:///d{i}", None, text, {}, 1.0 / (i + 1))
+            for i, text in enumerate(texts[:candidates])]
+    with running() as server:
+        options = {"model": "minilm", "base_url": server.base_url, "candidates": candidates, "timeout_s": 30.0}
+        rerank("warm up", hits, options, 10)
+        overheads, model = [], []
+        for i in range(rounds):
+            started = time.perf_counter()
+            outcome = rerank(f"question {i} about {texts[i]}"[:200], hits, options, 10)
+            took = time.perf_counter() - started
+            assert outcome.reranked, outcome.error
+            model.append(server.seen.model_s[-1])
+            overheads.append(took - model[-1])
+    p50, p95 = (float(np.percentile(overheads, q)) * 1000 for q in (50, 95))
+    record("search", f"rerank of {candidates} candidates through the loopback /rerank endpoint, {rounds} queries: "
+           "overhead beyond the model's own time", f"p50 {p50:.2f} ms, p95 {p95:.2f} ms (the model: p50 "
+           f"{float(np.median(model)) * 1000:.0f} ms)", **{"search.rerank.overhead_p50_ms": p50,
+                                                           "search.rerank.overhead_p95_ms": p95})
+
+
 def bench_backend_quality() -> None:
     """nDCG@10 on the whole NFCorpus test set, torch vs onnx-int8, through `ragpipe eval`'s code path."""
     from pipelines.search.evaluate import evaluate
@@ -600,6 +627,9 @@ def bench_search(conn, chunks: int, queries: int) -> None:
                **{f"search.{scale}.{mode}_p50_ms": np.percentile(lat, 50),
                   f"search.{scale}.{mode}_p95_ms": np.percentile(lat, 95)})
     bench_storage(conn, name, qvec, [t for t, _ in truth], scale)
+    texts = [r[0] for r in conn.execute("SELECT text FROM ragpipe.chunks WHERE collection_id = %s ORDER BY id LIMIT 80",
+                                        (coll.id,)).fetchall()]
+    bench_rerank(texts)
 
 
 def bench_service(conn, chunks: int, queries: int) -> None:

@@ -1,9 +1,12 @@
-"""A loopback server speaking OpenAI's POST /v1/embeddings, with real vectors from the packaged
-MiniLM model and faults on demand (for the tests and `make bench`; never a production server).
+"""A loopback server speaking OpenAI's POST /v1/embeddings and the common POST /v1/rerank, with real
+vectors from the packaged MiniLM model and faults on demand (for the tests and `make bench`; never a
+production server).
 
     python -m tools.embeddings_server --port 8399    # then model: openai:minilm, base_url: http://127.0.0.1:8399/v1
 
-Its vectors are the model's, scaled by 3 (some servers do not normalise: the client must).
+Its vectors are the model's, scaled by 3 (some servers do not normalise: the client must). Its rerank
+scores are the cosine of the query's and each document's vectors (what a cross-encoder's scores
+would be is not the point: the client must apply the server's order).
 """
 
 import argparse
@@ -60,6 +63,8 @@ class Seen:
     """time.monotonic() of each request's arrival."""
     authorization: set[str] = field(default_factory=set)
     bodies: list[dict[str, Any]] = field(default_factory=list)
+    model_s: list[float] = field(default_factory=list)
+    """Seconds each rerank spent in the model (what a client's overhead is measured against)."""
 
 
 class EmbeddingsServer(ThreadingHTTPServer):
@@ -80,7 +85,8 @@ class EmbeddingsServer(ThreadingHTTPServer):
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.server_address[1]}/v1"
 
-    def answer(self, body: dict[str, Any], authorization: str = "") -> tuple[int, dict[str, str], bytes]:
+    def answer(self, body: dict[str, Any], authorization: str = "",
+               route: str = "embeddings") -> tuple[int, dict[str, str], bytes]:
         with self.lock:
             self.seen.requests += 1
             self.seen.times.append(time.monotonic())
@@ -105,6 +111,8 @@ class EmbeddingsServer(ThreadingHTTPServer):
             return 500, {}, b'{"error": {"message": "the model server fell over"}}'
         if fault == "garbage":
             return 200, {}, b"<html>not json</html>"
+        if route == "rerank":
+            return self.rerank(body, fault)
         texts = body.get("input")
         if isinstance(texts, str):
             texts = [texts]
@@ -128,6 +136,31 @@ class EmbeddingsServer(ThreadingHTTPServer):
                    "usage": {"prompt_tokens": 0, "total_tokens": 0}}
         return 200, headers, json.dumps(payload).encode()  # NaN is written as NaN, as a buggy server would
 
+    def rerank(self, body: dict[str, Any], fault: str | None) -> tuple[int, dict[str, str], bytes]:
+        """Cohere's shape ({results: [{index, relevance_score}]}, best first), or TEI's ([{index, score}])
+        when the texts come as `texts`."""
+        texts, query = body.get("documents", body.get("texts")), body.get("query")
+        if not isinstance(query, str) or not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+            return 400, {}, b'{"error": {"message": "query must be a string and documents a list of strings"}}'
+        started = time.perf_counter()
+        vectors = self.embedder.encode([query, *texts])
+        scores = [float(v @ vectors[0]) for v in vectors[1:]]
+        self.seen.model_s.append(time.perf_counter() - started)
+        rows = sorted(({"index": i, "relevance_score": s} for i, s in enumerate(scores)),
+                      key=lambda r: -r["relevance_score"])
+        if fault == "wrong_count":
+            rows = rows[:-1]
+        elif fault == "nan":
+            rows[0]["relevance_score"] = math.nan
+        with self.lock:
+            self.seen.texts += len(texts)
+            self.seen.answered += 1
+        headers = {"_drip": "1"} if fault == "drip" else {}
+        if "texts" in body:
+            return 200, headers, json.dumps([{"index": r["index"], "score": r["relevance_score"]}
+                                             for r in rows]).encode()
+        return 200, headers, json.dumps({"results": rows, "model": body.get("model")}).encode()
+
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A client that gave up (its timeout) is not the server's error: no traceback."""
         import sys
@@ -148,7 +181,8 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:  # noqa: N802
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length)
-        if self.path.rstrip("/") != "/v1/embeddings":
+        route = {"/v1/embeddings": "embeddings", "/v1/rerank": "rerank"}.get(self.path.rstrip("/"))
+        if route is None:
             return self._send(404, {}, b'{"error": {"message": "no such route"}}')
         with self.server.lock:
             self.server.seen.authorization.add(self.headers.get("Authorization", ""))
@@ -156,7 +190,7 @@ class Handler(BaseHTTPRequestHandler):
             body = json.loads(raw)
         except ValueError:
             return self._send(400, {}, b'{"error": {"message": "not JSON"}}')
-        status, headers, payload = self.server.answer(body, self.headers.get("Authorization", ""))
+        status, headers, payload = self.server.answer(body, self.headers.get("Authorization", ""), route)
         if not payload and status == 503:  # a hang that was released: drop the connection
             self.close_connection = True
             return None
@@ -191,8 +225,9 @@ class Handler(BaseHTTPRequestHandler):
 
 @contextmanager
 def running(port: int = 0) -> Iterator[EmbeddingsServer]:
-    """The server on loopback in a thread, stopped (hanging requests released) on exit."""
+    """The server on loopback in a thread, its model loaded, stopped (hanging requests released) on exit."""
     server = EmbeddingsServer(port)
+    server.embedder.encode(["warm up"])  # a first request that loads the model would outlast a client's timeout
     thread = threading.Thread(target=server.serve_forever, name="embeddings-server", daemon=True)
     thread.start()
     try:

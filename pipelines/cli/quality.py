@@ -1,6 +1,7 @@
 """`ragpipe eval` and `ragpipe tune`: retrieval quality on a BEIR data set, and ef_search against recall."""
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -22,9 +23,12 @@ from pipelines.cli.common import emit, fail
 @click.option("--sweep", is_flag=True,
               help="Also score hybrid under each fusion setting (rrf_k 10/30/60, convex alpha 0.3-0.7). "
                    "Choose on --split dev, then report once on test.")
+@click.option("--rerank", "rerank_json", metavar="JSON", help="Also score each mode re-ranked by this reranker "
+              "(a `rerank:` setting as JSON, e.g. '{\"model\": \"rerank-v3.5\", \"base_url\": "
+              "\"https://api.cohere.com/v2\", \"api_key_env\": \"COHERE_API_KEY\"}'), as rows `<mode>+rerank`.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def eval_(dataset_dir: Path, modes: str, split: str, collection: str | None, max_queries: int | None,
-          chunk_context: bool, chunk_tokens: int | None, sweep: bool, as_json: bool) -> None:
+          chunk_context: bool, chunk_tokens: int | None, sweep: bool, rerank_json: str | None, as_json: bool) -> None:
     """Retrieval quality on a BEIR data set (corpus.jsonl, queries.jsonl, qrels/test.tsv).
 
     Ingests the corpus through the normal pipeline (incrementally: re-runs are cheap), runs every
@@ -40,7 +44,7 @@ def eval_(dataset_dir: Path, modes: str, split: str, collection: str | None, max
     if unknown:
         fail(f"unknown mode(s) {sorted(unknown)}")
     report = evaluate(dataset_dir, wanted, collection=collection, split=split, max_queries=max_queries, sweep=sweep,
-                      chunk_context=chunk_context, chunk_tokens=chunk_tokens)
+                      chunk_context=chunk_context, chunk_tokens=chunk_tokens, rerank=reranker_of(rerank_json))
     if as_json:
         emit(report)
         return
@@ -49,6 +53,21 @@ def eval_(dataset_dir: Path, modes: str, split: str, collection: str | None, max
     if scored:
         rows = [[mode, *m.values()] for mode, m in scored.items()]
         click.echo(tabulate(rows, headers=["mode", *next(iter(scored.values())).keys()]))
+
+
+def reranker_of(text: str | None) -> dict[str, Any] | None:
+    """--rerank's JSON as stored RerankOptions, or a one-line failure."""
+    if not text:
+        return None
+    from pydantic import ValidationError
+
+    from pipelines.config import RerankOptions
+
+    try:
+        return RerankOptions.model_validate_json(text).model_dump()
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'rerank'}: {e['msg']}" for e in exc.errors())
+        fail(f"--rerank: {problems}")
 
 
 @click.command()

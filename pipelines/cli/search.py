@@ -45,14 +45,18 @@ def print_hits(results: list, as_json: bool, by_document: bool = False) -> None:
               "code: german, de); default: in every language the collection holds. Keyword and hybrid modes.")
 @click.option("--chunks", is_flag=True, help="List every chunk of the K on a line of its own, instead of grouping "
               "them by document.")
+@click.option("--rerank/--no-rerank", default=None, help="Re-rank the best candidates with the collection's "
+              "reranker (`rerank:` in collections.yml) [default: when it has one].")
 @click.option("--json", "as_json", is_flag=True, help="Print the K chunks as a JSON list.")
 def search(query: str, collection: str, k: int, mode: str, filter_: str | None, language: str | None,
-           chunks: bool, as_json: bool) -> None:
+           chunks: bool, rerank: bool | None, as_json: bool) -> None:
     """Search a collection: the K chunks that best match QUERY, grouped by document (its best passage
     first, with the count of its other chunks among the K), as the search page shows them."""
     from pipelines.search import search as run_search
 
-    hits = run_search(query, collection=collection, k=k, filter=parse_filter(filter_), mode=mode, language=language)
+    hits = run_search(query, collection=collection, k=k, filter=parse_filter(filter_), mode=mode, language=language,
+                      rerank=rerank)
+    say_rerank_failure(hits)
     print_hits(hits, as_json, by_document=not chunks)
     if not hits and not as_json:
         click.echo(f"no results in {collection!r} ({mode} search{', with that filter' if filter_ else ''}): "
@@ -60,6 +64,12 @@ def search(query: str, collection: str, k: int, mode: str, filter_: str | None, 
                    + ("A looser --filter, or " if filter_ else "")
                    + ("--mode semantic finds text by meaning" if mode == "keyword"
                       else "--mode keyword finds exact words"))
+
+
+def say_rerank_failure(found: Any) -> None:
+    """One line on stderr when the reranker failed and the first-stage order is shown."""
+    if found.rerank_error:
+        click.echo(f"rerank failed, first-stage order: {found.rerank_error}", err=True)
 
 
 @click.command()
@@ -83,7 +93,10 @@ def similar(source_id: str, collection: str, k: int, as_json: bool) -> None:
 @click.option("--filter", "filter_", help="Document metadata that must match (JSON).")
 @click.option("--neighbours", default=0, show_default=True, type=click.IntRange(0, MAX_NEIGHBOURS),
               help="Chunks before and after each hit to bring along from its document (its passage in context).")
-def ask(question: str, collection: str, k: int, max_tokens: int, filter_: str | None, neighbours: int) -> None:
+@click.option("--rerank/--no-rerank", default=None, help="Re-rank the best candidates with the collection's "
+              "reranker (`rerank:` in collections.yml) [default: when it has one].")
+def ask(question: str, collection: str, k: int, max_tokens: int, filter_: str | None, neighbours: int,
+        rerank: bool | None) -> None:
     """Answer QUESTION from the collection with an LLM, citing the sources.
 
     Set RAGPIPE_LLM_URL to an OpenAI-compatible API (e.g. http://localhost:11434/v1 for Ollama,
@@ -97,7 +110,8 @@ def ask(question: str, collection: str, k: int, max_tokens: int, filter_: str | 
     from pipelines.store.database import mask_url
 
     ctx = rag_context(question, collection, k=k, max_tokens=max_tokens, filter=parse_filter(filter_),
-                      neighbours=neighbours)
+                      neighbours=neighbours, rerank=rerank)
+    say_rerank_failure(ctx)
     messages = build_messages(question, ctx)
     settings = llm_settings()
     if settings is None:

@@ -11,6 +11,7 @@ import random
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
@@ -18,7 +19,7 @@ from urllib.parse import quote, unquote, urlsplit
 import httpx
 import numpy as np
 
-from pipelines.config import ApiOptions
+from pipelines.config import ApiOptions, EndpointKey
 from pipelines.embed.base import Embedder
 from pipelines.embed.errors import EmbeddingFailed
 from pipelines.embed.names import PACKAGED_MODELS, model_location, split_api_model_id
@@ -149,6 +150,89 @@ def read_within(response: httpx.Response, deadline: float, cap: int) -> bytes:
     return bytes(body)
 
 
+def endpoint_key(options: EndpointKey, what: str, error: type[Exception]) -> str | None:
+    """The key of an endpoint (`what`, for the message): from the Airflow connection when one is named,
+    else $api_key_env (unset: none); `error` when the connection cannot be found."""
+    if options.connection:
+        env = os.environ.get(f"AIRFLOW_CONN_{options.connection.upper()}")
+        if env:
+            return password_of(env)
+        try:
+            from airflow.sdk import BaseHook
+
+            return BaseHook.get_connection(options.connection).password
+        except Exception:
+            raise error(f"no Airflow connection {options.connection!r} for {what}: set "
+                        f"AIRFLOW_CONN_{options.connection.upper()} (its password is the key) or add it "
+                        "in Airflow") from None
+    return os.environ.get(options.api_key_env) if options.api_key_env else None
+
+
+def key_headers(options: EndpointKey, key: str | None) -> dict[str, str]:
+    if not key:
+        return {}
+    return {"api-key": key} if options.key_header == "api-key" else {"Authorization": f"Bearer {key}"}
+
+
+def key_source(options: EndpointKey) -> str:
+    """Where the key comes from, for a message that asks to check it."""
+    if options.connection:
+        return f"the Airflow connection {options.connection!r}"
+    return f"${options.api_key_env}" if options.api_key_env else "api_key_env (none is set)"
+
+
+def error_detail(content: bytes, key: str | None) -> str:
+    """An endpoint's own error message, short, with every form of the key masked before it is cut."""
+    text = content.decode("utf-8", "replace")
+    try:
+        message = json.loads(text).get("error", {})
+        message = message.get("message", "") if isinstance(message, dict) else str(message)
+    except (ValueError, AttributeError):
+        message = text
+    message = redact(" ".join(str(message).split()), [key] if key else [])
+    if len(message) > DETAIL_CHARS:
+        message = message[:DETAIL_CHARS] + "…"
+    return f" ({message})" if message else ""
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One POST: the answer of a 200 (`content`), or why there is none and how long the endpoint asks to wait."""
+
+    content: bytes | None
+    reason: str = ""
+    wait: float | None = None
+
+
+def post_once(client: httpx.Client, url: str, body: dict[str, Any], headers: dict[str, str], deadline: float,
+              cap: int, key: str | None, options: EndpointKey, what: str, error: type[Exception],
+              too_large: str) -> Attempt:
+    """POST `body` and read the answer by `deadline` (time.monotonic()): a 200's body up to `cap` bytes;
+    else why (a timeout, a lost connection, a 408/409/429/5xx with the endpoint's message, key masked).
+    `error` (naming `what`) when another try cannot help: a 200 over the cap, or any other status."""
+    timeout = max(0.001, deadline - time.monotonic())
+    try:
+        with client.stream("POST", url, json=body, headers=headers, timeout=httpx.Timeout(timeout)) as response:
+            ok = response.status_code == 200
+            try:
+                content = read_within(response, deadline, cap if ok else ERROR_BODY_BYTES)
+            except AnswerTooLarge:
+                if ok:
+                    raise error(f"{what} answered {too_large}") from None
+                content = b""
+    except httpx.TimeoutException:
+        return Attempt(None, f"no answer within {timeout:.3g} s")
+    except httpx.TransportError as exc:
+        return Attempt(None, f"cannot connect ({type(exc).__name__})")
+    if ok:
+        return Attempt(content)
+    reason = f"HTTP {response.status_code}{error_detail(content, key)}"
+    if response.status_code not in RETRY_STATUS:
+        hint = f"; check the key in {key_source(options)}" if response.status_code in (401, 403) else ""
+        raise error(f"{what} refused the request: {reason}{hint}")
+    return Attempt(None, reason, retry_after(response))
+
+
 class ApiEmbedder(Embedder):
     def __init__(self, model_id: str, options: dict[str, Any], query_prompt: str | None = None,
                  document_prompt: str | None = None) -> None:
@@ -235,27 +319,10 @@ class ApiEmbedder(Embedder):
         return np.stack(out).astype(np.float32, copy=False)  # type: ignore[arg-type]
 
     def _headers(self) -> dict[str, str]:
-        key = self._key()
-        if not key:
-            return {}
-        return {"api-key": key} if self.options.key_header == "api-key" else {"Authorization": f"Bearer {key}"}
+        return key_headers(self.options, self._key())
 
     def _key(self) -> str | None:
-        """The API key: from the Airflow connection when one is named, else $api_key_env (unset: none)."""
-        if self.options.connection:
-            env = os.environ.get(f"AIRFLOW_CONN_{self.options.connection.upper()}")
-            if env:
-                return password_of(env)
-            try:
-                from airflow.sdk import BaseHook
-
-                return BaseHook.get_connection(self.options.connection).password
-            except Exception:
-                raise EmbeddingFailed(
-                    f"no Airflow connection {self.options.connection!r} for the embedding endpoint {self.where}: "
-                    f"set AIRFLOW_CONN_{self.options.connection.upper()} (its password is the key) or add it "
-                    "in Airflow") from None
-        return os.environ.get(self.options.api_key_env) if self.options.api_key_env else None
+        return endpoint_key(self.options, f"the embedding endpoint {self.where}", EmbeddingFailed)
 
     def _post(self, inputs: list[str], timeout: float, retries: int, max_backoff: float) -> list[np.ndarray]:
         """One request, tried 1 + `retries` times on 429, 5xx, a timeout or a lost connection; each try
@@ -266,35 +333,14 @@ class ApiEmbedder(Embedder):
             body["dimensions"] = self.requested_dimensions
         for attempt in range(retries + 1):
             last = attempt == retries
-            deadline = time.monotonic() + timeout
-            try:
-                with self._client.stream("POST", self.endpoint, json=body, headers=self._headers(),
-                                         timeout=httpx.Timeout(timeout)) as response:
-                    ok = response.status_code == 200
-                    try:
-                        content = read_within(response, deadline, self._answer_cap(len(inputs)) if ok
-                                              else ERROR_BODY_BYTES)
-                    except AnswerTooLarge:
-                        if not ok:
-                            content = b""
-                        else:
-                            raise EmbeddingFailed(
-                                f"the embedding endpoint {self.where} answered more than "
-                                f"{self._answer_cap(len(inputs)) >> 20} MiB for {len(inputs)} texts; nothing of "
-                                "this batch is stored (is base_url an embeddings endpoint?)") from None
-            except httpx.TimeoutException:
-                reason, wait = f"no answer within {timeout:g} s", None
-            except httpx.TransportError as exc:
-                reason, wait = f"cannot connect ({type(exc).__name__})", None
-            else:
-                if ok:
-                    return self._vectors(content, len(inputs))
-                reason = f"HTTP {response.status_code}{self._detail(content)}"
-                wait = retry_after(response)
-                if response.status_code not in RETRY_STATUS:
-                    hint = (f"; check the key in {self._key_source()}"
-                            if response.status_code in (401, 403) else "")
-                    raise EmbeddingFailed(f"the embedding endpoint {self.where} refused the request: {reason}{hint}")
+            cap = self._answer_cap(len(inputs))
+            done = post_once(self._client, self.endpoint, body, self._headers(), time.monotonic() + timeout, cap,
+                             self._key(), self.options, f"the embedding endpoint {self.where}", EmbeddingFailed,
+                             f"more than {cap >> 20} MiB for {len(inputs)} texts; nothing of this batch is stored "
+                             "(is base_url an embeddings endpoint?)")
+            if done.content is not None:
+                return self._vectors(done.content, len(inputs))
+            reason, wait = done.reason, done.wait
             if last:
                 break
             delay = min(max_backoff, wait if wait is not None else 0.5 * 2**attempt * (0.5 + random.random() / 2))
@@ -307,25 +353,6 @@ class ApiEmbedder(Embedder):
         """The most bytes an answer of `count` vectors may take (the width asked for or seen, else the widest)."""
         width = self._dimension or WIDEST
         return ANSWER_SLACK_BYTES + count * width * BYTES_PER_NUMBER
-
-    def _key_source(self) -> str:
-        if self.options.connection:
-            return f"the Airflow connection {self.options.connection!r}"
-        return f"${self.options.api_key_env}" if self.options.api_key_env else "embedder.api_key_env (none is set)"
-
-    def _detail(self, content: bytes) -> str:
-        """The endpoint's own error message, short, with every form of the key masked before it is cut."""
-        text = content.decode("utf-8", "replace")
-        try:
-            message = json.loads(text).get("error", {})
-            message = message.get("message", "") if isinstance(message, dict) else str(message)
-        except (ValueError, AttributeError):
-            message = text
-        key = self._key()
-        message = redact(" ".join(str(message).split()), [key] if key else [])
-        if len(message) > DETAIL_CHARS:
-            message = message[:DETAIL_CHARS] + "…"
-        return f" ({message})" if message else ""
 
     def _vectors(self, content: bytes, count: int) -> list[np.ndarray]:
         """The answer's vectors in input order, normalised; EmbeddingFailed when they cannot be used."""

@@ -20,8 +20,9 @@ from psycopg.rows import class_row
 from psycopg.types.json import Jsonb
 
 from pipelines import store
-from pipelines.collection import query_embedder
+from pipelines.collection import query_embedder, rerank_options
 from pipelines.config import version_name
+from pipelines.search.rerank import candidates, rerank
 from pipelines.store.connection import open_database
 from pipelines.store.database import connect
 from pipelines.store.languages import named_language
@@ -52,12 +53,26 @@ class SearchResult:
         return asdict(self)
 
 
+class Hits(list):
+    """Search results, best first. `reranked`: ordered by the collection's reranker (each score is its
+    score); `rerank_error`: why the first-stage order is returned instead (the reranker failed)."""
+
+    def __init__(self, hits: Any = (), reranked: bool = False, rerank_error: str | None = None) -> None:
+        super().__init__(hits)
+        self.reranked = reranked
+        self.rerank_error = rerank_error
+
+
 @dataclass(frozen=True)
 class RagContext:
     context: str
     """Passages, each headed `[n] title`, ready to paste into a prompt."""
     citations: list[dict[str, Any]]
     """[{n, source_id, uri, title}] in citation order."""
+    reranked: bool = False
+    """The passages were chosen by the collection's reranker."""
+    rerank_error: str | None = None
+    """Why the first-stage order chose them instead (the reranker failed or timed out)."""
 
 
 @dataclass(frozen=True)
@@ -96,28 +111,39 @@ def embed_query(collection: str, text: str, url: str | None = None) -> tuple[np.
     """Embed `text` as a query of the collection's active version (its model, query prompt and
     endpoint); returns the vector and the version's name (`name@vN`)."""
     version = pinned_version(collection, url)
-    embedder = query_embedder(version.family, version.model, version.settings)
-    return embedder.embed_query(text), version_name(version.family, version.version)
+    return _embedded(version, text), version_name(version.family, version.version)
+
+
+def _embedded(version: store.Collection, text: str) -> np.ndarray:
+    return query_embedder(version.family, version.model, version.settings).embed_query(text)
 
 
 def search(text: str, collection: str, k: int = 10, filter: dict[str, Any] | None = None,
            mode: Mode = DEFAULT_MODE, url: str | None = None, semantic_weight: float | None = None,
            keyword_weight: float | None = None, rrf_k: int | None = None, fusion: Fusion | None = None,
-           alpha: float | None = None, language: str | None = None) -> list[SearchResult]:
+           alpha: float | None = None, language: str | None = None, rerank: bool | None = None) -> Hits:
     """The k chunks that best match `text`, best first. The fusion arguments apply to mode="hybrid";
     `language` (e.g. "german" or "de") parses the keyword query in that language alone, instead of
-    in every language the collection holds."""
+    in every language the collection holds. `rerank`: None re-ranks when the collection has a
+    reranker (`rerank:` in collections.yml), True insists on it, False skips it."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    if mode == "keyword":
-        found = pinned_version(collection, url)  # a clear error for unknown names
-        embedding, collection = None, version_name(found.family, found.version)
-    else:
-        embedding, collection = embed_query(collection, text, url)
-    params = dict(collection=collection, embedding=embedding, text=text, k=k, filter=jsonb_filter(filter),
-                  semantic_weight=semantic_weight, keyword_weight=keyword_weight, rrf_k=rrf_k, fusion=fusion,
-                  alpha=alpha, language=named_language(language) if language else None)
-    return _results(mode, params, url)
+    version = pinned_version(collection, url)  # a clear error for unknown names
+    options = rerank_options(version.family, version.settings, rerank)
+    params = dict(collection=version_name(version.family, version.version),
+                  embedding=None if mode == "keyword" else _embedded(version, text), text=text,
+                  k=candidates(options, k), filter=jsonb_filter(filter), semantic_weight=semantic_weight,
+                  keyword_weight=keyword_weight, rrf_k=rrf_k, fusion=fusion, alpha=alpha,
+                  language=named_language(language) if language else None)
+    return reranked(text, _results(mode, params, url), options, k)
+
+
+def reranked(text: str, hits: list[SearchResult], options: dict[str, Any] | None, k: int) -> Hits:
+    """`hits` re-ranked by `options`' reranker and cut to k (without one: as they are)."""
+    if not options:
+        return Hits(hits[:k])
+    outcome = rerank(text, hits, options, k)
+    return Hits(outcome.hits, outcome.reranked, outcome.error)
 
 
 def similar_chunks(chunk_id: int, k: int = 10, filter: dict[str, Any] | None = None,
@@ -134,13 +160,34 @@ def similar_documents(collection: str, source_id: str, k: int = 10, filter: dict
 
 
 def rag_context(question: str, collection: str, k: int = 8, max_tokens: int = 1500,
-                filter: dict[str, Any] | None = None, url: str | None = None, neighbours: int = 0) -> RagContext:
+                filter: dict[str, Any] | None = None, url: str | None = None, neighbours: int = 0,
+                rerank: bool | None = None) -> RagContext:
     """The best passages for `question` as one numbered context, with citations; each hit with up to
-    `neighbours` chunks before and after it in its document."""
-    embedding, collection = embed_query(collection, question, url)
+    `neighbours` chunks before and after it in its document. `rerank` as for search()."""
+    version = pinned_version(collection, url)
+    options = rerank_options(version.family, version.settings, rerank)
+    params = dict(collection=version_name(version.family, version.version), text=question,
+                  embedding=_embedded(version, question), k=k, max_tokens=max_tokens, filter=jsonb_filter(filter),
+                  neighbours=neighbours)
     with connect(open_database(url)) as conn:
-        return rag_context_row(conn, dict(collection=collection, text=question, embedding=embedding, k=k,
-                                          max_tokens=max_tokens, filter=jsonb_filter(filter), neighbours=neighbours))
+        if not options:
+            return rag_context_row(conn, params)
+        found = run_search(conn, "hybrid", {**HYBRID_DEFAULTS, **params, "k": candidates(options, k),
+                                                "text": rag_query_text(question, version.settings)})
+    hits = reranked(question, found, options, k)
+    with connect(open_database(url)) as conn:
+        return context_of(conn, params, hits)
+
+
+def rag_query_text(question: str, settings: dict[str, Any]) -> str | None:
+    """The text RAG context's first stage searches by keyword: none for a collection without keyword search."""
+    return None if settings.get("keyword") is False else question
+
+
+def context_of(conn: psycopg.Connection, params: dict[str, Any], hits: Hits) -> RagContext:
+    """The RAG context of `hits` in their order (ragpipe.context_of), flagged as they were ranked."""
+    row = conn.execute(query("search", "context_of"), dict(params, chunk_ids=[h.chunk_id for h in hits])).fetchone()
+    return RagContext(row[0] or "", row[1] or [], hits.reranked, hits.rerank_error)
 
 
 def chunk_context(collection: str, chunk_id: int, neighbours: int = 2, url: str | None = None) -> ChunkContext | None:

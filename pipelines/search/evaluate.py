@@ -6,6 +6,7 @@ score is its best chunk's score. Metrics come from ranx: nDCG@10, Recall@100, MR
 is semantic search with index scans disabled (brute force), to show what HNSW costs in recall.
 """
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any
@@ -34,9 +35,10 @@ SWEEP: list[dict[str, Any]] = ([{"fusion": "rrf", "rrf_k": k} for k in (10, 30, 
 def evaluate(dataset: Path, modes: list[str], collection: str | None = None, split: str = "test",
              model: str = DEFAULT_MODEL, max_queries: int | None = None, sweep: bool = False,
              chunk_context: bool = False, chunk_tokens: int | None = None,
-             options: dict[str, Any] | None = None) -> dict[str, Any]:
+             options: dict[str, Any] | None = None, rerank: dict[str, Any] | None = None) -> dict[str, Any]:
     """nDCG@10, Recall@100 and MRR@10 of each mode; with sweep, also of hybrid under each SWEEP setting.
-    `options`: more collections.yml settings of the collection (storage, index, dimensions, prompts)."""
+    `options`: more collections.yml settings of the collection (storage, index, dimensions, prompts).
+    `rerank` (RerankOptions): each mode but exact is also scored re-ranked, as `<mode>+rerank`."""
     from ranx import Qrels
 
     dataset = dataset.resolve()
@@ -61,11 +63,14 @@ def evaluate(dataset: Path, modes: list[str], collection: str | None = None, spl
                               "documents": ingest["listed"], "modes": {}}
     asked = [(qid, queries[qid], v) for qid, v in zip(ids, vectors, strict=True)]
     with connect(open_database()) as conn:
-        def score(mode: str, fusion: dict[str, Any] | None = None) -> dict[str, float]:
-            return _score(conn, judged, mode, name, asked, fusion)
+        def score(mode: str, fusion: dict[str, Any] | None = None,
+                  reranker: dict[str, Any] | None = None) -> dict[str, float]:
+            return _score(conn, judged, mode, name, asked, fusion, reranker)
 
         for mode in modes:
             report["modes"][mode] = score(mode)
+            if rerank and mode != "exact":
+                report["modes"][f"{mode}+rerank"] = score(mode, reranker=rerank)
         if sweep:
             report["sweep"] = {fusion_label(f): score("hybrid", f) for f in SWEEP}
     return report
@@ -76,21 +81,36 @@ def fusion_label(fusion: dict[str, Any]) -> str:
 
 
 def _score(conn, judged, mode: str, collection: str, queries: list[tuple[str, str, np.ndarray]],
-           fusion: dict[str, Any] | None) -> dict[str, float]:
+           fusion: dict[str, Any] | None, reranker: dict[str, Any] | None = None) -> dict[str, float]:
     from ranx import Run
     from ranx import evaluate as ranx_evaluate
 
     run: dict[str, dict[str, float]] = {}
     latencies = []
+    failures = 0
     for qid, text, vector in queries:
         start = time.perf_counter()
         rows = _search(conn, mode, collection, text, vector, fusion)
+        if reranker:
+            rows, failed = _reranked(text, rows, reranker)
+            failures += failed
         latencies.append((time.perf_counter() - start) * 1000)
         run[qid] = _documents(rows) or {"__none__": 0.0}
     scores = ranx_evaluate(judged, Run(run), METRICS)
     return {**{m: round(float(v), 4) for m, v in scores.items()},
             "p50_ms": round(float(np.percentile(latencies, 50)), 2),
-            "p95_ms": round(float(np.percentile(latencies, 95)), 2)}
+            "p95_ms": round(float(np.percentile(latencies, 95)), 2),
+            **({"rerank_failures": failures} if reranker else {})}
+
+
+def _reranked(text: str, rows: list[tuple], options: dict[str, Any]) -> tuple[list[tuple], bool]:
+    """The first `candidates` rows in the reranker's order, the rest as they were; and whether it failed."""
+    from pipelines.search import SearchResult
+    from pipelines.search.rerank import candidates, rerank
+
+    n = candidates(options, 1)
+    outcome = rerank(text, [SearchResult(*row) for row in rows[:n]], options, n)
+    return [dataclasses.astuple(h) for h in outcome.hits] + rows[n:], outcome.error is not None
 
 
 def _search(conn, mode: str, collection: str, text: str, vector: np.ndarray,

@@ -116,12 +116,15 @@ def create_app(settings: Settings | None = None, warm: bool = False, bind: str |
                filter: Annotated[str | None, Query(description='JSON object, e.g. {"topic": "soy"}')] = None,
                language: Annotated[str | None, Query(max_length=64, description="the query's language (german, de); "
                                                      "default: every language of the collection")] = None,
+               rerank: Annotated[bool | None, Query(description="re-rank the best candidates with the collection's "
+                                                    "reranker (default: when it has one)")] = None,
                authorization: Auth = None) -> dict[str, Any]:
-        """The k best chunks for q: the rows of ragpipe.<mode>_search, plus took_ms."""
+        """The k best chunks for q: the rows of ragpipe.<mode>_search (re-ranked when the collection has a
+        reranker: `reranked`, or `rerank_error` when it failed and the first-stage order is returned), plus took_ms."""
         started = time.perf_counter()
         role = service.role(authorization)
-        hits = service.search(role, collection, q, k, mode, parse_filter(filter), language)
-        return {"collection": collection, "mode": mode, "k": k, "took_ms": _ms(started),
+        hits = service.search(role, collection, q, k, mode, parse_filter(filter), language, rerank)
+        return {"collection": collection, "mode": mode, "k": k, "took_ms": _ms(started), **rerank_fields(hits),
                 "results": [h.to_dict() for h in hits]}
 
     @app.get("/api/similar/{collection}/{source_id:path}")
@@ -148,7 +151,7 @@ def create_app(settings: Settings | None = None, warm: bool = False, bind: str |
         """The context for a RAG prompt and its citations (ragpipe.rag_context)."""
         started = time.perf_counter()
         ctx = service.rag_context(service.role(authorization), body)
-        return {"context": ctx.context, "citations": ctx.citations, "took_ms": _ms(started)}
+        return {"context": ctx.context, "citations": ctx.citations, **rerank_fields(ctx), "took_ms": _ms(started)}
 
     @app.post("/api/ask")
     def ask(body: RagContextRequest, authorization: Auth = None) -> StreamingResponse:
@@ -164,7 +167,7 @@ def create_app(settings: Settings | None = None, warm: bool = False, bind: str |
         ctx = service.rag_context(service.role(authorization), body)
 
         def events() -> Iterator[str]:
-            yield _sse("context", {"citations": ctx.citations})
+            yield _sse("context", {"citations": ctx.citations, **rerank_fields(ctx)})
             try:
                 for text in stream_answer(llm, build_messages(body.q, ctx)):
                     yield _sse("delta", {"text": text})
@@ -188,6 +191,11 @@ def _limits(settings: Settings) -> Limits:
     pool = settings.serve_pool_size
     return Limits(settings.serve_deadline_s, settings.serve_max_in_flight or 4 * pool,
                   settings.serve_heavy_concurrency or max(1, pool // 2), settings.serve_heavy_words)
+
+
+def rerank_fields(found: Any) -> dict[str, Any]:
+    """`reranked` (bool), and `rerank_error` when the reranker failed, of Hits or a RagContext."""
+    return {"reranked": found.reranked, **({"rerank_error": found.rerank_error} if found.rerank_error else {})}
 
 
 def _ms(started: float) -> float:

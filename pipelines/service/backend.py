@@ -12,14 +12,18 @@ from pipelines.config import version_name
 from pipelines.search import (
     HYBRID_DEFAULTS,
     ChunkContext,
+    Hits,
     Mode,
     RagContext,
     SearchResult,
     chunk_context_rows,
+    context_of,
     jsonb_filter,
     rag_context_row,
+    rag_query_text,
     run_search,
 )
+from pipelines.search.rerank import candidates, rerank
 from pipelines.service.access import Access
 from pipelines.service.database import ServiceDatabase
 from pipelines.service.requests import BadRequest, Forbidden, NotFound, RagContextRequest, check_query
@@ -227,13 +231,14 @@ class SearchService:
             return query_embedder(collection, version[0], version[2]).embed_query(text)
 
     def search(self, role: str, collection: str, q: str, k: int, mode: Mode,
-               filter: dict[str, Any] | None, language: str | None = None) -> list[SearchResult]:
+               filter: dict[str, Any] | None, language: str | None = None, rerank: bool | None = None) -> Hits:
         check_query(q)
         tenant = self.db.is_tenant(role)
         if tenant and mode != "semantic":
             raise Forbidden("a tenant token searches with mode=semantic only (row-level security applies there)")
         version = self.version_of(collection)  # unknown names: a 404 in every mode
-        params = dict(HYBRID_DEFAULTS, collection=version[1], text=q, embedding=None, k=k,
+        options = self.rerank_options(collection, version, rerank)
+        params = dict(HYBRID_DEFAULTS, collection=version[1], text=q, embedding=None, k=candidates(options, k),
                       filter=jsonb_filter(filter), language=self.checked_language(language))
         if tenant:
             self.check_visible(role, collection)
@@ -246,12 +251,36 @@ class SearchService:
                 params = dict(params, embedding=self.embed_for(collection, version, q))
             with self.db.session(role) as conn, self.metrics.sql.labels(mode).time():
                 if keyword is not None:
-                    return self.hybrid(conn, role, params, keyword)
-                return run_search(conn, "tenant" if tenant else mode, params)
+                    found = self.hybrid(conn, role, params, keyword)
+                else:
+                    found = run_search(conn, "tenant" if tenant else mode, params)
         except BaseException:
             if half is not None and half.cancel():
                 self.metrics.cancelled_halves.inc()
             raise
+        return self.reranked(collection, q, found, options, k)
+
+    def rerank_options(self, collection: str, version: tuple[str, str, dict[str, Any]],
+                       asked: bool | None) -> dict[str, Any] | None:
+        """The reranker of a request (RerankOptions), or None; asking for one a collection lacks is a BadRequest."""
+        from pipelines.collection import rerank_options
+        from pipelines.config import ConfigError
+
+        try:
+            return rerank_options(collection, version[2], asked)
+        except ConfigError as exc:
+            raise BadRequest(str(exc)) from None
+
+    def reranked(self, collection: str, q: str, found: list[SearchResult], options: dict[str, Any] | None,
+                 k: int) -> Hits:
+        """`found` re-ranked (outside any database session: a model call may take seconds), counted in the metrics."""
+        if not options:
+            return Hits(found[:k])
+        outcome = rerank(q, found, options, k)
+        self.metrics.rerank.observe(outcome.seconds)
+        if outcome.error is not None:
+            self.metrics.rerank_failures.labels(collection).inc()
+        return Hits(outcome.hits, outcome.reranked, outcome.error)
 
     def keyword_half(self, role: str, params: dict[str, Any], half: "Half | None" = None) -> str | None | bool:
         """Hybrid search's keyword ranking on a spare connection, or False when none is free within SPARE_WAIT_S
@@ -330,11 +359,19 @@ class SearchService:
     def rag_context(self, role: str, body: RagContextRequest) -> RagContext:
         check_query(body.q)
         self.forbid_tenant(role, "RAG context")
-        embedding, version = self.embed(body.collection, body.q)
+        version = self.version_of(body.collection)
+        options = self.rerank_options(body.collection, version, body.rerank)
+        embedding = self.embed_for(body.collection, version, body.q)
+        params = dict(collection=version[1], text=body.q, embedding=embedding, k=body.k, max_tokens=body.max_tokens,
+                      filter=jsonb_filter(body.filter), neighbours=body.neighbours)
         with self.db.session(role) as conn:
-            return rag_context_row(conn, dict(collection=version, text=body.q, embedding=embedding, k=body.k,
-                                              max_tokens=body.max_tokens, filter=jsonb_filter(body.filter),
-                                              neighbours=body.neighbours))
+            if not options:
+                return rag_context_row(conn, params)
+            found = run_search(conn, "hybrid", {**HYBRID_DEFAULTS, **params, "k": candidates(options, body.k),
+                                                    "text": rag_query_text(body.q, version[2])})
+        hits = self.reranked(body.collection, body.q, found, options, body.k)
+        with self.db.session(role) as conn:
+            return context_of(conn, params, hits)
 
     def check_visible(self, role: str, collection: str) -> None:
         """A tenant sees only collections holding rows of its own: any other name is as unknown as one that

@@ -87,10 +87,12 @@ def build_server(service: SearchService) -> MCPServer:
                                                            'e.g. {"topic": "soy"}')] = None,
             language: Annotated[str | None, Field(description="the query's language (german, de); default: "
                                                   "every language of the collection")] = None,
+            rerank: Annotated[bool | None, Field(description="re-rank with the collection's reranker; default: "
+                                                 "when it has one")] = None,
     ) -> list[dict[str, Any]]:
         """The k best chunks of a collection for a query: chunk_id, source_id, uri, title, text, score."""
         hits = await _call(service, ctx, lambda role: service.search(role, collection, query, k, mode, filter,
-                                                                     language))
+                                                                     language, rerank))
         return [h.to_dict() for h in hits]
 
     @server.tool()
@@ -109,11 +111,14 @@ def build_server(service: SearchService) -> MCPServer:
     async def rag_context(collection: str, question: str, ctx: Context,
                           k: Annotated[int, Field(ge=1, le=MAX_K)] = 8,
                           max_tokens: Annotated[int, Field(ge=1, le=100_000)] = 1500,
-                          neighbours: Annotated[int, Field(ge=0, le=MAX_NEIGHBOURS)] = 0) -> dict[str, Any]:
+                          neighbours: Annotated[int, Field(ge=0, le=MAX_NEIGHBOURS)] = 0,
+                          rerank: bool | None = None) -> dict[str, Any]:
         """The best passages for a question as one numbered context, with its citations [{n, source_id, uri, title}]."""
-        body = RagContextRequest(collection=collection, q=question, k=k, max_tokens=max_tokens, neighbours=neighbours)
+        body = RagContextRequest(collection=collection, q=question, k=k, max_tokens=max_tokens, neighbours=neighbours,
+                                 rerank=rerank)
         found = await _call(service, ctx, lambda role: service.rag_context(role, body))
-        return {"context": found.context, "citations": found.citations}
+        return {"context": found.context, "citations": found.citations, "reranked": found.reranked,
+                **({"rerank_error": found.rerank_error} if found.rerank_error else {})}
 
     return server
 

@@ -104,6 +104,11 @@ class ServiceMetrics:
                             registry=self.registry)
         self.cancelled_halves = Counter("ragpipe_hybrid_halves_cancelled", "keyword halves of hybrid searches "
                                         "cancelled because their request failed", registry=self.registry)
+        self.rerank = Histogram("ragpipe_rerank_seconds", "seconds to re-rank a search's candidates (failures "
+                                "included)", buckets=SECONDS, registry=self.registry)
+        self.rerank_failures = Counter("ragpipe_rerank_failures", "searches whose reranker failed or timed out "
+                                       "(the first-stage order was returned), by collection", ["collection"],
+                                       registry=self.registry)
         self.collections = CollectorRegistry()
         self.collections.register(PipelineCollector(rows, pool_stats, cache_rows))
 

@@ -20,6 +20,8 @@ MARKED_HITS = 50
 PostgreSQL's ts_headline over each whole text, the page's costliest step at a large k."""
 AROUND_NEIGHBOURS = 2
 """Chunks before and after a hit that the page's "in context" view shows."""
+RERANK_CHOICES: dict[str, bool | None] = {"": None, "on": True, "off": False}
+"""The page's `rerank` parameter: as the collection says, on, off."""
 log = logging.getLogger(__name__)
 
 
@@ -37,7 +39,7 @@ def render_page(service: Any, params: QueryParams, authorization: str | None) ->
     view: dict[str, Any] = dict(collection=params.get("collection", ""), q=params.get("q", ""),
                                 mode=params.get("mode", "hybrid"), filter=params.get("filter", ""),
                                 similar=params.get("similar"), k=params.get("k", str(DEFAULT_K)),
-                                language=params.get("language") or None,
+                                language=params.get("language") or None, rerank=params.get("rerank", ""),
                                 around=None, modes=MODES, collections=[], results=None, documents=None, error=None,
                                 took_ms=None)
     try:
@@ -50,6 +52,8 @@ def render_page(service: Any, params: QueryParams, authorization: str | None) ->
         if not view["k"].isdigit() or not 1 <= int(view["k"]) <= MAX_K:
             raise BadRequest(f"k must be a whole number from 1 to {MAX_K}")
         k = int(view["k"])
+        if view["rerank"] not in RERANK_CHOICES:
+            raise BadRequest("rerank must be on, off or empty (as the collection says)")
         started = time.perf_counter()
         marked: list[Markup] = []
         if params.get("around"):  # a hit's passage in context: its chunk and AROUND_NEIGHBOURS each side
@@ -61,7 +65,8 @@ def render_page(service: Any, params: QueryParams, authorization: str | None) ->
             marked = [escape(r.text) for r in view["results"]]
         elif view["q"].strip():
             view["results"] = service.search(role, view["collection"], view["q"], k, view["mode"],
-                                             parse_filter(view["filter"]), view["language"])
+                                             parse_filter(view["filter"]), view["language"],
+                                             RERANK_CHOICES[view["rerank"]])
             results = view["results"]
             marked = [highlight(t) for t in service.marked(view["collection"], results[:MARKED_HITS], view["q"],
                                                            view["language"])]

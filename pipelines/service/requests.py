@@ -37,6 +37,8 @@ class RagContextRequest(BaseModel):
     max_tokens: int = Field(1500, ge=1, le=100_000)
     filter: dict[str, Any] | None = None
     neighbours: int = Field(0, ge=0, le=MAX_NEIGHBOURS)
+    rerank: bool | None = None
+    """None: re-rank when the collection has a reranker; true: insist on it; false: skip it."""
 
 
 def check_query(q: str) -> None:

@@ -93,17 +93,15 @@ BEGIN
 END
 $fn$;
 
--- rag_context: the context for a RAG prompt. Takes the best k chunks (hybrid when both query text
--- and embedding are given and the collection has a keyword index), each with up to `neighbours`
--- chunks before and after it in its document (its passage in context: "small to big"), merges
--- chunks of one document that overlap (or nearly touch) into one passage in document order, keeps
--- passages in rank order (a passage ranks as its best hit) while they fit in max_tokens, and
--- numbers one citation per document. Returns the context text and the citations
--- [{n, source_id, uri, title}].
-DROP FUNCTION IF EXISTS ragpipe.rag_context(text, text, vector, int, int, jsonb);
-CREATE OR REPLACE FUNCTION ragpipe.rag_context(
-    collection text, query_text text, query_embedding vector, k int DEFAULT 8, max_tokens int DEFAULT 1500,
-    filter jsonb DEFAULT NULL, neighbours int DEFAULT 0)
+-- context_of: the context for a RAG prompt from chunks already ranked (`chunk_ids`, best first: a
+-- first stage re-ranked by a model, or any ranking of the client's own). Each chunk comes with up to
+-- `neighbours` chunks before and after it in its document (its passage in context: "small to big");
+-- chunks of one document that overlap (or nearly touch) merge into one passage in document order;
+-- passages stay in rank order (a passage ranks as its best chunk) while they fit in max_tokens; one
+-- citation per document. Ids of other collections are ignored. Returns the context text and the
+-- citations [{n, source_id, uri, title}].
+CREATE OR REPLACE FUNCTION ragpipe.context_of(
+    collection text, chunk_ids bigint[], max_tokens int DEFAULT 1500, neighbours int DEFAULT 0)
 RETURNS TABLE (context text, citations jsonb)
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = ragpipe, public, pg_temp
 AS $fn$
@@ -115,19 +113,21 @@ DECLARE
     cites jsonb := '[]';
     cite_no int;
 BEGIN
-    k := ragpipe.checked_k(k);
     IF neighbours IS NULL OR neighbours < 0 OR neighbours > 20 THEN
         RAISE EXCEPTION 'ragpipe: neighbours must be between 0 and 20 (chunks before and after each hit), got %',
             coalesce(neighbours::text, 'NULL') USING ERRCODE = 'invalid_parameter_value';
     END IF;
+    IF cardinality(chunk_ids) > 10000 THEN
+        RAISE EXCEPTION 'ragpipe: context_of takes at most 10000 chunk ids, got %', cardinality(chunk_ids)
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
     FOR p IN
         WITH found AS (
-            SELECT h.source_id, h.uri, h.title, ch.document_id AS doc, ch.ordinal, row_number() OVER () AS rank
-            FROM ragpipe.hybrid_search(collection, CASE WHEN coll.settings ->> 'keyword' = 'false' THEN NULL
-                                                        ELSE query_text END,  -- keyword: false: semantic
-                                       query_embedding, k, filter) h
-            CROSS JOIN LATERAL (SELECT * FROM ragpipe.chunks c  -- one index probe per hit
-                                WHERE c.id = h.chunk_id AND c.collection_id = coll.id) ch),
+            SELECT d.source_id, d.uri, d.title, ch.document_id AS doc, ch.ordinal, min(u.rank) AS rank
+            FROM unnest(chunk_ids) WITH ORDINALITY u(id, rank)
+            JOIN ragpipe.chunks ch ON ch.id = u.id AND ch.collection_id = coll.id  -- one index probe per hit
+            JOIN ragpipe.documents d ON d.id = ch.document_id
+            GROUP BY d.source_id, d.uri, d.title, ch.document_id, ch.ordinal),
         hits AS (  -- each hit and its neighbours (one range of the (document_id, ordinal) index), once each
             SELECT DISTINCT ON (n.id) f.source_id, f.uri, f.title, f.doc, n.char_start, n.char_end, n.token_count,
                    n.text, f.rank
@@ -170,5 +170,30 @@ BEGIN
         cite_no := NULL;
     END LOOP;
     RETURN QUERY SELECT out_text, cites;
+END
+$fn$;
+
+-- rag_context: the context for a RAG prompt (context_of) of the best k chunks by hybrid search (semantic
+-- alone when only the embedding is given or the collection has no keyword index). A reranker is a model
+-- call: the service and the Python API re-rank, then call context_of (docs/rerank.md).
+DROP FUNCTION IF EXISTS ragpipe.rag_context(text, text, vector, int, int, jsonb);
+CREATE OR REPLACE FUNCTION ragpipe.rag_context(
+    collection text, query_text text, query_embedding vector, k int DEFAULT 8, max_tokens int DEFAULT 1500,
+    filter jsonb DEFAULT NULL, neighbours int DEFAULT 0)
+RETURNS TABLE (context text, citations jsonb)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = ragpipe, public, pg_temp
+AS $fn$
+DECLARE
+    coll ragpipe.collections := ragpipe.get_collection(collection);
+BEGIN
+    k := ragpipe.checked_k(k);
+    RETURN QUERY
+    SELECT c.context, c.citations
+    FROM ragpipe.context_of(collection, ARRAY(
+        SELECT h.chunk_id
+        FROM ragpipe.hybrid_search(collection, CASE WHEN coll.settings ->> 'keyword' = 'false' THEN NULL
+                                                    ELSE query_text END,  -- keyword: false: semantic
+                                   query_embedding, k, filter) WITH ORDINALITY h
+        ORDER BY h.ordinality), max_tokens, neighbours) c;
 END
 $fn$;

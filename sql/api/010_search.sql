@@ -46,12 +46,13 @@ SELECT k.name AS collection, k.model, k.dimension,
        last_run.status AS last_run_status,
        last_run.at AS last_run_at,
        k.version,
-       -- what a query is embedded with beside the model (prompts; an API model's endpoint options)
-       -- and parsed in (its language, for keyword search and highlighting)
+       -- what a query is embedded with beside the model (prompts; an API model's endpoint options),
+       -- parsed in (its language, for keyword search and highlighting) and re-ranked by
        jsonb_strip_nulls(jsonb_build_object('prompts', k.settings->'prompts', 'embedder', k.settings->'embedder',
                                             'dimensions', k.settings->'dimensions',
                                             'language', k.settings->'language',
-                                            'languages', k.settings->'languages'))
+                                            'languages', k.settings->'languages',
+                                            'keyword', k.settings->'keyword', 'rerank', k.settings->'rerank'))
            AS query_settings
 FROM ragpipe.collections k
 LEFT JOIN LATERAL (SELECT r.status, coalesce(r.finished_at, r.started_at) AS at FROM ragpipe.ingest_runs r

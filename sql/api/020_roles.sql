@@ -55,7 +55,7 @@ BEGIN
         ragpipe.similar_chunks(bigint, int, jsonb), ragpipe.chunk_context(text, bigint, int),
         ragpipe.document_text(text, text),
         ragpipe.similar_documents(text, text, int, jsonb),
-        ragpipe.rag_context(text, text, vector, int, int, jsonb, int),
+        ragpipe.rag_context(text, text, vector, int, int, jsonb, int), ragpipe.context_of(text, bigint[], int, int),
         ragpipe.get_collection(text), ragpipe.pipeline_metrics(), ragpipe.cache_metrics() TO %I', role_name);
 END
 $fn$;
@@ -111,9 +111,11 @@ BEGIN  -- roles granted before hybrid search had halves (ragpipe.grant_search gr
     FOR r IN SELECT DISTINCT grantee FROM information_schema.routine_privileges
              WHERE routine_schema = 'ragpipe' AND routine_name = 'hybrid_search'
                AND grantee NOT IN (current_user, 'PUBLIC') LOOP
-        -- and before rag_context took neighbours (its older signature was dropped with its grants)
+        -- and before rag_context took neighbours (its older signature was dropped with its grants) and
+        -- context_of existed
         EXECUTE format('GRANT EXECUTE ON FUNCTION ragpipe.rag_context(text, text, vector, int, int, jsonb, int), '
-                       'ragpipe.chunk_context(text, bigint, int), ragpipe.document_text(text, text) TO %I', r);
+                       'ragpipe.context_of(text, bigint[], int, int), ragpipe.chunk_context(text, bigint, int), '
+                       'ragpipe.document_text(text, text) TO %I', r);
         EXECUTE format('GRANT EXECUTE ON FUNCTION ragpipe.hybrid_candidates(int, int), ragpipe.fuse_rankings(text, '
                        'ragpipe.search_hit[], ragpipe.search_hit[], int, double precision, double precision, int, '
                        'text, double precision) TO %I', r);

@@ -55,6 +55,10 @@ SELECT context, citations
 FROM ragpipe.rag_context(%(collection)s, %(text)s, %(embedding)s, %(k)s, %(max_tokens)s, %(filter)s,
                          %(neighbours)s);
 
+-- name: context_of
+SELECT context, citations
+FROM ragpipe.context_of(%(collection)s, %(chunk_ids)s::bigint[], %(max_tokens)s, %(neighbours)s);
+
 -- name: exact
 -- Brute-force cosine ranking, the ground truth for recall: ordering by the uncast distance, which no
 -- index serves (the HNSW indexes are on embedding::vector(dim)). Switching index scans off is not
