@@ -27,7 +27,7 @@ STATS_TOLERANCE = 0.1
 class Finding:
     check: str
     """not_indexed, gone_from_source, changed_in_source, missing_chunks, wrong_dimension,
-    wrong_postings, stale_statistics, missing_index, invalid_index"""
+    wrong_postings, stale_statistics, missing_index, invalid_index, forgotten_traces"""
     count: int
     examples: list[str]
     meaning: str
@@ -78,7 +78,11 @@ def _add(report: Report, check: str, items: list[Any], meaning: str, repair: str
 
 def _source_checks(conn: psycopg.Connection, coll: store.Collection, spec: CollectionSpec, report: Report) -> None:
     listing = make_source(spec.source).list()
-    listed = {r.source_id: r.fingerprint for r in listing.refs}
+    forgotten = store.forgotten_ids(conn, coll.family)
+    listed = {r.source_id: r.fingerprint for r in listing.refs if r.source_id not in forgotten}
+    if len(listed) < len(listing.refs):
+        report.notes.append(f"{len(listing.refs) - len(listed)} documents of the source are forgotten (tombstones: "
+                            f"`ragpipe forget {coll.family} --list`) and not indexed, as they should not be")
     unreadable = {where for where, _ in listing.rejected}
     indexed = dict(conn.execute(_q("indexed_documents"), (coll.id,)).fetchall())
     recorded = {r[0] for r in conn.execute(_q("recorded_failures"), (coll.id,)).fetchall()}
@@ -99,6 +103,11 @@ def _source_checks(conn: psycopg.Connection, coll: store.Collection, spec: Colle
 
 def _row_checks(conn: psycopg.Connection, coll: store.Collection, report: Report) -> None:
     params = {"collection": coll.id, "dimension": coll.dimension}
+    _add(report, "forgotten_traces", [f"{kind} {key}" for kind, key in conn.execute(
+             _q("forgotten_traces"), {"family": coll.family})],
+         "what is left of documents `ragpipe forget` erased (in any version): document rows (or a copy of the "
+         "same content under another source id), failure records, cached vectors of their texts",
+         "forgotten again (and copies tombstoned)")
     _add(report, "missing_chunks", [r[0] for r in conn.execute(_q("missing_chunks"), params)],
          "documents with fewer (or more) chunk rows than were loaded", "re-read and re-embedded by a run")
     _add(report, "wrong_dimension", [r[0] for r in conn.execute(_q("wrong_dimension"), params)],
@@ -124,6 +133,22 @@ def _row_checks(conn: psycopg.Connection, coll: store.Collection, report: Report
              "the HNSW index is invalid (a build was interrupted): searches do not use it", "dropped and rebuilt")
 
 
+def _forget_traces(conn: psycopg.Connection, family: str) -> str:
+    """Erase what verify found left of forgotten documents (ragpipe.forget of their source ids, under the lock held)."""
+    traces = conn.execute(_q("forgotten_traces"), {"family": family}).fetchall()
+    ids = sorted({key for kind, key in traces if kind in ("document", "failure")})
+    with conn.transaction():
+        if ids:
+            conn.execute(query("forget", "forget"), dict(collection=family, source_ids=ids, filter=None,
+                                                         requested_by="verify --repair"))
+        cache = [key for kind, key in traces if kind == "cache"]
+        conn.execute(_q("drop_forgotten_cache"), (cache,))
+    from pipelines.forget import vacuum_after
+
+    vacuum_after(conn, family)
+    return f"forgot {len(ids)} documents again and dropped {len(cache)} cached vectors of forgotten texts"
+
+
 def _index_name(conn: psycopg.Connection, coll: store.Collection) -> str:
     return conn.execute("SELECT ragpipe.hnsw_index_name(%s)", (coll.id,)).fetchone()[0]
 
@@ -147,6 +172,8 @@ def repair(report: Report, spec: CollectionSpec | None, url: str | None = None,
                 conn.execute(_q("drop_chunks"), {**params, "source_ids": sorted(requeue)})
                 conn.execute(_q("requeue_documents"), (coll.id, sorted(requeue)))
             report.repaired.append(f"{len(requeue)} documents' chunks dropped, to be read and embedded again")
+        if "forgotten_traces" in found:
+            report.repaired.append(_forget_traces(conn, coll.family))
         if "wrong_postings" in found:
             with conn.transaction():
                 store.compact_postings(conn, coll.id, full_merge=True)

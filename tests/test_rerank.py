@@ -3,6 +3,7 @@
 CrossEncoder built here from the packaged model's weights, in every interface; a reranker that
 fails returns the first-stage order, flagged, and never shows its key."""
 
+import asyncio
 import json
 import re
 from pathlib import Path
@@ -146,9 +147,26 @@ def test_every_interface_reranks_and_flags_a_failure(reranked, api_server, tmp_p
         assert 'id="rerank-failed"' in page and "not a rerank response" in page
         assert "(keyword)" in httpx.get(base + "/", params=dict(collection=reranked, q=QUERY, mode="keyword",
                                                                   rerank="off"), timeout=30).text
+        asyncio.run(asyncio.wait_for(mcp_calls(f"{base}/mcp", reranked, want, json.loads(plain.stdout)), 60))
         metrics = httpx.get(f"{base}/metrics", timeout=30).text
         assert re.search(r"^ragpipe_rerank_seconds_count [1-9]", metrics, re.M), metrics
         assert f'ragpipe_rerank_failures_total{{collection="{reranked}"}} 2.0' in metrics
+
+
+async def mcp_calls(url: str, collection: str, want: list, plain: list[dict]) -> None:
+    """The MCP tools re-rank as the API does, and skip it when asked."""
+    from mcp import Client
+
+    from tests.test_mcp import result
+
+    async with Client(url) as client:
+        args = {"collection": collection, "query": QUERY, "k": 5, "mode": "keyword"}
+        hits = result(await client.call_tool("search", args))
+        assert [h["chunk_id"] for h in hits] == [h.chunk_id for h in want]
+        unranked = result(await client.call_tool("search", {**args, "rerank": False}))
+        assert [h["chunk_id"] for h in unranked] == [h["chunk_id"] for h in plain]
+        context = result(await client.call_tool("rag_context", {"collection": collection, "question": QUERY, "k": 3}))
+        assert context["reranked"] is True
 
 
 def test_rerank_asked_of_a_collection_without_a_reranker_is_a_clear_error(sample):

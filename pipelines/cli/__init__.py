@@ -1,6 +1,7 @@
 """The `ragpipe` command: ingest, watch, search, serve, mcp, status, embed, db and config. Every command has --help.
 
-One module per command group (ingest.py, watch.py, verify.py, search.py, quality.py, versions.py, db.py, service.py);
+One module per command group (ingest.py, watch.py, verify.py, forget.py, search.py, quality.py, versions.py, db.py,
+service.py);
 this one builds the group and turns expected failures into one-line errors.
 """
 
@@ -9,7 +10,7 @@ import sys
 
 import click
 
-from pipelines.cli import db, ingest, quality, search, service, verify, versions, watch
+from pipelines.cli import db, forget, ingest, quality, search, service, verify, versions, watch
 from pipelines.config import ConfigError
 from pipelines.settings import load_settings
 
@@ -28,7 +29,7 @@ def main(verbose: bool) -> None:
 for command in (ingest.ingest, ingest.status, search.search, search.similar, search.ask, search.embed,
                 quality.eval_, quality.tune, versions.versions, versions.promote, versions.rollback,
                 versions.prune, db.db, db.cache, service.serve, service.mcp, service.config, watch.watch,
-                verify.verify):
+                verify.verify, forget.forget):
     main.add_command(command)
 
 

@@ -156,6 +156,11 @@ def document_fingerprints(conn: psycopg.Connection, collection_id: int) -> dict[
     return dict(conn.execute(_q("document_fingerprints"), (collection_id,)).fetchall())
 
 
+def forgotten_ids(conn: psycopg.Connection, family: str) -> set[str]:
+    """The source ids forgotten in collection `family` (tombstones: never indexed again)."""
+    return {row[0] for row in conn.execute(_q("forgotten_ids"), (family,)).fetchall()}
+
+
 def document_hashes(conn: psycopg.Connection, collection_id: int,
                     source_ids: list[str]) -> dict[str, tuple[str, int | None, str | None]]:
     """source_id → (content hash, id of the run that last wrote the document, fingerprint)."""

@@ -1,5 +1,6 @@
 """Plan: list the source, diff its fingerprints against the collection's documents, open a run row."""
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -60,6 +61,13 @@ def plan_run(conn: psycopg.Connection, spec: CollectionSpec, full_refresh: bool 
     except Exception as exc:  # a missing or unreachable source: the run says why, it is not left running
         store.finish_run(conn, run_id, "failed", f"{type(exc).__name__}: {first_line(exc)}")
         raise
+    forgotten = store.forgotten_ids(conn, spec.family)
+    if forgotten:  # tombstoned by `ragpipe forget`: as if the source did not hold them
+        kept = [r for r in listing.refs if r.source_id not in forgotten]
+        if len(kept) < len(listing.refs):
+            log.info("skipped %d forgotten documents (`ragpipe forget %s --list`)", len(listing.refs) - len(kept),
+                     spec.family)
+        listing = dataclasses.replace(listing, refs=kept)
     known = store.document_fingerprints(conn, collection.id)
     listed = {ref.source_id for ref in listing.refs} | {where for where, _ in listing.rejected}
     new = [r for r in listing.refs if r.source_id not in known]

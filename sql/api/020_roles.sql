@@ -76,7 +76,7 @@ BEGIN
                    'ragpipe.vector_of(vector, halfvec) TO %I', role_name);
     EXECUTE format('GRANT EXECUTE ON FUNCTION ragpipe.promote_version(text, int), ragpipe.rollback_version(text), '
                    'ragpipe.version_name(text, int) TO %I', role_name);
-    EXECUTE format('GRANT SELECT ON ragpipe.schema_migrations TO %I', role_name);
+    EXECUTE format('GRANT SELECT ON ragpipe.schema_migrations, ragpipe.forgotten TO %I', role_name);
     EXECUTE format('GRANT USAGE ON ALL SEQUENCES IN SCHEMA ragpipe TO %I', role_name);
     EXECUTE format('GRANT EXECUTE ON FUNCTION ragpipe.build_hnsw_index(int), '
                    'ragpipe.analyze_collection(int) TO %I', role_name);

@@ -37,13 +37,14 @@ SELECT ragpipe.rollback_version(%s);
 -- name: cache_vectors_of_collection
 -- Before a version is dropped: its vectors go to the embedding cache, unless another collection
 -- of the same model still holds the same text.
-INSERT INTO ragpipe.embedding_cache AS e (model, content_hash, embedding)
-SELECT DISTINCT ON (c.content_hash) k.model, c.content_hash, c.embedding
-FROM ragpipe.chunks c JOIN ragpipe.collections k ON k.id = c.collection_id
+INSERT INTO ragpipe.embedding_cache AS e (model, content_hash, embedding, family, source_id)
+SELECT DISTINCT ON (c.content_hash) k.model, c.content_hash, c.embedding, k.family, d.source_id
+FROM ragpipe.chunks c JOIN ragpipe.collections k ON k.id = c.collection_id JOIN ragpipe.documents d ON d.id = c.document_id
 WHERE c.collection_id = %(id)s AND c.embedding IS NOT NULL  -- full vectors only (not a halfvec collection's)
   AND NOT EXISTS (SELECT FROM ragpipe.chunks o JOIN ragpipe.collections ok ON ok.id = o.collection_id
                   WHERE o.content_hash = c.content_hash AND ok.model = k.model AND o.collection_id <> c.collection_id)
-ON CONFLICT (model, content_hash) DO UPDATE SET used_at = now();
+ON CONFLICT (model, content_hash) DO UPDATE
+    SET used_at = now(), family = excluded.family, source_id = excluded.source_id;
 
 -- name: drop_version
 DELETE FROM ragpipe.collections WHERE id = %s AND state <> 'active';
@@ -61,6 +62,10 @@ SELECT (SELECT count(*) FROM old) + (SELECT count(*) FROM excess);
 
 -- name: count_cache
 SELECT count(*) FROM ragpipe.embedding_cache;
+
+-- name: forgotten_ids
+-- The source ids `ragpipe forget` tombstoned in a collection: no run indexes them again.
+SELECT source_id FROM ragpipe.forgotten WHERE family = %s;
 
 -- name: lock_collection_creation
 -- Creating a collection creates and attaches its chunks partition; two creations at once would
@@ -160,17 +165,20 @@ WITH gone AS (
     DELETE FROM ragpipe.chunks c USING ragpipe.documents d
     WHERE c.collection_id = %(collection_id)s AND c.document_id = d.id
       AND d.collection_id = %(collection_id)s AND d.source_id = ANY(%(source_ids)s)
-    RETURNING c.id, c.content_hash, ragpipe.vector_of(c.embedding, c.embedding_half) AS embedding, c.embedding_half),
+    RETURNING c.id, c.content_hash, ragpipe.vector_of(c.embedding, c.embedding_half) AS embedding, c.embedding_half,
+              d.source_id),
 masked AS (  -- postings already in blocks are skipped by searches until a compaction drops them
     INSERT INTO ragpipe.dead_chunks (collection_id, chunk_id)
     SELECT %(collection_id)s, g.id FROM gone g
     WHERE g.id <= (SELECT coalesce(max(s.upto), 0) FROM ragpipe.posting_segments s
                    WHERE s.collection_id = %(collection_id)s)
     ON CONFLICT DO NOTHING)
-INSERT INTO ragpipe.embedding_cache (model, content_hash, embedding)
-SELECT DISTINCT ON (content_hash) %(model)s, content_hash, embedding FROM gone
+INSERT INTO ragpipe.embedding_cache AS e (model, content_hash, embedding, family, source_id)
+SELECT DISTINCT ON (content_hash) %(model)s, content_hash, embedding,
+       (SELECT k.family FROM ragpipe.collections k WHERE k.id = %(collection_id)s), source_id FROM gone
 WHERE embedding_half IS NULL  -- the cache keeps full vectors only: a float32 collection must never reuse 2-byte ones
-ON CONFLICT (model, content_hash) DO UPDATE SET used_at = now();
+ON CONFLICT (model, content_hash) DO UPDATE
+    SET used_at = now(), family = excluded.family, source_id = excluded.source_id;
 
 -- name: upsert_documents
 INSERT INTO ragpipe.documents AS d

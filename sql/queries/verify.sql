@@ -62,3 +62,24 @@ INSERT INTO ragpipe.dead_chunks (collection_id, chunk_id)
 SELECT %(collection)s, g.id FROM gone g
 WHERE g.id <= (SELECT coalesce(max(s.upto), 0) FROM ragpipe.posting_segments s WHERE s.collection_id = %(collection)s)
 ON CONFLICT DO NOTHING
+
+-- name: forgotten_traces
+-- What is left of documents `ragpipe forget` erased from the collection (any version): document rows
+-- (by source id, or a copy of the same content under another id), failure records, cached vectors of
+-- their chunks' texts that no chunk holds. (kind, source id or cache key)
+SELECT 'document', d.source_id FROM ragpipe.documents d JOIN ragpipe.collections k ON k.id = d.collection_id
+JOIN ragpipe.forgotten t ON t.family = k.family AND (t.source_id = d.source_id OR t.content_hash = d.body_hash)
+WHERE k.family = %(family)s
+UNION
+SELECT 'failure', f.source_id FROM ragpipe.ingest_failures f JOIN ragpipe.collections k ON k.id = f.collection_id
+JOIN ragpipe.forgotten t ON t.family = k.family AND t.source_id = f.source_id
+WHERE k.family = %(family)s
+UNION
+SELECT 'cache', e.content_hash FROM ragpipe.embedding_cache e
+WHERE e.content_hash IN (SELECT unnest(t.chunk_hashes) FROM ragpipe.forgotten t WHERE t.family = %(family)s)
+  AND NOT EXISTS (SELECT FROM ragpipe.chunks o WHERE o.content_hash = e.content_hash)
+ORDER BY 1, 2;
+
+-- name: drop_forgotten_cache
+DELETE FROM ragpipe.embedding_cache e WHERE e.content_hash = ANY (%s::text[])
+  AND NOT EXISTS (SELECT FROM ragpipe.chunks o WHERE o.content_hash = e.content_hash);
