@@ -51,7 +51,7 @@ def run_ingest(spec: CollectionSpec, full_refresh: bool = False, limit: int | No
 
 
 RUN_COUNTS = ("listed", "new", "changed", "unchanged", "deleted", "failed", "duplicates", "chunks_embedded",
-              "chunks_reused")
+              "chunks_reused", "api_tokens", "api_tokens_estimated")
 """The counts of a run's summary (ragpipe.ingest_runs' columns)."""
 
 
@@ -61,7 +61,17 @@ def format_summary(summary: dict[str, Any]) -> str:
         refused = summary.get("deletions_refused")
         return ("dry run (nothing written): listed {listed}, new {new}, changed {changed}, unchanged {unchanged}, "
                 "would process {would_process}, would delete {would_delete}").format(**summary) + (
-                    f" (refused {refused}: more than the mass-deletion guard allows)" if refused else "")
+                    f" (refused {refused}: more than the mass-deletion guard allows)" if refused else "") + (
+                    f", would send about {summary['would_send_tokens']:,} tokens to the embedding API"
+                    if "would_send_tokens" in summary else "")
     return ("run {id} {status}: listed {listed}, new {new}, changed {changed}, unchanged {unchanged}, "
             "deleted {deleted}, failed {failed}, duplicates {duplicates}, chunks embedded {chunks_embedded} "
-            "(reused {chunks_reused}) in {seconds:.1f}s").format(**summary)
+            "(reused {chunks_reused}) in {seconds:.1f}s").format(**summary) + api_tokens_text(summary)
+
+
+def api_tokens_text(summary: dict[str, Any]) -> str:
+    """`, API tokens 1,234 (56 estimated)` when the run spent any."""
+    reported, estimated = summary.get("api_tokens") or 0, summary.get("api_tokens_estimated") or 0
+    if not reported and not estimated:
+        return ""
+    return f", API tokens {reported + estimated:,}" + (f" ({estimated:,} estimated)" if estimated else "")

@@ -871,6 +871,9 @@ def bench_metrics(conn, collections: int = 1000, docs: int = 100, runs: int = 10
     def cache() -> list[tuple]:
         return conn.execute("SELECT * FROM ragpipe.cache_metrics() ORDER BY 1").fetchall()
 
+    def tokens() -> list[tuple]:
+        return conn.execute("SELECT * FROM ragpipe.token_metrics() ORDER BY 1, 2").fetchall()
+
     def empty() -> None:
         while conn.execute("DELETE FROM ragpipe.collections WHERE id IN (SELECT id FROM ragpipe.collections "
                            "WHERE family LIKE 'bench\\_metrics\\_%' LIMIT 100)").rowcount:
@@ -881,7 +884,7 @@ def bench_metrics(conn, collections: int = 1000, docs: int = 100, runs: int = 10
         for n in (10, collections):
             empty()
             fill(n)
-            metrics = ServiceMetrics(rows, dict, cache)
+            metrics = ServiceMetrics(rows, dict, cache, tokens)
             sql_ms, text_ms = [], []
             for _ in range(20):
                 t = time.perf_counter()

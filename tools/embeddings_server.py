@@ -42,6 +42,8 @@ class Faults:
     huge_mb: int = 300
     delay_s: float = 0.0
     """Seconds every request takes before it answers (a slow endpoint)."""
+    usage: bool = True
+    """Whether answers report `usage` (some servers do not)."""
 
     def take(self) -> str | None:
         if self.skip > 0:
@@ -63,6 +65,8 @@ class Seen:
     """time.monotonic() of each request's arrival."""
     authorization: set[str] = field(default_factory=set)
     bodies: list[dict[str, Any]] = field(default_factory=list)
+    tokens: int = 0
+    """Tokens reported in the answers' `usage` (each text's with the model's tokenizer, special tokens included)."""
     model_s: list[float] = field(default_factory=list)
     """Seconds each rerank spent in the model (what a client's overhead is measured against)."""
 
@@ -128,12 +132,14 @@ class EmbeddingsServer(ThreadingHTTPServer):
         elif fault == "nan":
             vectors[0][0] = math.nan
         headers = {"_drip": "1"} if fault == "drip" else {}
+        tokens = sum(len(ids) for ids in self.embedder.chunk_tokenizer(texts, verbose=False)["input_ids"])
         with self.lock:
             self.seen.texts += len(texts)
             self.seen.answered += 1
+            self.seen.tokens += tokens if self.faults.usage else 0
         data = [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)]
         payload = {"object": "list", "data": data, "model": body.get("model"),
-                   "usage": {"prompt_tokens": 0, "total_tokens": 0}}
+                   **({"usage": {"prompt_tokens": tokens, "total_tokens": tokens}} if self.faults.usage else {})}
         return 200, headers, json.dumps(payload).encode()  # NaN is written as NaN, as a buggy server would
 
     def rerank(self, body: dict[str, Any], fault: str | None) -> tuple[int, dict[str, str], bytes]:

@@ -147,6 +147,13 @@ def status(collection: str | None, failures: bool, as_json: bool) -> None:
         click.echo(f"{row['collection']}: {row['documents']} documents, {row['chunks']} chunks, "
                    f"model {row['model']} ({row['dimension']}d); last run {run.get('status', '-')} "
                    f"{run.get('finished_at') or ''} failed {run.get('failed', 0)}; {backlog_text(run)}")
+        spent = row["api_tokens"]
+        if spent["reported"] or spent["estimated"]:
+            from pipelines.ingest import api_tokens_text
+
+            last = api_tokens_text(run).removeprefix(", API tokens ") or "0"
+            every = api_tokens_text({"api_tokens": spent["reported"], "api_tokens_estimated": spent["estimated"]})
+            click.echo(f"  API tokens: last run {last}, all runs {every.removeprefix(', API tokens ')}")
         for b in row["building"]:
             click.echo(f"  building version {b['version']} ({b['model']}, chunk_tokens={b['chunk_tokens']}, "
                        f"overlap={b['chunk_overlap']}): {b['documents']}/{b['of'] or '?'} documents; "

@@ -20,7 +20,7 @@ import httpx
 import numpy as np
 
 from pipelines.config import ApiOptions, EndpointKey
-from pipelines.embed.base import Embedder
+from pipelines.embed.base import Embedder, Tokens
 from pipelines.embed.errors import EmbeddingFailed
 from pipelines.embed.names import PACKAGED_MODELS, model_location, split_api_model_id
 
@@ -47,6 +47,18 @@ class AnswerTooLarge(Exception):
 
 def estimate_tokens(text: str) -> int:
     return len(text) // CHARS_PER_TOKEN + 1
+
+
+def used_tokens(answer: Any, texts: list[str]) -> Tokens:
+    """The tokens an answer's `usage` reports (total, else prompt tokens); the estimate when it reports none."""
+    try:
+        usage = answer.get("usage")
+        n = usage.get("total_tokens", usage.get("prompt_tokens"))
+    except AttributeError:
+        n = None
+    if isinstance(n, int) and not isinstance(n, bool) and n > 0:
+        return Tokens(reported=n)
+    return Tokens(estimated=sum(estimate_tokens(t) for t in texts))
 
 
 def request_batches(texts: list[str], batch_size: int, max_tokens: int) -> list[list[int]]:
@@ -246,6 +258,7 @@ class ApiEmbedder(Embedder):
         self._dimension = self.requested_dimensions
         self._stored_dimension: int | None = None
         self._dimension_lock = threading.Lock()
+        self._spent = threading.local()
 
     @cached_property
     def _client(self) -> httpx.Client:
@@ -280,7 +293,7 @@ class ApiEmbedder(Embedder):
     def dimension(self) -> int:
         """The vectors' width: asked for, or the endpoint's answer to one probe text."""
         if self._dimension is None:
-            self._post(["dimension probe"], self.options.timeout_s, self.options.retries, self.options.max_backoff_s)
+            self._encode(["dimension probe"], self.options.timeout_s, self.options.retries, self.options.max_backoff_s)
         assert self._dimension is not None
         return self._dimension
 
@@ -292,14 +305,22 @@ class ApiEmbedder(Embedder):
         return self._encode([self.query_prompt + t for t in texts], self.options.query_timeout_s,
                             min(1, self.options.retries), min(QUERY_BACKOFF_S, self.options.max_backoff_s))
 
+    def last_call_tokens(self) -> Tokens:
+        return getattr(self._spent, "tokens", Tokens())
+
     def _encode(self, texts: list[str], timeout: float, retries: int, max_backoff: float) -> np.ndarray:
+        self._spent.tokens = Tokens()
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
         batches = request_batches(texts, self.options.batch_size, self.options.max_tokens_per_request)
         out: list[np.ndarray | None] = [None] * len(texts)
+        spent = [Tokens()]
+        lock = threading.Lock()
 
         def one(indexes: list[int]) -> None:
-            vectors = self._post([texts[i] for i in indexes], timeout, retries, max_backoff)
+            vectors, tokens = self._post([texts[i] for i in indexes], timeout, retries, max_backoff)
+            with lock:
+                spent[0] += tokens
             for i, v in zip(indexes, vectors, strict=True):
                 out[i] = v
 
@@ -316,6 +337,7 @@ class ApiEmbedder(Embedder):
                     for f in futures:
                         f.cancel()
                     raise
+        self._spent.tokens = spent[0]  # the calling thread's (a failed call spent what it did not record)
         return np.stack(out).astype(np.float32, copy=False)  # type: ignore[arg-type]
 
     def _headers(self) -> dict[str, str]:
@@ -324,7 +346,8 @@ class ApiEmbedder(Embedder):
     def _key(self) -> str | None:
         return endpoint_key(self.options, f"the embedding endpoint {self.where}", EmbeddingFailed)
 
-    def _post(self, inputs: list[str], timeout: float, retries: int, max_backoff: float) -> list[np.ndarray]:
+    def _post(self, inputs: list[str], timeout: float, retries: int,
+              max_backoff: float) -> tuple[list[np.ndarray], Tokens]:
         """One request, tried 1 + `retries` times on 429, 5xx, a timeout or a lost connection; each try
         ends within `timeout` seconds (connect and the whole answer), each wait between tries within
         `max_backoff`."""
@@ -339,7 +362,7 @@ class ApiEmbedder(Embedder):
                              f"more than {cap >> 20} MiB for {len(inputs)} texts; nothing of this batch is stored "
                              "(is base_url an embeddings endpoint?)")
             if done.content is not None:
-                return self._vectors(done.content, len(inputs))
+                return self._vectors(done.content, inputs)
             reason, wait = done.reason, done.wait
             if last:
                 break
@@ -354,14 +377,17 @@ class ApiEmbedder(Embedder):
         width = self._dimension or WIDEST
         return ANSWER_SLACK_BYTES + count * width * BYTES_PER_NUMBER
 
-    def _vectors(self, content: bytes, count: int) -> list[np.ndarray]:
-        """The answer's vectors in input order, normalised; EmbeddingFailed when they cannot be used."""
+    def _vectors(self, content: bytes, inputs: list[str]) -> tuple[list[np.ndarray], Tokens]:
+        """The answer's vectors in input order, normalised, and the tokens it spent; EmbeddingFailed when
+        they cannot be used."""
+        count = len(inputs)
         def bad(why: str) -> EmbeddingFailed:
             return EmbeddingFailed(f"the embedding endpoint {self.where} answered {why}; nothing of this batch "
                                    "is stored")
 
         try:
-            data = json.loads(content)["data"]
+            answer = json.loads(content)
+            data = answer["data"]
             rows = sorted(data, key=lambda d: d["index"])
             raw = [d["embedding"] for d in rows]
         except (ValueError, KeyError, TypeError):
@@ -380,7 +406,7 @@ class ApiEmbedder(Embedder):
             if norm == 0:
                 raise bad("a zero vector")
             vectors.append((array / norm).astype(np.float32))
-        return vectors
+        return vectors, used_tokens(answer, inputs)
 
     def expect_dimension(self, stored: int) -> None:
         """The width the collection stores: an answer of another width fails, naming the setting."""

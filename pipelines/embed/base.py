@@ -3,11 +3,27 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import numpy as np
+
+
+@dataclass(frozen=True)
+class Tokens:
+    """Tokens an API call spent: as the endpoint reported them, and estimated where it reported none."""
+
+    reported: int = 0
+    estimated: int = 0
+
+    def __add__(self, other: Tokens) -> Tokens:
+        return Tokens(self.reported + other.reported, self.estimated + other.estimated)
+
+    @property
+    def total(self) -> int:
+        return self.reported + self.estimated
 
 
 class Embedder(ABC):
@@ -59,3 +75,7 @@ class Embedder(ABC):
 
     def embed_query(self, text: str) -> np.ndarray:
         return self.encode_queries([text])[0]
+
+    def last_call_tokens(self) -> Tokens:
+        """The API tokens this thread's last encode call spent (a local model spends none)."""
+        return Tokens()

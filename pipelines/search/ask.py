@@ -2,11 +2,14 @@
 chat completions endpoint (RAGPIPE_LLM_URL, RAGPIPE_LLM_API_KEY, RAGPIPE_LLM_MODEL)."""
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 
+from pipelines.embed.api import error_detail, estimate_tokens
+from pipelines.embed.base import Tokens
 from pipelines.search import RagContext
 from pipelines.settings import load_settings
 
@@ -41,24 +44,49 @@ def completions_url(base: str) -> str:
     return base if base.endswith("/chat/completions") else f"{base}/chat/completions"
 
 
-def stream_answer(settings: LLMSettings, messages: list[dict[str, str]]) -> Iterator[str]:
-    """Yield the answer's text as the server streams it (server-sent events)."""
+def stream_answer(settings: LLMSettings, messages: list[dict[str, str]],
+                  spent: Callable[[Tokens], None] | None = None) -> Iterator[str]:
+    """Yield the answer's text as the server streams it (server-sent events); at its end, `spent` gets
+    the tokens the server reported (its last event's `usage`), or the estimate when it reported none."""
     headers = {"Authorization": f"Bearer {settings.api_key}"} if settings.api_key else {}
-    body = {"model": settings.model, "messages": messages, "stream": True}
+    body = {"model": settings.model, "messages": messages, "stream": True, "stream_options": {"include_usage": True}}
+    answer: list[str] = []
+    reported: list[Any] = []
+    try:
+        for piece in _events(settings, body, headers, reported):
+            answer.append(piece)
+            yield piece
+    finally:
+        if spent is not None:
+            spent(_chat_tokens(reported, messages, answer))
+
+
+def _chat_tokens(reported: list[Any], messages: list[dict[str, str]], answer: list[str]) -> Tokens:
+    n = reported[-1].get("total_tokens") if reported and isinstance(reported[-1], dict) else None
+    if isinstance(n, int) and not isinstance(n, bool) and n > 0:
+        return Tokens(reported=n)
+    return Tokens(estimated=sum(estimate_tokens(m["content"]) for m in messages) + estimate_tokens("".join(answer)))
+
+
+def _events(settings: LLMSettings, body: dict[str, Any], headers: dict[str, str], usage: list[Any]) -> Iterator[str]:
     with httpx.stream("POST", completions_url(settings.url), json=body, headers=headers,
                       timeout=settings.timeout_s) as response:
         if response.status_code != 200:
             response.read()
-            raise RuntimeError(f"LLM endpoint answered HTTP {response.status_code}: {response.text[:300]}")
+            raise RuntimeError(f"LLM endpoint answered HTTP {response.status_code}"
+                               f"{error_detail(response.content, settings.api_key)}")
         for line in response.iter_lines():
             if not line.startswith("data:"):
                 continue
             data = line[5:].strip()
             if data == "[DONE]":
                 return
-            delta = json.loads(data)["choices"][0].get("delta", {})
-            if delta.get("content"):
-                yield delta["content"]
+            event = json.loads(data)
+            if event.get("usage"):
+                usage.append(event["usage"])
+            for choice in event.get("choices") or []:  # the usage event has none
+                if (choice.get("delta") or {}).get("content"):
+                    yield choice["delta"]["content"]
 
 
 def format_citations(ctx: RagContext) -> str:

@@ -5,6 +5,7 @@ import logging
 import time
 from collections.abc import Iterator
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Annotated, Any
 
 import psycopg
@@ -169,7 +170,8 @@ def create_app(settings: Settings | None = None, warm: bool = False, bind: str |
         def events() -> Iterator[str]:
             yield _sse("context", {"citations": ctx.citations, **rerank_fields(ctx)})
             try:
-                for text in stream_answer(llm, build_messages(body.q, ctx)):
+                spent = partial(service.metrics.add_tokens, body.collection, llm.model, "chat")
+                for text in stream_answer(llm, build_messages(body.q, ctx), spent):
                     yield _sse("delta", {"text": text})
             except Exception as exc:  # the stream has started: report in it
                 yield _sse("error", {"detail": mask_url(first_line(exc))})

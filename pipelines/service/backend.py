@@ -118,7 +118,7 @@ class SearchService:
         self._warm_lock = threading.Lock()
         from pipelines.service.metrics import ServiceMetrics
 
-        self.metrics = ServiceMetrics(self.pipeline_rows, self.pool_stats, self.cache_rows)
+        self.metrics = ServiceMetrics(self.pipeline_rows, self.pool_stats, self.cache_rows, self.token_rows)
 
     def pipeline_rows(self) -> list[tuple]:
         """ragpipe.pipeline_metrics(): one row of counts a collection, for a scrape."""
@@ -131,6 +131,12 @@ class SearchService:
         self.open()
         with self.db.probe_session() as conn:
             return conn.execute("SELECT * FROM ragpipe.cache_metrics() ORDER BY 1").fetchall()
+
+    def token_rows(self) -> list[tuple]:
+        """ragpipe.token_metrics(): (collection, model, reported, estimated) API tokens of the runs."""
+        self.open()
+        with self.db.probe_session() as conn:
+            return conn.execute("SELECT * FROM ragpipe.token_metrics() ORDER BY 1, 2").fetchall()
 
     def pool_stats(self) -> dict[str, int]:
         return self.db.pool.get_stats() if self._opened else {}
@@ -227,8 +233,11 @@ class SearchService:
         """The query's embedding for `version` (what version_of returned), as embed computes it."""
         from pipelines.collection import query_embedder
 
+        embedder = query_embedder(collection, version[0], version[2])
         with self.metrics.embed.time():
-            return query_embedder(collection, version[0], version[2]).embed_query(text)
+            vector = embedder.embed_query(text)
+        self.metrics.add_tokens(collection, version[0], "queries", embedder.last_call_tokens())
+        return vector
 
     def search(self, role: str, collection: str, q: str, k: int, mode: Mode,
                filter: dict[str, Any] | None, language: str | None = None, rerank: bool | None = None) -> Hits:

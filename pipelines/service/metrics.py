@@ -2,6 +2,7 @@
 pipeline's state per collection, read from the database at scrape time (ragpipe.pipeline_metrics).
 Labels are bounded: route templates, modes, statuses, collection names; never queries or ids."""
 
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -17,10 +18,17 @@ class PipelineCollector(Collector):
     """Gauges per collection and of the service's pool, computed when scraped."""
 
     def __init__(self, rows: Callable[[], list[tuple]], pool_stats: Callable[[], dict[str, int]],
-                 cache_rows: Callable[[], list[tuple]]) -> None:
-        self.rows, self.pool_stats, self.cache_rows = rows, pool_stats, cache_rows
+                 cache_rows: Callable[[], list[tuple]], token_rows: Callable[[], list[tuple]]) -> None:
+        self.rows, self.pool_stats, self.cache_rows, self.token_rows = rows, pool_stats, cache_rows, token_rows
 
     def collect(self) -> Iterator[Metric]:
+        tokens = CounterMetricFamily("ragpipe_api_tokens", "tokens spent at API endpoints: documents (every run's, "
+                                     "from the database), queries and chat (this service's); source: reported by "
+                                     "the endpoint, or estimated where it reported none",
+                                     labels=["collection", "model", "kind", "source"])
+        for labels, count in self.token_rows():
+            tokens.add_metric(list(labels), count)
+        yield tokens
         from pipelines.embed.local import LOAD_SECONDS
 
         loads = GaugeMetricFamily("ragpipe_model_load_seconds", "seconds the service took to load each model",
@@ -85,8 +93,11 @@ class ServiceMetrics:
     """The service's own registry (several apps in one process never share counters)."""
 
     def __init__(self, rows: Callable[[], list[tuple]], pool_stats: Callable[[], dict[str, int]],
-                 cache_rows: Callable[[], list[tuple]]) -> None:
+                 cache_rows: Callable[[], list[tuple]], token_rows: Callable[[], list[tuple]]) -> None:
         self.registry = CollectorRegistry()
+        self._tokens: dict[tuple[str, str, str, str], int] = {}
+        self._tokens_lock = threading.Lock()
+        self._token_rows = token_rows
         self.requests = Counter("ragpipe_http_requests", "requests answered, by route, mode and status",
                                 ["route", "mode", "status"], registry=self.registry)
         self.latency = Histogram("ragpipe_http_request_seconds", "seconds to answer, by route", ["route"],
@@ -110,7 +121,23 @@ class ServiceMetrics:
                                        "(the first-stage order was returned), by collection", ["collection"],
                                        registry=self.registry)
         self.collections = CollectorRegistry()
-        self.collections.register(PipelineCollector(rows, pool_stats, cache_rows))
+        self.collections.register(PipelineCollector(rows, pool_stats, cache_rows, self.token_series))
+
+    def add_tokens(self, collection: str, model: str, kind: str, tokens: Any) -> None:
+        """Count what one of this service's API calls spent (a Tokens), by `kind` (queries, chat)."""
+        with self._tokens_lock:
+            for source, count in (("reported", tokens.reported), ("estimated", tokens.estimated)):
+                if count:
+                    key = (collection, model, kind, source)
+                    self._tokens[key] = self._tokens.get(key, 0) + count
+
+    def token_series(self) -> list[tuple[tuple[str, ...], int]]:
+        """ragpipe_api_tokens_total's series: the runs' (from the database) and this service's own."""
+        rows = [((collection, model, "documents", source), count)
+                for collection, model, reported, estimated in self._token_rows()
+                for source, count in (("reported", reported), ("estimated", estimated)) if count]
+        with self._tokens_lock:
+            return rows + sorted(self._tokens.items())
 
     def observe(self, route: str, mode: str, status: int, seconds: float) -> None:
         self.requests.labels(route, mode, str(status)).inc()

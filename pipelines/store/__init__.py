@@ -136,7 +136,8 @@ def set_plan_counts(conn: psycopg.Connection, run_id: int, complete: bool, liste
 
 
 def add_run_counts(conn: psycopg.Connection, run_id: int, **counts: int) -> None:
-    names = ("new", "changed", "unchanged", "failed", "deleted", "duplicates", "chunks_embedded", "chunks_reused")
+    names = ("new", "changed", "unchanged", "failed", "deleted", "duplicates", "chunks_embedded", "chunks_reused",
+             "api_tokens", "api_tokens_estimated")
     conn.execute(_q("add_run_counts"), dict({n: counts.get(n, 0) for n in names}, run_id=run_id))
 
 

@@ -27,6 +27,7 @@ def embed_batch(*works: BatchWork, embedder: Embedder) -> None:
     except EmbeddingFailed as exc:
         raise EmbeddingFailed(f"{exc}. Batches already stored are kept; run again when it answers") from None
     vectors = dict(zip(texts, encoded, strict=True))
+    works[0].api_tokens = embedder.last_call_tokens()  # the call's: counted once, with the first batch
     for work, batch in zip(works, needed, strict=True):
         work.vectors.update((h, vectors[h]) for h in batch)
         work.fresh = {h for h in batch if texts.pop(h, None) is not None}

@@ -28,6 +28,10 @@ class BatchResult:
     chunks_reused: int = 0
     deleted: int = 0
     duplicates: int = 0
+    api_tokens: int = 0
+    """Tokens an API embedder reported for the batch's new chunks (estimated ones apart)."""
+    api_tokens_estimated: int = 0
+    """Tokens estimated (text length / 3) where the endpoint reported none."""
     processed: int = 0
     failures: list[tuple[str, str, str]] = field(default_factory=list)
     """(source_id, stage, reason) of each failed document."""
@@ -47,6 +51,8 @@ def write_batch(conn: psycopg.Connection, collection: store.Collection, run_id: 
     for i in range(0, len(work.refs), COMMIT_EVERY):
         group = work.refs[i:i + COMMIT_EVERY]
         result = BatchResult(processed=len(group))
+        if i == 0:  # what embedding the batch spent, recorded with its first documents
+            result.api_tokens, result.api_tokens_estimated = work.api_tokens.reported, work.api_tokens.estimated
         docs, touched, gone, duplicates = [], {}, [], []
         with conn.transaction():  # the copy check and the load, under the bodies' locks
             late = copies_written_since_read(conn, collection, run_id, work, group)

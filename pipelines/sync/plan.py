@@ -106,6 +106,27 @@ def dry_run_plan(conn: psycopg.Connection, spec: CollectionSpec, full_refresh: b
     are the plan's (new and changed as listed; duplicates are found only by reading)."""
     with conn.transaction(force_rollback=True):
         plan = plan_run(conn, spec, full_refresh, limit, trigger, allow_mass_delete)
+        tokens = tokens_to_send(conn, spec, plan, full_refresh)
         return dict(store.finish_run(conn, plan.run_id, "dry_run"), listed=plan.listed, new=plan.new,
                     changed=plan.changed, unchanged=plan.unchanged, deleted=0, would_delete=len(plan.deleted),
-                    would_process=len(plan.todo), deletions_refused=plan.refused_deletes)
+                    would_process=len(plan.todo), deletions_refused=plan.refused_deletes,
+                    **({"would_send_tokens": tokens} if tokens is not None else {}))
+
+
+def tokens_to_send(conn: psycopg.Connection, spec: CollectionSpec, plan: Plan, full_refresh: bool) -> int | None:
+    """For an API model: the tokens a run would send, counted with the collection's chunk tokenizer (special
+    tokens included, as chunk_tokens counts them) over the new chunk texts of the documents to process
+    (read and chunked here; texts with a stored or cached vector are not sent). None for a local model."""
+    from pipelines.embed import is_api_model
+    from pipelines.sync.encode import new_texts
+    from pipelines.sync.read import read_batch
+
+    collection, embedder = open_collection(conn, spec)
+    if not is_api_model(collection.model):
+        return None
+    source, texts = make_source(spec.source), {}
+    for refs in plan.batches(spec.docs_per_batch):
+        texts.update(new_texts(read_batch(conn, collection, embedder, source, refs, plan.run_id, full_refresh)))
+    tokenizer = embedder.chunk_tokenizer
+    prompt = embedder.document_prompt
+    return sum(len(tokenizer(prompt + t, verbose=False)["input_ids"]) for t in texts.values())

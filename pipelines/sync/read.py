@@ -15,6 +15,7 @@ from pipelines import store
 from pipelines.chunking import Chunk, chunk_text, with_context
 from pipelines.collection import text_tokens
 from pipelines.embed import Embedder
+from pipelines.embed.base import Tokens
 from pipelines.extract import ExtractionError
 from pipelines.extract.worker import extract_isolated
 from pipelines.sources import DocumentRef, Gone, NotModified, RawDocument, ReadResult, Source
@@ -75,6 +76,8 @@ class BatchWork:
     vectors: dict[str, np.ndarray]
     fresh: set[str] = field(default_factory=set)
     """Chunk hashes embedded in this batch (the rest came from the database)."""
+    api_tokens: Tokens = field(default_factory=Tokens)
+    """What embedding this batch (and those embedded in the same call) spent at an API endpoint."""
     skip_duplicates: bool = True
 
     def prepared(self) -> list[Prepared]:

@@ -53,12 +53,25 @@ SELECT e.model, count(*) FROM ragpipe.embedding_cache e GROUP BY e.model
 $fn$;
 REVOKE ALL ON FUNCTION ragpipe.cache_metrics() FROM PUBLIC;
 
+-- API tokens the runs of each collection spent, by the model of the version they built (reported by
+-- the endpoint, and estimated where it reported none), for `ragpipe_api_tokens_total{kind="documents"}`.
+CREATE OR REPLACE FUNCTION ragpipe.token_metrics()
+RETURNS TABLE (collection text, model text, reported bigint, estimated bigint)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, ragpipe AS $fn$
+SELECT k.family, k.model, sum(r.api_tokens)::bigint, sum(r.api_tokens_estimated)::bigint
+FROM ragpipe.ingest_runs r JOIN ragpipe.collections k ON k.id = r.collection_id
+WHERE r.api_tokens > 0 OR r.api_tokens_estimated > 0
+GROUP BY k.family, k.model
+$fn$;
+REVOKE ALL ON FUNCTION ragpipe.token_metrics() FROM PUBLIC;
+
 DO $$
 DECLARE
     g text;
 BEGIN
     FOR g IN SELECT grantee FROM metrics_grants LOOP
-        EXECUTE format('GRANT EXECUTE ON FUNCTION ragpipe.pipeline_metrics(), ragpipe.cache_metrics() TO %I', g);
+        EXECUTE format('GRANT EXECUTE ON FUNCTION ragpipe.pipeline_metrics(), ragpipe.cache_metrics(), '
+                       'ragpipe.token_metrics() TO %I', g);
     END LOOP;
 END
 $$;

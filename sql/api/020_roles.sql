@@ -56,7 +56,8 @@ BEGIN
         ragpipe.document_text(text, text),
         ragpipe.similar_documents(text, text, int, jsonb),
         ragpipe.rag_context(text, text, vector, int, int, jsonb, int), ragpipe.context_of(text, bigint[], int, int),
-        ragpipe.get_collection(text), ragpipe.pipeline_metrics(), ragpipe.cache_metrics() TO %I', role_name);
+        ragpipe.get_collection(text), ragpipe.pipeline_metrics(), ragpipe.cache_metrics(), ragpipe.token_metrics()
+        TO %I', role_name);
 END
 $fn$;
 REVOKE ALL ON FUNCTION ragpipe.grant_search(text) FROM PUBLIC;

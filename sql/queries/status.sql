@@ -11,7 +11,12 @@ SELECT k.id, k.name AS collection, k.model, k.dimension, k.version,
                     'documents', (SELECT count(*) FROM ragpipe.documents d WHERE d.collection_id = b.id),
                     'of', (SELECT r.listed FROM ragpipe.ingest_runs r WHERE r.collection_id = b.id
                            AND r.status <> 'dry_run' ORDER BY r.id DESC LIMIT 1)) ORDER BY b.version)
-                 FROM ragpipe.collections b WHERE b.family = k.family AND b.state = 'building'), '[]') AS building
+                 FROM ragpipe.collections b WHERE b.family = k.family AND b.state = 'building'), '[]') AS building,
+       -- API tokens every run of every version spent (reported by the endpoint, and estimated)
+       (SELECT jsonb_build_object('reported', coalesce(sum(r.api_tokens), 0),
+                                  'estimated', coalesce(sum(r.api_tokens_estimated), 0))
+        FROM ragpipe.ingest_runs r JOIN ragpipe.collections v ON v.id = r.collection_id
+        WHERE v.family = k.family) AS api_tokens
 FROM ragpipe.collections k
 WHERE k.state = 'active' AND (%(name)s::text IS NULL OR k.name = %(name)s)
 ORDER BY k.name;
@@ -20,7 +25,7 @@ ORDER BY k.name;
 -- backlog: listed as new or changed, not yet indexed (ragpipe.run_backlog); waiting_s: how long
 -- since that listing (what `ragpipe_freshness_lag_seconds` reports).
 SELECT id, status, trigger, listed, new, changed, unchanged, deleted, failed, duplicates, chunks_embedded,
-       chunks_reused, seconds, started_at, finished_at, error, ragpipe.run_backlog(r) AS backlog,
+       chunks_reused, api_tokens, api_tokens_estimated, seconds, started_at, finished_at, error, ragpipe.run_backlog(r) AS backlog,
        CASE WHEN ragpipe.run_backlog(r) > 0 THEN extract(epoch FROM now() - started_at)::float8 END AS waiting_s
 FROM ragpipe.ingest_runs r WHERE collection_id = %s AND status <> 'dry_run'
 ORDER BY id DESC LIMIT 1;

@@ -115,7 +115,8 @@ WHERE id = %(run_id)s;
 UPDATE ragpipe.ingest_runs
 SET new = new + %(new)s, changed = changed + %(changed)s, unchanged = unchanged + %(unchanged)s,
     failed = failed + %(failed)s, deleted = deleted + %(deleted)s, duplicates = duplicates + %(duplicates)s,
-    chunks_embedded = chunks_embedded + %(chunks_embedded)s, chunks_reused = chunks_reused + %(chunks_reused)s
+    chunks_embedded = chunks_embedded + %(chunks_embedded)s, chunks_reused = chunks_reused + %(chunks_reused)s,
+    api_tokens = api_tokens + %(api_tokens)s, api_tokens_estimated = api_tokens_estimated + %(api_tokens_estimated)s
 WHERE id = %(run_id)s;
 
 -- name: run_failed_everything
@@ -128,7 +129,7 @@ SET status = %(status)s, error = %(error)s, seconds = extract(epoch FROM clock_t
     finished_at = clock_timestamp()
 WHERE id = %(run_id)s
 RETURNING id, status, listing_complete, listed, new, changed, unchanged, deleted, failed, duplicates,
-          chunks_embedded, chunks_reused, seconds;
+          chunks_embedded, chunks_reused, api_tokens, api_tokens_estimated, seconds;
 
 -- name: document_fingerprints
 SELECT source_id, fingerprint FROM ragpipe.documents WHERE collection_id = %s;
