@@ -160,6 +160,15 @@ EndpointUrl = Annotated[str, Field(pattern=r"^https?://[^\s]+$"), AfterValidator
 KeyVariable = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
 
 
+class RateLimit(BaseModel):
+    """`rate_limit:` of an API endpoint: the key's limits, shared by every process that calls the endpoint
+    with that key (CLI runs, DAG tasks on any worker, the service, watch), through PostgreSQL."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    requests_per_minute: Annotated[float, Field(gt=0)] | None = None
+    tokens_per_minute: Annotated[float, Field(gt=0)] | None = None
+
+
 class EndpointKey(BaseModel):
     """How an HTTP endpoint's key is found and sent. The key is never stored: it is read from the
     environment variable `api_key_env`, or the Airflow connection `connection`."""
@@ -171,6 +180,8 @@ class EndpointKey(BaseModel):
     """How the key is sent: `Authorization: Bearer KEY`, or `api-key: KEY` (Azure OpenAI)."""
     connection: Annotated[str, Field(pattern=r"^[\w.-]+$")] | None = None
     """An Airflow connection id whose password is the key (AIRFLOW_CONN_<ID>, or Airflow's secrets)."""
+    rate_limit: RateLimit | None = None
+    """The endpoint's limits for this key, enforced across processes (queries go first)."""
 
 
 class ApiOptions(EndpointKey):

@@ -66,6 +66,9 @@ class Settings(BaseSettings):
     llm_url: str | None = Field(None, validation_alias="RAGPIPE_LLM_URL")
     llm_model: str = Field("gpt-4o-mini", validation_alias="RAGPIPE_LLM_MODEL")
     llm_api_key: SecretStr | None = Field(None, validation_alias="RAGPIPE_LLM_API_KEY")
+    llm_requests_per_minute: float | None = Field(None, gt=0, validation_alias="RAGPIPE_LLM_REQUESTS_PER_MINUTE")
+    llm_tokens_per_minute: float | None = Field(None, gt=0, validation_alias="RAGPIPE_LLM_TOKENS_PER_MINUTE")
+    """The chat endpoint's limits for its key, shared by every process (as embedder.rate_limit)."""
     serve_database_url: str | None = Field(None, validation_alias="RAGPIPE_SERVE_DATABASE_URL")
     """The login the search service connects with (default: the database above); it searches as serve_role."""
     serve_role: str = Field("ragpipe_reader", min_length=1, validation_alias="RAGPIPE_SERVE_ROLE")

@@ -303,12 +303,14 @@ class ApiEmbedder(Embedder):
 
     def encode_queries(self, texts: list[str]) -> np.ndarray:
         return self._encode([self.query_prompt + t for t in texts], self.options.query_timeout_s,
-                            min(1, self.options.retries), min(QUERY_BACKOFF_S, self.options.max_backoff_s))
+                            min(1, self.options.retries), min(QUERY_BACKOFF_S, self.options.max_backoff_s),
+                            query=True)
 
     def last_call_tokens(self) -> Tokens:
         return getattr(self._spent, "tokens", Tokens())
 
-    def _encode(self, texts: list[str], timeout: float, retries: int, max_backoff: float) -> np.ndarray:
+    def _encode(self, texts: list[str], timeout: float, retries: int, max_backoff: float,
+                query: bool = False) -> np.ndarray:
         self._spent.tokens = Tokens()
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
@@ -318,7 +320,7 @@ class ApiEmbedder(Embedder):
         lock = threading.Lock()
 
         def one(indexes: list[int]) -> None:
-            vectors, tokens = self._post([texts[i] for i in indexes], timeout, retries, max_backoff)
+            vectors, tokens = self._post([texts[i] for i in indexes], timeout, retries, max_backoff, query)
             with lock:
                 spent[0] += tokens
             for i, v in zip(indexes, vectors, strict=True):
@@ -346,8 +348,8 @@ class ApiEmbedder(Embedder):
     def _key(self) -> str | None:
         return endpoint_key(self.options, f"the embedding endpoint {self.where}", EmbeddingFailed)
 
-    def _post(self, inputs: list[str], timeout: float, retries: int,
-              max_backoff: float) -> tuple[list[np.ndarray], Tokens]:
+    def _post(self, inputs: list[str], timeout: float, retries: int, max_backoff: float,
+              query: bool = False) -> tuple[list[np.ndarray], Tokens]:
         """One request, tried 1 + `retries` times on 429, 5xx, a timeout or a lost connection; each try
         ends within `timeout` seconds (connect and the whole answer), each wait between tries within
         `max_backoff`."""
@@ -356,6 +358,7 @@ class ApiEmbedder(Embedder):
             body["dimensions"] = self.requested_dimensions
         for attempt in range(retries + 1):
             last = attempt == retries
+            self._take_slot(inputs, query, time.monotonic() + timeout)
             cap = self._answer_cap(len(inputs))
             done = post_once(self._client, self.endpoint, body, self._headers(), time.monotonic() + timeout, cap,
                              self._key(), self.options, f"the embedding endpoint {self.where}", EmbeddingFailed,
@@ -371,6 +374,16 @@ class ApiEmbedder(Embedder):
                         retries + 1, delay)
             time.sleep(delay)
         raise EmbeddingFailed(f"the embedding endpoint {self.where} failed {retries + 1} tries: {reason}")
+
+    def _take_slot(self, inputs: list[str], query: bool, deadline: float) -> None:
+        """Wait for the shared rate limit (embedder.rate_limit), if one is set; a query waits until `deadline`."""
+        from pipelines.embed.limits import RateLimited, acquire
+
+        try:
+            acquire(self.options.rate_limit, self.endpoint, self._key(), sum(estimate_tokens(t) for t in inputs),
+                    query, deadline if query else None)
+        except RateLimited as exc:
+            raise EmbeddingFailed(str(exc)) from None
 
     def _answer_cap(self, count: int) -> int:
         """The most bytes an answer of `count` vectors may take (the width asked for or seen, else the widest)."""

@@ -2,12 +2,14 @@
 chat completions endpoint (RAGPIPE_LLM_URL, RAGPIPE_LLM_API_KEY, RAGPIPE_LLM_MODEL)."""
 
 import json
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
+from pipelines.config import RateLimit
 from pipelines.embed.api import error_detail, estimate_tokens
 from pipelines.embed.base import Tokens
 from pipelines.search import RagContext
@@ -23,6 +25,7 @@ class LLMSettings:
     model: str
     api_key: str | None
     timeout_s: float = 120.0
+    rate_limit: RateLimit | None = None
 
 
 def llm_settings() -> LLMSettings | None:
@@ -30,7 +33,10 @@ def llm_settings() -> LLMSettings | None:
     if not settings.llm_url:
         return None
     key = settings.llm_api_key.get_secret_value() if settings.llm_api_key else None
-    return LLMSettings(url=settings.llm_url, model=settings.llm_model, api_key=key or None)
+    limit = (RateLimit(requests_per_minute=settings.llm_requests_per_minute,
+                       tokens_per_minute=settings.llm_tokens_per_minute)
+             if settings.llm_requests_per_minute or settings.llm_tokens_per_minute else None)
+    return LLMSettings(url=settings.llm_url, model=settings.llm_model, api_key=key or None, rate_limit=limit)
 
 
 def build_messages(question: str, ctx: RagContext) -> list[dict[str, str]]:
@@ -69,6 +75,10 @@ def _chat_tokens(reported: list[Any], messages: list[dict[str, str]], answer: li
 
 
 def _events(settings: LLMSettings, body: dict[str, Any], headers: dict[str, str], usage: list[Any]) -> Iterator[str]:
+    from pipelines.embed.limits import acquire
+
+    acquire(settings.rate_limit, completions_url(settings.url), settings.api_key,
+            sum(estimate_tokens(m["content"]) for m in body["messages"]), True, time.monotonic() + settings.timeout_s)
     with httpx.stream("POST", completions_url(settings.url), json=body, headers=headers,
                       timeout=settings.timeout_s) as response:
         if response.status_code != 200:

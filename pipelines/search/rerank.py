@@ -24,6 +24,7 @@ import httpx
 
 from pipelines.config import RerankOptions
 from pipelines.embed.api import endpoint_key, key_headers, post_once, redact
+from pipelines.embed.limits import RateLimited, acquire
 
 log = logging.getLogger(__name__)
 ANSWER_BYTES_PER_CANDIDATE = 4096
@@ -106,6 +107,11 @@ class ApiReranker:
         deadline = time.monotonic() + options.timeout_s
         reason = f"no answer within {options.timeout_s:g} s"
         for attempt in range(options.retries + 1):
+            try:  # the shared rate limit (rerank.rate_limit): a slot before the deadline, or the first-stage order
+                acquire(options.rate_limit, self.endpoint, key, sum(len(t) // 3 + 1 for t in [query, *texts]), True,
+                        deadline)
+            except RateLimited as exc:
+                raise RerankFailed(str(exc)) from None
             if deadline - time.monotonic() <= 0.001:
                 break
             cap = 65536 + len(texts) * ANSWER_BYTES_PER_CANDIDATE

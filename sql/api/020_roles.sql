@@ -56,8 +56,8 @@ BEGIN
         ragpipe.document_text(text, text),
         ragpipe.similar_documents(text, text, int, jsonb),
         ragpipe.rag_context(text, text, vector, int, int, jsonb, int), ragpipe.context_of(text, bigint[], int, int),
-        ragpipe.get_collection(text), ragpipe.pipeline_metrics(), ragpipe.cache_metrics(), ragpipe.token_metrics()
-        TO %I', role_name);
+        ragpipe.get_collection(text), ragpipe.pipeline_metrics(), ragpipe.cache_metrics(), ragpipe.token_metrics(),
+        ragpipe.take_rate(text, double precision, double precision, int, boolean) TO %I', role_name);
 END
 $fn$;
 REVOKE ALL ON FUNCTION ragpipe.grant_search(text) FROM PUBLIC;
@@ -116,7 +116,8 @@ BEGIN  -- roles granted before hybrid search had halves (ragpipe.grant_search gr
         -- context_of existed
         EXECUTE format('GRANT EXECUTE ON FUNCTION ragpipe.rag_context(text, text, vector, int, int, jsonb, int), '
                        'ragpipe.context_of(text, bigint[], int, int), ragpipe.chunk_context(text, bigint, int), '
-                       'ragpipe.document_text(text, text) TO %I', r);
+                       'ragpipe.document_text(text, text), ragpipe.token_metrics(), '
+                       'ragpipe.take_rate(text, double precision, double precision, int, boolean) TO %I', r);
         EXECUTE format('GRANT EXECUTE ON FUNCTION ragpipe.hybrid_candidates(int, int), ragpipe.fuse_rankings(text, '
                        'ragpipe.search_hit[], ragpipe.search_hit[], int, double precision, double precision, int, '
                        'text, double precision) TO %I', r);
