@@ -402,7 +402,7 @@ def run_stack(mode: str) -> int:
             check_lineage(api, receiver, triggered, home)
         freshness = check_freshness(api, home, int(os.environ.get("FRESHNESS_PROBES", "10")) if mode == "freshness"
                                     else 1)
-        if mode == "freshness":  # for make bench (tools/benchmarks.py bench_airflow_freshness)
+        if mode == "freshness":  # for make bench (tools/benchmarks/freshness.py bench_airflow_freshness)
             Path(os.environ["FRESHNESS_OUT"]).write_text(json.dumps(freshness))
             return rc
         if mode == "smoke":

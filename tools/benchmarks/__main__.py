@@ -1,0 +1,3 @@
+from tools.benchmarks.run import main
+
+main()
