@@ -167,19 +167,9 @@ class SearchService:
         starts its API server before the first DAG run has made any)."""
         from pipelines.embed import get_embedder, is_api_model
 
-        listed = self.collections(self.settings.serve_role)
-        models = {c["model"] for c in listed} | declared_models(self.settings)
+        models = {c["model"] for c in self.collections(self.settings.serve_role)} | declared_models(self.settings)
         for model in sorted(m for m in models if not is_api_model(m)):  # an API model has nothing to load
             get_embedder(model).encode_queries(["warm up"])
-        for c in listed:  # local rerankers too (an API reranker has nothing to load)
-            options = self.rerank_options(c["name"], self.version_of(c["name"]), None)
-            if options and not options.get("base_url"):
-                from pipelines.search.rerank import reranker_for
-
-                try:
-                    reranker_for(options).scores("warm up", ["warm up"])
-                except Exception as exc:  # the searches say why, and return the first-stage order
-                    log.warning("search service: reranker of %s did not load: %s", c["name"], exc)
         self.warmed.set()
 
     def warm_in_background(self) -> None:
