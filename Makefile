@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml requirements.lock | cksu
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install lock system-deps run smoke demo unit test bench lint clean
+.PHONY: install lock system-deps azurite run smoke demo unit test bench lint clean
 
 # The exact versions of requirements.lock, then ragpipe itself (editable) without resolving again.
 $(STAMP): pyproject.toml requirements.lock
@@ -34,11 +34,21 @@ demo: install
 	@$(BIN)/python -m tools.demo "Does coffee affect blood vessel function?"
 
 ## run: the demo through Airflow: standalone Airflow 3 (UI on :8080), the sample DAGs triggered once
+## (sample_azure only where Node.js can install its emulator)
 run: install
+	@command -v npm >/dev/null && $(MAKE) --no-print-directory azurite || echo "no npm: sample_azure will not run"
 	$(BIN)/python -m tools.standalone run
 
+## azurite: the Azure Blob emulator of sample_azure and the Azure tests (npm, pinned), in .azurite/
+AZURITE_VERSION = 3.35.0
+AZURITE = .azurite/node_modules/.bin/azurite-blob
+azurite: $(AZURITE)
+$(AZURITE):
+	@command -v npm >/dev/null || $(MAKE) --no-print-directory system-deps SYSTEM_DEPS="node:nodejs npm:npm"
+	npm install --silent --no-audit --no-fund --prefix .azurite azurite@$(AZURITE_VERSION)
+
 ## smoke: the stack of `make run` in a temp state dir: every sample DAG run must succeed, then all of it stops
-smoke: install
+smoke: install azurite
 	RAGPIPE_HOME=$$(mktemp -d /tmp/ragpipe-smoke.XXXXXX) $(BIN)/python -m tools.standalone smoke
 
 ## system-deps: Debian packages the tests need (redis-server for the Celery test, chromium + chromium-driver for
@@ -56,7 +66,7 @@ system-deps:
 unit: install
 	$(BIN)/pytest -q -m unit
 
-test: install system-deps
+test: install system-deps azurite
 	$(BIN)/pytest -q
 	$(MAKE) --no-print-directory smoke
 

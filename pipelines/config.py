@@ -259,7 +259,7 @@ class WatchOptions(BaseModel):
     """s3 sources: the SQS queue of the bucket's event notifications (`ragpipe watch setup NAME`
     creates it and the notification when unset: ragpipe-<collection>)."""
     interval_s: Annotated[float, Field(ge=1, le=86_400)] = 60.0
-    """web sources (no events exist): how often the sitemap is listed again."""
+    """web, gcs and azure sources (no events reach ragpipe offline): how often the source is listed again."""
 
 
 class InlineQuery(BaseModel):
@@ -401,7 +401,7 @@ def parse_collection(raw: Any, where: str, base: Path) -> CollectionSpec:
                           f"{model.model!r} is a local model")
     source = model.source.model_dump(exclude_unset=True)
     source["kind"] = model.source.kind
-    if "path" in source and not str(source["path"]).startswith(("s3://", "/")):
+    if "path" in source and "://" not in str(source["path"]) and not str(source["path"]).startswith("/"):
         source["path"] = str((base / str(source["path"])).resolve())
     index = model.index.model_dump(exclude_none=True)
     search = model.search.model_dump(exclude_none=True)

@@ -222,6 +222,35 @@ def s3():
     server.stop()
 
 
+@pytest.fixture(scope="module")
+def gcs():
+    """A Google Cloud Storage emulator on loopback (gcp-storage-emulator, in this process), bucket `docs`."""
+    from tools.samples import gcs_client, start_gcs
+
+    server, endpoint = start_gcs(port=0, bucket=None)
+    fs = gcs_client(endpoint)
+    fs.mkdir("docs")
+    yield endpoint, fs
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def azurite():
+    """Azure Blob Storage's emulator on loopback (Azurite, `make azurite`), container `docs`; its
+    connection string in $TEST_AZURE_CONNECTION."""
+    from tools.samples import azure_client, azurite_connection, start_azurite
+
+    started = start_azurite(port=0, container=None)
+    assert started is not None, "Azurite is not installed: `make azurite` (make test does it)"
+    process, endpoint = started
+    os.environ["TEST_AZURE_CONNECTION"] = azurite_connection(endpoint)
+    fs = azure_client(endpoint)
+    fs.mkdir("docs")
+    yield endpoint, fs
+    process.terminate()
+    process.wait(timeout=30)
+
+
 class Site(BaseHTTPRequestHandler):
     pages: dict[str, tuple[int, str]] = {}
     hits: list[tuple[str, int]] = []

@@ -14,12 +14,16 @@ def samples(db_url):
 
     from tools import samples
 
-    env = samples.start_all(db_url)
+    env, azurite = samples.start_all(db_url)
+    assert azurite is not None, "Azurite is not installed: `make azurite`"
     os.environ.update(env)
-    return load_collections(ROOT / "collections.yml")
+    yield load_collections(ROOT / "collections.yml")
+    azurite.terminate()
+    azurite.wait(timeout=30)
 
 
-@pytest.mark.parametrize("name,expected", [("sample_s3", 12), ("sample_web", 6), ("sample_sql", 20)])
+@pytest.mark.parametrize("name,expected", [("sample_s3", 12), ("sample_gcs", 12), ("sample_azure", 12),
+                                           ("sample_web", 6), ("sample_sql", 20)])
 def test_sample_collection_ingests_offline(samples, name, expected):
     summary = run_ingest(samples[name])
     assert (summary["status"], summary["new"], summary["failed"]) == ("succeeded", expected, 0), summary

@@ -26,33 +26,72 @@ def documents(conn, name: str) -> dict[str, str]:
         "ON k.id = d.collection_id WHERE k.name = %s", (name,)).fetchall())
 
 
-# --- S3 -------------------------------------------------------------------------------------------
-def test_s3_ingest_change_delete_and_reingest(s3, name, conn, tmp_path):
-    endpoint, client = s3
+# --- object storage: S3 (moto), Google Cloud Storage (gcp-storage-emulator), Azure Blob (Azurite) ------
+
+class Store:
+    """One object store on loopback: write and delete objects, and a source's options for it."""
+
+    def __init__(self, kind: str, request):
+        self.kind = kind
+        if kind == "s3":
+            endpoint, client = request.getfixturevalue("s3")
+            self.put = lambda key, data: client.put_object(Bucket="docs", Key=key, Body=data)
+            self.delete = lambda key: client.delete_object(Bucket="docs", Key=key)
+            self.options = {"endpoint_url": endpoint}
+            self.scheme = "s3"
+        else:
+            _, fs = request.getfixturevalue("gcs" if kind == "gcs" else "azurite")
+            self.put = lambda key, data: fs.pipe_file(f"docs/{key}", data)
+            self.delete = lambda key: fs.rm_file(f"docs/{key}")
+            self.options = ({"endpoint_url": _, "anonymous": True} if kind == "gcs"
+                            else {"connection_string_env": "TEST_AZURE_CONNECTION"})
+            self.scheme = "gs" if kind == "gcs" else "az"
+
+    def source(self, bucket_and_prefix: str, **extra) -> dict:
+        return {"kind": self.kind, "path": f"{self.scheme}://{bucket_and_prefix}", **self.options, **extra}
+
+
+@pytest.fixture(params=["s3", "gcs", "azure"])
+def objects(request):
+    return Store(request.param, request)
+
+
+def test_object_store_ingest_change_delete_and_reingest(objects, name, conn, tmp_path):
     files = sorted(p for p in CORPUS.rglob("*") if p.suffix in (".md", ".pdf", ".html"))[:6]
+    prefix = f"kb-{name}"
     for path in files:
-        client.put_object(Bucket="docs", Key=f"kb/{path.relative_to(CORPUS).as_posix()}", Body=path.read_bytes())
-    client.put_object(Bucket="docs", Key="other/outside.md", Body=b"# Not under the prefix\n\nIgnored text here.")
-    s = spec(name, {"kind": "s3", "path": "s3://docs/kb", "endpoint_url": endpoint}, tmp_path)
+        objects.put(f"{prefix}/{path.relative_to(CORPUS).as_posix()}", path.read_bytes())
+    objects.put(f"other-{name}/outside.md", b"# Not under the prefix\n\nIgnored text here.")
+    s = spec(name, objects.source(f"docs/{prefix}"), tmp_path)
     first = run_ingest(s)
     assert (first["new"], first["failed"]) == (6, 0)
-    assert all(not k.startswith("other/") for k in documents(conn, name))
+    assert all(not k.startswith("other") for k in documents(conn, name))
     again = run_ingest(s)
     assert (again["unchanged"], again["changed"], again["chunks_embedded"]) == (6, 0, 0)
 
-    key = f"kb/{files[0].relative_to(CORPUS).as_posix()}"
-    client.put_object(Bucket="docs", Key=key, Body=files[0].read_bytes() + b"\n\nOstrich eggs are large.\n")
-    client.delete_object(Bucket="docs", Key=f"kb/{files[1].relative_to(CORPUS).as_posix()}")
+    key = f"{prefix}/{files[0].relative_to(CORPUS).as_posix()}"
+    objects.put(key, files[0].read_bytes() + b"\n\nOstrich eggs are large.\n")
+    objects.delete(f"{prefix}/{files[1].relative_to(CORPUS).as_posix()}")
     third = run_ingest(s)
     assert (third["changed"], third["deleted"], third["unchanged"]) == (1, 1, 4)
-    assert search("ostrich eggs", collection=name, k=1, mode="keyword")[0].uri == f"s3://docs/{key}"
+    assert search("ostrich eggs", collection=name, k=1, mode="keyword")[0].uri == f"{objects.scheme}://docs/{key}"
 
 
-def test_failed_bucket_listing_deletes_nothing(s3, name, conn, tmp_path):
-    endpoint, client = s3
-    client.put_object(Bucket="docs", Key="keep/a.md", Body=b"# A\n\nAlpha document about lentils.")
-    run_ingest(spec(name, {"kind": "s3", "path": "s3://docs/keep", "endpoint_url": endpoint}, tmp_path))
-    broken = spec(name, {"kind": "s3", "path": "s3://no-such-bucket/keep", "endpoint_url": endpoint}, tmp_path)
+def test_object_store_size_cap_is_a_failure_with_its_reason(objects, name, conn, tmp_path):
+    objects.put(f"cap-{name}/small.md", b"# Small\n\nA short note about quinces.")
+    objects.put(f"cap-{name}/big.md", b"# Big\n\n" + b"Walnut trees grow slowly. " * 200)
+    summary = run_ingest(spec(name, objects.source(f"docs/cap-{name}", max_bytes=1000), tmp_path))
+    assert (summary["new"], summary["failed"]) == (1, 1)
+    [(sid, reason)] = conn.execute(
+        "SELECT f.source_id, f.error FROM ragpipe.ingest_failures f JOIN ragpipe.collections k "
+        "ON k.id = f.collection_id WHERE k.name = %s", (name,)).fetchall()
+    assert sid == "big.md" and "over the size cap of 1000 bytes" in reason
+
+
+def test_failed_bucket_listing_deletes_nothing(objects, name, conn, tmp_path):
+    objects.put("keep/a.md", b"# A\n\nAlpha document about lentils.")
+    run_ingest(spec(name, objects.source("docs/keep"), tmp_path))
+    broken = spec(name, objects.source("no-such-bucket/keep"), tmp_path)
     summary = run_ingest(broken)
     assert summary["listing_complete"] is False and summary["deleted"] == 0
     assert set(documents(conn, name)) == {"a.md"}
@@ -60,6 +99,38 @@ def test_failed_bucket_listing_deletes_nothing(s3, name, conn, tmp_path):
 
     report = verify(name, broken)  # defect (#42.12): verify said all agreed while no run could delete
     assert not report.clean and [f.check for f in report.findings] == ["incomplete_listing"], report.to_dict()
+
+
+def test_object_store_credentials_never_shown(azurite, s3, name, conn, tmp_path, monkeypatch, capfd):
+    """A listing refused for bad credentials says so in one line without the key or secret."""
+    import os
+
+    from tools.samples import AZURITE_KEY
+
+    endpoint, _ = azurite
+    wrong_key = "d3Jvbmcta2V5LW5ldmVyLXByaW50ZWQtMTIzNDU2Nzg5MGFiY2RlZg=="
+    monkeypatch.setenv("BAD_AZURE", os.environ["TEST_AZURE_CONNECTION"].replace(AZURITE_KEY, wrong_key))
+    azure = make_source({"kind": "azure", "path": "az://docs/keep", "connection_string_env": "BAD_AZURE"}).list()
+    s3_endpoint, _ = s3
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s3-secret-never-printed")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDNEVERPRINTED")
+    moto = make_source({"kind": "s3", "path": "s3://no-such-bucket/x", "endpoint_url": s3_endpoint}).list()
+    out = capfd.readouterr()
+    for listing in (azure, moto):
+        assert not listing.complete and len(listing.problems) == 1 and "\n" not in listing.problems[0]
+    shown = " ".join(azure.problems + moto.problems) + out.out + out.err
+    assert "failed to authenticate" in azure.problems[0] and "AuthorizationFailure" in azure.problems[0], azure.problems
+    for secret in (wrong_key, AZURITE_KEY, "s3-secret-never-printed"):
+        assert secret not in shown
+
+
+def test_object_store_paths_are_checked():
+    with pytest.raises(SourceError, match="gs://bucket/prefix"):
+        make_source({"kind": "gcs", "path": "s3://docs/kb"})
+    with pytest.raises(SourceError, match="az://bucket/prefix or abfs://"):
+        make_source({"kind": "azure", "path": "az://"})
+    adls = make_source({"kind": "azure", "path": "abfss://data@acct.dfs.core.windows.net/reports"})
+    assert (adls.prefix, adls.account_name) == ("data/reports", "acct")
 
 
 # --- web ------------------------------------------------------------------------------------------
@@ -271,3 +342,30 @@ def test_binary_columns_stay_out_of_metadata_unless_asked(app_table, db_url, nam
     (m,), = conn.execute("SELECT d.metadata FROM ragpipe.documents d JOIN ragpipe.collections k "
                          "ON k.id = d.collection_id WHERE k.name = %s LIMIT 1", (f"{name}_kept",)).fetchall()
     assert m["picture"].startswith("\\x00ff")
+
+
+@pytest.mark.parametrize("kind", ["gcs", "azure"])
+def test_gcs_and_azure_are_watched_by_polling_the_listing(kind, request, name, tmp_path):
+    """No change events reach ragpipe offline from these two: `ragpipe watch` lists again every interval_s."""
+    import asyncio
+
+    from pipelines.watch.changes import source_changes
+
+    objects = Store(kind, request)
+    objects.put(f"poll-{name}/a.md", b"# A\n\nFirst words.")
+    s = parse_collection({"name": name, "source": objects.source(f"docs/poll-{name}"), "watch": {"interval_s": 1}},
+                         where=name, base=tmp_path)
+
+    async def first_change() -> str:
+        stop, ready = asyncio.Event(), asyncio.Event()
+        changes = source_changes(s, stop, ready)
+        pending = asyncio.ensure_future(anext(changes))
+        await asyncio.wait_for(ready.wait(), 30)
+        await asyncio.to_thread(objects.put, f"poll-{name}/b.md", b"# B\n\nNew words.")
+        try:
+            return await asyncio.wait_for(pending, 30)
+        finally:
+            stop.set()
+            await changes.aclose()
+
+    assert "b.md" in asyncio.run(first_change())

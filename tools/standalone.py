@@ -28,7 +28,8 @@ from pipelines.store.connection import open_database
 from pipelines.store.database import database_url
 
 SAMPLE_DAGS = tuple(f"ragpipe_ingest_{name}" for name in
-                    ("sample", "sample_records", "sample_s3", "sample_web", "sample_sql"))
+                    ("sample", "sample_records", "sample_s3", "sample_gcs", "sample_azure", "sample_web", "sample_sql"))
+NEEDS_AZURITE = "ragpipe_ingest_sample_azure"
 ASSET_TRIGGERED = ("ragpipe_smoke_check_sample",)
 """Runs the scheduler starts when an ingest run updates its Asset; smoke waits for them too."""
 START_TIMEOUT_S = 300
@@ -73,16 +74,18 @@ def check_ports(ports: dict[str, int]) -> None:
                         "Stop it, or set AIRFLOW__API__PORT for another Airflow port")
 
 
-def start_sample_servers(log_path: Path) -> dict[str, str]:
-    """The S3 and web servers of the sample collections, their access logs sent to log_path."""
+def start_sample_servers(log_path: Path, tree: ProcessTree) -> tuple[dict[str, str], bool]:
+    """The object stores and web server of the sample collections, their access logs sent to log_path
+    (Azurite as a process of `tree`); the environment they need, and whether Azurite runs."""
     handler = logging.FileHandler(log_path)
-    for name in ("werkzeug", "moto"):
+    for name in ("werkzeug", "moto", "gcp_storage_emulator"):
         logger = logging.getLogger(name)
         logger.addHandler(handler)
         logger.propagate = False
     from tools.samples import start_all
 
-    return start_all(database_url())
+    env, azurite = start_all(database_url(), lambda argv: tree.start("azurite", argv, dict(os.environ), log_path))
+    return env, azurite is not None
 
 
 def login(home: Path) -> tuple[str, str]:
@@ -148,6 +151,7 @@ def mcp_tools(url: str) -> list[str]:
 FAILING_ONCE = "sample_web"
 """In `make smoke`, this sample's plan fails at its first try (an injected fault): lineage's FAIL."""
 SOURCE_NAMESPACES = {"sample": "file://", "sample_records": "file://", "sample_s3": "s3://ragpipe-sample",
+                     "sample_gcs": "gs://ragpipe-sample", "sample_azure": "wasbs://ragpipe-sample",
                      "sample_web": "http://127.0.0.1:8765", "sample_sql": "postgres://"}
 
 
@@ -356,14 +360,21 @@ def run_stack(mode: str) -> int:
     receiver = None
     started = time.monotonic()
     try:
-        from tools.samples import S3_PORT, WEB_PORT
+        from tools.samples import AZURE_PORT, GCS_PORT, S3_PORT, WEB_PORT
 
         check_ports({"Airflow API": int(os.environ.get("AIRFLOW__API__PORT", "8080")), "sample S3": S3_PORT,
-                     "sample web": WEB_PORT})
+                     "sample GCS": GCS_PORT, "sample Azure": AZURE_PORT, "sample web": WEB_PORT})
         open_database()
         env = airflow_environment()
         home = Path(env["AIRFLOW_HOME"])
-        env = dict(os.environ, **env, **start_sample_servers(home / "sample-servers.log"))
+        sample_env, azurite = start_sample_servers(home / "sample-servers.log", tree)
+        env = dict(os.environ, **env, **sample_env)
+        dags = [d for d in SAMPLE_DAGS if azurite or d != NEEDS_AZURITE]
+        if not azurite:
+            if mode != "run":
+                raise RunFailed("Azurite (the Azure Blob emulator of sample_azure) is not installed: `make azurite` "
+                                "installs it with npm")
+            say("sample_azure is not run: its emulator, Azurite, is not installed (`make azurite`, with Node.js)")
         if mode == "smoke":  # the DAGs' OpenLineage events go to a receiver here (docs/lineage.md)
             from tools.lineage_receiver import LineageReceiver
 
@@ -388,7 +399,7 @@ def run_stack(mode: str) -> int:
         api = AirflowAPI(f"http://127.0.0.1:{port}", user, password)
         wait_for_dags(api)
         stamp = time.strftime("%Y%m%dT%H%M%S")
-        triggered = {dag_id: api.trigger(dag_id, f"{mode}__{stamp}") for dag_id in SAMPLE_DAGS}
+        triggered = {dag_id: api.trigger(dag_id, f"{mode}__{stamp}") for dag_id in dags}
         say(f"triggered {len(triggered)} sample DAGs; waiting for every run (the scheduler's own included) ...")
         wait_for_runs(api, triggered, home / "logs", RUNS_TIMEOUT_S, TASK_LIMIT_S, must_succeed=ASSET_TRIGGERED,
                       report=say, retries_allowed=frozenset({f"ragpipe_ingest_{FAILING_ONCE}"}) if mode == "smoke"

@@ -44,6 +44,32 @@ def aws_credentials(conn_id: str) -> dict[str, str]:
     return {k: v for k, v in options.items() if v}
 
 
+def gcp_credentials(conn_id: str, project: str | None) -> tuple[object, str | None]:
+    """gcsfs's token and the project from an Airflow Google Cloud connection: its extra `keyfile_dict`
+    (the service account's JSON) or `key_path`; neither: Application Default Credentials."""
+    import json
+
+    from airflow.sdk import Connection
+
+    extra = Connection.get(conn_id).extra_dejson or {}
+    keyfile = extra.get("keyfile_dict") or extra.get("extra__google_cloud_platform__keyfile_dict")
+    path = extra.get("key_path") or extra.get("extra__google_cloud_platform__key_path")
+    token: object = (json.loads(keyfile) if isinstance(keyfile, str) else keyfile) if keyfile else path or None
+    return token, project or extra.get("project") or extra.get("extra__google_cloud_platform__project")
+
+
+def azure_credentials(conn_id: str) -> dict[str, str]:
+    """adlfs options from an Airflow Azure Blob (wasb) connection: login = account name, password =
+    account key, or extra `connection_string` / `sas_token`."""
+    from airflow.sdk import Connection
+
+    conn = Connection.get(conn_id)
+    extra = conn.extra_dejson or {}
+    options = {"account_name": conn.login, "account_key": conn.password,
+               "connection_string": extra.get("connection_string"), "sas_token": extra.get("sas_token")}
+    return {k: v for k, v in options.items() if v}
+
+
 TIMEOUT_ADVICE = {
     "plan": "a slow source listing: raise the limit, or check the source",
     "batch": "lower docs_per_batch in collections.yml or raise the limit; one stuck parser is already "

@@ -141,14 +141,23 @@ def ragpipe_facet_class() -> type:
 
 
 def source_datasets(source: dict[str, Any]) -> list[tuple[str, str]]:
-    """(namespace, name) of a source, by OpenLineage's naming: file://host + path, s3://bucket +
-    prefix, scheme://host + path, postgres://host:port + db.schema.table (the query's tables)."""
+    """(namespace, name) of a source, by OpenLineage's naming: file://host + path, s3:// or gs://bucket +
+    prefix, wasbs:// or abfss://container@account + prefix, scheme://host + path,
+    postgres://host:port + db.schema.table (the query's tables)."""
     kind = source["kind"]
     if kind in ("folder", "tabular"):
         return [(f"file://{socket.gethostname()}", str(source["path"]))]
-    if kind == "s3":
+    if kind in ("s3", "gcs"):
         parts = urlsplit(str(source["path"]))
-        return [(f"s3://{parts.netloc}", parts.path.strip("/") or "/")]
+        return [(f"{'s3' if kind == 's3' else 'gs'}://{parts.netloc}", parts.path.strip("/") or "/")]
+    if kind == "azure":
+        from pipelines.sources.azure import AzureSource
+
+        blob = AzureSource(path=str(source["path"]), account_name=source.get("account_name"))
+        container, _, prefix = blob.prefix.partition("/")
+        service = "dfs" if blob.scheme.startswith("abfs") else "blob"
+        host = f"@{blob.account_name}.{service}.core.windows.net" if blob.account_name else ""
+        return [(f"{'abfss' if service == 'dfs' else 'wasbs'}://{container}{host}", prefix or "/")]
     if kind == "web":
         parts = urlsplit(str(source.get("url_prefix") or source["sitemap"]))
         return [(f"{parts.scheme}://{parts.netloc}", parts.path or "/")]

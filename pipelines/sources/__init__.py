@@ -24,10 +24,10 @@ __all__ = ["FIELD_SEP", "DocumentRef", "Gone", "Listing", "NotModified", "RawDoc
 def source_classes() -> dict[str, type]:
     """Each source kind's class: its dataclass fields are the kind's options in collections.yml
     (types and bounds included; pipelines/config.py validates against them)."""
-    from pipelines.sources import folder, s3, sql_table, tabular, web
+    from pipelines.sources import azure, folder, gcs, s3, sql_table, tabular, web
 
     return {"folder": folder.FolderSource, "tabular": tabular.TabularSource, "s3": s3.S3Source,
-            "web": web.WebSource, "sql": sql_table.SqlSource}
+            "gcs": gcs.GcsSource, "azure": azure.AzureSource, "web": web.WebSource, "sql": sql_table.SqlSource}
 
 
 def make_source(options: dict[str, Any]) -> Source:

@@ -281,7 +281,7 @@ async def listing_changes(spec: CollectionSpec, stop: asyncio.Event, ready: asyn
         now = {r.source_id: r.fingerprint for r in listing.refs}
         if before is not None and listing.complete and now != before:
             changed = sorted(k for k in now.keys() | before.keys() if now.get(k) != before.get(k))
-            yield f"{len(changed)} pages changed in the listing ({', '.join(changed[:3])})"
+            yield f"{len(changed)} documents changed in the listing ({', '.join(changed[:3])})"
         if listing.complete:
             before = now
         ready.set()

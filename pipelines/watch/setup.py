@@ -40,8 +40,9 @@ def set_up(spec: CollectionSpec, remove: bool = False) -> str:
         return sql_trigger(spec, remove)
     if kind == "s3":
         return s3_notification(spec, remove)
-    if kind == "web":
-        return f"{spec.name}: web sources have no change events; `ragpipe watch` lists the sitemap every " \
+    if kind in ("web", "gcs", "azure"):
+        what = "the sitemap" if kind == "web" else "the bucket" if kind == "gcs" else "the container"
+        return f"{spec.name}: {kind} sources have no change events here; `ragpipe watch` lists {what} every " \
                f"{spec.watch['interval_s']:.0f} s (watch.interval_s)"
     return f"{spec.name}: nothing to set up; `ragpipe watch` follows the file system's own events"
 
