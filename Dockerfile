@@ -7,6 +7,6 @@ ENV RAGPIPE_HOME=/opt/airflow/ragpipe \
 COPY --chown=airflow:root . /opt/ragpipe
 # CPU torch first, from PyTorch's CPU index: an unpinned torch would pull a multi-GB CUDA build.
 # ragpipe installs as a wheel (not editable): its SQL and DAG factory are package data; the image's
-# own Airflow stays as it is (the `airflow` extra is not needed here).
+# own Airflow stays as it is (the `airflow` extra is not needed here); every source kind is in.
 RUN pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cpu "torch==2.13.0" \
- && pip install --no-cache-dir /opt/ragpipe
+ && pip install --no-cache-dir "/opt/ragpipe[gcs,azure]"

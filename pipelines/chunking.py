@@ -35,11 +35,14 @@ class Chunk:
     (a collection's `chunk_context`), so a chunk cut from its document keeps its subject."""
     prompt: str = ""
     """The embedder's document prompt, put before embed_text by the embedder (part of the hash)."""
+    written_context: str = ""
+    """A chat model's sentence situating the chunk in its document (a collection's `enrich.context`):
+    embedded after `context`, stored beside the text and part of its keyword text."""
 
     @property
     def embed_text(self) -> str:
         """What the model embeds."""
-        return f"{self.context}\n{self.text}" if self.context else self.text
+        return "\n".join(part for part in (self.context, self.written_context, self.text) if part)
 
     @property
     def content_hash(self) -> str:
@@ -62,11 +65,12 @@ def with_context(chunks: list[Chunk], title: str | None, tokenizer: Any) -> list
             part = " ".join((raw or "").split())
             if part and (not parts or parts[-1] != part):
                 parts.append(part)
-        out.append(replace(chunk, context=_first_tokens(" › ".join(parts), tokenizer, CONTEXT_TOKENS - 2)))
+        out.append(replace(chunk, context=first_tokens(" › ".join(parts), tokenizer, CONTEXT_TOKENS - 2)))
     return out
 
 
-def _first_tokens(text: str, tokenizer: Any, limit: int) -> str:
+def first_tokens(text: str, tokenizer: Any, limit: int) -> str:
+    """`text` cut after its first `limit` tokens of `tokenizer`."""
     spans = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, truncation=False,
                       verbose=False)["offset_mapping"]
     return text if len(spans) <= limit else text[:spans[limit - 1][1]]

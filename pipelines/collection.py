@@ -1,9 +1,10 @@
 """A collection's build settings: how a spec of collections.yml maps to one collection row.
 
-The build key (model, chunking, chunk context, document prompt, HNSW build settings) is what a row
-was built with; a spec with another key is another version (pipelines/versions decides which row a
-run writes). Search defaults, ef_search, keyword_candidates, keyword_rescore, the query prompt, the
-reranker and an API model's endpoint options are stored settings that change in place.
+The build key (model, chunking, chunk context, written context, document prompt, HNSW build
+settings) is what a row was built with; a spec with another key is another version
+(pipelines/versions decides which row a run writes). Search defaults, ef_search,
+keyword_candidates, keyword_rescore, the query prompt, the reranker and the endpoint options of an
+API model or a context writer are stored settings that change in place.
 """
 
 import dataclasses
@@ -32,15 +33,34 @@ def stored_settings(spec: CollectionSpec) -> dict[str, Any]:
             **({"dimensions": spec.dimensions} if spec.dimensions else {}),
             **({"keyword": False} if not spec.keyword else {}),
             **({"rerank": spec.rerank} if spec.rerank else {}),
+            **({"enrich": spec.enrich} if spec.enrich else {}),
             **({"language": spec.language} if spec.language != "english" else {}),
             **({"languages": sorted(set(spec.languages) - {spec.language})} if set(spec.languages) - {spec.language}
                else {})}
 
 
-def text_tokens(chunk_tokens: int, chunk_context: bool, prompt_tokens: int = 0) -> int:
-    """The tokens a chunk's own text may use: chunk_tokens less the context header's reserve and the
-    document prompt's tokens."""
-    return chunk_tokens - (CONTEXT_TOKENS if chunk_context else 0) - prompt_tokens
+def text_tokens(chunk_tokens: int, settings: dict[str, Any], prompt_tokens: int = 0) -> int:
+    """The tokens a chunk's own text may use: chunk_tokens less the context header's reserve, the
+    written context's (enrich.context.max_tokens, and a line break) and the document prompt's tokens."""
+    written = context_options(settings)
+    return (chunk_tokens - (CONTEXT_TOKENS if settings.get("chunk_context") else 0) - prompt_tokens
+            - (written["max_tokens"] + 1 if written else 0))
+
+
+def context_options(settings: dict[str, Any]) -> dict[str, Any] | None:
+    """enrich.context (ContextOptions, defaults filled in) of a collection's settings, or None."""
+    given = (settings.get("enrich") or {}).get("context")
+    if not given:
+        return None
+    from pipelines.config import ContextOptions
+
+    return ContextOptions.model_validate(given).model_dump()
+
+
+def context_key(settings: dict[str, Any]) -> tuple | None:
+    """What the written context depends on (a change is a new version): model, prompt and budgets."""
+    written = context_options(settings)
+    return written and (written["model"], written["prompt"], written["max_tokens"], written["document_tokens"])
 
 
 def chunk_tokens_for(spec: CollectionSpec, embedder: Embedder, existing: store.Collection | None) -> int:
@@ -52,7 +72,7 @@ def chunk_tokens_for(spec: CollectionSpec, embedder: Embedder, existing: store.C
                           f"of {embedder.max_tokens} tokens; the model would truncate the chunks")
     try:
         check_chunk_settings(embedder.chunk_tokenizer,
-                             text_tokens(chunk_tokens, spec.chunk_context, embedder.document_prompt_tokens),
+                             text_tokens(chunk_tokens, stored_settings(spec), embedder.document_prompt_tokens),
                              spec.chunk_overlap)
     except ValueError as exc:
         prompt = embedder.document_prompt_tokens
@@ -71,7 +91,7 @@ def build_key(model: str, chunk_tokens: int, chunk_overlap: int, settings: dict[
     return (model, chunk_tokens, chunk_overlap, bool(settings.get("chunk_context")),
             *(index[k] for k in REBUILD_INDEX_KEYS), (settings.get("prompts") or {}).get("document"),
             settings.get("storage", "float32"), settings.get("dimensions"), settings.get("language", "english"),
-            tuple(settings.get("languages", ())), settings.get("keyword", True))
+            tuple(settings.get("languages", ())), settings.get("keyword", True), context_key(settings))
 
 
 def check_languages(conn: psycopg.Connection, spec: CollectionSpec) -> None:

@@ -109,6 +109,8 @@ class CollectionSpec:
     """False: no keyword (BM25) index at all, for a collection searched only semantically (keyword and
     hybrid searches of it are an error naming this setting; RAG context is semantic). A change builds a
     new version."""
+    enrich: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """EnrichOptions given (context: a chat model's situating context per chunk); empty: none."""
 
     @property
     def family(self) -> str:
@@ -234,6 +236,48 @@ class RerankOptions(EndpointKey):
     """Each candidate's text is cut to this many characters (cross-encoders read about 512 tokens)."""
 
 
+CONTEXT_PROMPT = """<document>
+{document}
+</document>
+Here is a chunk we want to situate within the whole document:
+<chunk>
+{chunk}
+</chunk>
+Please give a short succinct context to situate this chunk within the overall document for the purposes of \
+improving search retrieval of the chunk. Answer only with the succinct context and nothing else."""
+"""Anthropic's contextual-retrieval prompt: {document} and {chunk} are filled in."""
+
+
+class ContextOptions(EndpointKey):
+    """`enrich: {context: ...}`: an OpenAI-compatible chat model writes each chunk a sentence or two
+    situating it in its document; embedded before the chunk and part of its keyword text. A build
+    setting (model, prompt, max_tokens, document_tokens): a change builds a new version."""
+
+    model: Annotated[str, Field(min_length=1, max_length=500)]
+    base_url: EndpointUrl = "https://api.openai.com/v1"
+    """The API's base (POSTs go to <base_url>/chat/completions)."""
+    api_key_env: KeyVariable | None = "OPENAI_API_KEY"
+    prompt: Annotated[str, Field(min_length=1, max_length=20_000)] = CONTEXT_PROMPT
+    """The request: {document} (cut to document_tokens) and {chunk} are filled in."""
+    max_tokens: Annotated[int, Field(ge=8, le=512)] = 64
+    """The answer's limit, and the tokens each chunk keeps free for it (less text per chunk)."""
+    document_tokens: Annotated[int, Field(ge=100, le=1_000_000)] = 8000
+    """The document is cut to about this many tokens (3 characters each) in each request."""
+    timeout_s: Annotated[float, Field(gt=0, le=600)] = 60.0
+    """Each try's limit (a dripping answer included)."""
+    retries: Annotated[int, Field(ge=0, le=10)] = 3
+    """Tries after the first, on 429, 5xx, a timeout or a lost connection."""
+    concurrency: Annotated[int, Field(ge=1, le=64)] = 4
+    """Requests in flight at once."""
+
+
+class EnrichOptions(BaseModel):
+    """`enrich:` in collections.yml: what a model adds to each chunk before it is embedded."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    context: ContextOptions | None = None
+
+
 class SearchOptions(BaseModel):
     """Hybrid search defaults of a collection (`search:` in collections.yml), read by ragpipe.hybrid_search
     when a call leaves them NULL; unset ones take the SQL defaults (ragpipe.hybrid_defaults)."""
@@ -348,6 +392,7 @@ def collection_model() -> type[BaseModel]:
         watch: WatchOptions | bool | None = None
         rerank: RerankOptions | None = None
         keyword: bool = True
+        enrich: EnrichOptions = Field(default_factory=EnrichOptions)
 
     return Collection
 
@@ -416,8 +461,9 @@ def parse_collection(raw: Any, where: str, base: Path) -> CollectionSpec:
         raise ConfigError(f"{where}: `watch:` of a sql source needs `table: schema.table`, the table whose "
                           "changes notify (`ragpipe watch setup` installs its trigger)")
     return CollectionSpec(**dict(model.model_dump(exclude={"source", "index", "search", "eval", "prompts", "embedder",
-                                                           "watch", "rerank"}),
+                                                           "watch", "rerank", "enrich"}),
                                  watch=watch.model_dump() if watch else None,
+                                 enrich=model.enrich.model_dump(exclude_none=True),
                                  rerank=model.rerank.model_dump() if model.rerank else None,
                                  source=source, index=index, search=search, eval=evaluation, embedder=embedder,
                                  prompts=model.prompts.model_dump(exclude_none=True)))

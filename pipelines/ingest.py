@@ -51,7 +51,7 @@ def run_ingest(spec: CollectionSpec, full_refresh: bool = False, limit: int | No
 
 
 RUN_COUNTS = ("listed", "new", "changed", "unchanged", "deleted", "failed", "duplicates", "chunks_embedded",
-              "chunks_reused", "api_tokens", "api_tokens_estimated")
+              "chunks_reused", "api_tokens", "api_tokens_estimated", "context_tokens", "context_tokens_estimated")
 """The counts of a run's summary (ragpipe.ingest_runs' columns)."""
 
 
@@ -66,12 +66,13 @@ def format_summary(summary: dict[str, Any]) -> str:
                     if "would_send_tokens" in summary else "")
     return ("run {id} {status}: listed {listed}, new {new}, changed {changed}, unchanged {unchanged}, "
             "deleted {deleted}, failed {failed}, duplicates {duplicates}, chunks embedded {chunks_embedded} "
-            "(reused {chunks_reused}) in {seconds:.1f}s").format(**summary) + api_tokens_text(summary)
+            "(reused {chunks_reused}) in {seconds:.1f}s").format(**summary) + api_tokens_text(summary) + \
+        api_tokens_text(summary, "context_tokens", "chat tokens for chunk context")
 
 
-def api_tokens_text(summary: dict[str, Any]) -> str:
-    """`, API tokens 1,234 (56 estimated)` when the run spent any."""
-    reported, estimated = summary.get("api_tokens") or 0, summary.get("api_tokens_estimated") or 0
+def api_tokens_text(summary: dict[str, Any], column: str = "api_tokens", what: str = "API tokens") -> str:
+    """`, API tokens 1,234 (56 estimated)` when the run spent any (`column`: the counts' name)."""
+    reported, estimated = summary.get(column) or 0, summary.get(f"{column}_estimated") or 0
     if not reported and not estimated:
         return ""
-    return f", API tokens {reported + estimated:,}" + (f" ({estimated:,} estimated)" if estimated else "")
+    return f", {what} {reported + estimated:,}" + (f" ({estimated:,} estimated)" if estimated else "")

@@ -71,7 +71,8 @@ def test_batch_results_add_up_and_count_without_the_failure_list():
     total.add(BatchResult(changed=1, chunks_embedded=5, processed=1))
     assert total.processed == 4 and total.failures == [("x", "read", "gone")]
     assert total.counts() == dict(new=2, changed=1, unchanged=0, failed=1, chunks_embedded=5, chunks_reused=0,
-                                  deleted=0, duplicates=0, api_tokens=0, api_tokens_estimated=0)
+                                  deleted=0, duplicates=0, api_tokens=0, api_tokens_estimated=0,
+                                  context_tokens=0, context_tokens_estimated=0)
 
 
 @pytest.mark.parametrize("text, want", [

@@ -1,17 +1,20 @@
-"""A loopback server speaking OpenAI's POST /v1/embeddings and the common POST /v1/rerank, with real
-vectors from the packaged MiniLM model and faults on demand (for the tests and `make bench`; never a
-production server).
+"""A loopback server speaking OpenAI's POST /v1/embeddings and /v1/chat/completions and the common POST
+/v1/rerank, with real vectors from the packaged MiniLM model and faults on demand (for the tests and
+`make bench`; never a production server).
 
     python -m tools.embeddings_server --port 8399    # then model: openai:minilm, base_url: http://127.0.0.1:8399/v1
 
 Its vectors are the model's, scaled by 3 (some servers do not normalise: the client must). Its rerank
 scores are the cosine of the query's and each document's vectors (what a cross-encoder's scores
-would be is not the point: the client must apply the server's order).
+would be is not the point: the client must apply the server's order). Its chat answers situate a chunk
+in its document as a contextual-retrieval prompt gives them (<document>…</document> <chunk>…</chunk>):
+the document's title and the heading the chunk falls under, in a sentence.
 """
 
 import argparse
 import json
 import math
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -69,6 +72,8 @@ class Seen:
     """Tokens reported in the answers' `usage` (each text's with the model's tokenizer, special tokens included)."""
     model_s: list[float] = field(default_factory=list)
     """Seconds each rerank spent in the model (what a client's overhead is measured against)."""
+    chats: int = 0
+    """Chat completions answered."""
 
 
 class EmbeddingsServer(ThreadingHTTPServer):
@@ -117,6 +122,8 @@ class EmbeddingsServer(ThreadingHTTPServer):
             return 200, {}, b"<html>not json</html>"
         if route == "rerank":
             return self.rerank(body, fault)
+        if route == "chat":
+            return self.chat(body, fault)
         texts = body.get("input")
         if isinstance(texts, str):
             texts = [texts]
@@ -167,6 +174,39 @@ class EmbeddingsServer(ThreadingHTTPServer):
                                              for r in rows]).encode()
         return 200, headers, json.dumps({"results": rows, "model": body.get("model")}).encode()
 
+    def chat(self, body: dict[str, Any], fault: str | None) -> tuple[int, dict[str, str], bytes]:
+        """A chunk's context: "From <title>, the part on <heading>." (OpenAI's chat completion shape)."""
+        try:
+            prompt = body["messages"][-1]["content"]
+        except (KeyError, IndexError, TypeError):
+            return 400, {}, b'{"error": {"message": "messages must end with a user message"}}'
+        document = re.search(r"<document>\n?(.*?)\n?</document>", prompt, re.S)
+        chunk = re.search(r"<chunk>\n?(.*?)\n?</chunk>", prompt, re.S)
+        if not document or not chunk:
+            return 400, {}, b'{"error": {"message": "no <document> and <chunk> in the prompt"}}'
+        text, part = document.group(1), chunk.group(1)
+        headings = [(m.start(), m.group(1).strip()) for m in re.finditer(r"^#{1,6}\s+(.+)$", text, re.M)]
+        title = headings[0][1] if headings else text.strip().split("\n")[0][:80]
+        at = text.find(part[:80])
+        under = [h for start, h in headings if start <= max(at, 0)]
+        section = under[-1] if under and under[-1] != title else None
+        answer = f"From the document \"{title}\"" + (f", the part on {section}." if section else ".")
+        tokens = len(self.embedder.chunk_tokenizer(prompt, verbose=False)["input_ids"])
+        done = len(self.embedder.chunk_tokenizer(answer, verbose=False)["input_ids"])
+        with self.lock:
+            self.seen.chats += 1
+            self.seen.answered += 1
+            self.seen.tokens += tokens + done if self.faults.usage else 0
+        payload = {"object": "chat.completion", "model": body.get("model"),
+                   "choices": [{"index": 0, "message": {"role": "assistant", "content": answer},
+                                "finish_reason": "stop"}],
+                   **({"usage": {"prompt_tokens": tokens, "completion_tokens": done, "total_tokens": tokens + done}}
+                      if self.faults.usage else {})}
+        if fault == "wrong_count":  # an answer with no choices
+            payload["choices"] = []
+        headers = {"_drip": "1"} if fault == "drip" else {}
+        return 200, headers, json.dumps(payload).encode()
+
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A client that gave up (its timeout) is not the server's error: no traceback."""
         import sys
@@ -190,7 +230,8 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:  # noqa: N802
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length)
-        route = {"/v1/embeddings": "embeddings", "/v1/rerank": "rerank"}.get(self.path.rstrip("/"))
+        route = {"/v1/embeddings": "embeddings", "/v1/rerank": "rerank",
+                 "/v1/chat/completions": "chat"}.get(self.path.rstrip("/"))
         if route is None:
             return self._send(404, {}, b'{"error": {"message": "no such route"}}')
         with self.server.lock:

@@ -26,9 +26,13 @@ from pipelines.cli.common import emit, fail
 @click.option("--rerank", "rerank_json", metavar="JSON", help="Also score each mode re-ranked by this reranker "
               "(a `rerank:` setting as JSON, e.g. '{\"model\": \"rerank-v3.5\", \"base_url\": "
               "\"https://api.cohere.com/v2\", \"api_key_env\": \"COHERE_API_KEY\"}'), as rows `<mode>+rerank`.")
+@click.option("--enrich", "enrich_json", metavar="JSON", help="Also build the corpus with written chunk context "
+              "(an `enrich.context` setting as JSON, e.g. '{\"model\": \"gpt-4o-mini\"}') in a collection of its "
+              "own and score each mode on it, as rows `<mode>+context`.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def eval_(dataset_dir: Path, modes: str, split: str, collection: str | None, max_queries: int | None,
-          chunk_context: bool, chunk_tokens: int | None, sweep: bool, rerank_json: str | None, as_json: bool) -> None:
+          chunk_context: bool, chunk_tokens: int | None, sweep: bool, rerank_json: str | None,
+          enrich_json: str | None, as_json: bool) -> None:
     """Retrieval quality on a BEIR data set (corpus.jsonl, queries.jsonl, qrels/test.tsv).
 
     Ingests the corpus through the normal pipeline (incrementally: re-runs are cheap), runs every
@@ -44,7 +48,8 @@ def eval_(dataset_dir: Path, modes: str, split: str, collection: str | None, max
     if unknown:
         fail(f"unknown mode(s) {sorted(unknown)}")
     report = evaluate(dataset_dir, wanted, collection=collection, split=split, max_queries=max_queries, sweep=sweep,
-                      chunk_context=chunk_context, chunk_tokens=chunk_tokens, rerank=reranker_of(rerank_json))
+                      chunk_context=chunk_context, chunk_tokens=chunk_tokens, rerank=reranker_of(rerank_json),
+                      enrich=options_of(enrich_json, "--enrich"))
     if as_json:
         emit(report)
         return
@@ -57,17 +62,24 @@ def eval_(dataset_dir: Path, modes: str, split: str, collection: str | None, max
 
 def reranker_of(text: str | None) -> dict[str, Any] | None:
     """--rerank's JSON as stored RerankOptions, or a one-line failure."""
+    return options_of(text, "--rerank")
+
+
+def options_of(text: str | None, option: str) -> dict[str, Any] | None:
+    """An option's JSON as its settings (--rerank: RerankOptions, --enrich: ContextOptions), or a
+    one-line failure."""
     if not text:
         return None
     from pydantic import ValidationError
 
-    from pipelines.config import RerankOptions
+    from pipelines.config import ContextOptions, RerankOptions
 
+    model = RerankOptions if option == "--rerank" else ContextOptions
     try:
-        return RerankOptions.model_validate_json(text).model_dump()
+        return model.model_validate_json(text).model_dump()
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'rerank'}: {e['msg']}" for e in exc.errors())
-        fail(f"--rerank: {problems}")
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or option}: {e['msg']}" for e in exc.errors())
+        fail(f"{option}: {problems}")
 
 
 @click.command()

@@ -35,12 +35,24 @@ SWEEP: list[dict[str, Any]] = ([{"fusion": "rrf", "rrf_k": k} for k in (10, 30, 
 def evaluate(dataset: Path, modes: list[str], collection: str | None = None, split: str = "test",
              model: str = DEFAULT_MODEL, max_queries: int | None = None, sweep: bool = False,
              chunk_context: bool = False, chunk_tokens: int | None = None,
-             options: dict[str, Any] | None = None, rerank: dict[str, Any] | None = None) -> dict[str, Any]:
+             options: dict[str, Any] | None = None, rerank: dict[str, Any] | None = None,
+             enrich: dict[str, Any] | None = None) -> dict[str, Any]:
     """nDCG@10, Recall@100 and MRR@10 of each mode; with sweep, also of hybrid under each SWEEP setting.
     `options`: more collections.yml settings of the collection (storage, index, dimensions, prompts).
-    `rerank` (RerankOptions): each mode but exact is also scored re-ranked, as `<mode>+rerank`."""
+    `rerank` (RerankOptions): each mode but exact is also scored re-ranked, as `<mode>+rerank`.
+    `enrich` (ContextOptions): the corpus is also built with written chunk context, in a collection of
+    its own (<name>_context), and each mode scored on it as `<mode>+context`."""
     from ranx import Qrels
 
+    if enrich:
+        report = evaluate(dataset, modes, collection, split, model, max_queries, False, chunk_context,
+                          chunk_tokens, options, rerank)
+        named = f"{report['collection']}_context"
+        enriched = evaluate(dataset, modes, named, split, model, max_queries, False, chunk_context, chunk_tokens,
+                            {**(options or {}), "enrich": {"context": enrich}}, rerank)
+        report["modes"].update({f"{mode}+context": m for mode, m in enriched["modes"].items()})
+        report["context_collection"] = named
+        return report
     dataset = dataset.resolve()
     variant = ("_ctx" if chunk_context else "") + (f"_t{chunk_tokens}" if chunk_tokens else "")
     name = collection or f"beir_{dataset.name}{variant}".replace("-", "_")

@@ -133,10 +133,13 @@ class SearchService:
             return conn.execute("SELECT * FROM ragpipe.cache_metrics() ORDER BY 1").fetchall()
 
     def token_rows(self) -> list[tuple]:
-        """ragpipe.token_metrics(): (collection, model, reported, estimated) API tokens of the runs."""
+        """(collection, model, kind, reported, estimated) API tokens of the runs: the embedder's
+        (ragpipe.token_metrics(), kind documents) and the chunk-context writer's (kind context)."""
         self.open()
         with self.db.probe_session() as conn:
-            return conn.execute("SELECT * FROM ragpipe.token_metrics() ORDER BY 1, 2").fetchall()
+            return conn.execute("SELECT collection, model, 'documents', reported, estimated "
+                                "FROM ragpipe.token_metrics() UNION ALL SELECT collection, model, 'context', "
+                                "reported, estimated FROM ragpipe.context_token_metrics() ORDER BY 1, 3, 2").fetchall()
 
     def pool_stats(self) -> dict[str, int]:
         return self.db.pool.get_stats() if self._opened else {}

@@ -22,9 +22,9 @@ class PipelineCollector(Collector):
         self.rows, self.pool_stats, self.cache_rows, self.token_rows = rows, pool_stats, cache_rows, token_rows
 
     def collect(self) -> Iterator[Metric]:
-        tokens = CounterMetricFamily("ragpipe_api_tokens", "tokens spent at API endpoints: documents (every run's, "
-                                     "from the database), queries and chat (this service's); source: reported by "
-                                     "the endpoint, or estimated where it reported none",
+        tokens = CounterMetricFamily("ragpipe_api_tokens", "tokens spent at API endpoints: documents and context "
+                                     "(every run's, from the database), queries and chat (this service's); source: "
+                                     "reported by the endpoint, or estimated where it reported none",
                                      labels=["collection", "model", "kind", "source"])
         for labels, count in self.token_rows():
             tokens.add_metric(list(labels), count)
@@ -133,8 +133,8 @@ class ServiceMetrics:
 
     def token_series(self) -> list[tuple[tuple[str, ...], int]]:
         """ragpipe_api_tokens_total's series: the runs' (from the database) and this service's own."""
-        rows = [((collection, model, "documents", source), count)
-                for collection, model, reported, estimated in self._token_rows()
+        rows = [((collection, model, kind, source), count)
+                for collection, model, kind, reported, estimated in self._token_rows()
                 for source, count in (("reported", reported), ("estimated", estimated)) if count]
         with self._tokens_lock:
             return rows + sorted(self._tokens.items())

@@ -137,7 +137,7 @@ def set_plan_counts(conn: psycopg.Connection, run_id: int, complete: bool, liste
 
 def add_run_counts(conn: psycopg.Connection, run_id: int, **counts: int) -> None:
     names = ("new", "changed", "unchanged", "failed", "deleted", "duplicates", "chunks_embedded", "chunks_reused",
-             "api_tokens", "api_tokens_estimated")
+             "api_tokens", "api_tokens_estimated", "context_tokens", "context_tokens_estimated")
     conn.execute(_q("add_run_counts"), dict({n: counts.get(n, 0) for n in names}, run_id=run_id))
 
 
@@ -222,14 +222,14 @@ def copy_chunks(conn: psycopg.Connection, collection_id: int, doc_ids: dict[str,
         conn.execute(_q("create_chunk_stage"))
     with conn.cursor().copy(_q("copy_chunk_stage" if staged else "copy_chunks")) as copy:
         copy.set_types(["int4", "int8", "int4", "text", "int4", "int4", "int4", "text[]", "text", "jsonb",
-                        "vector", "halfvec", "oid"])  # regconfig travels as its oid
+                        "vector", "halfvec", "oid", "text"])  # regconfig travels as its oid
         for d in docs:
             meta = Jsonb(d.metadata)
             for chunk, vector in zip(d.chunks, d.embeddings, strict=True):
                 copy.write_row((collection_id, doc_ids[d.source_id], chunk.ordinal, chunk.text, chunk.token_count,
                                 chunk.char_start, chunk.char_end, list(chunk.heading_path), chunk.content_hash,
                                 meta, None if half else vector, HalfVector(vector) if half else None,
-                                languages[d.source_id]))
+                                languages[d.source_id], chunk.written_context or None))
     if staged:
         conn.execute(_q("insert_chunk_stage"))
 
@@ -378,3 +378,13 @@ def prune_cache(conn: psycopg.Connection, max_rows: int, max_age_days: float) ->
     with conn.transaction():
         removed = conn.execute(_q("prune_cache"), dict(max_rows=max_rows, max_age_days=max_age_days)).fetchone()[0]
     return int(removed), int(conn.execute(_q("count_cache")).fetchone()[0])
+
+
+def cached_contexts(conn: psycopg.Connection, keys: list[str]) -> dict[str, str]:
+    """Written chunk contexts already cached, by key (pipelines/sync/enrich.py)."""
+    return dict(conn.execute(_q("cached_contexts"), (keys,)).fetchall()) if keys else {}
+
+
+def cache_contexts(conn: psycopg.Connection, family: str, source_id: str, contexts: dict[str, str]) -> None:
+    with conn.transaction(), conn.cursor() as cur:
+        cur.executemany(_q("cache_context"), [(k, family, source_id, v) for k, v in contexts.items()])

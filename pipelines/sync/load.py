@@ -32,6 +32,9 @@ class BatchResult:
     """Tokens an API embedder reported for the batch's new chunks (estimated ones apart)."""
     api_tokens_estimated: int = 0
     """Tokens estimated (text length / 3) where the endpoint reported none."""
+    context_tokens: int = 0
+    """Tokens the chat model that wrote the chunks' context reported (enrich.context)."""
+    context_tokens_estimated: int = 0
     processed: int = 0
     failures: list[tuple[str, str, str]] = field(default_factory=list)
     """(source_id, stage, reason) of each failed document."""
@@ -53,6 +56,8 @@ def write_batch(conn: psycopg.Connection, collection: store.Collection, run_id: 
         result = BatchResult(processed=len(group))
         if i == 0:  # what embedding the batch spent, recorded with its first documents
             result.api_tokens, result.api_tokens_estimated = work.api_tokens.reported, work.api_tokens.estimated
+            result.context_tokens = work.context_tokens.reported
+            result.context_tokens_estimated = work.context_tokens.estimated
         docs, touched, gone, duplicates = [], {}, [], []
         with conn.transaction():  # the copy check and the load, under the bodies' locks
             late = copies_written_since_read(conn, collection, run_id, work, group)

@@ -30,6 +30,8 @@ class Prepared:
     title: str | None
     chunks: list[Chunk]
     body_hash: str | None = None
+    document: str = ""
+    """The extracted text (what a chat model situates each chunk in: enrich.context)."""
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,8 @@ class BatchWork:
     """Chunk hashes embedded in this batch (the rest came from the database)."""
     api_tokens: Tokens = field(default_factory=Tokens)
     """What embedding this batch (and those embedded in the same call) spent at an API endpoint."""
+    context_tokens: Tokens = field(default_factory=Tokens)
+    """What writing its chunks' context spent at the chat model (enrich.context)."""
     skip_duplicates: bool = True
 
     def prepared(self) -> list[Prepared]:
@@ -109,6 +113,9 @@ def read_batch(conn: psycopg.Connection, collection: store.Collection, embedder:
             if isinstance(outcome[sid], Prepared):  # copies of a failed file fail on their own
                 bodies.setdefault(body, sid)
     work = BatchWork(refs, existing, outcome, {}, skip_duplicates=skip_duplicates)
+    from pipelines.sync.enrich import enrich_batch
+
+    enrich_batch(conn, collection, work, embedder.chunk_tokenizer)
     hashes = [c.content_hash for p in work.prepared() for c in p.chunks]
     if hashes and not full_refresh:
         work.vectors = store.cached_embeddings(conn, collection.model, collection.dimension, hashes,
@@ -163,7 +170,7 @@ def prepare(raw: RawDocument, digest: str, embedder: Embedder, collection: store
     extracted = extract_isolated(raw.content, raw.suffix)
     context = bool(collection.settings.get("chunk_context"))
     chunks = chunk_text(extracted.text, embedder.chunk_tokenizer,
-                        text_tokens(collection.chunk_tokens, context, embedder.document_prompt_tokens),
+                        text_tokens(collection.chunk_tokens, collection.settings, embedder.document_prompt_tokens),
                         collection.chunk_overlap)
     if not chunks:
         raise ExtractionError("document has no extractable text")
@@ -174,7 +181,7 @@ def prepare(raw: RawDocument, digest: str, embedder: Embedder, collection: store
                   for c in with_context(chunks, title, embedder.chunk_tokenizer)]
     if embedder.document_prompt:
         chunks = [dataclasses.replace(c, prompt=embedder.document_prompt) for c in chunks]
-    return Prepared(raw, digest, title, chunks)
+    return Prepared(raw, digest, title, chunks, document=extracted.text)
 
 
 def storable(value: Any) -> Any:

@@ -14,6 +14,7 @@ from pipelines.collection import (
     check_languages,
     check_storage,
     chunk_tokens_for,
+    context_key,
     key_of,
     stored_settings,
 )
@@ -47,7 +48,10 @@ def as_built(spec: CollectionSpec, version: store.Collection) -> CollectionSpec:
         embedder = spec.embedder
     else:  # another model's version keeps its own
         prompts, embedder = stored, version.settings.get("embedder") or {}
-    return dataclasses.replace(spec, model=version.model, chunk_tokens=version.chunk_tokens,
+    enrich = version.settings.get("enrich") or {}
+    if context_key({"enrich": spec.enrich}) == context_key(version.settings):  # its endpoint follows collections.yml
+        enrich = spec.enrich
+    return dataclasses.replace(spec, model=version.model, chunk_tokens=version.chunk_tokens, enrich=enrich,
                                chunk_overlap=version.chunk_overlap, prompts=prompts, embedder=embedder,
                                storage=version.settings.get("storage", "float32"),
                                language=version.settings.get("language", "english"),

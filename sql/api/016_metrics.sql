@@ -65,6 +65,19 @@ GROUP BY k.family, k.model
 $fn$;
 REVOKE ALL ON FUNCTION ragpipe.token_metrics() FROM PUBLIC;
 
+-- Tokens the runs spent at the chat model that wrote their chunks' context (enrich.context), by that
+-- model, for `ragpipe_api_tokens_total{kind="context"}`.
+CREATE OR REPLACE FUNCTION ragpipe.context_token_metrics()
+RETURNS TABLE (collection text, model text, reported bigint, estimated bigint)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, ragpipe AS $fn$
+SELECT k.family, coalesce(k.settings #>> '{enrich,context,model}', ''), sum(r.context_tokens)::bigint,
+       sum(r.context_tokens_estimated)::bigint
+FROM ragpipe.ingest_runs r JOIN ragpipe.collections k ON k.id = r.collection_id
+WHERE r.context_tokens > 0 OR r.context_tokens_estimated > 0
+GROUP BY 1, 2
+$fn$;
+REVOKE ALL ON FUNCTION ragpipe.context_token_metrics() FROM PUBLIC;
+
 DO $$
 DECLARE
     g text;

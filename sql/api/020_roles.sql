@@ -57,7 +57,7 @@ BEGIN
         ragpipe.similar_documents(text, text, int, jsonb),
         ragpipe.rag_context(text, text, vector, int, int, jsonb, int), ragpipe.context_of(text, bigint[], int, int),
         ragpipe.get_collection(text), ragpipe.pipeline_metrics(), ragpipe.cache_metrics(), ragpipe.token_metrics(),
-        ragpipe.take_rate(text, double precision, double precision, int, boolean) TO %I', role_name);
+        ragpipe.context_token_metrics(), ragpipe.take_rate(text, double precision, double precision, int, boolean) TO %I', role_name);
 END
 $fn$;
 REVOKE ALL ON FUNCTION ragpipe.grant_search(text) FROM PUBLIC;
@@ -72,7 +72,7 @@ BEGIN
                    'ragpipe.chunks, ragpipe.ingest_runs, ragpipe.ingest_failures, ragpipe.embedding_cache TO %I',
                    role_name);
     EXECUTE format('GRANT SELECT, DELETE ON ragpipe.posting_blocks, ragpipe.posting_segments TO %I', role_name);
-    EXECUTE format('GRANT SELECT, INSERT, DELETE ON ragpipe.dead_chunks TO %I', role_name);
+    EXECUTE format('GRANT SELECT, INSERT, DELETE ON ragpipe.dead_chunks, ragpipe.chunk_contexts TO %I', role_name);
     EXECUTE format('GRANT EXECUTE ON FUNCTION ragpipe.compact_postings(int, boolean), '
                    'ragpipe.vector_of(vector, halfvec) TO %I', role_name);
     EXECUTE format('GRANT EXECUTE ON FUNCTION ragpipe.promote_version(text, int), ragpipe.rollback_version(text), '
@@ -116,7 +116,7 @@ BEGIN  -- roles granted before hybrid search had halves (ragpipe.grant_search gr
         -- context_of existed
         EXECUTE format('GRANT EXECUTE ON FUNCTION ragpipe.rag_context(text, text, vector, int, int, jsonb, int), '
                        'ragpipe.context_of(text, bigint[], int, int), ragpipe.chunk_context(text, bigint, int), '
-                       'ragpipe.document_text(text, text), ragpipe.token_metrics(), '
+                       'ragpipe.document_text(text, text), ragpipe.token_metrics(), ragpipe.context_token_metrics(), '
                        'ragpipe.take_rate(text, double precision, double precision, int, boolean) TO %I', r);
         EXECUTE format('GRANT EXECUTE ON FUNCTION ragpipe.hybrid_candidates(int, int), ragpipe.fuse_rankings(text, '
                        'ragpipe.search_hit[], ragpipe.search_hit[], int, double precision, double precision, int, '

@@ -61,6 +61,11 @@ BEGIN
     SELECT count(*), array_agg(g.content_hash) INTO audit.cache_entries, cached FROM gone g;
     UPDATE ragpipe.forgotten t SET chunk_hashes = ARRAY(SELECT DISTINCT unnest(t.chunk_hashes || cached))
     WHERE t.family = fam AND t.erasure_id = audit.id AND cached IS NOT NULL;
+    WITH gone AS (  -- contexts a chat model wrote of their chunks (enrich.context)
+        DELETE FROM ragpipe.chunk_contexts x
+        WHERE x.family = fam AND x.source_id IN (SELECT f.source_id FROM forgetting f UNION SELECT unnest(source_ids))
+        RETURNING 1)
+    SELECT audit.cache_entries + count(*) INTO audit.cache_entries FROM gone;
     WITH gone AS (
         DELETE FROM ragpipe.ingest_failures r
         WHERE r.collection_id = ANY (versions)

@@ -116,7 +116,9 @@ UPDATE ragpipe.ingest_runs
 SET new = new + %(new)s, changed = changed + %(changed)s, unchanged = unchanged + %(unchanged)s,
     failed = failed + %(failed)s, deleted = deleted + %(deleted)s, duplicates = duplicates + %(duplicates)s,
     chunks_embedded = chunks_embedded + %(chunks_embedded)s, chunks_reused = chunks_reused + %(chunks_reused)s,
-    api_tokens = api_tokens + %(api_tokens)s, api_tokens_estimated = api_tokens_estimated + %(api_tokens_estimated)s
+    api_tokens = api_tokens + %(api_tokens)s, api_tokens_estimated = api_tokens_estimated + %(api_tokens_estimated)s,
+    context_tokens = context_tokens + %(context_tokens)s,
+    context_tokens_estimated = context_tokens_estimated + %(context_tokens_estimated)s
 WHERE id = %(run_id)s;
 
 -- name: run_failed_everything
@@ -129,7 +131,8 @@ SET status = %(status)s, error = %(error)s, seconds = extract(epoch FROM clock_t
     finished_at = clock_timestamp()
 WHERE id = %(run_id)s
 RETURNING id, status, listing_complete, listed, new, changed, unchanged, deleted, failed, duplicates,
-          chunks_embedded, chunks_reused, api_tokens, api_tokens_estimated, seconds;
+          chunks_embedded, chunks_reused, api_tokens, api_tokens_estimated, context_tokens, context_tokens_estimated,
+          seconds;
 
 -- name: document_fingerprints
 SELECT source_id, fingerprint FROM ragpipe.documents WHERE collection_id = %s;
@@ -194,7 +197,7 @@ RETURNING d.source_id, d.id;
 
 -- name: copy_chunks
 COPY ragpipe.chunks (collection_id, document_id, ordinal, text, token_count, char_start, char_end,
-                     heading_path, content_hash, metadata, embedding, embedding_half, language)
+                     heading_path, content_hash, metadata, embedding, embedding_half, language, context)
 FROM STDIN (FORMAT BINARY);
 
 -- name: run_wrote
@@ -207,7 +210,7 @@ SELECT row_security_active('ragpipe.chunks');
 CREATE TEMP TABLE IF NOT EXISTS ragpipe_chunk_stage (
     collection_id int, document_id bigint, ordinal int, text text, token_count int, char_start int,
     char_end int, heading_path text[], content_hash text, metadata jsonb, embedding vector, embedding_half halfvec,
-    language regconfig
+    language regconfig, context text
 ) ON COMMIT DELETE ROWS;
 
 -- name: copy_chunk_stage
@@ -215,7 +218,7 @@ COPY ragpipe_chunk_stage FROM STDIN (FORMAT BINARY);
 
 -- name: insert_chunk_stage
 INSERT INTO ragpipe.chunks (collection_id, document_id, ordinal, text, token_count, char_start, char_end,
-                           heading_path, content_hash, metadata, embedding, embedding_half, language)
+                           heading_path, content_hash, metadata, embedding, embedding_half, language, context)
 SELECT * FROM ragpipe_chunk_stage;
 
 -- name: language_oids
@@ -273,3 +276,10 @@ SELECT ragpipe.refresh_impacts(%(collection)s);
 
 -- name: compact_postings
 SELECT ragpipe.compact_postings(%s, %s);
+
+-- name: cached_contexts
+SELECT key, context FROM ragpipe.chunk_contexts WHERE key = ANY(%s);
+
+-- name: cache_context
+INSERT INTO ragpipe.chunk_contexts (key, family, source_id, context) VALUES (%s, %s, %s, %s)
+ON CONFLICT (key) DO NOTHING;
