@@ -11,6 +11,8 @@ normalised scores; best on NFCorpus, see docs/search-quality.md),
 "semantic" (cosine similarity on the HNSW index), "keyword" (PostgreSQL full-text search).
 """
 
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -169,19 +171,25 @@ def rag_context(question: str, collection: str, k: int = 8, max_tokens: int = 15
     params = dict(collection=version_name(version.family, version.version), text=question,
                   embedding=_embedded(version, question), k=k, max_tokens=max_tokens, filter=jsonb_filter(filter),
                   neighbours=neighbours)
-    with connect(open_database(url)) as conn:
+    return rag_context_in(lambda: connect(open_database(url)), params, settings=version.settings, options=options,
+                          rerank_hits=lambda found: reranked(question, found, options, k))
+
+
+def rag_context_in(session: Callable[[], AbstractContextManager[psycopg.Connection]], params: dict[str, Any],
+                   settings: dict[str, Any], options: dict[str, Any] | None,
+                   rerank_hits: Callable[[list[SearchResult]], Hits]) -> RagContext:
+    """RAG context (`params` of ragpipe.rag_context) in connections from `session`: one query without
+    a reranker; else the first stage's candidates, re-ranked by `rerank_hits` holding no connection,
+    and the context of the hits it keeps, in its order."""
+    with session() as conn:
         if not options:
             return rag_context_row(conn, params)
-        found = run_search(conn, "hybrid", {**HYBRID_DEFAULTS, **params, "k": candidates(options, k),
-                                                "text": rag_query_text(question, version.settings)})
-    hits = reranked(question, found, options, k)
-    with connect(open_database(url)) as conn:
+        text = None if settings.get("keyword") is False else params["text"]  # keyword: false has no keyword half
+        found = run_search(conn, "hybrid", {**HYBRID_DEFAULTS, **params, "k": candidates(options, params["k"]),
+                                            "text": text})
+    hits = rerank_hits(found)
+    with session() as conn:
         return context_of(conn, params, hits)
-
-
-def rag_query_text(question: str, settings: dict[str, Any]) -> str | None:
-    """The text RAG context's first stage searches by keyword: none for a collection without keyword search."""
-    return None if settings.get("keyword") is False else question
 
 
 def context_of(conn: psycopg.Connection, params: dict[str, Any], hits: Hits) -> RagContext:

@@ -17,10 +17,8 @@ from pipelines.search import (
     RagContext,
     SearchResult,
     chunk_context_rows,
-    context_of,
     jsonb_filter,
-    rag_context_row,
-    rag_query_text,
+    rag_context_in,
     run_search,
 )
 from pipelines.search.rerank import candidates, rerank
@@ -376,14 +374,8 @@ class SearchService:
         embedding = self.embed_for(body.collection, version, body.q)
         params = dict(collection=version[1], text=body.q, embedding=embedding, k=body.k, max_tokens=body.max_tokens,
                       filter=jsonb_filter(body.filter), neighbours=body.neighbours)
-        with self.db.session(role) as conn:
-            if not options:
-                return rag_context_row(conn, params)
-            found = run_search(conn, "hybrid", {**HYBRID_DEFAULTS, **params, "k": candidates(options, body.k),
-                                                    "text": rag_query_text(body.q, version[2])})
-        hits = self.reranked(body.collection, body.q, found, options, body.k)
-        with self.db.session(role) as conn:
-            return context_of(conn, params, hits)
+        return rag_context_in(lambda: self.db.session(role), params, settings=version[2], options=options,
+                              rerank_hits=lambda found: self.reranked(body.collection, body.q, found, options, body.k))
 
     def check_visible(self, role: str, collection: str) -> None:
         """A tenant sees only collections holding rows of its own: any other name is as unknown as one that

@@ -23,7 +23,6 @@ from pipelines.config import ContextOptions
 from pipelines.embed.api import CHARS_PER_TOKEN, endpoint_key, key_headers, post_once
 from pipelines.embed.base import Tokens
 from pipelines.embed.limits import RateLimited, acquire
-from pipelines.sync.read import BatchWork, Failure, Prepared
 
 ANSWER_BYTES = 256 * 1024
 """A chat answer larger than this is refused (a context is a sentence or two)."""
@@ -120,24 +119,26 @@ def writer_for(options: dict[str, Any]) -> ContextWriter:
     return _writers[name]
 
 
-def enrich_batch(conn: psycopg.Connection, collection: store.Collection, work: BatchWork, tokenizer: Any) -> None:
-    """Each prepared document's chunks with their written context (from the cache, else the model),
-    cut to enrich.context.max_tokens of `tokenizer`; a document whose contexts cannot all be written
-    becomes a Failure("enrich", reason). The model's tokens go to work.context_tokens."""
+def enrich_documents(conn: psycopg.Connection, collection: store.Collection, prepared: dict[str, Any],
+                     tokenizer: Any) -> tuple[dict[str, str], Tokens]:
+    """Each prepared document's (sync/read.Prepared, by source id) chunks with their written context
+    (from the cache, else the model), cut to enrich.context.max_tokens of `tokenizer`. Returns the
+    documents whose contexts could not all be written, with the reason (their chunks are left as
+    they were: they must fail whole), and the tokens the model spent."""
     options = context_options(collection.settings)
-    if not options:
-        return
+    if not options or not prepared:
+        return {}, Tokens()
     writer = writer_for(options)
-    prepared = {sid: o for sid, o in work.outcome.items() if isinstance(o, Prepared)}
     keys = {sid: [writer.key(p.body_hash or p.content_hash, c.text) for c in p.chunks] for sid, p in prepared.items()}
     cached = store.cached_contexts(conn, [k for ks in keys.values() for k in ks])
+    failed: dict[str, str] = {}
     with ThreadPoolExecutor(max_workers=writer.options.concurrency, thread_name_prefix="context") as pool:
         for sid, p in prepared.items():
             missing = [(k, c.text) for k, c in zip(keys[sid], p.chunks, strict=True) if k not in cached]
             try:
                 written = list(pool.map(lambda kc, text=p.document: writer.write(text, kc[1]), missing))
             except ContextFailed as exc:
-                work.outcome[sid] = Failure("enrich", str(exc))
+                failed[sid] = str(exc)
                 continue
             new = {k: w for (k, _), w in zip(missing, written, strict=True)}
             if new:
@@ -146,4 +147,4 @@ def enrich_batch(conn: psycopg.Connection, collection: store.Collection, work: B
             limit = options["max_tokens"]
             p.chunks = [dataclasses.replace(c, written_context=first_tokens(cached[k], tokenizer, limit))
                         for k, c in zip(keys[sid], p.chunks, strict=True)]
-    work.context_tokens += writer.take_tokens()
+    return failed, writer.take_tokens()

@@ -19,6 +19,7 @@ from pipelines.embed.base import Tokens
 from pipelines.extract import ExtractionError
 from pipelines.extract.worker import extract_isolated
 from pipelines.sources import DocumentRef, Gone, NotModified, RawDocument, ReadResult, Source
+from pipelines.sync.enrich import enrich_documents
 
 log = logging.getLogger(__name__)
 
@@ -113,9 +114,10 @@ def read_batch(conn: psycopg.Connection, collection: store.Collection, embedder:
             if isinstance(outcome[sid], Prepared):  # copies of a failed file fail on their own
                 bodies.setdefault(body, sid)
     work = BatchWork(refs, existing, outcome, {}, skip_duplicates=skip_duplicates)
-    from pipelines.sync.enrich import enrich_batch
-
-    enrich_batch(conn, collection, work, embedder.chunk_tokenizer)
+    failed, work.context_tokens = enrich_documents(conn, collection, {sid: o for sid, o in outcome.items()
+                                                                      if isinstance(o, Prepared)},
+                                                   embedder.chunk_tokenizer)
+    outcome.update((sid, Failure("enrich", reason)) for sid, reason in failed.items())
     hashes = [c.content_hash for p in work.prepared() for c in p.chunks]
     if hashes and not full_refresh:
         work.vectors = store.cached_embeddings(conn, collection.model, collection.dimension, hashes,
