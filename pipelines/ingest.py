@@ -63,7 +63,9 @@ def format_summary(summary: dict[str, Any]) -> str:
                 "would process {would_process}, would delete {would_delete}").format(**summary) + (
                     f" (refused {refused}: more than the mass-deletion guard allows)" if refused else "") + (
                     f", would send about {summary['would_send_tokens']:,} tokens to the embedding API"
-                    if "would_send_tokens" in summary else "")
+                    if "would_send_tokens" in summary else "") + (
+                    f", about {summary['would_send_context_tokens']:,} chat tokens for chunk context"
+                    if "would_send_context_tokens" in summary else "")
     return ("run {id} {status}: listed {listed}, new {new}, changed {changed}, unchanged {unchanged}, "
             "deleted {deleted}, failed {failed}, duplicates {duplicates}, chunks embedded {chunks_embedded} "
             "(reused {chunks_reused}) in {seconds:.1f}s").format(**summary) + api_tokens_text(summary) + \

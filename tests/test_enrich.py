@@ -180,3 +180,15 @@ def test_eval_scores_a_beir_set_with_and_without_written_context(tmp_path, chat)
     assert all(m["recall@100"] == 1.0 for m in report["modes"].values())
     bad = ragpipe("eval", str(tmp_path), "--enrich", '{"model": "m", "max_tokens": 1}', check=False)
     assert bad.returncode != 0 and "--enrich: max_tokens" in bad.stderr
+
+
+def test_a_dry_run_asks_no_model_and_estimates_the_chat_tokens(docs, chat, name, conn):
+    before = chat.seen.requests
+    planned = run_ingest(enriched(name, docs, chat), dry_run=True)
+    assert chat.seen.requests == before, "a dry run asks no model"
+    assert planned["would_send_context_tokens"] > 0 and "chat tokens for chunk context" in format_summary(planned)
+    run_ingest(enriched(name, docs, chat))
+    (docs / "moss.md").write_text(MOSS + "\nA change.\n")
+    again = run_ingest(enriched(name, docs, chat), dry_run=True)
+    assert 0 < again["would_send_context_tokens"] < planned["would_send_context_tokens"], "only the changed one"
+    assert chat.seen.requests - before == len(chunk_rows(conn, name)), "only the real run asked"

@@ -148,3 +148,16 @@ def enrich_documents(conn: psycopg.Connection, collection: store.Collection, pre
             p.chunks = [dataclasses.replace(c, written_context=first_tokens(cached[k], tokenizer, limit))
                         for k, c in zip(keys[sid], p.chunks, strict=True)]
     return failed, writer.take_tokens()
+
+
+def context_tokens_to_send(conn: psycopg.Connection, collection: store.Collection, prepared: list[Any]) -> int:
+    """The chat tokens writing the contexts of these prepared documents' chunks would spend (those
+    not cached), estimated at 3 characters a token, each answer at its max_tokens."""
+    options = context_options(collection.settings)
+    if not options or not prepared:
+        return 0
+    writer = writer_for(options)
+    asks = [(p.document, c.text, writer.key(p.body_hash or p.content_hash, c.text)) for p in prepared for c in p.chunks]
+    cached = store.cached_contexts(conn, [key for _, _, key in asks])
+    return sum(len(writer.prompt(document, chunk)) // CHARS_PER_TOKEN + options["max_tokens"]
+               for document, chunk, key in asks if key not in cached)

@@ -106,27 +106,38 @@ def dry_run_plan(conn: psycopg.Connection, spec: CollectionSpec, full_refresh: b
     are the plan's (new and changed as listed; duplicates are found only by reading)."""
     with conn.transaction(force_rollback=True):
         plan = plan_run(conn, spec, full_refresh, limit, trigger, allow_mass_delete)
-        tokens = tokens_to_send(conn, spec, plan, full_refresh)
+        tokens, context = tokens_to_send(conn, spec, plan, full_refresh)
         return dict(store.finish_run(conn, plan.run_id, "dry_run"), listed=plan.listed, new=plan.new,
                     changed=plan.changed, unchanged=plan.unchanged, deleted=0, would_delete=len(plan.deleted),
                     would_process=len(plan.todo), deletions_refused=plan.refused_deletes,
-                    **({"would_send_tokens": tokens} if tokens is not None else {}))
+                    **({"would_send_tokens": tokens} if tokens is not None else {}),
+                    **({"would_send_context_tokens": context} if context is not None else {}))
 
 
-def tokens_to_send(conn: psycopg.Connection, spec: CollectionSpec, plan: Plan, full_refresh: bool) -> int | None:
-    """For an API model: the tokens a run would send, counted with the collection's chunk tokenizer (special
-    tokens included, as chunk_tokens counts them) over the new chunk texts of the documents to process
-    (read and chunked here; texts with a stored or cached vector are not sent). None for a local model."""
+def tokens_to_send(conn: psycopg.Connection, spec: CollectionSpec, plan: Plan,
+                   full_refresh: bool) -> tuple[int | None, int | None]:
+    """What a run would send to API endpoints, from the documents to process (read and chunked here,
+    no model asked): for an API embedder, the tokens of the new chunk texts (the collection's chunk
+    tokenizer, special tokens included; texts with a stored or cached vector are not sent; a written
+    context counted at its max_tokens); with enrich.context, the chat tokens of the contexts not
+    cached (estimated, 3 characters a token). None for what the collection does not use."""
+    from pipelines.collection import context_options
     from pipelines.embed import is_api_model
     from pipelines.sync.encode import new_texts
+    from pipelines.sync.enrich import context_tokens_to_send
     from pipelines.sync.read import read_batch
 
     collection, embedder = open_collection(conn, spec)
-    if not is_api_model(collection.model):
-        return None
-    source, texts = make_source(spec.source), {}
+    api, written = is_api_model(collection.model), context_options(collection.settings)
+    if not api and not written:
+        return None, None
+    source, texts, chat = make_source(spec.source), {}, 0
     for refs in plan.batches(spec.docs_per_batch):
-        texts.update(new_texts(read_batch(conn, collection, embedder, source, refs, plan.run_id, full_refresh)))
+        work = read_batch(conn, collection, embedder, source, refs, plan.run_id, full_refresh, enrich=False)
+        texts.update(new_texts(work))
+        chat += context_tokens_to_send(conn, collection, work.prepared()) if written else 0
     tokenizer = embedder.chunk_tokenizer
     prompt = embedder.document_prompt
-    return sum(len(tokenizer(prompt + t, verbose=False)["input_ids"]) for t in texts.values())
+    reserve = written["max_tokens"] + 1 if written else 0
+    embedded = sum(len(tokenizer(prompt + t, verbose=False)["input_ids"]) + reserve for t in texts.values())
+    return (embedded if api else None), (chat if written else None)

@@ -90,8 +90,10 @@ class BatchWork:
 
 
 def read_batch(conn: psycopg.Connection, collection: store.Collection, embedder: Embedder, source: Source,
-               refs: list[DocumentRef], run_id: int, full_refresh: bool, skip_duplicates: bool = True) -> BatchWork:
-    """Everything before embedding: read, compare content hashes, extract, chunk, find stored vectors."""
+               refs: list[DocumentRef], run_id: int, full_refresh: bool, skip_duplicates: bool = True,
+               enrich: bool = True) -> BatchWork:
+    """Everything before embedding: read, compare content hashes, extract, chunk, write each chunk's
+    context (enrich.context; not when `enrich` is False: a dry run asks no model), find stored vectors."""
     existing = store.document_hashes(conn, collection.id, [r.source_id for r in refs])
     previous = {} if full_refresh else {sid: state[2] for sid, state in existing.items()}
     outcome: dict[str, Outcome] = {}
@@ -114,10 +116,11 @@ def read_batch(conn: psycopg.Connection, collection: store.Collection, embedder:
             if isinstance(outcome[sid], Prepared):  # copies of a failed file fail on their own
                 bodies.setdefault(body, sid)
     work = BatchWork(refs, existing, outcome, {}, skip_duplicates=skip_duplicates)
-    failed, work.context_tokens = enrich_documents(conn, collection, {sid: o for sid, o in outcome.items()
-                                                                      if isinstance(o, Prepared)},
-                                                   embedder.chunk_tokenizer)
-    outcome.update((sid, Failure("enrich", reason)) for sid, reason in failed.items())
+    if enrich:
+        failed, work.context_tokens = enrich_documents(conn, collection, {sid: o for sid, o in outcome.items()
+                                                                          if isinstance(o, Prepared)},
+                                                       embedder.chunk_tokenizer)
+        outcome.update((sid, Failure("enrich", reason)) for sid, reason in failed.items())
     hashes = [c.content_hash for p in work.prepared() for c in p.chunks]
     if hashes and not full_refresh:
         work.vectors = store.cached_embeddings(conn, collection.model, collection.dimension, hashes,
