@@ -10,6 +10,9 @@ from typing import Any, ClassVar
 from pipelines.sources.base import SourceError
 from pipelines.sources.object_store import ObjectStoreSource
 
+REQUEST_TIMEOUT_S = 60
+"""Each request's limit (gcsfs's default is aiohttp's: 5 minutes)."""
+
 
 @dataclass
 class GcsSource(ObjectStoreSource):
@@ -34,7 +37,7 @@ class GcsSource(ObjectStoreSource):
 
             token, project = gcp_credentials(self.gcp_conn_id, project)
         return GCSFileSystem(project=project or "_", token=token, endpoint_url=self.endpoint_url,
-                             skip_instance_cache=True, retries=2)
+                             skip_instance_cache=True, retries=2, requests_timeout=REQUEST_TIMEOUT_S)
 
     def fingerprint(self, info: dict[str, Any]) -> str:
         return f"{info.get('generation', '')}:{info.get('md5Hash') or info.get('crc32c', '')}:{info.get('size')}"
