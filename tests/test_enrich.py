@@ -192,3 +192,19 @@ def test_a_dry_run_asks_no_model_and_estimates_the_chat_tokens(docs, chat, name,
     again = run_ingest(enriched(name, docs, chat), dry_run=True)
     assert 0 < again["would_send_context_tokens"] < planned["would_send_context_tokens"], "only the changed one"
     assert chat.seen.requests - before == len(chunk_rows(conn, name)), "only the real run asked"
+
+
+def test_placeholders_inside_a_document_are_sent_as_written(tmp_path, chat, name, conn):
+    """Hostile text: a document that itself holds "{chunk}" and "{document}" is not rewritten by the
+    prompt's substitution (a second pass would have put the chunk inside the document)."""
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    text = f"# Templates {name}\n\nWrite {{chunk}} or {{document}} in a template to fill it in.\n"
+    (folder / "templates.md").write_text(text)
+    chat.seen.bodies.clear()
+    summary = run_ingest(enriched(name, folder, chat))
+    assert (summary["new"], summary["failed"]) == (1, 0)
+    prompts = [b["messages"][-1]["content"] for b in chat.seen.bodies if "messages" in b]
+    sentence = "Write {chunk} or {document} in a template to fill it in."
+    assert prompts and all(p.split("</document>")[0].count(sentence) == 1 for p in prompts), prompts
+    assert any(p.split("<chunk>")[1].count(sentence) == 1 for p in prompts), "the chunk holding it, as written"

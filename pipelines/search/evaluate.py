@@ -45,11 +45,11 @@ def evaluate(dataset: Path, modes: list[str], collection: str | None = None, spl
     from ranx import Qrels
 
     if enrich:
-        report = evaluate(dataset, modes, collection, split, model, max_queries, False, chunk_context,
-                          chunk_tokens, options, rerank)
+        same = dict(split=split, model=model, max_queries=max_queries, chunk_context=chunk_context,
+                    chunk_tokens=chunk_tokens, rerank=rerank)
+        report = evaluate(dataset, modes, collection, sweep=sweep, options=options, **same)
         named = f"{report['collection']}_context"
-        enriched = evaluate(dataset, modes, named, split, model, max_queries, False, chunk_context, chunk_tokens,
-                            {**(options or {}), "enrich": {"context": enrich}}, rerank)
+        enriched = evaluate(dataset, modes, named, options={**(options or {}), "enrich": {"context": enrich}}, **same)
         report["modes"].update({f"{mode}+context": m for mode, m in enriched["modes"].items()})
         report["context_collection"] = named
         return report

@@ -8,6 +8,7 @@ import dataclasses
 import hashlib
 import json
 import random
+import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +25,7 @@ from pipelines.embed.api import CHARS_PER_TOKEN, endpoint_key, key_headers, post
 from pipelines.embed.base import Tokens
 from pipelines.embed.limits import RateLimited, acquire
 
+PLACEHOLDER = re.compile(r"\{(document|chunk)\}")
 ANSWER_BYTES = 256 * 1024
 """A chat answer larger than this is refused (a context is a sentence or two)."""
 
@@ -49,16 +51,23 @@ class ContextWriter:
 
         return f"the chat endpoint {mask_url(self.endpoint)}"
 
-    def key(self, body_hash: str, chunk: str) -> str:
-        """The cache key of the context of `chunk` in the document of body hash `body_hash`."""
+    def keys(self, prepared: Any) -> list[str]:
+        """The cache keys of the contexts of a prepared document's (sync/read.Prepared) chunks."""
         o = self.options
-        what = [o.model, o.prompt, o.max_tokens, o.document_tokens, body_hash,
-                hashlib.sha256(chunk.encode()).hexdigest()]
-        return hashlib.sha256(json.dumps(what).encode()).hexdigest()
+        return [hashlib.sha256(json.dumps([o.model, o.prompt, o.max_tokens, o.document_tokens,
+                                           prepared.body_hash or prepared.content_hash,
+                                           hashlib.sha256(c.text.encode()).hexdigest()]).encode()).hexdigest()
+                for c in prepared.chunks]
 
     def prompt(self, document: str, chunk: str) -> str:
-        cut = document[:self.options.document_tokens * CHARS_PER_TOKEN]
-        return self.options.prompt.replace("{document}", cut).replace("{chunk}", chunk)
+        """The template with {document} (cut to document_tokens) and {chunk} filled in, in one pass: a
+        document or chunk that itself holds "{chunk}" or "{document}" is left as it is."""
+        values = {"document": document[:self.options.document_tokens * CHARS_PER_TOKEN], "chunk": chunk}
+        return PLACEHOLDER.sub(lambda m: values[m.group(1)], self.options.prompt)
+
+    def request_tokens(self, prompt: str) -> int:
+        """What a request is counted as before it is sent: the prompt (3 characters a token) and the answer's limit."""
+        return len(prompt) // CHARS_PER_TOKEN + self.options.max_tokens
 
     def write(self, document: str, chunk: str) -> str:
         """The chunk's context, tried 1 + retries times on 429, 5xx, a timeout or a lost connection."""
@@ -71,7 +80,7 @@ class ContextWriter:
         for attempt in range(o.retries + 1):
             deadline = time.monotonic() + o.timeout_s
             try:
-                acquire(o.rate_limit, self.endpoint, key, len(prompt) // CHARS_PER_TOKEN + o.max_tokens, False)
+                acquire(o.rate_limit, self.endpoint, key, self.request_tokens(prompt), False)
             except RateLimited as exc:
                 raise ContextFailed(str(exc)) from None
             done = post_once(self._client, self.endpoint, body, key_headers(o, key), deadline, ANSWER_BYTES, key, o,
@@ -129,7 +138,7 @@ def enrich_documents(conn: psycopg.Connection, collection: store.Collection, pre
     if not options or not prepared:
         return {}, Tokens()
     writer = writer_for(options)
-    keys = {sid: [writer.key(p.body_hash or p.content_hash, c.text) for c in p.chunks] for sid, p in prepared.items()}
+    keys = {sid: writer.keys(p) for sid, p in prepared.items()}
     cached = store.cached_contexts(conn, [k for ks in keys.values() for k in ks])
     failed: dict[str, str] = {}
     with ThreadPoolExecutor(max_workers=writer.options.concurrency, thread_name_prefix="context") as pool:
@@ -157,7 +166,7 @@ def context_tokens_to_send(conn: psycopg.Connection, collection: store.Collectio
     if not options or not prepared:
         return 0
     writer = writer_for(options)
-    asks = [(p.document, c.text, writer.key(p.body_hash or p.content_hash, c.text)) for p in prepared for c in p.chunks]
+    asks = [(p.document, c.text, key) for p in prepared for c, key in zip(p.chunks, writer.keys(p), strict=True)]
     cached = store.cached_contexts(conn, [key for _, _, key in asks])
-    return sum(len(writer.prompt(document, chunk)) // CHARS_PER_TOKEN + options["max_tokens"]
-               for document, chunk, key in asks if key not in cached)
+    return sum(writer.request_tokens(writer.prompt(document, chunk)) for document, chunk, key in asks
+               if key not in cached)
