@@ -123,9 +123,9 @@ def start_azurite(port: int = AZURE_PORT, container: str | None = "ragpipe-sampl
     if command is None:
         return None
     if port == 0:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+        from tools.service import free_port
+
+        port = free_port()
     argv = [command, "--blobHost", "127.0.0.1", "--blobPort", str(port), "--inMemoryPersistence", "--silent",
             "--skipApiVersionCheck", "--loose"]
     process = start(argv) if start else subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
