@@ -22,6 +22,8 @@ SCALES = {
                   queries=100),
     "large": dict(embed_docs=3633, load_rows=100_000, rerun_docs=10_000, memory_docs=1_000,
                   search_chunks=1_000_000, queries=100),
+    "xl": dict(embed_docs=3633, load_rows=100_000, rerun_docs=10_000, memory_docs=1_000,
+               search_chunks=3_000_000, queries=100),
 }
 results: list[tuple[str, str, str]] = []
 figures: dict[str, float] = {}

@@ -22,11 +22,21 @@ from tools.synthetic import (
     sentences,
 )
 
+XL = 3_000_000
+"""From this size the search set stores its vectors as halfvec (table and index: the graph of float32
+vectors would not fit maintenance_work_mem on a 24 GiB machine) and the storage variants are skipped."""
+
+
+def scale_label(chunks: int) -> str:
+    """100k, 1m, 3m: the scale in the figures' names."""
+    return f"{chunks // 1_000_000}m" if chunks >= 1_000_000 else f"{chunks // 1000}k"
+
 
 def search_collection(conn, chunks: int, queries: int) -> tuple[str, list[str]]:
     """The collection of `chunks` synthetic-but-realistic chunks the search and service sections
     measure (built once, kept between runs), and the query texts (NFCorpus queries)."""
     name = f"bench_search_{chunks}"
+    scale = scale_label(chunks)
     embedder = get_embedder(DEFAULT_MODEL)
     pool = sentences(limit=1_000_000)  # all of them (35k for NFCorpus): fewer shared sentences per chunk
     generator = f"sentence-means-{len(pool)}"
@@ -37,8 +47,8 @@ def search_collection(conn, chunks: int, queries: int) -> tuple[str, list[str]]:
             or conn.execute(query("store", "count_chunks"), (coll.id,)).fetchone()[0] != chunks:
         drop_collection(conn, name)
         coll = store.ensure_collection(conn, name, DEFAULT_MODEL, 384, 256, 32,
-                                       {"index": {"ef_search": 40, "maintenance_work_mem_cap_mb": 4096},
-                                        "generator": generator})
+                                       {"index": {"ef_search": 40, "maintenance_work_mem_cap_mb": 6144},
+                                        "generator": generator, **({"storage": "halfvec"} if chunks >= XL else {})})
         start = time.perf_counter()
         vectors = sentence_vectors(embedder, pool, PROJECT_ROOT / ".ragpipe" / "bench")
         record("search", f"encode {len(pool)} {CORPUS_NAME} sentences (cached after the first run)",
@@ -53,22 +63,54 @@ def search_collection(conn, chunks: int, queries: int) -> tuple[str, list[str]]:
                     for i, p in enumerate(picks)]
             with conn.transaction():
                 store.replace_documents(conn, coll, None, docs)
-        record("search", f"COPY load of {chunks} synthetic chunks", f"{time.perf_counter() - start:.1f} s")
+        record("search", f"COPY load of {chunks} synthetic chunks", f"{time.perf_counter() - start:.1f} s",
+               **{f"loading.{scale}.copy_seconds": time.perf_counter() - start})
         store.refresh_text_stats(conn, coll.id, min_change=0)
     start = time.perf_counter()
     with conn.transaction():  # as a run's finalize does: the postings into blocks (a kept set: once)
         done = store.compact_postings(conn, coll.id)
     if done != "nothing to compact":
         record("search", f"keyword postings compaction, {chunks} chunks ({done})",
-               f"{time.perf_counter() - start:.1f} s")
+               f"{time.perf_counter() - start:.1f} s",
+               **{f"loading.{scale}.keyword_compaction_seconds": time.perf_counter() - start})
         store.analyze_collection(conn, coll.id)
     if hnsw_index(conn, coll.id) is None:
         start = time.perf_counter()
         with conn.transaction():
             store.ensure_hnsw_index(conn, coll)
-        record("search", f"HNSW build, {chunks} chunks (m=16, ef_construction=64)",
-               f"{time.perf_counter() - start:.1f} s")
+        record("search", f"HNSW build, {chunks} chunks (m=16, ef_construction=64"
+               f"{', halfvec' if chunks >= XL else ''})", f"{time.perf_counter() - start:.1f} s",
+               **{f"loading.{scale}.hnsw_build_seconds": time.perf_counter() - start})
     return name, qs
+
+
+SIZES = """
+SELECT coalesce(sum(pg_relation_size(c.oid)) FILTER (WHERE c.relname = 'chunks_c' || %(id)s), 0),
+       coalesce(sum(pg_total_relation_size(c.oid)) FILTER (WHERE c.relname = 'chunks_c' || %(id)s), 0),
+       coalesce(sum(pg_relation_size(c.oid)) FILTER (WHERE c.relname = ragpipe.hnsw_index_name(%(id)s)), 0),
+       coalesce(sum(pg_total_relation_size(c.oid)) FILTER (WHERE c.relname = 'posting_blocks_c' || %(id)s), 0),
+       (SELECT count(*) FROM ragpipe.chunks WHERE collection_id = %(id)s),
+       (SELECT coalesce(sum(p.postings), 0) FROM ragpipe.posting_segments p WHERE p.collection_id = %(id)s),
+       pg_database_size(current_database()),
+       current_setting('shared_buffers')
+FROM pg_class c WHERE c.relnamespace = 'ragpipe'::regnamespace"""
+
+
+def record_sizes(conn, coll, scale: str) -> None:
+    """The set's sizes on disk: the chunks table (its heap; with its other indexes), the HNSW index,
+    the keyword index (postings in blocks), the whole database; and the server's shared buffers."""
+    heap, table, hnsw, keyword, chunks, postings, database, buffers = conn.execute(SIZES, {"id": coll.id}).fetchone()
+    mb = 2 ** 20
+    table -= hnsw  # the table's total counts its indexes, the HNSW index among them
+    record("storage", f"{chunks} chunks on disk: chunks table (heap / TOAST and B-trees), HNSW, keyword index "
+           f"({postings} postings), whole database; shared_buffers",
+           f"{heap / mb:.0f} / {(table - heap) / mb:.0f} MB, {hnsw / mb:.0f} MB, {keyword / mb:.0f} MB "
+           f"({keyword / max(postings, 1):.1f} B a posting), {database / 2**30:.1f} GB; {buffers}",
+           **{f"storage.{scale}.chunks_mb": table / mb, f"storage.{scale}.hnsw_mb": hnsw / mb,
+              f"storage.{scale}.keyword_mb": keyword / mb, f"storage.{scale}.postings": postings,
+              f"storage.{scale}.keyword_bytes_per_posting": keyword / max(postings, 1),
+              f"storage.{scale}.collection_gb": (table + hnsw + keyword) / 2**30,
+              f"storage.{scale}.database_gb": database / 2**30})
 
 
 def hnsw_index(conn, collection_id: int) -> str | None:
@@ -96,7 +138,8 @@ def bench_search(conn, chunks: int, queries: int) -> None:
         rows = conn.execute(query("search", mode), params).fetchall()
         return [r[0] for r in rows], (time.perf_counter() - start) * 1000
 
-    scale = {100_000: "100k", 1_000_000: "1m"}.get(chunks, str(chunks))
+    scale = scale_label(chunks)
+    record_sizes(conn, coll, scale)
     truth = [run("exact", v, q) for q, v in zip(qs, qvec, strict=True)]
     exact_ms = [t for _, t in truth]
     record("search", f"exact (brute force) semantic, {chunks} chunks: p50", f"{statistics.median(exact_ms):.1f} ms")
@@ -151,7 +194,11 @@ def bench_search(conn, chunks: int, queries: int) -> None:
         record("search", f"{mode}_search: p50 / p95", f"{np.percentile(lat, 50):.1f} / {np.percentile(lat, 95):.1f} ms",
                **{f"search.{scale}.{mode}_p50_ms": np.percentile(lat, 50),
                   f"search.{scale}.{mode}_p95_ms": np.percentile(lat, 95)})
-    bench_storage(conn, name, qvec, [t for t, _ in truth], scale)
+    if chunks < XL:
+        bench_storage(conn, name, qvec, [t for t, _ in truth], scale)
+    else:
+        record("storage", f"float32 / halfvec / binary copies of {chunks} chunks", "not built at this size (each "
+               "is another copy and HNSW build; the set itself is halfvec)")
     texts = [r[0] for r in conn.execute("SELECT text FROM ragpipe.chunks WHERE collection_id = %s ORDER BY id LIMIT 80",
                                         (coll.id,)).fetchall()]
     bench_rerank(texts)
