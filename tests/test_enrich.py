@@ -92,7 +92,8 @@ def test_unchanged_chunks_never_ask_again_and_a_change_asks_only_for_its_documen
                                           ("garbage", "not a chat completion"),
                                           ("wrong_count", "not a chat completion"),
                                           ("hang", "no answer within 1 s"),
-                                          ("drip", "no answer within 1 s")])
+                                          ("drip", "no answer within 1 s"),
+                                          ("huge", "more than 262144 bytes")])
 def test_a_failing_model_fails_the_document_whole_and_the_next_run_retries_it(fault, reason, docs, chat, name,
                                                                                 conn, capfd):
     name = f"{name[:40]}_{fault}"
@@ -109,6 +110,26 @@ def test_a_failing_model_fails_the_document_whole_and_the_next_run_retries_it(fa
     assert all(r[2] for r in chunk_rows(conn, name))
     out = capfd.readouterr()
     assert EMBEDDINGS_KEY not in out.out + out.err + str(failures)
+
+
+def test_two_collections_writing_the_same_contexts_at_once_both_load_and_share_the_cache(docs, chat, name, conn):
+    """Two runs over the same documents at the same moment (two collections: one collection's runs take
+    its lock in turn): both load every chunk with its context, and the cache holds each context once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    specs = [enriched(f"{name[:40]}_{i}", docs, chat, concurrency=2) for i in (1, 2)]
+    before = conn.execute("SELECT count(*) FROM ragpipe.chunk_contexts").fetchone()[0]
+    chat.faults.delay_s = 0.3  # each answer takes a while: both runs ask before either stores
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            summaries = list(pool.map(run_ingest, specs))
+    finally:
+        chat.faults.delay_s = 0.0
+    assert [(s["new"], s["failed"]) for s in summaries] == [(2, 0), (2, 0)], summaries
+    first, second = (chunk_rows(conn, spec.name) for spec in specs)
+    assert [r[2] for r in first] == [r[2] for r in second] and all(r[2] for r in first)
+    added = conn.execute("SELECT count(*) FROM ragpipe.chunk_contexts").fetchone()[0] - before
+    assert added == len(first), (added, len(first))
 
 
 def test_a_refused_key_names_where_it_comes_from_and_is_never_shown(docs, chat, name, conn, capfd):

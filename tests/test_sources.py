@@ -88,6 +88,21 @@ def test_object_store_size_cap_is_a_failure_with_its_reason(objects, name, conn,
     assert sid == "big.md" and "over the size cap of 1000 bytes" in reason
 
 
+def test_object_gone_before_its_read_is_recorded(objects, name, conn, tmp_path):
+    """Listed, then gone before its read: a failure with its reason; the others load, nothing is deleted."""
+    from pipelines.sync import plan_run, process_batch
+
+    for i in range(4):
+        objects.put(f"gone-{name}/n{i}.md", f"# Note {i}\n\nA field note about thrushes, number {i}.".encode())
+    s = spec(name, objects.source(f"docs/gone-{name}"), tmp_path)
+    plan = plan_run(conn, s)
+    objects.delete(f"gone-{name}/{plan.todo[1].source_id}")
+    result = process_batch(conn, s, plan.run_id, plan.todo)
+    assert (result.new, result.failed) == (3, 1), result
+    assert result.failures[0][0] == plan.todo[1].source_id and "\n" not in result.failures[0][2]
+    assert run_ingest(s)["deleted"] == 0 and len(documents(conn, name)) == 3
+
+
 def test_failed_bucket_listing_deletes_nothing(objects, name, conn, tmp_path):
     objects.put("keep/a.md", b"# A\n\nAlpha document about lentils.")
     run_ingest(spec(name, objects.source("docs/keep"), tmp_path))
