@@ -1,6 +1,7 @@
 """`make bench`: the figures behind ragpipe's performance claims, measured side by side in one run.
 
-BENCH_SCALE=small (default, a few minutes) or large; BENCH_QUALITY=1 adds the NFCorpus nDCG@10 of the
+BENCH_SCALE=small (default, a few minutes), large (1M chunks) or xl (3M, for its search section: ~75 min);
+BENCH_QUALITY=1 adds the NFCorpus nDCG@10 of the
 torch and onnx-int8 backends to a small run (always part of large; ~15 min the first time, cached after).
 BENCH_SECTIONS=embedding,loading,reruns,versions,search,service,freshness,metrics (the default: all) runs some of them;
 BENCH_SECTIONS=quality runs only the NFCorpus nDCG@10 of the backends and storage choices. Results go to
