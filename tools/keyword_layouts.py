@@ -122,7 +122,7 @@ def main() -> None:
 
 def record(path: Path, command: str, named: dict[str, float]) -> None:
     """Merge named figures into a results file, each with the run it came from."""
-    from tools.benchmarks import cpu_info, merge_figures
+    from tools.benchmarks.report import cpu_info, merge_figures
 
     merge_figures(path, {"cpu": cpu_info(), "date": date.today().isoformat(), "command": command}, named)
 
