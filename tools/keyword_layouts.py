@@ -104,7 +104,9 @@ def main() -> None:
         same = sum(a == b for a, b in zip(delta_top, blocks_top[:len(few)], strict=True))
         print(f"same top 10 before and after the compaction: {same} of {len(few)} queries")
     if args.record:
-        scale = f"{args.chunks // 1_000_000}m" if args.chunks >= 1_000_000 else f"{args.chunks // 1000}k"
+        from tools.benchmarks.report import scale_label
+
+        scale = scale_label(args.chunks)
         record(args.record, f"python -m tools.keyword_layouts --chunks {args.chunks} --queries {args.queries}", {
             f"storage.{scale}.keyword_bytes_per_posting": round(blocks_size / postings, 2),
             f"storage.{scale}.keyword_mb": round(blocks_size / 2**20, 1),

@@ -101,9 +101,10 @@ def main() -> None:
     if args.record:
         from pathlib import Path
 
+        from tools.benchmarks.report import scale_label
         from tools.keyword_layouts import record
 
-        scale = f"{args.chunks // 1_000_000}m" if args.chunks >= 1_000_000 else f"{args.chunks // 1000}k"
+        scale = scale_label(args.chunks)
         record(Path(args.record), f"python -m tools.upgrade_timing --chunks {args.chunks}", {
             f"upgrade.{scale}.seconds": round(total, 1),
             f"upgrade.{scale}.blocks_seconds": round(took.get("015_blocks_from_chunks", 0), 1),

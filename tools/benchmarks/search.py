@@ -14,7 +14,7 @@ from pipelines.search import HYBRID_DEFAULTS
 from pipelines.search.tuning import EF_LADDER, CurvePoint, choose_ef_search
 from pipelines.settings import DEFAULT_MODEL, PROJECT_ROOT
 from pipelines.store.sqlfiles import query
-from tools.benchmarks.report import CORPUS, CORPUS_NAME, drop_collection, record, results
+from tools.benchmarks.report import CORPUS, CORPUS_NAME, drop_collection, record, results, scale_label
 from tools.synthetic import (
     chunk_vectors,
     nearby_sentences,
@@ -25,11 +25,6 @@ from tools.synthetic import (
 XL = 3_000_000
 """From this size the search set stores its vectors as halfvec (table and index: the graph of float32
 vectors would not fit maintenance_work_mem on a 24 GiB machine) and the storage variants are skipped."""
-
-
-def scale_label(chunks: int) -> str:
-    """100k, 1m, 3m: the scale in the figures' names."""
-    return f"{chunks // 1_000_000}m" if chunks >= 1_000_000 else f"{chunks // 1000}k"
 
 
 def search_collection(conn, chunks: int, queries: int) -> tuple[str, list[str]]:
@@ -63,32 +58,34 @@ def search_collection(conn, chunks: int, queries: int) -> tuple[str, list[str]]:
                     for i, p in enumerate(picks)]
             with conn.transaction():
                 store.replace_documents(conn, coll, None, docs)
-        record("search", f"COPY load of {chunks} synthetic chunks", f"{time.perf_counter() - start:.1f} s",
-               **{f"loading.{scale}.copy_seconds": time.perf_counter() - start})
+        took = time.perf_counter() - start
+        record("search", f"COPY load of {chunks} synthetic chunks", f"{took:.1f} s",
+               **{f"loading.{scale}.copy_seconds": took})
         store.refresh_text_stats(conn, coll.id, min_change=0)
     start = time.perf_counter()
     with conn.transaction():  # as a run's finalize does: the postings into blocks (a kept set: once)
         done = store.compact_postings(conn, coll.id)
+    took = time.perf_counter() - start
     if done != "nothing to compact":
-        record("search", f"keyword postings compaction, {chunks} chunks ({done})",
-               f"{time.perf_counter() - start:.1f} s",
-               **{f"loading.{scale}.keyword_compaction_seconds": time.perf_counter() - start})
+        record("search", f"keyword postings compaction, {chunks} chunks ({done})", f"{took:.1f} s",
+               **{f"loading.{scale}.keyword_compaction_seconds": took})
         store.analyze_collection(conn, coll.id)
     if hnsw_index(conn, coll.id) is None:
         start = time.perf_counter()
         with conn.transaction():
             store.ensure_hnsw_index(conn, coll)
+        took = time.perf_counter() - start
         record("search", f"HNSW build, {chunks} chunks (m=16, ef_construction=64"
-               f"{', halfvec' if chunks >= XL else ''})", f"{time.perf_counter() - start:.1f} s",
-               **{f"loading.{scale}.hnsw_build_seconds": time.perf_counter() - start})
+               f"{', halfvec' if chunks >= XL else ''})", f"{took:.1f} s",
+               **{f"loading.{scale}.hnsw_build_seconds": took})
     return name, qs
 
 
 SIZES = """
-SELECT coalesce(sum(pg_relation_size(c.oid)) FILTER (WHERE c.relname = 'chunks_c' || %(id)s), 0),
-       coalesce(sum(pg_total_relation_size(c.oid)) FILTER (WHERE c.relname = 'chunks_c' || %(id)s), 0),
+SELECT coalesce(sum(pg_relation_size(c.oid)) FILTER (WHERE c.relname = ragpipe.chunk_partition(%(id)s)), 0),
+       coalesce(sum(pg_total_relation_size(c.oid)) FILTER (WHERE c.relname = ragpipe.chunk_partition(%(id)s)), 0),
        coalesce(sum(pg_relation_size(c.oid)) FILTER (WHERE c.relname = ragpipe.hnsw_index_name(%(id)s)), 0),
-       coalesce(sum(pg_total_relation_size(c.oid)) FILTER (WHERE c.relname = 'posting_blocks_c' || %(id)s), 0),
+       coalesce(sum(pg_total_relation_size(c.oid)) FILTER (WHERE c.relname = ragpipe.blocks_partition(%(id)s)), 0),
        (SELECT count(*) FROM ragpipe.chunks WHERE collection_id = %(id)s),
        (SELECT coalesce(sum(p.postings), 0) FROM ragpipe.posting_segments p WHERE p.collection_id = %(id)s),
        pg_database_size(current_database()),
